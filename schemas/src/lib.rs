@@ -1,0 +1,67 @@
+//! The Avro schemas of the ABM pipeline and the one crate that knows Avro.
+//!
+//! - `schemas/avro/*.avsc` — the schemas, one file per record, self-contained (every named type
+//!   it uses is defined inline, so its fingerprint is that of its canonical form in any language).
+//! - [`records`] — the typed Rust records, one per schema.
+//! - [`codec`] — single-object framing and the [`Codec`] that encodes and decodes a record type.
+//! - [`AvroRecord`] — ties each record to its schema and a process-wide codec, so services call
+//!   [`encode`] and [`decode`] and never see a schema.
+//!
+//! Evolution rules (tested): a new field needs a default; every enum has a default symbol, so an
+//! older reader maps a newer symbol to it. When a schema changes, its previous version is kept in
+//! `schemas/avro/history/` and listed in [`AvroRecord`]'s implementation, so messages already in
+//! Kafka stay readable.
+
+pub mod codec;
+pub mod records;
+
+use std::sync::LazyLock;
+
+pub use codec::{Codec, DecodeError, EncodeError, SchemaError, WriterId};
+pub use records::*;
+
+/// A record with a schema in `schemas/avro/` and a codec built once per process.
+pub trait AvroRecord: serde::Serialize + serde::de::DeserializeOwned + Sized + 'static {
+    /// The schema's file name in `schemas/avro/`.
+    const SCHEMA_FILE: &'static str;
+    /// The schema's JSON text.
+    const SCHEMA_JSON: &'static str;
+    /// The codec for this record, built on first use.
+    fn codec() -> &'static Codec<Self>;
+}
+
+/// Encodes a record as an Avro single-object message.
+pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    T::codec().encode(value)
+}
+
+/// Decodes an Avro single-object message into a record.
+pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
+    T::codec().decode(bytes)
+}
+
+macro_rules! avro_record {
+    ($record:ty, $file:literal $(, history: [$($old:literal),* $(,)?])?) => {
+        impl AvroRecord for $record {
+            const SCHEMA_FILE: &'static str = $file;
+            const SCHEMA_JSON: &'static str = include_str!(concat!("../avro/", $file));
+            fn codec() -> &'static Codec<Self> {
+                static CODEC: LazyLock<Codec<$record>> = LazyLock::new(|| {
+                    let history: &[&str] = &[$($(include_str!(concat!("../avro/history/", $old))),*)?];
+                    // The schemas are compiled in and covered by tests: failing here is a build defect.
+                    Codec::new(<$record as AvroRecord>::SCHEMA_JSON, history)
+                        .expect(concat!("embedded schema ", $file, " must parse"))
+                });
+                &CODEC
+            }
+        }
+    };
+}
+
+avro_record!(Account, "account.avsc");
+avro_record!(EngagementEvent, "engagement_event.avsc");
+avro_record!(RejectedEvent, "rejected_event.avsc");
+avro_record!(AccountScore, "account_score.avsc");
+avro_record!(ScoreCrossing, "score_crossing.avsc");
+avro_record!(SalesAlert, "sales_alert.avsc");
+avro_record!(AccountState, "account_state.avsc");

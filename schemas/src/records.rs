@@ -1,0 +1,397 @@
+//! Typed Rust records, one per `.avsc` file in `schemas/avro/`.
+//!
+//! Field names, order and types mirror the schemas exactly; the codec checks that at start-up
+//! (the first encode or decode of a type), and the round-trip tests check it for every record.
+//! Enums are written in `snake_case`, the same spelling as the Avro symbols.
+
+use serde::{Deserialize, Serialize};
+
+/// ABM tier of an account. `Untiered` means "not on the TAL".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    #[default]
+    Untiered,
+    #[serde(rename = "tier_1")]
+    Tier1,
+    #[serde(rename = "tier_2")]
+    Tier2,
+    #[serde(rename = "tier_3")]
+    Tier3,
+}
+
+impl Tier {
+    /// The spelling used in config, metrics labels and the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Untiered => "untiered",
+            Tier::Tier1 => "tier_1",
+            Tier::Tier2 => "tier_2",
+            Tier::Tier3 => "tier_3",
+        }
+    }
+}
+
+/// A target account on the TAL (`abm.accounts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub account_id: String,
+    pub name: String,
+    pub domains: Vec<String>,
+    pub tier: Tier,
+    pub owner: String,
+    pub industry: Option<String>,
+    pub employees: Option<i32>,
+    pub updated_at: i64,
+}
+
+/// What happened. `Unknown` is what an older reader sees for a kind added later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    #[default]
+    Unknown,
+    WebVisit,
+    AdClick,
+    Email,
+    DemoRequest,
+    ContentDownload,
+    Webinar,
+    Meeting,
+    Intent,
+}
+
+impl EventKind {
+    /// Every kind, in schema order.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Unknown,
+        EventKind::WebVisit,
+        EventKind::AdClick,
+        EventKind::Email,
+        EventKind::DemoRequest,
+        EventKind::ContentDownload,
+        EventKind::Webinar,
+        EventKind::Meeting,
+        EventKind::Intent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Unknown => "unknown",
+            EventKind::WebVisit => "web_visit",
+            EventKind::AdClick => "ad_click",
+            EventKind::Email => "email",
+            EventKind::DemoRequest => "demo_request",
+            EventKind::ContentDownload => "content_download",
+            EventKind::Webinar => "webinar",
+            EventKind::Meeting => "meeting",
+            EventKind::Intent => "intent",
+        }
+    }
+}
+
+/// The person behind an event, as far as it is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Contact {
+    pub contact_id: Option<String>,
+    pub email: Option<String>,
+    pub title: Option<String>,
+    pub persona: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebVisit {
+    pub url: String,
+    pub referrer: Option<String>,
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdClick {
+    pub channel: String,
+    pub campaign: Option<String>,
+    pub creative: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailAction {
+    #[default]
+    Other,
+    Delivered,
+    Open,
+    Click,
+    Reply,
+    Bounce,
+    Unsubscribe,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailEvent {
+    pub action: EmailAction,
+    pub campaign: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemoRequest {
+    pub form: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContentDownload {
+    pub asset: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webinar {
+    pub webinar_id: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meeting {
+    pub meeting_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub topic: String,
+    pub strength: f64,
+}
+
+/// A validated, account-resolved event (`abm.engagement`, `abm.unresolved`).
+///
+/// Exactly the property record of its `kind` is set; ingest guarantees that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngagementEvent {
+    pub event_id: String,
+    pub kind: EventKind,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub source: String,
+    pub account_id: Option<String>,
+    pub domain: Option<String>,
+    pub contact: Option<Contact>,
+    pub web_visit: Option<WebVisit>,
+    pub ad_click: Option<AdClick>,
+    pub email: Option<EmailEvent>,
+    pub demo_request: Option<DemoRequest>,
+    pub content_download: Option<ContentDownload>,
+    pub webinar: Option<Webinar>,
+    pub meeting: Option<Meeting>,
+    pub intent: Option<Intent>,
+}
+
+impl EngagementEvent {
+    /// An event of `kind` with no properties set; callers fill in the one record of its kind.
+    pub fn new(event_id: impl Into<String>, kind: EventKind, occurred_at: i64, source: impl Into<String>) -> Self {
+        EngagementEvent {
+            event_id: event_id.into(),
+            kind,
+            occurred_at,
+            received_at: occurred_at,
+            source: source.into(),
+            account_id: None,
+            domain: None,
+            contact: None,
+            web_visit: None,
+            ad_click: None,
+            email: None,
+            demo_request: None,
+            content_download: None,
+            webinar: None,
+            meeting: None,
+            intent: None,
+        }
+    }
+}
+
+/// Why ingest refused an input. Fixed set; documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    #[default]
+    Other,
+    MalformedJson,
+    UnknownKind,
+    MissingField,
+    InvalidField,
+    BadTimestamp,
+    TooFarInFuture,
+    TooOld,
+    Oversized,
+    Bot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Other,
+    Http,
+    Kafka,
+}
+
+/// Where a rejected input came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectSource {
+    pub transport: Transport,
+    pub write_key: Option<String>,
+    pub batch_index: Option<i32>,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+/// An input that ingest could not accept (`abm.rejected`), kept with its original bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedEvent {
+    pub reason: RejectReason,
+    pub message: String,
+    pub source: RejectSource,
+    pub event_id: Option<String>,
+    pub received_at: i64,
+    #[serde(with = "serde_bytes")]
+    pub original: Vec<u8>,
+}
+
+/// Decayed points of one rule at the account's as-of time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleContribution {
+    pub rule: String,
+    pub points: f64,
+}
+
+/// A contact with a positive-scoring event in the breadth window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngagedContact {
+    pub contact_id: String,
+    pub persona: String,
+    pub title: Option<String>,
+    pub last_engaged_at: i64,
+}
+
+/// One of the last few events of an account, for explanations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentEvent {
+    pub event_id: String,
+    pub kind: EventKind,
+    pub occurred_at: i64,
+    pub rule: Option<String>,
+    pub points: f64,
+    pub contact_id: Option<String>,
+    pub detail: String,
+}
+
+/// Latest score of an account (`abm.account-scores`, compacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountScore {
+    pub account_id: String,
+    pub tier: Tier,
+    pub score: f64,
+    pub engagement: f64,
+    pub breadth: i32,
+    pub multiplier: f64,
+    pub threshold: f64,
+    pub armed: bool,
+    pub as_of: i64,
+    pub events_applied: i64,
+    pub top_rules: Vec<RuleContribution>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossingKind {
+    #[default]
+    Threshold,
+    HandRaiser,
+}
+
+impl CrossingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrossingKind::Threshold => "threshold",
+            CrossingKind::HandRaiser => "hand_raiser",
+        }
+    }
+}
+
+/// A threshold crossed, or a hand-raiser (`abm.score-crossings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreCrossing {
+    pub crossing_id: String,
+    pub account_id: String,
+    pub kind: CrossingKind,
+    pub sequence: i64,
+    pub tier: Tier,
+    pub score: f64,
+    pub threshold: f64,
+    pub engagement: f64,
+    pub breadth: i32,
+    pub multiplier: f64,
+    pub as_of: i64,
+    pub trigger_event_id: String,
+    pub top_rules: Vec<RuleContribution>,
+    pub contacts: Vec<EngagedContact>,
+    pub recent_events: Vec<RecentEvent>,
+}
+
+/// What SDR tooling subscribes to (`abm.sales-alerts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SalesAlert {
+    pub alert_id: String,
+    pub crossing_id: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub tier: Tier,
+    pub owner: String,
+    pub kind: CrossingKind,
+    pub score: f64,
+    pub threshold: f64,
+    pub as_of: i64,
+    pub top_rules: Vec<RuleContribution>,
+    pub contacts: Vec<EngagedContact>,
+    pub recent_events: Vec<RecentEvent>,
+    pub next_step: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindDayCount {
+    pub kind: EventKind,
+    pub day: i32,
+    pub count: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapCount {
+    pub contact_key: String,
+    pub rule: String,
+    pub day: i32,
+    pub count: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenEvent {
+    pub event_id: String,
+    pub occurred_at: i64,
+}
+
+/// The scorer's full state of one account (`abm.scorer.state`, compacted changelog).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub account_id: String,
+    pub tier: Tier,
+    pub as_of: Option<i64>,
+    pub engagement: f64,
+    pub rule_points: Vec<RuleContribution>,
+    pub armed: bool,
+    pub threshold_crossings: i64,
+    pub hand_raiser_crossings: i64,
+    pub contacts: Vec<EngagedContact>,
+    pub kind_days: Vec<KindDayCount>,
+    pub cap_counts: Vec<CapCount>,
+    pub seen_events: Vec<SeenEvent>,
+    pub recent_events: Vec<RecentEvent>,
+    pub events_applied: i64,
+    pub duplicates: i64,
+}

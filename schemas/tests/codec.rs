@@ -1,0 +1,393 @@
+//! Codec tests: round trip of every record, schema evolution both ways, bad bytes.
+
+use abm_schemas::codec::{SINGLE_OBJECT_HEADER_LEN, fingerprint, split_header};
+use abm_schemas::*;
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+fn sample_rules() -> Vec<RuleContribution> {
+    vec![
+        RuleContribution { rule: "pricing_page".into(), points: 28.5 },
+        RuleContribution { rule: "email_unsubscribe".into(), points: -7.25 },
+    ]
+}
+
+fn sample_contacts() -> Vec<EngagedContact> {
+    vec![
+        EngagedContact {
+            contact_id: "c-1".into(),
+            persona: "economic_buyer".into(),
+            title: Some("CFO".into()),
+            last_engaged_at: 1_700_000_000_000,
+        },
+        EngagedContact { contact_id: "c-2".into(), persona: "unknown".into(), title: None, last_engaged_at: 1 },
+    ]
+}
+
+fn sample_recent() -> Vec<RecentEvent> {
+    vec![RecentEvent {
+        event_id: "e-9".into(),
+        kind: EventKind::DemoRequest,
+        occurred_at: 1_700_000_000_123,
+        rule: Some("demo_request".into()),
+        points: 75.0,
+        contact_id: None,
+        detail: "form: contact-sales".into(),
+    }]
+}
+
+fn sample_account() -> Account {
+    Account {
+        account_id: "acc-42".into(),
+        name: "Acme Corp".into(),
+        domains: vec!["acme.com".into(), "acme.io".into()],
+        tier: Tier::Tier2,
+        owner: "sdr@vendor.example".into(),
+        industry: Some("Manufacturing".into()),
+        employees: Some(1200),
+        updated_at: 1_700_000_000_000,
+    }
+}
+
+fn full_event() -> EngagementEvent {
+    let mut event = EngagementEvent::new("e-1", EventKind::WebVisit, 1_700_000_000_000, "http:site");
+    event.received_at = 1_700_000_000_050;
+    event.account_id = Some("acc-42".into());
+    event.domain = Some("acme.com".into());
+    event.contact = Some(Contact {
+        contact_id: Some("c-1".into()),
+        email: Some("jane@acme.com".into()),
+        title: Some("VP Finance".into()),
+        persona: Some("economic_buyer".into()),
+    });
+    event.web_visit = Some(WebVisit {
+        url: "https://vendor.example/pricing?x=1".into(),
+        referrer: Some("https://google.com".into()),
+        title: None,
+    });
+    event.ad_click = Some(AdClick { channel: "linkedin".into(), campaign: Some("q4".into()), creative: None });
+    event.email = Some(EmailEvent { action: EmailAction::Unsubscribe, campaign: None });
+    event.demo_request = Some(DemoRequest { form: "contact-sales".into() });
+    event.content_download = Some(ContentDownload { asset: "whitepaper.pdf".into() });
+    event.webinar = Some(Webinar { webinar_id: "w-1".into(), action: "attended".into() });
+    event.meeting = Some(Meeting { meeting_id: "m-1".into() });
+    event.intent = Some(Intent { topic: "data pipelines".into(), strength: 0.83 });
+    event
+}
+
+fn sample_state() -> AccountState {
+    AccountState {
+        account_id: "acc-42".into(),
+        tier: Tier::Tier1,
+        as_of: Some(1_700_000_000_000),
+        engagement: 123.456,
+        rule_points: sample_rules(),
+        armed: false,
+        threshold_crossings: 3,
+        hand_raiser_crossings: 1,
+        contacts: sample_contacts(),
+        kind_days: vec![KindDayCount { kind: EventKind::Email, day: 19_675, count: 4 }],
+        cap_counts: vec![CapCount { contact_key: "c-1".into(), rule: "web_visit".into(), day: 19_675, count: 2 }],
+        seen_events: vec![SeenEvent { event_id: "e-1".into(), occurred_at: 5 }],
+        recent_events: sample_recent(),
+        events_applied: 10,
+        duplicates: 2,
+    }
+}
+
+/// Encodes, checks the header names the record's schema, decodes, and compares.
+fn check_round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(value: T) {
+    let bytes = encode(&value).expect("encodes");
+    assert_eq!(&bytes[..2], &[0xC3, 0x01], "single-object magic");
+    let (writer, _) = split_header(&bytes).expect("header");
+    assert_eq!(writer, WriterId::Fingerprint(T::codec().fingerprint()));
+    let back: T = decode(&bytes).expect("decodes");
+    assert_eq!(back, value);
+}
+
+#[test]
+fn every_record_round_trips() {
+    check_round_trip(sample_account());
+    check_round_trip(Account { industry: None, employees: None, domains: vec![], tier: Tier::Untiered, ..sample_account() });
+    check_round_trip(full_event());
+    check_round_trip(EngagementEvent::new("e-2", EventKind::Intent, -5, "kafka:abm.raw.web-visits"));
+    for kind in EventKind::ALL {
+        check_round_trip(EngagementEvent::new("e", kind, 0, "s"));
+    }
+    check_round_trip(RejectedEvent {
+        reason: RejectReason::TooFarInFuture,
+        message: "occurred_at is 3 days in the future".into(),
+        source: RejectSource {
+            transport: Transport::Kafka,
+            write_key: None,
+            batch_index: None,
+            topic: Some("abm.raw.ad-clicks".into()),
+            partition: Some(3),
+            offset: Some(1 << 40),
+        },
+        event_id: Some("e-7".into()),
+        received_at: 1_700_000_000_000,
+        original: vec![0, 1, 2, 255, b'{'],
+    });
+    check_round_trip(AccountScore {
+        account_id: "acc-42".into(),
+        tier: Tier::Tier3,
+        score: 101.5,
+        engagement: 81.2,
+        breadth: 2,
+        multiplier: 1.25,
+        threshold: 100.0,
+        armed: false,
+        as_of: 1_700_000_000_000,
+        events_applied: 17,
+        top_rules: sample_rules(),
+    });
+    let crossing = ScoreCrossing {
+        crossing_id: "acc-42:hand_raiser:1".into(),
+        account_id: "acc-42".into(),
+        kind: CrossingKind::HandRaiser,
+        sequence: 1,
+        tier: Tier::Tier1,
+        score: 80.0,
+        threshold: 50.0,
+        engagement: 80.0,
+        breadth: 1,
+        multiplier: 1.0,
+        as_of: 1_700_000_000_123,
+        trigger_event_id: "e-9".into(),
+        top_rules: sample_rules(),
+        contacts: sample_contacts(),
+        recent_events: sample_recent(),
+    };
+    check_round_trip(crossing.clone());
+    check_round_trip(SalesAlert {
+        alert_id: crossing.crossing_id.clone(),
+        crossing_id: crossing.crossing_id.clone(),
+        account_id: "acc-42".into(),
+        account_name: "Acme Corp".into(),
+        tier: Tier::Tier1,
+        owner: "sdr@vendor.example".into(),
+        kind: CrossingKind::HandRaiser,
+        score: 80.0,
+        threshold: 50.0,
+        as_of: crossing.as_of,
+        top_rules: sample_rules(),
+        contacts: sample_contacts(),
+        recent_events: sample_recent(),
+        next_step: "Call within the hour".into(),
+    });
+    check_round_trip(sample_state());
+    check_round_trip(AccountState { as_of: None, contacts: vec![], ..sample_state() });
+}
+
+#[test]
+fn fingerprints_are_distinct_and_match_the_avsc_files() {
+    let fingerprints = [
+        Account::codec().fingerprint(),
+        EngagementEvent::codec().fingerprint(),
+        RejectedEvent::codec().fingerprint(),
+        AccountScore::codec().fingerprint(),
+        ScoreCrossing::codec().fingerprint(),
+        SalesAlert::codec().fingerprint(),
+        AccountState::codec().fingerprint(),
+    ];
+    let unique: std::collections::HashSet<_> = fingerprints.iter().collect();
+    assert_eq!(unique.len(), fingerprints.len());
+    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/avro/account.avsc")).expect("avsc");
+    let parsed = apache_avro::Schema::parse_str(&on_disk).expect("parses");
+    assert_eq!(fingerprint(&parsed), Account::codec().fingerprint());
+}
+
+// ---- schema evolution -------------------------------------------------------------------
+
+/// Version 2 of `Account`: a new field with a default, and a new enum symbol.
+const ACCOUNT_V2: &str = r#"{
+  "type": "record", "name": "Account", "namespace": "abm",
+  "fields": [
+    {"name": "account_id", "type": "string"},
+    {"name": "name", "type": "string"},
+    {"name": "domains", "type": {"type": "array", "items": "string"}},
+    {"name": "tier", "type": {"type": "enum", "name": "Tier",
+      "symbols": ["untiered", "tier_1", "tier_2", "tier_3", "strategic"], "default": "untiered"}},
+    {"name": "owner", "type": "string"},
+    {"name": "industry", "type": ["null", "string"], "default": null},
+    {"name": "employees", "type": ["null", "int"], "default": null},
+    {"name": "updated_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "region", "type": "string", "default": "unknown"}
+  ]
+}"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TierV2 {
+    Untiered,
+    #[serde(rename = "tier_1")]
+    Tier1,
+    #[serde(rename = "tier_2")]
+    Tier2,
+    #[serde(rename = "tier_3")]
+    Tier3,
+    Strategic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct AccountV2 {
+    account_id: String,
+    name: String,
+    domains: Vec<String>,
+    tier: TierV2,
+    owner: String,
+    industry: Option<String>,
+    employees: Option<i32>,
+    updated_at: i64,
+    region: String,
+}
+
+#[test]
+fn old_reader_reads_new_writer() {
+    let new_writer: Codec<AccountV2> = Codec::new(ACCOUNT_V2, &[]).expect("v2 codec");
+    let old_reader: Codec<Account> = Codec::new(Account::SCHEMA_JSON, &[ACCOUNT_V2]).expect("v1 reader knowing v2");
+    let written = AccountV2 {
+        account_id: "acc-1".into(),
+        name: "Initech".into(),
+        domains: vec!["initech.com".into()],
+        tier: TierV2::Strategic,
+        owner: "o".into(),
+        industry: None,
+        employees: Some(7),
+        updated_at: 99,
+        region: "emea".into(),
+    };
+    let bytes = new_writer.encode(&written).expect("encodes");
+    let read = old_reader.decode(&bytes).expect("old reader resolves v2");
+    assert_eq!(read.tier, Tier::Untiered, "unknown symbol falls back to the enum default");
+    assert_eq!(read.account_id, "acc-1");
+    assert_eq!(read.employees, Some(7));
+    assert_eq!(read.updated_at, 99);
+
+    // A known symbol keeps its meaning across versions.
+    let bytes = new_writer.encode(&AccountV2 { tier: TierV2::Tier3, ..written }).expect("encodes");
+    assert_eq!(old_reader.decode(&bytes).expect("decodes").tier, Tier::Tier3);
+}
+
+#[test]
+fn new_reader_reads_old_writer() {
+    let new_reader: Codec<AccountV2> = Codec::new(ACCOUNT_V2, &[Account::SCHEMA_JSON]).expect("v2 reader knowing v1");
+    let bytes = encode(&sample_account()).expect("encodes");
+    let read = new_reader.decode(&bytes).expect("new reader resolves v1");
+    assert_eq!(read.region, "unknown", "added field takes its default");
+    assert_eq!(read.tier, TierV2::Tier2);
+    assert_eq!(read.name, "Acme Corp");
+}
+
+#[test]
+fn a_version_the_reader_was_not_told_about_is_a_typed_error() {
+    let new_writer: Codec<AccountV2> = Codec::new(ACCOUNT_V2, &[]).expect("v2 codec");
+    let bytes = new_writer
+        .encode(&AccountV2 {
+            account_id: "a".into(),
+            name: "n".into(),
+            domains: vec![],
+            tier: TierV2::Tier1,
+            owner: "o".into(),
+            industry: None,
+            employees: None,
+            updated_at: 0,
+            region: "r".into(),
+        })
+        .expect("encodes");
+    match decode::<Account>(&bytes) {
+        Err(DecodeError::UnknownSchema { record, fingerprint }) => {
+            assert_eq!(record, "abm.Account");
+            assert_eq!(fingerprint, new_writer.fingerprint());
+        }
+        other => panic!("expected UnknownSchema, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_incompatible_version_is_refused_when_the_codec_is_built() {
+    // A new required field without a default cannot be read from old data.
+    let incompatible = ACCOUNT_V2.replace(r#""type": "string", "default": "unknown""#, r#""type": "string""#);
+    let result: Result<Codec<AccountV2>, _> = Codec::new(&incompatible, &[Account::SCHEMA_JSON]);
+    // Either the build or the first decode must fail; the build is where we want it.
+    if let Ok(codec) = result {
+        let bytes = encode(&sample_account()).expect("encodes");
+        assert!(codec.decode(&bytes).is_err(), "old data cannot fill a field without default");
+    }
+}
+
+// ---- bad bytes --------------------------------------------------------------------------
+
+#[test]
+fn truncated_garbage_and_wrong_schema_bytes_are_typed_errors() {
+    let bytes = encode(&full_event()).expect("encodes");
+    for cut in 0..bytes.len() {
+        let error = decode::<EngagementEvent>(&bytes[..cut]).expect_err("a cut message cannot decode");
+        if cut < SINGLE_OBJECT_HEADER_LEN {
+            assert!(matches!(error, DecodeError::Truncated { .. }), "cut {cut}: {error:?}");
+        } else {
+            assert!(matches!(error, DecodeError::Malformed { .. }), "cut {cut}: {error:?}");
+        }
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(decode::<EngagementEvent>(&trailing), Err(DecodeError::TrailingBytes { trailing: 1, .. })));
+
+    assert!(matches!(decode::<EngagementEvent>(b"{\"kind\":\"web_visit\"}"), Err(DecodeError::BadMagic { .. })));
+    assert!(matches!(
+        decode::<EngagementEvent>(&[0, 0, 0, 0, 42, 2, 4]),
+        Err(DecodeError::RegistryFramed { schema_id: 42 })
+    ));
+    // Right framing, other record: the fingerprint does not belong to EngagementEvent.
+    let account = encode(&sample_account()).expect("encodes");
+    assert!(matches!(decode::<EngagementEvent>(&account), Err(DecodeError::UnknownSchema { .. })));
+}
+
+#[test]
+fn a_huge_length_prefix_does_not_allocate_or_panic() {
+    // Header of EngagementEvent, then a string length of ~2^62 (zig-zag varint).
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&EngagementEvent::codec().fingerprint().to_le_bytes());
+    bytes.extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+    assert!(matches!(decode::<EngagementEvent>(&bytes), Err(DecodeError::Malformed { .. })));
+}
+
+fn with_header<T: AvroRecord>(datum: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&T::codec().fingerprint().to_le_bytes());
+    bytes.extend_from_slice(datum);
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode::<EngagementEvent>(&bytes);
+        let _ = decode::<AccountState>(&bytes);
+        // Behind a valid header, the datum parser itself sees the garbage.
+        let _ = decode::<EngagementEvent>(&with_header::<EngagementEvent>(&bytes));
+        let _ = decode::<AccountState>(&with_header::<AccountState>(&bytes));
+        let _ = decode::<ScoreCrossing>(&with_header::<ScoreCrossing>(&bytes));
+        let _ = decode::<RejectedEvent>(&with_header::<RejectedEvent>(&bytes));
+    }
+
+    #[test]
+    fn engagement_events_round_trip(
+        event_id in ".{0,40}",
+        kind_index in 0usize..EventKind::ALL.len(),
+        occurred_at in any::<i64>(),
+        url in proptest::option::of(".{0,80}"),
+        persona in proptest::option::of("[a-z_]{0,20}"),
+        strength in any::<f64>().prop_filter("NaN never equals itself", |x| !x.is_nan()),
+    ) {
+        let mut event = EngagementEvent::new(event_id, EventKind::ALL[kind_index], occurred_at, "prop");
+        event.web_visit = url.map(|url| WebVisit { url, referrer: None, title: None });
+        event.contact = persona.map(|persona| Contact { persona: Some(persona), ..Contact::default() });
+        event.intent = Some(Intent { topic: "t".into(), strength });
+        let bytes = encode(&event).expect("encodes");
+        prop_assert_eq!(decode::<EngagementEvent>(&bytes).expect("decodes"), event);
+    }
+}
