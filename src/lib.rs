@@ -1,1 +1,27 @@
+//! Shared runtime of the ABM pipeline's three services (`ingest`, `scorer`, `alerter`).
+//!
+//! Everything a service needs around its own logic exists here once:
+//!
+//! - [`config`] — layered configuration: built-in defaults < TOML file (`--config`) < `ABM_`
+//!   environment variables (`__` between levels); unknown keys are errors.
+//! - [`telemetry`] — tracing set-up, human or JSON logs.
+//! - [`ops`] — the service's HTTP port: `/metrics`, `/healthz`, `/readyz`, plus the service's
+//!   own routes; readiness that goes 503 as soon as shutdown starts.
+//! - [`shutdown`] — SIGINT/SIGTERM handling as a cancellation token passed into `run`.
+//! - [`kafka`] — client configuration with a librdkafka passthrough (TLS/SASL), a start-up
+//!   reachability check, topic creation.
+//! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
+//! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
+//!
+//! Invariant: nothing here knows about scoring, events or alerts; the services know nothing
+//! about how config is layered or how metrics are served.
 
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,207 @@
+//! Kafka client construction, a start-up reachability check, and topic creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use tokio_util::sync::CancellationToken;
+use rdkafka::error::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::topics::TopicSpec;
+
+/// `[kafka]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list (default `127.0.0.1:9092`, the local broker).
+    pub bootstrap_servers: String,
+    /// How long start-up waits for the cluster to answer before failing (default 10000 ms).
+    pub connect_timeout_ms: u64,
+    /// Create missing topics from the declared list at start-up (default true).
+    pub create_topics: bool,
+    /// Replication factor of topics this service creates (default 1, the local broker).
+    pub replication_factor: i32,
+    /// Any librdkafka setting, passed through as is: `"security.protocol" = "SASL_SSL"`,
+    /// `"sasl.mechanisms" = "PLAIN"`, `"ssl.ca.location" = "/etc/ssl/ca.pem"`, ...
+    /// From the environment, write dots as underscores:
+    /// `ABM_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL=SASL_SSL`. Applied last, so it wins.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            connect_timeout_ms: 10_000,
+            create_topics: true,
+            replication_factor: 1,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// What went wrong talking to Kafka at start-up. Messages name the bootstrap servers.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)")]
+    Unreachable { servers: String, timeout_ms: u64, detail: String },
+    #[error("invalid Kafka client setting: {0}")]
+    Client(String),
+    #[error("cannot create topic {topic}: {detail}")]
+    CreateTopic { topic: String, detail: String },
+}
+
+impl KafkaConfig {
+    /// librdkafka settings for a client named `client_id`: bootstrap servers, then the
+    /// passthrough settings (which win). Callers add their role's settings before creating.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        config.set("client.id", client_id);
+        for (key, value) in self.passthrough() {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The passthrough settings with environment-style keys (`security_protocol`) turned into
+    /// librdkafka's (`security.protocol`). Keys that already contain a dot are kept as given.
+    pub fn passthrough(&self) -> impl Iterator<Item = (String, &str)> {
+        self.librdkafka.iter().map(|(key, value)| {
+            let key = if key.contains('.') { key.clone() } else { key.replace('_', ".") };
+            (key, value.as_str())
+        })
+    }
+
+    /// A consumer in `group_id` that stores offsets only when told to (after its outputs are
+    /// acknowledged), starts from the earliest offset when the group is new, and reads only
+    /// committed transactional data.
+    pub fn consumer_config(&self, client_id: &str, group_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        self.layer(config, client_id)
+    }
+
+    /// An idempotent producer (`acks=all`, no duplicates on retry, order kept per partition).
+    pub fn producer_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("compression.type", "lz4");
+        self.layer(config, client_id)
+    }
+
+    /// `role_defaults` overlaid with the connection settings and then the passthrough.
+    fn layer(&self, mut role_defaults: ClientConfig, client_id: &str) -> ClientConfig {
+        for (key, value) in self.client_config(client_id).config_map() {
+            role_defaults.set(key, value);
+        }
+        role_defaults
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Fails unless the cluster answers a metadata request within `connect_timeout_ms`.
+    pub async fn check_reachable(&self, client_id: &str) -> Result<(), KafkaSetupError> {
+        let consumer: BaseConsumer = self
+            .client_config(client_id)
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        let timeout = self.timeout();
+        let result = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        result.map_err(|e| KafkaSetupError::Unreachable {
+            servers: self.bootstrap_servers.clone(),
+            timeout_ms: self.connect_timeout_ms,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Creates the topics in `specs` that do not exist yet; returns the names it created.
+    pub async fn ensure_topics(&self, client_id: &str, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config(client_id).create().map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        let new_topics: Vec<NewTopic<'_>> = specs
+            .iter()
+            .map(|spec| {
+                let topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(self.replication_factor));
+                if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic }
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout())).request_timeout(Some(self.timeout()));
+        let results = admin.create_topics(&new_topics, &options).await.map_err(|e| KafkaSetupError::CreateTopic {
+            topic: specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+            detail: e.to_string(),
+        })?;
+        let mut created = Vec::new();
+        for result in results {
+            match result {
+                Ok(name) => created.push(name),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, detail: code.to_string() }),
+            }
+        }
+        Ok(created)
+    }
+}
+
+/// Feeds every message to `handle` until `shutdown` is cancelled, storing each message's offset
+/// once `handle` has returned (at-least-once), and commits the stored offsets before returning.
+/// Consumer errors are logged and retried by librdkafka; they never end the loop.
+pub async fn consume_until_shutdown<F>(consumer: &StreamConsumer, shutdown: &CancellationToken, mut handle: F)
+where
+    F: FnMut(&BorrowedMessage<'_>),
+{
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    handle(&message);
+                    if let Err(error) = consumer.store_offset_from_message(&message) {
+                        tracing::warn!(%error, "cannot store offset (partition revoked?)");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+            },
+        }
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing consumed since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "final offset commit failed; the group resumes from the last commit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_settings_win_and_env_keys_get_dots() {
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert("security_protocol".into(), "SASL_SSL".into());
+        config.librdkafka.insert("sasl.mechanisms".into(), "PLAIN".into());
+        config.librdkafka.insert("client.id".into(), "override".into());
+        let client = config.client_config("svc");
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(client.get("client.id"), Some("override"));
+        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The common `main` of every service: arguments, config, logging, runtime, signals, errors.
+//!
+//! A service's `main.rs` parses its own arguments (which embed [`CommonArgs`]) and hands its
+//! `run(config, context)` to [`main`]. Errors end the process with one line on stderr
+//! (`scorer: error: ...`) and a non-zero exit code: 2 for bad configuration, 1 for failures
+//! while running.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use prometheus::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+
+use crate::kafka::{KafkaConfig, consume_until_shutdown};
+use crate::ops::{Health, HttpConfig};
+use crate::telemetry::LogConfig;
+use crate::topics::Topics;
+
+/// Arguments every service takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// TOML config file; values in it override the built-in defaults, and `ABM_...`
+    /// environment variables (e.g. `ABM_KAFKA__BOOTSTRAP_SERVERS`) override the file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file and environment merged) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// What `main` needs to know of a service's config.
+pub trait ServiceConfig: DeserializeOwned + Serialize {
+    fn log(&self) -> &LogConfig;
+}
+
+/// Handed to a service's `run`: the process's metrics registry, its health, and the token
+/// that is cancelled when the service must stop (signal, or a test).
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub registry: Registry,
+    pub health: Health,
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(service: &str) -> Context {
+        Context { registry: crate::ops::new_registry(service), health: Health::default(), shutdown: CancellationToken::new() }
+    }
+}
+
+/// Runs a service to completion and turns the outcome into an exit code.
+///
+/// `service_defaults` are config defaults specific to the service, such as its HTTP port.
+pub fn main<C, F, Fut>(service: &'static str, args: &CommonArgs, service_defaults: &[(&str, &str)], run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, Context) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config: C = match crate::config::load(args.config.as_deref(), service_defaults) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{service}: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        return match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{service}: error: cannot print config: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(error) = crate::telemetry::init(config.log()) {
+        eprintln!("{service}: error: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{service}: error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let context = Context::new(service);
+    let outcome = runtime.block_on(async {
+        crate::shutdown::watch_signals(context.shutdown.clone(), context.health.clone());
+        run(config, context).await
+    });
+    match outcome {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            // `{:#}` joins the context chain on one line: "what failed: why".
+            eprintln!("{service}: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Start-up steps every Kafka-facing service takes: check that the cluster answers, then
+/// create the declared topics that are missing (unless `kafka.create_topics = false`).
+pub async fn prepare_kafka(kafka: &KafkaConfig, topics: &Topics, client_id: &str) -> anyhow::Result<()> {
+    kafka.check_reachable(client_id).await?;
+    if kafka.create_topics {
+        let created = kafka.ensure_topics(client_id, topics.specs()).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created missing topics");
+        }
+    }
+    Ok(())
+}
+
+/// A service that consumes topics in a group and serves its HTTP port.
+#[derive(Debug)]
+pub struct ConsumingService<'a> {
+    /// Used as the Kafka client id and in log lines.
+    pub name: &'a str,
+    pub kafka: &'a KafkaConfig,
+    pub http: &'a HttpConfig,
+    pub group_id: &'a str,
+    pub inputs: &'a [&'a str],
+    /// The service's own HTTP routes, merged with `/metrics`, `/healthz` and `/readyz`.
+    pub routes: axum::Router,
+}
+
+impl ConsumingService<'_> {
+    /// Subscribes, serves HTTP, reports ready, and feeds every message to `handle` until
+    /// shutdown; then commits the processed offsets and lets in-flight HTTP requests finish.
+    pub async fn run<F>(self, context: &Context, handle: F) -> anyhow::Result<()>
+    where
+        F: FnMut(&BorrowedMessage<'_>),
+    {
+        let consumer: StreamConsumer = self
+            .kafka
+            .consumer_config(self.name, self.group_id)
+            .create()
+            .context("creating the Kafka consumer")?;
+        consumer.subscribe(self.inputs).with_context(|| format!("subscribing to {:?}", self.inputs))?;
+        let listener = crate::ops::bind(self.http.listen).await?;
+        tracing::info!(address = %listener.local_addr()?, inputs = ?self.inputs, "{} listening", self.name);
+        let app = crate::ops::router(context.registry.clone(), context.health.clone(), self.routes);
+        let server = tokio::spawn(crate::ops::serve(listener, app, context.shutdown.clone()));
+        context.health.set_ready();
+        consume_until_shutdown(&consumer, &context.shutdown, handle).await;
+        server.await.context("HTTP server task")?.context("HTTP server")?;
+        Ok(())
+    }
+}
