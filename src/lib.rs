@@ -22,6 +22,7 @@ pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testkit;
 pub mod topics;
 
 pub use tokio_util::sync::CancellationToken;

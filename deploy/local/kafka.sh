@@ -10,26 +10,26 @@
 #   deploy/local/kafka.sh reset     stop and delete this port's data directory
 #
 # Environment (all optional):
-#   ABM_LOCAL_KAFKA_PORT             client port (default 9092); the controller uses PORT+1
-#   ABM_LOCAL_KAFKA_CONTROLLER_PORT  controller port (default PORT+1)
-#   ABM_CACHE_DIR                    where jars and data live (default ~/.cache/abm)
-#   ABM_LOCAL_KAFKA_HEAP             JVM heap (default 768m)
-#   ABM_LOCAL_KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 120)
+#   LOCAL_KAFKA_PORT             client port (default 9092); the controller uses PORT+1
+#   LOCAL_KAFKA_CONTROLLER_PORT  controller port (default PORT+1)
+#   LOCAL_KAFKA_CACHE            where jars and data live (default ~/.cache/abm)
+#   LOCAL_KAFKA_HEAP             JVM heap (default 768m)
+#   LOCAL_KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 120)
 #
 # Idempotent: `start` on a running broker says so and exits 0.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
-port=${ABM_LOCAL_KAFKA_PORT:-9092}
-controller_port=${ABM_LOCAL_KAFKA_CONTROLLER_PORT:-$((port + 1))}
-cache=${ABM_CACHE_DIR:-$HOME/.cache/abm}
+port=${LOCAL_KAFKA_PORT:-9092}
+controller_port=${LOCAL_KAFKA_CONTROLLER_PORT:-$((port + 1))}
+cache=${LOCAL_KAFKA_CACHE:-$HOME/.cache/abm}
 libs="$cache/kafka-$kafka_version/libs"
 run="$cache/kafka-run-$port"
 pidfile="$run/kafka.pid"
 logfile="$run/kafka.log"
-heap=${ABM_LOCAL_KAFKA_HEAP:-768m}
-start_timeout=${ABM_LOCAL_KAFKA_START_TIMEOUT:-120}
+heap=${LOCAL_KAFKA_HEAP:-768m}
+start_timeout=${LOCAL_KAFKA_START_TIMEOUT:-120}
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -120,7 +120,7 @@ start() {
     return 0
   fi
   if port_answers "$port"; then
-    die "port $port is in use by a process this script did not start; set ABM_LOCAL_KAFKA_PORT or KAFKA_BOOTSTRAP_SERVERS"
+    die "port $port is in use by a process this script did not start; set LOCAL_KAFKA_PORT or KAFKA_BOOTSTRAP_SERVERS"
   fi
   fetch
   write_config
