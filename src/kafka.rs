@@ -7,10 +7,10 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
-use tokio_util::sync::CancellationToken;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::topics::TopicSpec;
 
@@ -48,8 +48,14 @@ impl Default for KafkaConfig {
 /// What went wrong talking to Kafka at start-up. Messages name the bootstrap servers.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)")]
-    Unreachable { servers: String, timeout_ms: u64, detail: String },
+    #[error(
+        "cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)"
+    )]
+    Unreachable {
+        servers: String,
+        timeout_ms: u64,
+        detail: String,
+    },
     #[error("invalid Kafka client setting: {0}")]
     Client(String),
     #[error("cannot create topic {topic}: {detail}")]
@@ -73,7 +79,11 @@ impl KafkaConfig {
     /// librdkafka's (`security.protocol`). Keys that already contain a dot are kept as given.
     pub fn passthrough(&self) -> impl Iterator<Item = (String, &str)> {
         self.librdkafka.iter().map(|(key, value)| {
-            let key = if key.contains('.') { key.clone() } else { key.replace('_', ".") };
+            let key = if key.contains('.') {
+                key.clone()
+            } else {
+                key.replace('_', ".")
+            };
             (key, value.as_str())
         })
     }
@@ -96,7 +106,11 @@ impl KafkaConfig {
     /// An idempotent producer (`acks=all`, no duplicates on retry, order kept per partition).
     pub fn producer_config(&self, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("compression.type", "lz4");
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
         self.layer(config, client_id)
     }
 
@@ -120,9 +134,10 @@ impl KafkaConfig {
             .create()
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let timeout = self.timeout();
-        let result = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-            .await
-            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        let result =
+            tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
+                .await
+                .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         result.map_err(|e| KafkaSetupError::Unreachable {
             servers: self.bootstrap_servers.clone(),
             timeout_ms: self.connect_timeout_ms,
@@ -131,27 +146,55 @@ impl KafkaConfig {
     }
 
     /// Creates the topics in `specs` that do not exist yet; returns the names it created.
-    pub async fn ensure_topics(&self, client_id: &str, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaSetupError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config(client_id).create().map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    pub async fn ensure_topics(
+        &self,
+        client_id: &str,
+        specs: &[TopicSpec],
+    ) -> Result<Vec<String>, KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config(client_id)
+            .create()
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|spec| {
-                let topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(self.replication_factor));
-                if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic }
+                let topic = NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                );
+                if spec.compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(self.timeout())).request_timeout(Some(self.timeout()));
-        let results = admin.create_topics(&new_topics, &options).await.map_err(|e| KafkaSetupError::CreateTopic {
-            topic: specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
-            detail: e.to_string(),
-        })?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(self.timeout()))
+            .request_timeout(Some(self.timeout()));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|e| KafkaSetupError::CreateTopic {
+                topic: specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                detail: e.to_string(),
+            })?;
         let mut created = Vec::new();
         for result in results {
             match result {
                 Ok(name) => created.push(name),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, detail: code.to_string() }),
+                Err((topic, code)) => {
+                    return Err(KafkaSetupError::CreateTopic {
+                        topic,
+                        detail: code.to_string(),
+                    });
+                }
             }
         }
         Ok(created)
@@ -161,8 +204,11 @@ impl KafkaConfig {
 /// Feeds every message to `handle` until `shutdown` is cancelled, storing each message's offset
 /// once `handle` has returned (at-least-once), and commits the stored offsets before returning.
 /// Consumer errors are logged and retried by librdkafka; they never end the loop.
-pub async fn consume_until_shutdown<F>(consumer: &StreamConsumer, shutdown: &CancellationToken, mut handle: F)
-where
+pub async fn consume_until_shutdown<F>(
+    consumer: &StreamConsumer,
+    shutdown: &CancellationToken,
+    mut handle: F,
+) where
     F: FnMut(&BorrowedMessage<'_>),
 {
     loop {
@@ -184,7 +230,9 @@ where
         Ok(()) => {}
         // Nothing consumed since the last commit.
         Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(%error, "final offset commit failed; the group resumes from the last commit"),
+        Err(error) => {
+            tracing::warn!(%error, "final offset commit failed; the group resumes from the last commit")
+        }
     }
 }
 
@@ -195,9 +243,15 @@ mod tests {
     #[test]
     fn passthrough_settings_win_and_env_keys_get_dots() {
         let mut config = KafkaConfig::default();
-        config.librdkafka.insert("security_protocol".into(), "SASL_SSL".into());
-        config.librdkafka.insert("sasl.mechanisms".into(), "PLAIN".into());
-        config.librdkafka.insert("client.id".into(), "override".into());
+        config
+            .librdkafka
+            .insert("security_protocol".into(), "SASL_SSL".into());
+        config
+            .librdkafka
+            .insert("sasl.mechanisms".into(), "PLAIN".into());
+        config
+            .librdkafka
+            .insert("client.id".into(), "override".into());
         let client = config.client_config("svc");
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(client.get("sasl.mechanisms"), Some("PLAIN"));

@@ -39,7 +39,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { group_id: "abm-alerter".into() }
+        Settings {
+            group_id: "abm-alerter".into(),
+        }
     }
 }
 
@@ -54,11 +56,17 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-alerter").await?;
     let crossings_in = IntCounterVec::new(
-        Opts::new("abm_alerter_crossings_consumed_total", "Score crossings read and decoded, by kind."),
+        Opts::new(
+            "abm_alerter_crossings_consumed_total",
+            "Score crossings read and decoded, by kind.",
+        ),
         &["kind"],
     )?;
     let decode_errors = IntCounterVec::new(
-        Opts::new("abm_alerter_decode_errors_total", "Input records that are not a decodable ScoreCrossing, by topic."),
+        Opts::new(
+            "abm_alerter_decode_errors_total",
+            "Input records that are not a decodable ScoreCrossing, by topic.",
+        ),
         &["topic"],
     )?;
     context.registry.register(Box::new(crossings_in.clone()))?;

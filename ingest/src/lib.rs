@@ -18,8 +18,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 
 /// The raw topics ingest normalises.
-pub const RAW_TOPICS: [TopicRole; 4] =
-    [TopicRole::RawWebVisits, TopicRole::RawAdClicks, TopicRole::RawEmailEvents, TopicRole::RawDemoRequests];
+pub const RAW_TOPICS: [TopicRole; 4] = [
+    TopicRole::RawWebVisits,
+    TopicRole::RawAdClicks,
+    TopicRole::RawEmailEvents,
+    TopicRole::RawDemoRequests,
+];
 
 /// Ingest's configuration (see the README's configuration reference).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -42,7 +46,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { group_id: "abm-ingest".into() }
+        Settings {
+            group_id: "abm-ingest".into(),
+        }
     }
 }
 
@@ -57,7 +63,10 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
     let records = IntCounterVec::new(
-        Opts::new("abm_ingest_raw_records_total", "Raw-topic records read, by topic and outcome (json, malformed_json)."),
+        Opts::new(
+            "abm_ingest_raw_records_total",
+            "Raw-topic records read, by topic and outcome (json, malformed_json).",
+        ),
         &["topic", "outcome"],
     )?;
     context.registry.register(Box::new(records.clone()))?;
@@ -73,7 +82,9 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     };
     service
         .run(&context, |message| {
-            let is_json = message.payload().is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok());
+            let is_json = message
+                .payload()
+                .is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok());
             let outcome = if is_json { "json" } else { "malformed_json" };
             records.with_label_values(&[message.topic(), outcome]).inc();
         })

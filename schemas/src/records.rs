@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// ABM tier of an account. `Untiered` means "not on the TAL".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     #[default]
@@ -46,7 +48,9 @@ pub struct Account {
 }
 
 /// What happened. `Unknown` is what an older reader sees for a kind added later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     #[default]
@@ -184,7 +188,12 @@ pub struct EngagementEvent {
 
 impl EngagementEvent {
     /// An event of `kind` with no properties set; callers fill in the one record of its kind.
-    pub fn new(event_id: impl Into<String>, kind: EventKind, occurred_at: i64, source: impl Into<String>) -> Self {
+    pub fn new(
+        event_id: impl Into<String>,
+        kind: EventKind,
+        occurred_at: i64,
+        source: impl Into<String>,
+    ) -> Self {
         EngagementEvent {
             event_id: event_id.into(),
             kind,
@@ -355,11 +364,11 @@ pub struct SalesAlert {
     pub next_step: String,
 }
 
+/// Kind and time of one applied event inside the 90-day count window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KindDayCount {
+pub struct WindowEvent {
     pub kind: EventKind,
-    pub day: i32,
-    pub count: i32,
+    pub occurred_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,10 +379,11 @@ pub struct CapCount {
     pub count: i32,
 }
 
+/// A recently applied event id (hashed), for deduplication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeenEvent {
-    pub event_id: String,
-    pub occurred_at: i64,
+    pub id_hash: i64,
+    pub applied_at: i64,
 }
 
 /// The scorer's full state of one account (`abm.scorer.state`, compacted changelog).
@@ -388,7 +398,7 @@ pub struct AccountState {
     pub threshold_crossings: i64,
     pub hand_raiser_crossings: i64,
     pub contacts: Vec<EngagedContact>,
-    pub kind_days: Vec<KindDayCount>,
+    pub window_events: Vec<WindowEvent>,
     pub cap_counts: Vec<CapCount>,
     pub seen_events: Vec<SeenEvent>,
     pub recent_events: Vec<RecentEvent>,

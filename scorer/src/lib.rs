@@ -5,6 +5,8 @@
 //! codec, counts it by kind, and serves its HTTP port. The engine, state, snapshots and query
 //! API come with issue #3.
 
+pub mod engine;
+
 use abm::kafka::KafkaConfig;
 use abm::ops::HttpConfig;
 use abm::service::{ConsumingService, Context, ServiceConfig, prepare_kafka};
@@ -40,7 +42,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { group_id: "abm-scorer".into() }
+        Settings {
+            group_id: "abm-scorer".into(),
+        }
     }
 }
 
@@ -58,16 +62,25 @@ struct Metrics {
 impl Metrics {
     fn register(registry: &prometheus::Registry) -> anyhow::Result<Metrics> {
         let events = IntCounterVec::new(
-            Opts::new("abm_scorer_events_consumed_total", "Engagement events read and decoded, by kind."),
+            Opts::new(
+                "abm_scorer_events_consumed_total",
+                "Engagement events read and decoded, by kind.",
+            ),
             &["kind"],
         )?;
         let decode_errors = IntCounterVec::new(
-            Opts::new("abm_scorer_decode_errors_total", "Input records that are not a decodable EngagementEvent, by topic."),
+            Opts::new(
+                "abm_scorer_decode_errors_total",
+                "Input records that are not a decodable EngagementEvent, by topic.",
+            ),
             &["topic"],
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(decode_errors.clone()))?;
-        Ok(Metrics { events, decode_errors })
+        Ok(Metrics {
+            events,
+            decode_errors,
+        })
     }
 }
 

@@ -1,0 +1,261 @@
+//! `[scoring]`: rules, persona weights, decay, breadth, thresholds. Defaults follow the ABM
+//! playbooks in PRODUCT.md; every field is documented in the README's scoring section.
+
+use std::collections::BTreeMap;
+
+use abm_schemas::{EmailAction, EventKind, Tier};
+use serde::{Deserialize, Serialize};
+
+/// One scoring rule. Every condition that is set must hold; the first matching rule wins.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name, used in explanations and the state.
+    pub name: String,
+    /// Points before persona weighting; may be negative.
+    pub points: f64,
+    /// Event kind, e.g. `web_visit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EventKind>,
+    /// Email action, e.g. `click` (only email events have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_action: Option<EmailAction>,
+    /// Matches when the URL's path (no host, no query) contains any of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub url_patterns: Vec<String>,
+    /// Ad channel, case-insensitive (e.g. `linkedin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Campaign (ad or email), exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// Only the first N events of this rule per contact per UTC day score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_per_contact_per_day: Option<u32>,
+}
+
+impl RuleConfig {
+    fn new(name: &str, points: f64, kind: EventKind) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            points,
+            kind: Some(kind),
+            email_action: None,
+            url_patterns: Vec::new(),
+            channel: None,
+            campaign: None,
+            cap_per_contact_per_day: None,
+        }
+    }
+}
+
+/// Maps a job title to a persona when the event does not name one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TitlePersona {
+    /// Whole words of the title, case-insensitive: `vp` matches "VP Finance", not "MVP".
+    pub title_words: String,
+    pub persona: String,
+}
+
+/// Threshold per tier.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    pub tier_1: f64,
+    pub tier_2: f64,
+    pub tier_3: f64,
+    /// Accounts not on the TAL.
+    pub untiered: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            tier_1: 50.0,
+            tier_2: 75.0,
+            tier_3: 100.0,
+            untiered: 150.0,
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn for_tier(&self, tier: Tier) -> f64 {
+        match tier {
+            Tier::Tier1 => self.tier_1,
+            Tier::Tier2 => self.tier_2,
+            Tier::Tier3 => self.tier_3,
+            Tier::Untiered => self.untiered,
+        }
+    }
+}
+
+/// `[scoring]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Ordered rules; the first match gives an event its points.
+    pub rules: Vec<RuleConfig>,
+    /// Weight per persona; personas not listed weigh 1.0. Events without persona are `unknown`.
+    pub persona_weights: BTreeMap<String, f64>,
+    /// Title-to-persona mapping, first match wins, used when the event has no persona.
+    pub title_personas: Vec<TitlePersona>,
+    /// Half-life of points, in days of event time (default 14).
+    pub half_life_days: f64,
+    /// Breadth multiplier `m(B) = min(1 + alpha * (B - 1), max)` (defaults 0.25 and 2.0).
+    pub breadth_alpha: f64,
+    pub breadth_max: f64,
+    /// Re-arm below `threshold * (1 - hysteresis)` (default 0.25).
+    pub hysteresis: f64,
+    pub thresholds: Thresholds,
+    /// Explanations and state bounds.
+    pub max_recent_events: usize,
+    pub max_contacts: usize,
+    pub max_window_events: usize,
+    /// Event ids are remembered while the account's as-of advanced less than this (default 7).
+    pub dedup_window_days: f64,
+    pub max_seen_events: usize,
+    /// Rules listed in explanations (default 5).
+    pub top_rules: usize,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        let mut pricing = RuleConfig::new("pricing_page", 15.0, EventKind::WebVisit);
+        pricing.url_patterns = vec!["/pricing".into()];
+        let mut careers = RuleConfig::new("careers_page", -5.0, EventKind::WebVisit);
+        careers.url_patterns = vec!["/careers".into(), "/jobs".into()];
+        let mut email_click = RuleConfig::new("email_click", 5.0, EventKind::Email);
+        email_click.email_action = Some(EmailAction::Click);
+        let mut unsubscribe = RuleConfig::new("email_unsubscribe", -10.0, EventKind::Email);
+        unsubscribe.email_action = Some(EmailAction::Unsubscribe);
+        let mut web_visit = RuleConfig::new("web_visit", 5.0, EventKind::WebVisit);
+        web_visit.cap_per_contact_per_day = Some(10);
+        ScoringConfig {
+            rules: vec![
+                RuleConfig::new("demo_request", 50.0, EventKind::DemoRequest),
+                RuleConfig::new("sdr_meeting", 30.0, EventKind::Meeting),
+                pricing,
+                careers,
+                web_visit,
+                RuleConfig::new("content_download", 10.0, EventKind::ContentDownload),
+                email_click,
+                unsubscribe,
+                RuleConfig::new("ad_click", 5.0, EventKind::AdClick),
+            ],
+            persona_weights: BTreeMap::from([
+                ("economic_buyer".into(), 1.5),
+                ("champion".into(), 1.2),
+                ("unknown".into(), 1.0),
+            ]),
+            title_personas: [
+                ("chief", "economic_buyer"),
+                ("ceo", "economic_buyer"),
+                ("cfo", "economic_buyer"),
+                ("cto", "economic_buyer"),
+                ("cio", "economic_buyer"),
+                ("vp", "economic_buyer"),
+                ("vice president", "economic_buyer"),
+                ("head", "champion"),
+                ("director", "champion"),
+                ("manager", "champion"),
+            ]
+            .into_iter()
+            .map(|(words, persona)| TitlePersona {
+                title_words: words.into(),
+                persona: persona.into(),
+            })
+            .collect(),
+            half_life_days: 14.0,
+            breadth_alpha: 0.25,
+            breadth_max: 2.0,
+            hysteresis: 0.25,
+            thresholds: Thresholds::default(),
+            max_recent_events: 5,
+            max_contacts: 64,
+            max_window_events: 512,
+            dedup_window_days: 7.0,
+            max_seen_events: 4096,
+            top_rules: 5,
+        }
+    }
+}
+
+/// A scoring configuration that cannot be used, with the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("scoring.{field}: {problem}")]
+pub struct ScoringConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ScoringConfig {
+    /// Checks what serde cannot: finite numbers, positive bounds, unique rule names.
+    pub fn validate(&self) -> Result<(), ScoringConfigError> {
+        let fail = |field: &str, problem: &str| {
+            Err(ScoringConfigError {
+                field: field.into(),
+                problem: problem.into(),
+            })
+        };
+        if !(self.half_life_days.is_finite() && self.half_life_days > 0.0) {
+            return fail("half_life_days", "must be a positive number of days");
+        }
+        if !(self.breadth_alpha.is_finite() && self.breadth_alpha >= 0.0) {
+            return fail("breadth_alpha", "must be >= 0");
+        }
+        if !(self.breadth_max.is_finite() && self.breadth_max >= 1.0) {
+            return fail("breadth_max", "must be >= 1");
+        }
+        if !(0.0..1.0).contains(&self.hysteresis) {
+            return fail("hysteresis", "must be in [0, 1)");
+        }
+        for (tier, value) in [
+            ("tier_1", self.thresholds.tier_1),
+            ("tier_2", self.thresholds.tier_2),
+            ("tier_3", self.thresholds.tier_3),
+            ("untiered", self.thresholds.untiered),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return fail(&format!("thresholds.{tier}"), "must be a positive number");
+            }
+        }
+        if !(self.dedup_window_days.is_finite() && self.dedup_window_days >= 7.0) {
+            return fail("dedup_window_days", "must be at least 7 days");
+        }
+        if self.rules.len() > usize::from(u16::MAX) {
+            return fail("rules", "too many rules");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
+                return fail(
+                    &format!("rules[{index}].name"),
+                    "must be non-empty and unique",
+                );
+            }
+            if !rule.points.is_finite() {
+                return fail(&format!("rules[{index}].points"), "must be a finite number");
+            }
+            if rule.cap_per_contact_per_day == Some(0) {
+                return fail(
+                    &format!("rules[{index}].cap_per_contact_per_day"),
+                    "must be at least 1 (remove the rule instead)",
+                );
+            }
+        }
+        for (persona, weight) in &self.persona_weights {
+            if !weight.is_finite() {
+                return fail(
+                    &format!("persona_weights.{persona}"),
+                    "must be a finite number",
+                );
+            }
+        }
+        if self.max_seen_events == 0 || self.max_window_events == 0 || self.max_contacts == 0 {
+            return fail("max_*", "bounds must be at least 1");
+        }
+        Ok(())
+    }
+}

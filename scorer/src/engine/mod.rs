@@ -1,0 +1,415 @@
+//! The scoring engine: pure functions over one account's state. No Kafka, no clock, no I/O.
+//!
+//! [`Engine::apply`] applies one event to an account's [`AccountScoreState`] and returns the
+//! crossings it caused; [`Engine::view`] explains a state at its as-of time or decayed to a
+//! later time. The semantics are PRODUCT.md's "Scoring semantics", restated in the README so
+//! anyone can recompute a score by hand.
+
+pub mod config;
+pub mod rules;
+pub mod state;
+
+use abm_schemas::{
+    CrossingKind, EngagedContact, EngagementEvent, EventKind, RecentEvent, RuleContribution,
+    ScoreCrossing, Tier,
+};
+
+pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
+pub use rules::{Rules, url_path};
+pub use state::{AccountScoreState, ContactEntry};
+
+/// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
+pub const DAY_MS: i64 = 86_400_000;
+/// Breadth window: distinct engaged contacts in `(as_of - 30 days, as_of]`.
+pub const BREADTH_WINDOW_MS: i64 = 30 * DAY_MS;
+/// Count windows, in days.
+pub const COUNT_WINDOWS_DAYS: [i64; 3] = [7, 30, 90];
+
+/// FNV-1a 64 of an event id: stable across processes and versions (it is persisted).
+pub fn event_id_hash(event_id: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in event_id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The event id was seen before for this account: nothing changed but the duplicate count.
+    Duplicate,
+    /// The event was applied.
+    Scored {
+        /// Points at the event's own time (after persona weight and cap), and the rule.
+        points: f64,
+        rule: Option<u16>,
+        /// Crossings in emission order: threshold first, then hand-raiser.
+        crossings: Vec<ScoreCrossing>,
+    },
+}
+
+/// An account's score and its explanation at a point in time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScoreView {
+    pub account_id: String,
+    pub tier: Tier,
+    /// The time the view is computed at: as-of, or later when decayed to now.
+    pub at: i64,
+    pub as_of: Option<i64>,
+    pub score: f64,
+    pub engagement: f64,
+    pub breadth: u32,
+    pub multiplier: f64,
+    pub threshold: f64,
+    pub armed: bool,
+    pub rule_points: Vec<RuleContribution>,
+    /// Events per kind in the last 7, 30 and 90 days before `at`.
+    pub counts: Vec<KindCounts>,
+    pub contacts: Vec<EngagedContact>,
+    pub recent_events: Vec<RecentEvent>,
+    pub events_applied: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KindCounts {
+    pub kind: EventKind,
+    pub last_7_days: u32,
+    pub last_30_days: u32,
+    pub last_90_days: u32,
+}
+
+/// The engine: compiled configuration, shared by all accounts.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: ScoringConfig,
+    rules: Rules,
+    half_life_ms: f64,
+    dedup_window_ms: i64,
+}
+
+impl Engine {
+    pub fn new(config: ScoringConfig) -> Result<Engine, ScoringConfigError> {
+        config.validate()?;
+        Ok(Engine {
+            rules: Rules::new(&config),
+            half_life_ms: config.half_life_days * DAY_MS as f64,
+            dedup_window_ms: (config.dedup_window_days * DAY_MS as f64) as i64,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ScoringConfig {
+        &self.config
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// `2^(-dt / H)`.
+    pub fn decay(&self, dt_ms: i64) -> f64 {
+        (-(dt_ms as f64) / self.half_life_ms).exp2()
+    }
+
+    /// `m(B) = min(1 + alpha (B - 1), m_max)`, and 1 when `B <= 1`.
+    pub fn multiplier(&self, breadth: u32) -> f64 {
+        if breadth <= 1 {
+            1.0
+        } else {
+            (1.0 + self.config.breadth_alpha * f64::from(breadth - 1)).min(self.config.breadth_max)
+        }
+    }
+
+    pub fn threshold(&self, tier: Tier) -> f64 {
+        self.config.thresholds.for_tier(tier)
+    }
+
+    fn persona_weight(&self, persona: &str) -> f64 {
+        self.config
+            .persona_weights
+            .get(persona)
+            .copied()
+            .unwrap_or(1.0)
+    }
+
+    /// Applies `event` to the state of account `account_id`, whose TAL tier is now `tier`.
+    pub fn apply(
+        &self,
+        account_id: &str,
+        state: &mut AccountScoreState,
+        event: &EngagementEvent,
+        tier: Tier,
+    ) -> Applied {
+        let id_hash = event_id_hash(&event.event_id);
+        if state.seen.iter().any(|(hash, _)| *hash == id_hash) {
+            state.duplicates += 1;
+            return Applied::Duplicate;
+        }
+        let t = event.occurred_at;
+        let rule_index = self.rules.first_match(event);
+        let persona = self.rules.persona(event);
+        let contact = event.contact.as_ref();
+        let contact_key: Option<String> = contact
+            .and_then(|c| c.contact_id.clone().filter(|id| !id.is_empty()))
+            .or_else(|| {
+                contact
+                    .and_then(|c| c.email.as_ref())
+                    .map(|email| email.to_lowercase())
+            });
+
+        // Points at the event's own time: the rule's points, persona-weighted, unless capped.
+        let mut points = 0.0;
+        if let Some(index) = rule_index {
+            let rule = self.rules.get(index);
+            points = rule.points * self.persona_weight(&persona);
+            if let Some(cap) = rule.cap_per_contact_per_day {
+                let key = contact_key.as_deref().unwrap_or("anonymous");
+                if state.count_for_cap(key, index, t.div_euclid(DAY_MS)) > cap {
+                    points = 0.0;
+                }
+            }
+        }
+
+        // Advance as-of (decaying what is there), then add the event's decayed contribution.
+        let as_of = match state.as_of {
+            Some(as_of) if as_of >= t => as_of,
+            Some(as_of) => {
+                let factor = self.decay(t - as_of);
+                state.engagement *= factor;
+                for (_, rule_points) in &mut state.rule_points {
+                    *rule_points *= factor;
+                }
+                t
+            }
+            None => t,
+        };
+        state.as_of = Some(as_of);
+        let contribution = points * self.decay(as_of - t);
+        state.engagement += contribution;
+        if let Some(index) = rule_index {
+            state.add_rule_points(index, contribution);
+        }
+
+        // A contact is engaged by an event that matched a rule with positive points.
+        if let (Some(key), Some(index)) = (&contact_key, rule_index)
+            && self.rules.get(index).points > 0.0
+        {
+            let title = contact.and_then(|c| c.title.clone());
+            state.engage_contact(key, &persona, title, t);
+        }
+
+        state.tier = tier;
+        state.events_applied += 1;
+        state.record_window_event(event.kind, t);
+        state.remember(id_hash, as_of);
+        state.record_recent(
+            self.recent_event(event, rule_index, points, contact_key),
+            self.config.max_recent_events,
+        );
+        state.prune(as_of, self.dedup_window_ms, &self.config);
+
+        let crossings = self.evaluate(account_id, state, event);
+        Applied::Scored {
+            points,
+            rule: rule_index,
+            crossings,
+        }
+    }
+
+    /// Threshold and hand-raiser evaluation after an applied event (PRODUCT.md's order).
+    fn evaluate(
+        &self,
+        account_id: &str,
+        state: &mut AccountScoreState,
+        event: &EngagementEvent,
+    ) -> Vec<ScoreCrossing> {
+        let mut crossings = Vec::new();
+        let Some(as_of) = state.as_of else {
+            return crossings;
+        };
+        let breadth = state.breadth_at(as_of);
+        let score = state.engagement.max(0.0) * self.multiplier(breadth);
+        let threshold = self.threshold(state.tier);
+        if state.armed && score >= threshold {
+            state.armed = false;
+            state.threshold_crossings += 1;
+            crossings.push(self.crossing(
+                account_id,
+                state,
+                CrossingKind::Threshold,
+                event,
+                score,
+                breadth,
+            ));
+        } else if !state.armed && score < threshold * (1.0 - self.config.hysteresis) {
+            state.armed = true;
+        }
+        if event.kind == EventKind::DemoRequest {
+            state.hand_raiser_crossings += 1;
+            crossings.push(self.crossing(
+                account_id,
+                state,
+                CrossingKind::HandRaiser,
+                event,
+                score,
+                breadth,
+            ));
+        }
+        crossings
+    }
+
+    fn crossing(
+        &self,
+        account_id: &str,
+        state: &AccountScoreState,
+        kind: CrossingKind,
+        event: &EngagementEvent,
+        score: f64,
+        breadth: u32,
+    ) -> ScoreCrossing {
+        let sequence = match kind {
+            CrossingKind::Threshold => state.threshold_crossings,
+            CrossingKind::HandRaiser => state.hand_raiser_crossings,
+        };
+        let as_of = state.as_of.unwrap_or(event.occurred_at);
+        ScoreCrossing {
+            crossing_id: crossing_id(account_id, kind, sequence),
+            account_id: account_id.to_owned(),
+            kind,
+            sequence: sequence as i64,
+            tier: state.tier,
+            score,
+            threshold: self.threshold(state.tier),
+            engagement: state.engagement,
+            breadth: breadth as i32,
+            multiplier: self.multiplier(breadth),
+            as_of,
+            trigger_event_id: event.event_id.clone(),
+            top_rules: self.top_rules(state, 1.0, self.config.top_rules),
+            contacts: state.engaged_contacts(as_of),
+            recent_events: state.recent_records(self),
+        }
+    }
+
+    fn recent_event(
+        &self,
+        event: &EngagementEvent,
+        rule: Option<u16>,
+        points: f64,
+        contact: Option<String>,
+    ) -> state::Recent {
+        let detail = match event.kind {
+            EventKind::WebVisit => event
+                .web_visit
+                .as_ref()
+                .map(|v| url_path(&v.url).to_owned()),
+            EventKind::AdClick => event.ad_click.as_ref().map(|a| {
+                format!("{} {}", a.channel, a.campaign.as_deref().unwrap_or(""))
+                    .trim_end()
+                    .to_owned()
+            }),
+            EventKind::Email => event
+                .email
+                .as_ref()
+                .map(|e| format!("{:?}", e.action).to_lowercase()),
+            EventKind::DemoRequest => event
+                .demo_request
+                .as_ref()
+                .map(|d| format!("form {}", d.form)),
+            EventKind::ContentDownload => event.content_download.as_ref().map(|c| c.asset.clone()),
+            EventKind::Webinar => event
+                .webinar
+                .as_ref()
+                .map(|w| format!("{} {}", w.action, w.webinar_id)),
+            EventKind::Meeting => event.meeting.as_ref().map(|m| m.meeting_id.clone()),
+            EventKind::Intent => event
+                .intent
+                .as_ref()
+                .map(|i| format!("{} ({:.2})", i.topic, i.strength)),
+            EventKind::Unknown => None,
+        };
+        state::Recent {
+            event_id: event.event_id.as_str().into(),
+            kind: event.kind,
+            occurred_at: event.occurred_at,
+            rule,
+            points,
+            contact_id: contact.map(Into::into),
+            detail: detail.unwrap_or_default().into(),
+        }
+    }
+
+    /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.
+    fn top_rules(
+        &self,
+        state: &AccountScoreState,
+        factor: f64,
+        limit: usize,
+    ) -> Vec<RuleContribution> {
+        let mut rules: Vec<RuleContribution> = state
+            .rule_points
+            .iter()
+            .filter(|(index, _)| usize::from(*index) < self.rules.len())
+            .map(|(index, points)| RuleContribution {
+                rule: self.rules.get(*index).name.clone(),
+                points: points * factor,
+            })
+            .collect();
+        rules.sort_by(|a, b| {
+            b.points
+                .abs()
+                .total_cmp(&a.points.abs())
+                .then_with(|| a.rule.cmp(&b.rule))
+        });
+        rules.truncate(limit);
+        rules
+    }
+
+    /// The account's score and explanation at `at` (its as-of time when `None` or earlier).
+    pub fn view(&self, account_id: &str, state: &AccountScoreState, at: Option<i64>) -> ScoreView {
+        let as_of = state.as_of;
+        let at = match (as_of, at) {
+            (Some(as_of), Some(at)) => at.max(as_of),
+            (Some(as_of), None) => as_of,
+            (None, at) => at.unwrap_or(0),
+        };
+        let factor = as_of.map_or(1.0, |as_of| self.decay(at - as_of));
+        let engagement = state.engagement * factor;
+        let breadth = state.breadth_at(at);
+        let multiplier = self.multiplier(breadth);
+        let rule_points = self.top_rules(state, factor, usize::MAX);
+        ScoreView {
+            account_id: account_id.to_owned(),
+            tier: state.tier,
+            at,
+            as_of,
+            score: engagement.max(0.0) * multiplier,
+            engagement,
+            breadth,
+            multiplier,
+            threshold: self.threshold(state.tier),
+            armed: state.armed,
+            rule_points,
+            counts: state.counts_at(at),
+            contacts: state.engaged_contacts(at),
+            recent_events: state.recent_records(self),
+            events_applied: state.events_applied,
+            duplicates: state.duplicates,
+        }
+    }
+
+    /// Score at the state's own as-of time (what `abm.account-scores` publishes).
+    pub fn score(&self, state: &AccountScoreState) -> f64 {
+        state.as_of.map_or(0.0, |as_of| {
+            state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of))
+        })
+    }
+}
+
+/// `<account_id>:<kind>:<sequence>`: a pure function of the account's log.
+pub fn crossing_id(account_id: &str, kind: CrossingKind, sequence: u64) -> String {
+    format!("{account_id}:{}:{sequence}", kind.as_str())
+}

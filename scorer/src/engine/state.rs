@@ -1,0 +1,421 @@
+//! One account's scoring state, kept compact in memory, and its Avro form (`AccountState`).
+
+use std::collections::VecDeque;
+
+use abm_schemas::{
+    AccountState, CapCount, EngagedContact, EventKind, RecentEvent, RuleContribution, SeenEvent,
+    Tier, WindowEvent,
+};
+
+use super::config::ScoringConfig;
+use super::{BREADTH_WINDOW_MS, COUNT_WINDOWS_DAYS, DAY_MS, Engine, KindCounts};
+
+/// A contact with a positive-scoring event (kept while inside the breadth window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactEntry {
+    pub key: Box<str>,
+    pub persona: Box<str>,
+    pub title: Option<Box<str>>,
+    pub last_engaged_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CapEntry {
+    contact_key: Box<str>,
+    rule: u16,
+    day: i64,
+    count: u32,
+}
+
+/// One of the last few events, for explanations.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Recent {
+    pub event_id: Box<str>,
+    pub kind: EventKind,
+    pub occurred_at: i64,
+    pub rule: Option<u16>,
+    pub points: f64,
+    pub contact_id: Option<Box<str>>,
+    pub detail: Box<str>,
+}
+
+/// Everything the engine keeps about one account. All collections are bounded by
+/// [`ScoringConfig`]'s `max_*` settings and by the time windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountScoreState {
+    pub tier: Tier,
+    pub as_of: Option<i64>,
+    /// `E` at `as_of`.
+    pub engagement: f64,
+    /// Decayed points per rule index at `as_of`.
+    pub rule_points: Vec<(u16, f64)>,
+    pub armed: bool,
+    pub threshold_crossings: u64,
+    pub hand_raiser_crossings: u64,
+    pub contacts: Vec<ContactEntry>,
+    /// Kind and time of applied events in the 90-day window.
+    pub(crate) window: Vec<(i64, EventKind)>,
+    pub(crate) caps: Vec<CapEntry>,
+    /// (event id hash, as-of when applied), in apply order.
+    pub(crate) seen: VecDeque<(i64, i64)>,
+    pub(crate) recent: Vec<Recent>,
+    pub events_applied: u64,
+    pub duplicates: u64,
+}
+
+impl Default for AccountScoreState {
+    fn default() -> Self {
+        AccountScoreState {
+            tier: Tier::Untiered,
+            as_of: None,
+            engagement: 0.0,
+            rule_points: Vec::new(),
+            // Accounts start armed.
+            armed: true,
+            threshold_crossings: 0,
+            hand_raiser_crossings: 0,
+            contacts: Vec::new(),
+            window: Vec::new(),
+            caps: Vec::new(),
+            seen: VecDeque::new(),
+            recent: Vec::new(),
+            events_applied: 0,
+            duplicates: 0,
+        }
+    }
+}
+
+impl AccountScoreState {
+    /// Counts one more event of (contact, rule) on `day` and returns the new count.
+    pub(crate) fn count_for_cap(&mut self, contact_key: &str, rule: u16, day: i64) -> u32 {
+        if let Some(entry) = self
+            .caps
+            .iter_mut()
+            .find(|e| e.rule == rule && e.day == day && &*e.contact_key == contact_key)
+        {
+            entry.count += 1;
+            return entry.count;
+        }
+        self.caps.push(CapEntry {
+            contact_key: contact_key.into(),
+            rule,
+            day,
+            count: 1,
+        });
+        1
+    }
+
+    pub(crate) fn add_rule_points(&mut self, rule: u16, points: f64) {
+        match self
+            .rule_points
+            .iter_mut()
+            .find(|(index, _)| *index == rule)
+        {
+            Some((_, total)) => *total += points,
+            None => self.rule_points.push((rule, points)),
+        }
+    }
+
+    pub(crate) fn engage_contact(
+        &mut self,
+        key: &str,
+        persona: &str,
+        title: Option<String>,
+        t: i64,
+    ) {
+        match self.contacts.iter_mut().find(|c| &*c.key == key) {
+            Some(contact) => {
+                if t >= contact.last_engaged_at {
+                    contact.last_engaged_at = t;
+                    contact.persona = persona.into();
+                    if title.is_some() {
+                        contact.title = title.map(Into::into);
+                    }
+                }
+            }
+            None => self.contacts.push(ContactEntry {
+                key: key.into(),
+                persona: persona.into(),
+                title: title.map(Into::into),
+                last_engaged_at: t,
+            }),
+        }
+    }
+
+    pub(crate) fn record_window_event(&mut self, kind: EventKind, t: i64) {
+        self.window.push((t, kind));
+    }
+
+    pub(crate) fn remember(&mut self, id_hash: i64, as_of: i64) {
+        self.seen.push_back((id_hash, as_of));
+    }
+
+    pub(crate) fn record_recent(&mut self, recent: Recent, max: usize) {
+        // Newest event time first; among equal times, the later applied first.
+        let position = self
+            .recent
+            .iter()
+            .position(|r| r.occurred_at <= recent.occurred_at)
+            .unwrap_or(self.recent.len());
+        self.recent.insert(position, recent);
+        self.recent.truncate(max);
+    }
+
+    /// Drops what fell out of every window, then enforces the size bounds.
+    pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) {
+        self.contacts
+            .retain(|c| c.last_engaged_at > as_of - BREADTH_WINDOW_MS);
+        if self.contacts.len() > config.max_contacts {
+            self.contacts.sort_by(|a, b| {
+                b.last_engaged_at
+                    .cmp(&a.last_engaged_at)
+                    .then_with(|| a.key.cmp(&b.key))
+            });
+            self.contacts.truncate(config.max_contacts);
+        }
+        let longest = COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1] * DAY_MS;
+        self.window.retain(|(t, _)| *t > as_of - longest);
+        if self.window.len() > config.max_window_events {
+            self.window.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+            self.window.truncate(config.max_window_events);
+        }
+        let oldest_cap_day =
+            as_of.div_euclid(DAY_MS) - COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1];
+        self.caps.retain(|cap| cap.day >= oldest_cap_day);
+        while self
+            .seen
+            .front()
+            .is_some_and(|(_, applied_at)| *applied_at <= as_of - dedup_window_ms)
+        {
+            self.seen.pop_front();
+        }
+        while self.seen.len() > config.max_seen_events {
+            self.seen.pop_front();
+        }
+    }
+
+    /// `B` at `at`: distinct contacts engaged in `(at - 30 days, at]`.
+    pub fn breadth_at(&self, at: i64) -> u32 {
+        let count = self
+            .contacts
+            .iter()
+            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
+    /// Events per kind in `(at - N days, at]` for N = 7, 30, 90; kinds with none are left out.
+    pub fn counts_at(&self, at: i64) -> Vec<KindCounts> {
+        EventKind::ALL
+            .iter()
+            .filter_map(|kind| {
+                let count = |days: i64| {
+                    let n = self
+                        .window
+                        .iter()
+                        .filter(|(t, k)| k == kind && *t > at - days * DAY_MS && *t <= at)
+                        .count();
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                };
+                let counts = KindCounts {
+                    kind: *kind,
+                    last_7_days: count(COUNT_WINDOWS_DAYS[0]),
+                    last_30_days: count(COUNT_WINDOWS_DAYS[1]),
+                    last_90_days: count(COUNT_WINDOWS_DAYS[2]),
+                };
+                (counts.last_90_days > 0).then_some(counts)
+            })
+            .collect()
+    }
+
+    /// Contacts engaged in the breadth window before `at`, most recent first.
+    pub fn engaged_contacts(&self, at: i64) -> Vec<EngagedContact> {
+        let mut contacts: Vec<EngagedContact> = self
+            .contacts
+            .iter()
+            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
+            .map(|c| EngagedContact {
+                contact_id: c.key.to_string(),
+                persona: c.persona.to_string(),
+                title: c.title.as_deref().map(str::to_owned),
+                last_engaged_at: c.last_engaged_at,
+            })
+            .collect();
+        contacts.sort_by(|a, b| {
+            b.last_engaged_at
+                .cmp(&a.last_engaged_at)
+                .then_with(|| a.contact_id.cmp(&b.contact_id))
+        });
+        contacts
+    }
+
+    pub(crate) fn recent_records(&self, engine: &Engine) -> Vec<RecentEvent> {
+        self.recent
+            .iter()
+            .map(|r| RecentEvent {
+                event_id: r.event_id.to_string(),
+                kind: r.kind,
+                occurred_at: r.occurred_at,
+                rule: r
+                    .rule
+                    .filter(|i| usize::from(*i) < engine.rules().len())
+                    .map(|i| engine.rules().get(i).name.clone()),
+                points: r.points,
+                contact_id: r.contact_id.as_deref().map(str::to_owned),
+                detail: r.detail.to_string(),
+            })
+            .collect()
+    }
+
+    /// The Avro form, for the changelog topic.
+    pub fn to_record(&self, account_id: &str, engine: &Engine) -> AccountState {
+        let rule_name = |index: u16| engine.rules().get(index).name.clone();
+        AccountState {
+            account_id: account_id.to_owned(),
+            tier: self.tier,
+            as_of: self.as_of,
+            engagement: self.engagement,
+            rule_points: self
+                .rule_points
+                .iter()
+                .map(|(index, points)| RuleContribution {
+                    rule: rule_name(*index),
+                    points: *points,
+                })
+                .collect(),
+            armed: self.armed,
+            threshold_crossings: self.threshold_crossings as i64,
+            hand_raiser_crossings: self.hand_raiser_crossings as i64,
+            contacts: self
+                .contacts
+                .iter()
+                .map(|c| EngagedContact {
+                    contact_id: c.key.to_string(),
+                    persona: c.persona.to_string(),
+                    title: c.title.as_deref().map(str::to_owned),
+                    last_engaged_at: c.last_engaged_at,
+                })
+                .collect(),
+            window_events: self
+                .window
+                .iter()
+                .map(|(t, kind)| WindowEvent {
+                    kind: *kind,
+                    occurred_at: *t,
+                })
+                .collect(),
+            cap_counts: self
+                .caps
+                .iter()
+                .map(|cap| CapCount {
+                    contact_key: cap.contact_key.to_string(),
+                    rule: rule_name(cap.rule),
+                    day: i32::try_from(cap.day).unwrap_or(i32::MAX),
+                    count: i32::try_from(cap.count).unwrap_or(i32::MAX),
+                })
+                .collect(),
+            seen_events: self
+                .seen
+                .iter()
+                .map(|(id_hash, applied_at)| SeenEvent {
+                    id_hash: *id_hash,
+                    applied_at: *applied_at,
+                })
+                .collect(),
+            recent_events: self.recent_records(engine),
+            events_applied: self.events_applied as i64,
+            duplicates: self.duplicates as i64,
+        }
+    }
+
+    /// Back from the Avro form. Rules that no longer exist in the config lose their breakdown
+    /// line (their points stay in `E`) and their caps.
+    pub fn from_record(record: &AccountState, engine: &Engine) -> AccountScoreState {
+        let rule_index = |name: &str| engine.rules().index_of(name);
+        AccountScoreState {
+            tier: record.tier,
+            as_of: record.as_of,
+            engagement: record.engagement,
+            rule_points: record
+                .rule_points
+                .iter()
+                .filter_map(|r| Some((rule_index(&r.rule)?, r.points)))
+                .collect(),
+            armed: record.armed,
+            threshold_crossings: u64::try_from(record.threshold_crossings).unwrap_or(0),
+            hand_raiser_crossings: u64::try_from(record.hand_raiser_crossings).unwrap_or(0),
+            contacts: record
+                .contacts
+                .iter()
+                .map(|c| ContactEntry {
+                    key: c.contact_id.as_str().into(),
+                    persona: c.persona.as_str().into(),
+                    title: c.title.as_deref().map(Into::into),
+                    last_engaged_at: c.last_engaged_at,
+                })
+                .collect(),
+            window: record
+                .window_events
+                .iter()
+                .map(|w| (w.occurred_at, w.kind))
+                .collect(),
+            caps: record
+                .cap_counts
+                .iter()
+                .filter_map(|cap| {
+                    Some(CapEntry {
+                        contact_key: cap.contact_key.as_str().into(),
+                        rule: rule_index(&cap.rule)?,
+                        day: i64::from(cap.day),
+                        count: u32::try_from(cap.count).unwrap_or(0),
+                    })
+                })
+                .collect(),
+            seen: record
+                .seen_events
+                .iter()
+                .map(|s| (s.id_hash, s.applied_at))
+                .collect(),
+            recent: record
+                .recent_events
+                .iter()
+                .map(|r| Recent {
+                    event_id: r.event_id.as_str().into(),
+                    kind: r.kind,
+                    occurred_at: r.occurred_at,
+                    rule: r.rule.as_deref().and_then(rule_index),
+                    points: r.points,
+                    contact_id: r.contact_id.as_deref().map(Into::into),
+                    detail: r.detail.as_str().into(),
+                })
+                .collect(),
+            events_applied: u64::try_from(record.events_applied).unwrap_or(0),
+            duplicates: u64::try_from(record.duplicates).unwrap_or(0),
+        }
+    }
+
+    /// Approximate heap bytes held by this state (for the memory metric and benchmarks).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let strings: usize = self
+            .contacts
+            .iter()
+            .map(|c| c.key.len() + c.persona.len() + c.title.as_ref().map_or(0, |t| t.len()))
+            .sum::<usize>()
+            + self.caps.iter().map(|c| c.contact_key.len()).sum::<usize>()
+            + self
+                .recent
+                .iter()
+                .map(|r| {
+                    r.event_id.len() + r.detail.len() + r.contact_id.as_ref().map_or(0, |c| c.len())
+                })
+                .sum::<usize>();
+        strings
+            + self.rule_points.capacity() * size_of::<(u16, f64)>()
+            + self.contacts.capacity() * size_of::<ContactEntry>()
+            + self.window.capacity() * size_of::<(i64, EventKind)>()
+            + self.caps.capacity() * size_of::<CapEntry>()
+            + self.seen.capacity() * size_of::<(i64, i64)>()
+            + self.recent.capacity() * size_of::<Recent>()
+    }
+}
