@@ -29,13 +29,8 @@ pub enum ConfigError {
 }
 
 /// Loads configuration from the process environment. See [`load_from`].
-pub fn load<T: DeserializeOwned>(
-    file: Option<&Path>,
-    service_defaults: &[(&str, &str)],
-) -> Result<T, ConfigError> {
-    let env: HashMap<String, String> = std::env::vars()
-        .filter(|(key, _)| key.starts_with("ABM_"))
-        .collect();
+pub fn load<T: DeserializeOwned>(file: Option<&Path>, service_defaults: &[(&str, &str)]) -> Result<T, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().filter(|(key, _)| key.starts_with("ABM_")).collect();
     load_from(file, service_defaults, env)
 }
 
@@ -48,15 +43,11 @@ pub fn load_from<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     for (key, value) in service_defaults {
-        builder = builder
-            .set_default(*key, *value)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        builder = builder.set_default(*key, *value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.display().to_string(), detail: e.to_string() })?;
         // Parse once with `toml` for a precise syntax error (line and column) before layering.
         toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
             path: path.display().to_string(),
@@ -71,12 +62,8 @@ pub fn load_from<T: DeserializeOwned>(
             .try_parsing(true)
             .source(Some(env)),
     );
-    let layered = builder
-        .build()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    layered
-        .try_deserialize::<T>()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    let layered = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    layered.try_deserialize::<T>().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
@@ -104,10 +91,7 @@ mod tests {
     }
     impl Default for Inner {
         fn default() -> Self {
-            Inner {
-                port: 1,
-                name: "default".into(),
-            }
+            Inner { port: 1, name: "default".into() }
         }
     }
     #[derive(Debug, Deserialize, PartialEq, Default)]
@@ -118,10 +102,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn file(text: &str) -> tempfile_path::TempPath {
@@ -135,8 +116,7 @@ mod tests {
             pub fn with(text: &str) -> Self {
                 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = std::env::temp_dir()
-                    .join(format!("abm-config-test-{}-{n}.toml", std::process::id()));
+                let path = std::env::temp_dir().join(format!("abm-config-test-{}-{n}.toml", std::process::id()));
                 std::fs::write(&path, text).expect("write temp config");
                 TempPath(path)
             }
@@ -153,17 +133,12 @@ mod tests {
         let loaded: Outer = load_from(None, &[], env(&[])).expect("defaults");
         assert_eq!(loaded, Outer::default());
 
-        let loaded: Outer =
-            load_from(None, &[("inner.port", "7")], env(&[])).expect("service default");
+        let loaded: Outer = load_from(None, &[("inner.port", "7")], env(&[])).expect("service default");
         assert_eq!(loaded.inner.port, 7);
 
         let toml = file("flag = true\n[inner]\nport = 8\n");
-        let loaded: Outer =
-            load_from(Some(&toml.0), &[("inner.port", "7")], env(&[])).expect("file");
-        assert_eq!(
-            (loaded.inner.port, loaded.flag, loaded.inner.name.as_str()),
-            (8, true, "default")
-        );
+        let loaded: Outer = load_from(Some(&toml.0), &[("inner.port", "7")], env(&[])).expect("file");
+        assert_eq!((loaded.inner.port, loaded.flag, loaded.inner.name.as_str()), (8, true, "default"));
 
         let loaded: Outer = load_from(
             Some(&toml.0),
@@ -180,8 +155,7 @@ mod tests {
         let error = load_from::<Outer>(Some(&toml.0), &[], env(&[])).expect_err("typo in file");
         assert!(error.to_string().contains("prot"), "{error}");
 
-        let error = load_from::<Outer>(None, &[], env(&[("ABM_INNER__PROT", "8")]))
-            .expect_err("typo in env");
+        let error = load_from::<Outer>(None, &[], env(&[("ABM_INNER__PROT", "8")])).expect_err("typo in env");
         assert!(error.to_string().contains("prot"), "{error}");
     }
 
@@ -195,11 +169,7 @@ mod tests {
         let error = load_from::<Outer>(Some(&toml.0), &[], env(&[])).expect_err("syntax");
         assert!(error.to_string().contains("line 1"), "{error}");
 
-        let error = load_from::<Outer>(Some(Path::new("/nonexistent/abm.toml")), &[], env(&[]))
-            .expect_err("missing");
-        assert!(
-            error.to_string().contains("/nonexistent/abm.toml"),
-            "{error}"
-        );
+        let error = load_from::<Outer>(Some(Path::new("/nonexistent/abm.toml")), &[], env(&[])).expect_err("missing");
+        assert!(error.to_string().contains("/nonexistent/abm.toml"), "{error}");
     }
 }

@@ -51,11 +51,7 @@ pub enum KafkaSetupError {
     #[error(
         "cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)"
     )]
-    Unreachable {
-        servers: String,
-        timeout_ms: u64,
-        detail: String,
-    },
+    Unreachable { servers: String, timeout_ms: u64, detail: String },
     #[error("invalid Kafka client setting: {0}")]
     Client(String),
     #[error("cannot create topic {topic}: {detail}")]
@@ -79,11 +75,7 @@ impl KafkaConfig {
     /// librdkafka's (`security.protocol`). Keys that already contain a dot are kept as given.
     pub fn passthrough(&self) -> impl Iterator<Item = (String, &str)> {
         self.librdkafka.iter().map(|(key, value)| {
-            let key = if key.contains('.') {
-                key.clone()
-            } else {
-                key.replace('_', ".")
-            };
+            let key = if key.contains('.') { key.clone() } else { key.replace('_', ".") };
             (key, value.as_str())
         })
     }
@@ -122,7 +114,7 @@ impl KafkaConfig {
         role_defaults
     }
 
-    fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
@@ -134,10 +126,9 @@ impl KafkaConfig {
             .create()
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let timeout = self.timeout();
-        let result =
-            tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-                .await
-                .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        let result = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         result.map_err(|e| KafkaSetupError::Unreachable {
             servers: self.bootstrap_servers.clone(),
             timeout_ms: self.connect_timeout_ms,
@@ -146,54 +137,29 @@ impl KafkaConfig {
     }
 
     /// Creates the topics in `specs` that do not exist yet; returns the names it created.
-    pub async fn ensure_topics(
-        &self,
-        client_id: &str,
-        specs: &[TopicSpec],
-    ) -> Result<Vec<String>, KafkaSetupError> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config(client_id)
-            .create()
-            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    pub async fn ensure_topics(&self, client_id: &str, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config(client_id).create().map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|spec| {
-                let topic = NewTopic::new(
-                    &spec.name,
-                    spec.partitions,
-                    TopicReplication::Fixed(self.replication_factor),
-                );
-                if spec.compacted {
-                    topic.set("cleanup.policy", "compact")
-                } else {
-                    topic
-                }
+                let topic =
+                    NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(self.replication_factor));
+                if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic }
             })
             .collect();
-        let options = AdminOptions::new()
-            .operation_timeout(Some(self.timeout()))
-            .request_timeout(Some(self.timeout()));
-        let results = admin
-            .create_topics(&new_topics, &options)
-            .await
-            .map_err(|e| KafkaSetupError::CreateTopic {
-                topic: specs
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                detail: e.to_string(),
-            })?;
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout())).request_timeout(Some(self.timeout()));
+        let results = admin.create_topics(&new_topics, &options).await.map_err(|e| KafkaSetupError::CreateTopic {
+            topic: specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+            detail: e.to_string(),
+        })?;
         let mut created = Vec::new();
         for result in results {
             match result {
                 Ok(name) => created.push(name),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(KafkaSetupError::CreateTopic {
-                        topic,
-                        detail: code.to_string(),
-                    });
+                    return Err(KafkaSetupError::CreateTopic { topic, detail: code.to_string() });
                 }
             }
         }
@@ -204,11 +170,8 @@ impl KafkaConfig {
 /// Feeds every message to `handle` until `shutdown` is cancelled, storing each message's offset
 /// once `handle` has returned (at-least-once), and commits the stored offsets before returning.
 /// Consumer errors are logged and retried by librdkafka; they never end the loop.
-pub async fn consume_until_shutdown<F>(
-    consumer: &StreamConsumer,
-    shutdown: &CancellationToken,
-    mut handle: F,
-) where
+pub async fn consume_until_shutdown<F>(consumer: &StreamConsumer, shutdown: &CancellationToken, mut handle: F)
+where
     F: FnMut(&BorrowedMessage<'_>),
 {
     loop {
@@ -236,6 +199,87 @@ pub async fn consume_until_shutdown<F>(
     }
 }
 
+/// Client context for readers that ask for end-of-partition events: librdkafka also reports
+/// them as errors, which the default context would log at ERROR level.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndOfPartitionContext;
+
+impl rdkafka::ClientContext for EndOfPartitionContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionContext {}
+
+/// Reads every partition of `topic` from the beginning (e.g. a compacted table such as the
+/// TAL), hands each record's key and value (`None` for a tombstone) to `on_record`, and keeps
+/// following it until `shutdown`. Returns once every partition has been read to its end, so
+/// the caller starts with the whole table; later updates arrive on a background thread.
+pub async fn follow_table<F>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    shutdown: CancellationToken,
+    mut on_record: F,
+) -> Result<(), KafkaSetupError>
+where
+    F: FnMut(&[u8], Option<&[u8]>) + Send + 'static,
+{
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer<EndOfPartitionContext> = kafka
+        .client_config(client_id)
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("group.id", format!("{client_id}-table-reader"))
+        .create_with_context(EndOfPartitionContext)
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), kafka.timeout())
+        .map_err(|e| KafkaSetupError::Client(format!("metadata of {topic}: {e}")))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    if partitions.is_empty() {
+        return Err(KafkaSetupError::Client(format!("topic {topic} does not exist")));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in &partitions {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    }
+    consumer.assign(&assignment).map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let topic_name = topic.to_owned();
+    std::thread::Builder::new()
+        .name(format!("table-{topic}"))
+        .spawn(move || {
+            let mut pending: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+            let mut ready = Some(ready_tx);
+            while !shutdown.is_cancelled() {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(message)) => on_record(message.key().unwrap_or_default(), message.payload()),
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                        pending.remove(&partition);
+                    }
+                    Some(Err(error)) => tracing::warn!(%error, topic = %topic_name, "table reader error"),
+                    None => {}
+                }
+                if pending.is_empty()
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send(());
+                }
+            }
+        })
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    ready_rx
+        .await
+        .map_err(|_| KafkaSetupError::Client(format!("table reader of {topic} stopped before reading to the end")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,15 +287,9 @@ mod tests {
     #[test]
     fn passthrough_settings_win_and_env_keys_get_dots() {
         let mut config = KafkaConfig::default();
-        config
-            .librdkafka
-            .insert("security_protocol".into(), "SASL_SSL".into());
-        config
-            .librdkafka
-            .insert("sasl.mechanisms".into(), "PLAIN".into());
-        config
-            .librdkafka
-            .insert("client.id".into(), "override".into());
+        config.librdkafka.insert("security_protocol".into(), "SASL_SSL".into());
+        config.librdkafka.insert("sasl.mechanisms".into(), "PLAIN".into());
+        config.librdkafka.insert("client.id".into(), "override".into());
         let client = config.client_config("svc");
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(client.get("sasl.mechanisms"), Some("PLAIN"));

@@ -25,9 +25,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-        }
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 0)) }
     }
 }
 
@@ -48,9 +46,7 @@ pub struct Health {
 impl Health {
     pub fn set_ready(&self) {
         // Never go back from stopping to ready.
-        let _ = self
-            .state
-            .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.state.compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
     }
     pub fn set_stopping(&self) {
         self.state.store(STOPPING, Ordering::SeqCst);
@@ -72,16 +68,13 @@ pub fn new_registry(service: &str) -> Registry {
     let registry = Registry::new();
     #[cfg(target_os = "linux")]
     {
-        let _ = registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
     }
     if let Ok(info) = IntGaugeVec::new(
         Opts::new("abm_build_info", "Build of the running service; always 1."),
         &["service", "version"],
     ) {
-        info.with_label_values(&[service, env!("CARGO_PKG_VERSION")])
-            .set(1);
+        info.with_label_values(&[service, env!("CARGO_PKG_VERSION")]).set(1);
         let _ = registry.register(Box::new(info));
     }
     registry
@@ -106,11 +99,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    let status = if state.health.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if state.health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, format!("{}\n", state.health.describe())).into_response()
 }
 
@@ -126,18 +115,10 @@ pub fn router(registry: Registry, health: Health, routes: Router) -> Router {
 
 /// Binds the HTTP port; errors name the address.
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen = {address}: {e}"))
+    TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on http.listen = {address}: {e}"))
 }
 
 /// Serves `app` until `shutdown` is cancelled, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

@@ -62,12 +62,7 @@ impl Context {
 /// Runs a service to completion and turns the outcome into an exit code.
 ///
 /// `service_defaults` are config defaults specific to the service, such as its HTTP port.
-pub fn main<C, F, Fut>(
-    service: &'static str,
-    args: &CommonArgs,
-    service_defaults: &[(&str, &str)],
-    run: F,
-) -> ExitCode
+pub fn main<C, F, Fut>(service: &'static str, args: &CommonArgs, service_defaults: &[(&str, &str)], run: F) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(C, Context) -> Fut,
@@ -96,10 +91,7 @@ where
         eprintln!("{service}: error: {error}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{service}: error: cannot start the async runtime: {error}");
@@ -126,11 +118,7 @@ where
 
 /// Start-up steps every Kafka-facing service takes: check that the cluster answers, then
 /// create the declared topics that are missing (unless `kafka.create_topics = false`).
-pub async fn prepare_kafka(
-    kafka: &KafkaConfig,
-    topics: &Topics,
-    client_id: &str,
-) -> anyhow::Result<()> {
+pub async fn prepare_kafka(kafka: &KafkaConfig, topics: &Topics, client_id: &str) -> anyhow::Result<()> {
     kafka.check_reachable(client_id).await?;
     if kafka.create_topics {
         let created = kafka.ensure_topics(client_id, topics.specs()).await?;
@@ -161,28 +149,16 @@ impl ConsumingService<'_> {
     where
         F: FnMut(&BorrowedMessage<'_>),
     {
-        let consumer: StreamConsumer = self
-            .kafka
-            .consumer_config(self.name, self.group_id)
-            .create()
-            .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(self.inputs)
-            .with_context(|| format!("subscribing to {:?}", self.inputs))?;
+        let consumer: StreamConsumer =
+            self.kafka.consumer_config(self.name, self.group_id).create().context("creating the Kafka consumer")?;
+        consumer.subscribe(self.inputs).with_context(|| format!("subscribing to {:?}", self.inputs))?;
         let listener = crate::ops::bind(self.http.listen).await?;
         tracing::info!(address = %listener.local_addr()?, inputs = ?self.inputs, "{} listening", self.name);
-        let app = crate::ops::router(
-            context.registry.clone(),
-            context.health.clone(),
-            self.routes,
-        );
+        let app = crate::ops::router(context.registry.clone(), context.health.clone(), self.routes);
         let server = tokio::spawn(crate::ops::serve(listener, app, context.shutdown.clone()));
         context.health.set_ready();
         consume_until_shutdown(&consumer, &context.shutdown, handle).await;
-        server
-            .await
-            .context("HTTP server task")?
-            .context("HTTP server")?;
+        server.await.context("HTTP server task")?.context("HTTP server")?;
         Ok(())
     }
 }

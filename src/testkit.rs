@@ -18,18 +18,13 @@ pub fn bootstrap_servers() -> String {
 pub fn unique(prefix: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
 }
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// `GET http://127.0.0.1:port/path`: status code and body, or `None` if nothing answers.
@@ -40,20 +35,12 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_owned());
+    let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_owned());
     Some((status, body))
 }
 
 /// Polls `path` until it answers `status`, or panics after `timeout` with `context`.
-pub fn wait_for_status(
-    port: u16,
-    path: &str,
-    status: u16,
-    timeout: Duration,
-    context: &str,
-) -> String {
+pub fn wait_for_status(port: u16, path: &str, status: u16, timeout: Duration, context: &str) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some((got, body)) = http_get(port, path)
@@ -61,10 +48,7 @@ pub fn wait_for_status(
         {
             return body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not answer {status} within {timeout:?}\n{context}"
-        );
+        assert!(Instant::now() < deadline, "{path} did not answer {status} within {timeout:?}\n{context}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -83,11 +67,7 @@ impl ServiceProcess {
         let stderr_path = std::env::temp_dir().join(format!("{}.stderr", unique("abm-service")));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut command = Command::new(binary);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("ABM_")) {
             command.env_remove(key);
         }
@@ -95,9 +75,7 @@ impl ServiceProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         ServiceProcess { child, stderr_path }
     }
 
@@ -112,15 +90,8 @@ impl ServiceProcess {
 
     /// Sends `signal` (e.g. `TERM`, `KILL`) with kill(1).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "kill -{signal} {} failed",
-            self.pid()
-        );
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {} failed", self.pid());
     }
 
     /// Waits for the process to exit, or kills it and panics after `timeout`.
@@ -132,10 +103,7 @@ impl ServiceProcess {
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "process did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                );
+                panic!("process did not exit within {timeout:?}; stderr:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -153,12 +121,7 @@ impl Drop for ServiceProcess {
 }
 
 /// Runs `binary` to completion with `args` and `env`: exit status and stderr.
-pub fn run_to_exit(
-    binary: &Path,
-    args: &[&str],
-    env: &[(&str, String)],
-    timeout: Duration,
-) -> (ExitStatus, String) {
+pub fn run_to_exit(binary: &Path, args: &[&str], env: &[(&str, String)], timeout: Duration) -> (ExitStatus, String) {
     let mut process = ServiceProcess::start(binary, args, env);
     let status = process.wait(timeout);
     (status, process.stderr())
@@ -169,55 +132,30 @@ pub fn run_to_exit(
 /// on SIGTERM stops cleanly (exit 0) within a bounded time.
 pub fn check_service_lifecycle(binary: &str, service: &str) {
     let binary = Path::new(binary);
-    let help = Command::new(binary)
-        .arg("--help")
-        .output()
-        .expect("--help runs");
+    let help = Command::new(binary).arg("--help").output().expect("--help runs");
     assert!(help.status.success(), "{service} --help failed");
     let help_text = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help_text.contains("--config") && help_text.contains(&format!("Usage: {service}")),
-        "{help_text}"
-    );
+    assert!(help_text.contains("--config") && help_text.contains(&format!("Usage: {service}")), "{help_text}");
 
     let port = free_port();
     let mut process = ServiceProcess::start(
         binary,
         &[],
-        &[
-            ("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")),
-            ("ABM_KAFKA__BOOTSTRAP_SERVERS", bootstrap_servers()),
-        ],
+        &[("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")), ("ABM_KAFKA__BOOTSTRAP_SERVERS", bootstrap_servers())],
     );
     let context = || format!("{service} stderr:\n{}", process.stderr());
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), &context());
-    assert_eq!(
-        http_get(port, "/healthz").map(|(status, _)| status),
-        Some(200)
-    );
+    assert_eq!(http_get(port, "/healthz").map(|(status, _)| status), Some(200));
     let (status, metrics) = http_get(port, "/metrics").expect("/metrics answers");
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains(&format!("abm_build_info{{service=\"{service}\"")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("process_resident_memory_bytes"),
-        "{metrics}"
-    );
+    assert!(metrics.contains(&format!("abm_build_info{{service=\"{service}\"")), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
 
     process.signal("TERM");
     let status = process.wait(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "{service} exited with {status} after SIGTERM\n{}",
-        process.stderr()
-    );
+    assert!(status.success(), "{service} exited with {status} after SIGTERM\n{}", process.stderr());
     let stderr = process.stderr();
-    assert!(
-        stderr.contains("SIGTERM") && stderr.contains("stopped cleanly"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("SIGTERM") && stderr.contains("stopped cleanly"), "{stderr}");
 }
 
 /// Bad configuration of every kind ends the process with exit code != 0 and exactly one
@@ -226,43 +164,17 @@ pub fn check_bad_config(binary: &str, service: &str) {
     let binary = Path::new(binary);
     let expect_one_line = |env: &[(&str, String)], args: &[&str], needle: &str| {
         let (status, stderr) = run_to_exit(binary, args, env, Duration::from_secs(60));
-        assert!(
-            !status.success(),
-            "{service} should fail for {needle}; stderr: {stderr}"
-        );
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{service}: want one error line for {needle}, got:\n{stderr}"
-        );
-        assert!(
-            lines[0].starts_with(&format!("{service}: error: ")),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains(needle),
-            "{service}: error should mention {needle}: {}",
-            lines[0]
-        );
+        assert!(!status.success(), "{service} should fail for {needle}; stderr: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{service}: want one error line for {needle}, got:\n{stderr}");
+        assert!(lines[0].starts_with(&format!("{service}: error: ")), "{}", lines[0]);
+        assert!(lines[0].contains(needle), "{service}: error should mention {needle}: {}", lines[0]);
         assert!(!stderr.contains("panicked"), "{stderr}");
     };
     // Unknown key, from the environment and from a file.
-    expect_one_line(
-        &[("ABM_KAFKA__BOOTSTRAP_SERVRES", "x:1".into())],
-        &[],
-        "bootstrap_servres",
-    );
+    expect_one_line(&[("ABM_KAFKA__BOOTSTRAP_SERVRES", "x:1".into())], &[], "bootstrap_servres");
     let file = std::env::temp_dir().join(format!("{}.toml", unique("bad-config")));
-    std::fs::write(
-        &file,
-        "[http]\nlisten = \"127.0.0.1:0\"\nlisten_backlog = 5\n",
-    )
-    .expect("write config");
+    std::fs::write(&file, "[http]\nlisten = \"127.0.0.1:0\"\nlisten_backlog = 5\n").expect("write config");
     let path = file.display().to_string();
     expect_one_line(&[], &["--config", &path], "listen_backlog");
     // Wrong type.
@@ -270,11 +182,7 @@ pub fn check_bad_config(binary: &str, service: &str) {
     expect_one_line(&[], &["--config", &path], "connect_timeout_ms");
     let _ = std::fs::remove_file(&file);
     // Missing file.
-    expect_one_line(
-        &[],
-        &["--config", "/nonexistent/abm.toml"],
-        "/nonexistent/abm.toml",
-    );
+    expect_one_line(&[], &["--config", "/nonexistent/abm.toml"], "/nonexistent/abm.toml");
     // Unreachable broker: nothing listens on a port that was just free.
     let dead = format!("127.0.0.1:{}", free_port());
     expect_one_line(

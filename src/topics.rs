@@ -55,8 +55,7 @@ impl Topics {
     /// The declared list, with names replaced where `overrides` says so.
     pub fn resolve(overrides: &TopicOverrides) -> Topics {
         // The file is compiled in and checked by a unit test: it cannot fail at run time.
-        let file: TopicFile =
-            toml::from_str(DECLARED_TOPICS_TOML).unwrap_or(TopicFile { topic: Vec::new() });
+        let file: TopicFile = toml::from_str(DECLARED_TOPICS_TOML).unwrap_or(TopicFile { topic: Vec::new() });
         let specs = file
             .topic
             .into_iter()
@@ -90,8 +89,7 @@ mod tests {
 
     #[test]
     fn the_declared_list_names_every_role_once_and_parses() {
-        let file: TopicFile =
-            toml::from_str(DECLARED_TOPICS_TOML).expect("deploy/topics.toml parses");
+        let file: TopicFile = toml::from_str(DECLARED_TOPICS_TOML).expect("deploy/topics.toml parses");
         let roles: Vec<TopicRole> = file.topic.iter().map(|spec| spec.role).collect();
         let unique: std::collections::BTreeSet<_> = roles.iter().collect();
         assert_eq!(unique.len(), roles.len(), "a role is declared twice");
@@ -101,36 +99,15 @@ mod tests {
         }
         let topics = Topics::resolve(&TopicOverrides::new());
         assert_eq!(topics.name(TopicRole::Engagement), "abm.engagement");
-        assert!(
-            topics
-                .spec(TopicRole::Accounts)
-                .expect("accounts")
-                .compacted
-        );
-        assert!(
-            topics
-                .spec(TopicRole::ScorerState)
-                .expect("state")
-                .compacted
-        );
-        assert!(
-            topics
-                .spec(TopicRole::AccountScores)
-                .expect("scores")
-                .compacted
-        );
-        assert!(
-            !topics
-                .spec(TopicRole::SalesAlerts)
-                .expect("alerts")
-                .compacted
-        );
+        assert!(topics.spec(TopicRole::Accounts).expect("accounts").compacted);
+        assert!(topics.spec(TopicRole::ScorerState).expect("state").compacted);
+        assert!(topics.spec(TopicRole::AccountScores).expect("scores").compacted);
+        assert!(!topics.spec(TopicRole::SalesAlerts).expect("alerts").compacted);
     }
 
     #[test]
     fn overrides_replace_names_by_role() {
-        let overrides =
-            TopicOverrides::from([(TopicRole::Engagement, "test.engagement".to_string())]);
+        let overrides = TopicOverrides::from([(TopicRole::Engagement, "test.engagement".to_string())]);
         let topics = Topics::resolve(&overrides);
         assert_eq!(topics.name(TopicRole::Engagement), "test.engagement");
         assert_eq!(topics.name(TopicRole::Rejected), "abm.rejected");

@@ -11,16 +11,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn kafka() -> KafkaConfig {
-    KafkaConfig {
-        bootstrap_servers: bootstrap_servers(),
-        ..KafkaConfig::default()
-    }
+    KafkaConfig { bootstrap_servers: bootstrap_servers(), ..KafkaConfig::default() }
 }
 
 fn event(n: usize) -> EngagementEvent {
     let kind = EventKind::ALL[n % EventKind::ALL.len()];
-    let mut event =
-        EngagementEvent::new(format!("e-{n}"), kind, 1_700_000_000_000 + n as i64, "test");
+    let mut event = EngagementEvent::new(format!("e-{n}"), kind, 1_700_000_000_000 + n as i64, "test");
     event.account_id = Some(format!("acc-{}", n % 7));
     event.web_visit = (kind == EventKind::WebVisit).then(|| WebVisit {
         url: format!("https://vendor.example/page/{n}"),
@@ -41,33 +37,22 @@ async fn avro_framed_events_survive_a_real_topic() {
         compacted: false,
         doc: String::new(),
     };
-    let created = kafka
-        .ensure_topics("test", &[spec])
-        .await
-        .expect("topic created");
+    let created = kafka.ensure_topics("test", &[spec]).await.expect("topic created");
     assert_eq!(created, vec![topic.clone()]);
 
-    let producer: FutureProducer = kafka
-        .producer_config("test-producer")
-        .create()
-        .expect("producer");
+    let producer: FutureProducer = kafka.producer_config("test-producer").create().expect("producer");
     let sent: Vec<EngagementEvent> = (0..200).map(event).collect();
     for event in &sent {
         let payload = abm_schemas::encode(event).expect("encodes");
         let key = event.account_id.clone().unwrap_or_default();
         producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload),
-                Duration::from_secs(10),
-            )
+            .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10))
             .await
             .expect("acknowledged by the broker");
     }
 
-    let consumer: StreamConsumer = kafka
-        .consumer_config("test-consumer", &unique("test-group"))
-        .create()
-        .expect("consumer");
+    let consumer: StreamConsumer =
+        kafka.consumer_config("test-consumer", &unique("test-group")).create().expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let mut received = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -77,17 +62,9 @@ async fn avro_framed_events_survive_a_real_topic() {
             .unwrap_or_else(|_| panic!("only {} of {} records arrived", received.len(), sent.len()))
             .expect("consumer error");
         let payload = message.payload().expect("payload");
-        assert_eq!(
-            &payload[..2],
-            &[0xC3, 0x01],
-            "single-object framing on the wire"
-        );
+        assert_eq!(&payload[..2], &[0xC3, 0x01], "single-object framing on the wire");
         let decoded: EngagementEvent = abm_schemas::decode(payload).expect("decodes");
-        assert_eq!(
-            message.key(),
-            decoded.account_id.as_deref().map(str::as_bytes),
-            "keyed by account"
-        );
+        assert_eq!(message.key(), decoded.account_id.as_deref().map(str::as_bytes), "keyed by account");
         received.push(decoded);
     }
     received.sort_by_key(|event| event.occurred_at);

@@ -39,9 +39,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            group_id: "abm-alerter".into(),
-        }
+        Settings { group_id: "abm-alerter".into() }
     }
 }
 
@@ -56,17 +54,11 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-alerter").await?;
     let crossings_in = IntCounterVec::new(
-        Opts::new(
-            "abm_alerter_crossings_consumed_total",
-            "Score crossings read and decoded, by kind.",
-        ),
+        Opts::new("abm_alerter_crossings_consumed_total", "Score crossings read and decoded, by kind."),
         &["kind"],
     )?;
     let decode_errors = IntCounterVec::new(
-        Opts::new(
-            "abm_alerter_decode_errors_total",
-            "Input records that are not a decodable ScoreCrossing, by topic.",
-        ),
+        Opts::new("abm_alerter_decode_errors_total", "Input records that are not a decodable ScoreCrossing, by topic."),
         &["topic"],
     )?;
     context.registry.register(Box::new(crossings_in.clone()))?;
@@ -81,15 +73,14 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         inputs: &[crossings],
         routes: axum::Router::new(),
     };
-    service.run(&context, |message| {
-        match message.payload().map(abm_schemas::decode::<ScoreCrossing>) {
+    service
+        .run(&context, |message| match message.payload().map(abm_schemas::decode::<ScoreCrossing>) {
             Some(Ok(crossing)) => crossings_in.with_label_values(&[crossing.kind.as_str()]).inc(),
             Some(Err(error)) => {
                 decode_errors.with_label_values(&[message.topic()]).inc();
                 tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "undecodable input");
             }
             None => decode_errors.with_label_values(&[message.topic()]).inc(),
-        }
-    })
-    .await
+        })
+        .await
 }

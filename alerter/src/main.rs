@@ -12,10 +12,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    abm::service::main(
-        "alerter",
-        &args.common,
-        &[("http.listen", alerter::DEFAULT_HTTP_LISTEN)],
-        alerter::run,
-    )
+    abm::service::main("alerter", &args.common, &[("http.listen", alerter::DEFAULT_HTTP_LISTEN)], alerter::run)
 }

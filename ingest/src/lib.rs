@@ -18,12 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 
 /// The raw topics ingest normalises.
-pub const RAW_TOPICS: [TopicRole; 4] = [
-    TopicRole::RawWebVisits,
-    TopicRole::RawAdClicks,
-    TopicRole::RawEmailEvents,
-    TopicRole::RawDemoRequests,
-];
+pub const RAW_TOPICS: [TopicRole; 4] =
+    [TopicRole::RawWebVisits, TopicRole::RawAdClicks, TopicRole::RawEmailEvents, TopicRole::RawDemoRequests];
 
 /// Ingest's configuration (see the README's configuration reference).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -46,9 +42,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            group_id: "abm-ingest".into(),
-        }
+        Settings { group_id: "abm-ingest".into() }
     }
 }
 
@@ -82,9 +76,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     };
     service
         .run(&context, |message| {
-            let is_json = message
-                .payload()
-                .is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok());
+            let is_json =
+                message.payload().is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok());
             let outcome = if is_json { "json" } else { "malformed_json" };
             records.with_label_values(&[message.topic(), outcome]).inc();
         })

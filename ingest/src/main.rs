@@ -12,10 +12,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    abm::service::main(
-        "ingest",
-        &args.common,
-        &[("http.listen", ingest::DEFAULT_HTTP_LISTEN)],
-        ingest::run,
-    )
+    abm::service::main("ingest", &args.common, &[("http.listen", ingest::DEFAULT_HTTP_LISTEN)], ingest::run)
 }

@@ -44,30 +44,20 @@ pub enum SchemaError {
     #[error("invalid Avro schema {what}: {detail}")]
     Invalid { what: String, detail: String },
     #[error("schema {what} cannot be resolved to reader schema {reader}: {detail}")]
-    Incompatible {
-        what: String,
-        reader: String,
-        detail: String,
-    },
+    Incompatible { what: String, reader: String, detail: String },
 }
 
 /// Why bytes could not be decoded into a record. Never retryable: the message is bad (or from a
 /// schema this build does not know), so the caller should reject or park it, not retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error(
-        "message of {len} bytes is too short for an Avro single-object header ({SINGLE_OBJECT_HEADER_LEN} bytes)"
-    )]
+    #[error("message of {len} bytes is too short for an Avro single-object header ({SINGLE_OBJECT_HEADER_LEN} bytes)")]
     Truncated { len: usize },
     #[error("not an Avro single-object message: starts with {found:02x?}, expected [c3, 01]")]
     BadMagic { found: [u8; 2] },
-    #[error(
-        "Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured"
-    )]
+    #[error("Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured")]
     RegistryFramed { schema_id: u32 },
-    #[error(
-        "{record}: writer schema fingerprint {fingerprint:016x} is not a known version of this record"
-    )]
+    #[error("{record}: writer schema fingerprint {fingerprint:016x} is not a known version of this record")]
     UnknownSchema { record: String, fingerprint: u64 },
     #[error("{record}: malformed datum: {detail}")]
     Malformed { record: String, detail: String },
@@ -105,16 +95,11 @@ pub fn split_header(bytes: &[u8]) -> Result<(WriterId, &[u8]), DecodeError> {
         return Err(DecodeError::Truncated { len: bytes.len() });
     }
     if bytes[..2] != SINGLE_OBJECT_MAGIC {
-        return Err(DecodeError::BadMagic {
-            found: [bytes[0], bytes[1]],
-        });
+        return Err(DecodeError::BadMagic { found: [bytes[0], bytes[1]] });
     }
     let mut fingerprint = [0u8; 8];
     fingerprint.copy_from_slice(&bytes[2..SINGLE_OBJECT_HEADER_LEN]);
-    Ok((
-        WriterId::Fingerprint(u64::from_le_bytes(fingerprint)),
-        &bytes[SINGLE_OBJECT_HEADER_LEN..],
-    ))
+    Ok((WriterId::Fingerprint(u64::from_le_bytes(fingerprint)), &bytes[SINGLE_OBJECT_HEADER_LEN..]))
 }
 
 /// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form.
@@ -151,10 +136,8 @@ impl<T> std::fmt::Debug for Codec<T> {
 }
 
 fn parse_static(what: &str, json: &str) -> Result<&'static Schema, SchemaError> {
-    let schema = Schema::parse_str(json).map_err(|error| SchemaError::Invalid {
-        what: what.to_owned(),
-        detail: error.to_string(),
-    })?;
+    let schema = Schema::parse_str(json)
+        .map_err(|error| SchemaError::Invalid { what: what.to_owned(), detail: error.to_string() })?;
     // Schemas live as long as the process: codecs are built once and borrow them.
     Ok(Box::leak(Box::new(schema)))
 }
@@ -178,12 +161,8 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             reader: record.clone(),
             detail: error.to_string(),
         };
-        let writer = GenericDatumWriter::builder(schema)
-            .build()
-            .map_err(|e| build_error("writer", e))?;
-        let direct = GenericDatumReader::builder(schema)
-            .build()
-            .map_err(|e| build_error("reader", e))?;
+        let writer = GenericDatumWriter::builder(schema).build().map_err(|e| build_error("writer", e))?;
+        let direct = GenericDatumReader::builder(schema).build().map_err(|e| build_error("reader", e))?;
         let mut resolving = HashMap::new();
         for (index, version_json) in other_versions.iter().enumerate() {
             let what = format!("version #{index} of {record}");
@@ -194,15 +173,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
                 .map_err(|e| build_error(&what, e))?;
             resolving.insert(fingerprint(version), reader);
         }
-        Ok(Codec {
-            fingerprint: fingerprint(schema),
-            record,
-            schema,
-            writer,
-            direct,
-            resolving,
-            _record: PhantomData,
-        })
+        Ok(Codec { fingerprint: fingerprint(schema), record, schema, writer, direct, resolving, _record: PhantomData })
     }
 
     /// Full name of the record, e.g. `abm.Account`.
@@ -233,10 +204,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
         buffer.extend_from_slice(&self.fingerprint.to_le_bytes());
         if let Err(error) = self.writer.write_ser(buffer, value) {
             buffer.truncate(start);
-            return Err(EncodeError {
-                record: self.record.clone(),
-                detail: error.to_string(),
-            });
+            return Err(EncodeError { record: self.record.clone(), detail: error.to_string() });
         }
         Ok(())
     }
@@ -260,16 +228,10 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             let value = reader.read_value(&mut datum).map_err(malformed)?;
             apache_avro::from_value::<T>(&value).map_err(malformed)?
         } else {
-            return Err(DecodeError::UnknownSchema {
-                record: self.record.clone(),
-                fingerprint,
-            });
+            return Err(DecodeError::UnknownSchema { record: self.record.clone(), fingerprint });
         };
         if !datum.is_empty() {
-            return Err(DecodeError::TrailingBytes {
-                record: self.record.clone(),
-                trailing: datum.len(),
-            });
+            return Err(DecodeError::TrailingBytes { record: self.record.clone(), trailing: datum.len() });
         }
         Ok(value)
     }

@@ -7,9 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// ABM tier of an account. `Untiered` means "not on the TAL".
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     #[default]
@@ -48,9 +46,7 @@ pub struct Account {
 }
 
 /// What happened. `Unknown` is what an older reader sees for a kind added later.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     #[default]
@@ -188,12 +184,7 @@ pub struct EngagementEvent {
 
 impl EngagementEvent {
     /// An event of `kind` with no properties set; callers fill in the one record of its kind.
-    pub fn new(
-        event_id: impl Into<String>,
-        kind: EventKind,
-        occurred_at: i64,
-        source: impl Into<String>,
-    ) -> Self {
+    pub fn new(event_id: impl Into<String>, kind: EventKind, occurred_at: i64, source: impl Into<String>) -> Self {
         EngagementEvent {
             event_id: event_id.into(),
             kind,

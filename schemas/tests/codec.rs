@@ -7,14 +7,8 @@ use serde::{Deserialize, Serialize};
 
 fn sample_rules() -> Vec<RuleContribution> {
     vec![
-        RuleContribution {
-            rule: "pricing_page".into(),
-            points: 28.5,
-        },
-        RuleContribution {
-            rule: "email_unsubscribe".into(),
-            points: -7.25,
-        },
+        RuleContribution { rule: "pricing_page".into(), points: 28.5 },
+        RuleContribution { rule: "email_unsubscribe".into(), points: -7.25 },
     ]
 }
 
@@ -26,12 +20,7 @@ fn sample_contacts() -> Vec<EngagedContact> {
             title: Some("CFO".into()),
             last_engaged_at: 1_700_000_000_000,
         },
-        EngagedContact {
-            contact_id: "c-2".into(),
-            persona: "unknown".into(),
-            title: None,
-            last_engaged_at: 1,
-        },
+        EngagedContact { contact_id: "c-2".into(), persona: "unknown".into(), title: None, last_engaged_at: 1 },
     ]
 }
 
@@ -61,8 +50,7 @@ fn sample_account() -> Account {
 }
 
 fn full_event() -> EngagementEvent {
-    let mut event =
-        EngagementEvent::new("e-1", EventKind::WebVisit, 1_700_000_000_000, "http:site");
+    let mut event = EngagementEvent::new("e-1", EventKind::WebVisit, 1_700_000_000_000, "http:site");
     event.received_at = 1_700_000_000_050;
     event.account_id = Some("acc-42".into());
     event.domain = Some("acme.com".into());
@@ -77,32 +65,13 @@ fn full_event() -> EngagementEvent {
         referrer: Some("https://google.com".into()),
         title: None,
     });
-    event.ad_click = Some(AdClick {
-        channel: "linkedin".into(),
-        campaign: Some("q4".into()),
-        creative: None,
-    });
-    event.email = Some(EmailEvent {
-        action: EmailAction::Unsubscribe,
-        campaign: None,
-    });
-    event.demo_request = Some(DemoRequest {
-        form: "contact-sales".into(),
-    });
-    event.content_download = Some(ContentDownload {
-        asset: "whitepaper.pdf".into(),
-    });
-    event.webinar = Some(Webinar {
-        webinar_id: "w-1".into(),
-        action: "attended".into(),
-    });
-    event.meeting = Some(Meeting {
-        meeting_id: "m-1".into(),
-    });
-    event.intent = Some(Intent {
-        topic: "data pipelines".into(),
-        strength: 0.83,
-    });
+    event.ad_click = Some(AdClick { channel: "linkedin".into(), campaign: Some("q4".into()), creative: None });
+    event.email = Some(EmailEvent { action: EmailAction::Unsubscribe, campaign: None });
+    event.demo_request = Some(DemoRequest { form: "contact-sales".into() });
+    event.content_download = Some(ContentDownload { asset: "whitepaper.pdf".into() });
+    event.webinar = Some(Webinar { webinar_id: "w-1".into(), action: "attended".into() });
+    event.meeting = Some(Meeting { meeting_id: "m-1".into() });
+    event.intent = Some(Intent { topic: "data pipelines".into(), strength: 0.83 });
     event
 }
 
@@ -117,20 +86,9 @@ fn sample_state() -> AccountState {
         threshold_crossings: 3,
         hand_raiser_crossings: 1,
         contacts: sample_contacts(),
-        window_events: vec![WindowEvent {
-            kind: EventKind::Email,
-            occurred_at: 1_699_999_000_000,
-        }],
-        cap_counts: vec![CapCount {
-            contact_key: "c-1".into(),
-            rule: "web_visit".into(),
-            day: 19_675,
-            count: 2,
-        }],
-        seen_events: vec![SeenEvent {
-            id_hash: -42,
-            applied_at: 5,
-        }],
+        window_events: vec![WindowEvent { kind: EventKind::Email, occurred_at: 1_699_999_000_000 }],
+        cap_counts: vec![CapCount { contact_key: "c-1".into(), rule: "web_visit".into(), day: 19_675, count: 2 }],
+        seen_events: vec![SeenEvent { id_hash: -42, applied_at: 5 }],
         recent_events: sample_recent(),
         events_applied: 10,
         duplicates: 2,
@@ -158,12 +116,7 @@ fn every_record_round_trips() {
         ..sample_account()
     });
     check_round_trip(full_event());
-    check_round_trip(EngagementEvent::new(
-        "e-2",
-        EventKind::Intent,
-        -5,
-        "kafka:abm.raw.web-visits",
-    ));
+    check_round_trip(EngagementEvent::new("e-2", EventKind::Intent, -5, "kafka:abm.raw.web-visits"));
     for kind in EventKind::ALL {
         check_round_trip(EngagementEvent::new("e", kind, 0, "s"));
     }
@@ -230,11 +183,7 @@ fn every_record_round_trips() {
         next_step: "Call within the hour".into(),
     });
     check_round_trip(sample_state());
-    check_round_trip(AccountState {
-        as_of: None,
-        contacts: vec![],
-        ..sample_state()
-    });
+    check_round_trip(AccountState { as_of: None, contacts: vec![], ..sample_state() });
 }
 
 #[test]
@@ -250,9 +199,7 @@ fn fingerprints_are_distinct_and_match_the_avsc_files() {
     ];
     let unique: std::collections::HashSet<_> = fingerprints.iter().collect();
     assert_eq!(unique.len(), fingerprints.len());
-    let on_disk =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/avro/account.avsc"))
-            .expect("avsc");
+    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/avro/account.avsc")).expect("avsc");
     let parsed = apache_avro::Schema::parse_str(&on_disk).expect("parses");
     assert_eq!(fingerprint(&parsed), Account::codec().fingerprint());
 }
@@ -305,8 +252,7 @@ struct AccountV2 {
 #[test]
 fn old_reader_reads_new_writer() {
     let new_writer: Codec<AccountV2> = Codec::new(ACCOUNT_V2, &[]).expect("v2 codec");
-    let old_reader: Codec<Account> =
-        Codec::new(Account::SCHEMA_JSON, &[ACCOUNT_V2]).expect("v1 reader knowing v2");
+    let old_reader: Codec<Account> = Codec::new(Account::SCHEMA_JSON, &[ACCOUNT_V2]).expect("v1 reader knowing v2");
     let written = AccountV2 {
         account_id: "acc-1".into(),
         name: "Initech".into(),
@@ -320,32 +266,19 @@ fn old_reader_reads_new_writer() {
     };
     let bytes = new_writer.encode(&written).expect("encodes");
     let read = old_reader.decode(&bytes).expect("old reader resolves v2");
-    assert_eq!(
-        read.tier,
-        Tier::Untiered,
-        "unknown symbol falls back to the enum default"
-    );
+    assert_eq!(read.tier, Tier::Untiered, "unknown symbol falls back to the enum default");
     assert_eq!(read.account_id, "acc-1");
     assert_eq!(read.employees, Some(7));
     assert_eq!(read.updated_at, 99);
 
     // A known symbol keeps its meaning across versions.
-    let bytes = new_writer
-        .encode(&AccountV2 {
-            tier: TierV2::Tier3,
-            ..written
-        })
-        .expect("encodes");
-    assert_eq!(
-        old_reader.decode(&bytes).expect("decodes").tier,
-        Tier::Tier3
-    );
+    let bytes = new_writer.encode(&AccountV2 { tier: TierV2::Tier3, ..written }).expect("encodes");
+    assert_eq!(old_reader.decode(&bytes).expect("decodes").tier, Tier::Tier3);
 }
 
 #[test]
 fn new_reader_reads_old_writer() {
-    let new_reader: Codec<AccountV2> =
-        Codec::new(ACCOUNT_V2, &[Account::SCHEMA_JSON]).expect("v2 reader knowing v1");
+    let new_reader: Codec<AccountV2> = Codec::new(ACCOUNT_V2, &[Account::SCHEMA_JSON]).expect("v2 reader knowing v1");
     let bytes = encode(&sample_account()).expect("encodes");
     let read = new_reader.decode(&bytes).expect("new reader resolves v1");
     assert_eq!(read.region, "unknown", "added field takes its default");
@@ -370,10 +303,7 @@ fn a_version_the_reader_was_not_told_about_is_a_typed_error() {
         })
         .expect("encodes");
     match decode::<Account>(&bytes) {
-        Err(DecodeError::UnknownSchema {
-            record,
-            fingerprint,
-        }) => {
+        Err(DecodeError::UnknownSchema { record, fingerprint }) => {
             assert_eq!(record, "abm.Account");
             assert_eq!(fingerprint, new_writer.fingerprint());
         }
@@ -384,18 +314,12 @@ fn a_version_the_reader_was_not_told_about_is_a_typed_error() {
 #[test]
 fn an_incompatible_version_is_refused_when_the_codec_is_built() {
     // A new required field without a default cannot be read from old data.
-    let incompatible = ACCOUNT_V2.replace(
-        r#""type": "string", "default": "unknown""#,
-        r#""type": "string""#,
-    );
+    let incompatible = ACCOUNT_V2.replace(r#""type": "string", "default": "unknown""#, r#""type": "string""#);
     let result: Result<Codec<AccountV2>, _> = Codec::new(&incompatible, &[Account::SCHEMA_JSON]);
     // Either the build or the first decode must fail; the build is where we want it.
     if let Ok(codec) = result {
         let bytes = encode(&sample_account()).expect("encodes");
-        assert!(
-            codec.decode(&bytes).is_err(),
-            "old data cannot fill a field without default"
-        );
+        assert!(codec.decode(&bytes).is_err(), "old data cannot fill a field without default");
     }
 }
 
@@ -405,41 +329,25 @@ fn an_incompatible_version_is_refused_when_the_codec_is_built() {
 fn truncated_garbage_and_wrong_schema_bytes_are_typed_errors() {
     let bytes = encode(&full_event()).expect("encodes");
     for cut in 0..bytes.len() {
-        let error =
-            decode::<EngagementEvent>(&bytes[..cut]).expect_err("a cut message cannot decode");
+        let error = decode::<EngagementEvent>(&bytes[..cut]).expect_err("a cut message cannot decode");
         if cut < SINGLE_OBJECT_HEADER_LEN {
-            assert!(
-                matches!(error, DecodeError::Truncated { .. }),
-                "cut {cut}: {error:?}"
-            );
+            assert!(matches!(error, DecodeError::Truncated { .. }), "cut {cut}: {error:?}");
         } else {
-            assert!(
-                matches!(error, DecodeError::Malformed { .. }),
-                "cut {cut}: {error:?}"
-            );
+            assert!(matches!(error, DecodeError::Malformed { .. }), "cut {cut}: {error:?}");
         }
     }
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert!(matches!(
-        decode::<EngagementEvent>(&trailing),
-        Err(DecodeError::TrailingBytes { trailing: 1, .. })
-    ));
+    assert!(matches!(decode::<EngagementEvent>(&trailing), Err(DecodeError::TrailingBytes { trailing: 1, .. })));
 
-    assert!(matches!(
-        decode::<EngagementEvent>(b"{\"kind\":\"web_visit\"}"),
-        Err(DecodeError::BadMagic { .. })
-    ));
+    assert!(matches!(decode::<EngagementEvent>(b"{\"kind\":\"web_visit\"}"), Err(DecodeError::BadMagic { .. })));
     assert!(matches!(
         decode::<EngagementEvent>(&[0, 0, 0, 0, 42, 2, 4]),
         Err(DecodeError::RegistryFramed { schema_id: 42 })
     ));
     // Right framing, other record: the fingerprint does not belong to EngagementEvent.
     let account = encode(&sample_account()).expect("encodes");
-    assert!(matches!(
-        decode::<EngagementEvent>(&account),
-        Err(DecodeError::UnknownSchema { .. })
-    ));
+    assert!(matches!(decode::<EngagementEvent>(&account), Err(DecodeError::UnknownSchema { .. })));
 }
 
 #[test]
@@ -448,10 +356,7 @@ fn a_huge_length_prefix_does_not_allocate_or_panic() {
     let mut bytes = vec![0xC3, 0x01];
     bytes.extend_from_slice(&EngagementEvent::codec().fingerprint().to_le_bytes());
     bytes.extend_from_slice(&[0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
-    assert!(matches!(
-        decode::<EngagementEvent>(&bytes),
-        Err(DecodeError::Malformed { .. })
-    ));
+    assert!(matches!(decode::<EngagementEvent>(&bytes), Err(DecodeError::Malformed { .. })));
 }
 
 fn with_header<T: AvroRecord>(datum: &[u8]) -> Vec<u8> {

@@ -1,22 +1,32 @@
-//! The scorer: keeps a rolling engagement score per account and publishes crossings.
+//! The scorer: rolling, explainable engagement scores per account, exactly once.
 //!
-//! Today (issue #2) the service is the runnable shell the scoring engine will live in: it
-//! joins its consumer group on `abm.engagement`, decodes every event with the shared Avro
-//! codec, counts it by kind, and serves its HTTP port. The engine, state, snapshots and query
-//! API come with issue #3.
-
+//! - [`engine`] — the pure scoring engine (rules, decay, breadth, thresholds, state).
+//! - [`store`] — sharded in-memory state, grouped by input partition.
+//! - [`processor`] — the transactional consume-apply-produce loop, restores and rebalances.
+//! - [`api`] — the query API (`/v1/accounts/...`).
+//! - [`metrics`] — `abm_scorer_*`.
+pub mod api;
 pub mod engine;
+pub mod metrics;
+pub mod processor;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
-use abm::ops::HttpConfig;
-use abm::service::{ConsumingService, Context, ServiceConfig, prepare_kafka};
+use abm::ops::{self, HttpConfig};
+use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::telemetry::LogConfig;
 use abm::topics::{TopicOverrides, TopicRole, Topics};
-use abm_schemas::EngagementEvent;
+use abm_schemas::Account;
 use anyhow::Context as _;
-use prometheus::{IntCounterVec, Opts};
-use rdkafka::Message;
 use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, ScoringConfig};
+use crate::metrics::Metrics;
+use crate::processor::{LoopParts, LoopSettings, LoopTopics, Tiers};
+use crate::store::Store;
 
 /// The scorer's HTTP port unless configured otherwise.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8081";
@@ -30,6 +40,7 @@ pub struct Config {
     pub log: LogConfig,
     pub topics: TopicOverrides,
     pub scorer: Settings,
+    pub scoring: ScoringConfig,
 }
 
 /// `[scorer]` section.
@@ -38,12 +49,34 @@ pub struct Config {
 pub struct Settings {
     /// Consumer group of the scorer instances (default `abm-scorer`).
     pub group_id: String,
+    /// Stable id of this instance, used as its Kafka `transactional.id`; a restarted instance
+    /// with the same id fences its predecessor's unfinished transaction at once (default
+    /// `abm-scorer-<hostname>`; in Kubernetes use a StatefulSet so pod names are stable).
+    pub instance_id: String,
+    /// Interval between transactions: state snapshot, scores, crossings and offsets are made
+    /// durable together this often (default 250 ms). Also the coalescing interval of
+    /// `abm.account-scores` (at most one record per account per interval).
+    pub commit_interval_ms: u64,
+    /// A transaction is also committed after this many events (default 10000).
+    pub max_batch_events: usize,
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             group_id: "abm-scorer".into(),
+            instance_id: format!("abm-scorer-{}", hostname()),
+            commit_interval_ms: 250,
+            max_batch_events: 10_000,
         }
     }
 }
@@ -54,60 +87,113 @@ impl ServiceConfig for Config {
     }
 }
 
-struct Metrics {
-    events: IntCounterVec,
-    decode_errors: IntCounterVec,
-}
-
-impl Metrics {
-    fn register(registry: &prometheus::Registry) -> anyhow::Result<Metrics> {
-        let events = IntCounterVec::new(
-            Opts::new(
-                "abm_scorer_events_consumed_total",
-                "Engagement events read and decoded, by kind.",
-            ),
-            &["kind"],
-        )?;
-        let decode_errors = IntCounterVec::new(
-            Opts::new(
-                "abm_scorer_decode_errors_total",
-                "Input records that are not a decodable EngagementEvent, by topic.",
-            ),
-            &["topic"],
-        )?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(decode_errors.clone()))?;
-        Ok(Metrics {
-            events,
-            decode_errors,
-        })
-    }
-}
-
 /// Runs the scorer until `context.shutdown` is cancelled.
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine::new(config.scoring.clone())?);
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-scorer").await?;
+    check_partitions(&config.kafka, &topics).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 
-    let engagement = topics.name(TopicRole::Engagement);
-    let service = ConsumingService {
-        name: "abm-scorer",
-        kafka: &config.kafka,
-        http: &config.http,
-        group_id: &config.scorer.group_id,
-        inputs: &[engagement],
-        routes: axum::Router::new(),
+    // The TAL first: events must be scored with their account's tier.
+    let tiers: Arc<Tiers> = Arc::new(Tiers::default());
+    {
+        let (table, metrics) = (tiers.clone(), metrics.clone());
+        let accounts_topic = topics.name(TopicRole::Accounts).to_owned();
+        abm::kafka::follow_table(
+            &config.kafka,
+            "abm-scorer-tal",
+            &accounts_topic,
+            context.shutdown.clone(),
+            move |key, value| {
+                let key = String::from_utf8_lossy(key).into_owned();
+                match value.map(abm_schemas::decode::<Account>) {
+                    None => {
+                        table.remove(&key);
+                    }
+                    Some(Ok(account)) => {
+                        table.insert(account.account_id, account.tier);
+                    }
+                    Some(Err(error)) => {
+                        metrics.tal_decode_errors.inc();
+                        tracing::warn!(%error, key, "undecodable TAL record");
+                    }
+                }
+                metrics.tal_accounts.set(table.len() as i64);
+            },
+        )
+        .await
+        .context("loading the TAL")?;
+        tracing::info!(accounts = tiers.len(), "TAL loaded");
+    }
+
+    let store = Store::default();
+    let listener = ops::bind(config.http.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "scorer listening");
+    let app = ops::router(
+        context.registry.clone(),
+        context.health.clone(),
+        api::routes(engine.clone(), store.clone(), tiers.clone()),
+    );
+    let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
+
+    let loop_topics = LoopTopics {
+        engagement: topics.name(TopicRole::Engagement).to_owned(),
+        state: topics.name(TopicRole::ScorerState).to_owned(),
+        scores: topics.name(TopicRole::AccountScores).to_owned(),
+        crossings: topics.name(TopicRole::ScoreCrossings).to_owned(),
+        rejected: topics.name(TopicRole::Rejected).to_owned(),
     };
-    service.run(&context, |message| {
-        match message.payload().map(abm_schemas::decode::<EngagementEvent>) {
-            Some(Ok(event)) => metrics.events.with_label_values(&[event.kind.as_str()]).inc(),
-            Some(Err(error)) => {
-                metrics.decode_errors.with_label_values(&[message.topic()]).inc();
-                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "undecodable input");
-            }
-            None => metrics.decode_errors.with_label_values(&[message.topic()]).inc(),
-        }
+    let settings = LoopSettings {
+        group_id: config.scorer.group_id.clone(),
+        transactional_id: config.scorer.instance_id.clone(),
+        commit_interval: Duration::from_millis(config.scorer.commit_interval_ms),
+        max_batch_events: config.scorer.max_batch_events.max(1),
+    };
+    let shutdown = context.shutdown.clone();
+    let kafka = config.kafka.clone();
+    let processor = std::thread::Builder::new().name("scorer-loop".into()).spawn(move || {
+        let result = processor::run(
+            &kafka,
+            &settings,
+            LoopParts { engine, store, tiers, topics: loop_topics, metrics },
+            &shutdown,
+        );
+        // Whatever ended the loop ends the service.
+        shutdown.cancel();
+        result
+    })?;
+    context.health.set_ready();
+
+    let loop_result = tokio::task::spawn_blocking(move || processor.join())
+        .await
+        .context("joining the processing loop")?
+        .map_err(|_| anyhow::anyhow!("the processing loop panicked"))?;
+    context.health.set_stopping();
+    server.await.context("HTTP server task")?.context("HTTP server")?;
+    loop_result
+}
+
+/// The changelog is written to the input's partition numbers: it needs at least as many.
+async fn check_partitions(kafka: &abm::kafka::KafkaConfig, topics: &Topics) -> anyhow::Result<()> {
+    let engagement = topics.name(TopicRole::Engagement).to_owned();
+    let state = topics.name(TopicRole::ScorerState).to_owned();
+    use rdkafka::consumer::Consumer as _;
+    let client: rdkafka::consumer::BaseConsumer = kafka.client_config("abm-scorer-check").create()?;
+    let timeout = kafka.timeout();
+    let (input, changelog) = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+        let count = |topic: &str| -> anyhow::Result<usize> {
+            let metadata = client.fetch_metadata(Some(topic), timeout)?;
+            Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+        };
+        Ok((count(&engagement)?, count(&state)?))
     })
-    .await
+    .await??;
+    anyhow::ensure!(
+        input > 0 && changelog >= input,
+        "{} has {changelog} partitions but {} has {input}: the changelog needs at least as many",
+        topics.name(TopicRole::ScorerState),
+        topics.name(TopicRole::Engagement)
+    );
+    Ok(())
 }

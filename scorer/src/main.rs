@@ -12,10 +12,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    abm::service::main(
-        "scorer",
-        &args.common,
-        &[("http.listen", scorer::DEFAULT_HTTP_LISTEN)],
-        scorer::run,
-    )
+    abm::service::main("scorer", &args.common, &[("http.listen", scorer::DEFAULT_HTTP_LISTEN)], scorer::run)
 }

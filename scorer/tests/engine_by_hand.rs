@@ -4,9 +4,7 @@
 //! meeting +30, content download +10; personas economic_buyer 1.5, champion 1.2; half-life
 //! 14 days; m(B) = min(1 + 0.25 (B - 1), 2); thresholds 50/75/100/150; hysteresis 0.25.
 
-use abm_schemas::{
-    Contact, CrossingKind, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit,
-};
+use abm_schemas::{Contact, CrossingKind, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
 
 const T0: i64 = 1_700_000_000_000;
@@ -26,20 +24,14 @@ fn event(id: &str, kind: EventKind, t: i64, contact: Option<(&str, &str)>) -> En
 
 fn visit(id: &str, path: &str, t: i64, contact: Option<(&str, &str)>) -> EngagementEvent {
     let mut event = event(id, EventKind::WebVisit, t, contact);
-    event.web_visit = Some(WebVisit {
-        url: format!("https://vendor.example{path}?utm=x"),
-        referrer: None,
-        title: None,
-    });
+    event.web_visit =
+        Some(WebVisit { url: format!("https://vendor.example{path}?utm=x"), referrer: None, title: None });
     event
 }
 
 fn email(id: &str, action: EmailAction, t: i64, contact: Option<(&str, &str)>) -> EngagementEvent {
     let mut event = event(id, EventKind::Email, t, contact);
-    event.email = Some(EmailEvent {
-        action,
-        campaign: None,
-    });
+    event.email = Some(EmailEvent { action, campaign: None });
     event
 }
 
@@ -48,10 +40,7 @@ fn run(engine: &Engine, tier: Tier, log: &[EngagementEvent]) -> (AccountScoreSta
     let mut state = AccountScoreState::default();
     let mut crossings = Vec::new();
     for event in log {
-        if let Applied::Scored {
-            crossings: emitted, ..
-        } = engine.apply(ACCOUNT, &mut state, event, tier)
-        {
+        if let Applied::Scored { crossings: emitted, .. } = engine.apply(ACCOUNT, &mut state, event, tier) {
             crossings.extend(emitted.into_iter().map(|c| c.crossing_id));
         }
     }
@@ -60,10 +49,7 @@ fn run(engine: &Engine, tier: Tier, log: &[EngagementEvent]) -> (AccountScoreSta
 
 fn assert_close(actual: f64, expected: f64, what: &str) {
     let tolerance = 1e-9 * expected.abs().max(1.0);
-    assert!(
-        (actual - expected).abs() <= tolerance,
-        "{what}: got {actual}, expected {expected}"
-    );
+    assert!((actual - expected).abs() <= tolerance, "{what}: got {actual}, expected {expected}");
 }
 
 fn engine() -> Engine {
@@ -86,36 +72,18 @@ fn decay_halves_points_every_half_life_and_late_events_decay_from_as_of() {
     // E = 15 * 2^-1 + 5 + 5 * 2^-0.5 = 7.5 + 5 + 3.5355339059327378
     let expected = 7.5 + 5.0 + 5.0 * 0.5f64.sqrt();
     assert_close(state.engagement, expected, "E");
-    assert_eq!(
-        state.as_of,
-        Some(T0 + 14 * DAY_MS),
-        "a late event does not move as_of"
-    );
+    assert_eq!(state.as_of, Some(T0 + 14 * DAY_MS), "a late event does not move as_of");
     let view = engine.view(ACCOUNT, &state, None);
     assert_eq!(view.breadth, 1);
     assert_close(view.score, expected, "S with B = 1");
-    let pricing = view
-        .rule_points
-        .iter()
-        .find(|r| r.rule == "pricing_page")
-        .expect("pricing in breakdown");
+    let pricing = view.rule_points.iter().find(|r| r.rule == "pricing_page").expect("pricing in breakdown");
     assert_close(pricing.points, 7.5, "pricing decayed");
     // Decayed to now = as_of + 28 days: a quarter.
     let later = engine.view(ACCOUNT, &state, Some(T0 + 42 * DAY_MS));
-    assert_close(
-        later.engagement,
-        expected / 4.0,
-        "E decayed to a later time",
-    );
-    assert_eq!(
-        later.breadth, 1,
-        "c1 last engaged 28 days before: inside (at - 30d, at]"
-    );
+    assert_close(later.engagement, expected / 4.0, "E decayed to a later time");
+    assert_eq!(later.breadth, 1, "c1 last engaged 28 days before: inside (at - 30d, at]");
     let edge = engine.view(ACCOUNT, &state, Some(T0 + 44 * DAY_MS));
-    assert_eq!(
-        edge.breadth, 0,
-        "exactly 30 days before is outside the half-open window"
-    );
+    assert_eq!(edge.breadth, 0, "exactly 30 days before is outside the half-open window");
 }
 
 #[test]
@@ -128,7 +96,7 @@ fn persona_weights_multiply_points_including_negative_ones() {
             visit("a", "/pricing", T0, Some(("cfo", "economic_buyer"))), // 15 * 1.5 = 22.5
             visit("b", "/careers/eng", T0, Some(("champ", "champion"))), // -5 * 1.2 = -6
             email("c", EmailAction::Unsubscribe, T0, Some(("x", "intern"))), // -10 * 1.0 (unlisted persona)
-            email("d", EmailAction::Click, T0, None), // 5 * 1.0 (no contact: unknown)
+            email("d", EmailAction::Click, T0, None),                    // 5 * 1.0 (no contact: unknown)
         ],
     );
     assert_close(state.engagement, 22.5 - 6.0 - 10.0 + 5.0, "E");
@@ -141,9 +109,7 @@ fn persona_weights_multiply_points_including_negative_ones() {
 fn caps_zero_events_past_n_per_contact_per_utc_day_but_still_count_them() {
     let engine = engine();
     let c1 = Some(("c1", "unknown"));
-    let mut log: Vec<EngagementEvent> = (0..12)
-        .map(|i| visit(&format!("v{i}"), "/", T0 + i, c1))
-        .collect();
+    let mut log: Vec<EngagementEvent> = (0..12).map(|i| visit(&format!("v{i}"), "/", T0 + i, c1)).collect();
     // Anonymous visitors share one "anonymous" key per account.
     log.extend((0..11).map(|i| visit(&format!("anon{i}"), "/blog", T0 + 20 + i, None)));
     // The next UTC day starts a new count.
@@ -163,11 +129,7 @@ fn caps_zero_events_past_n_per_contact_per_utc_day_but_still_count_them() {
     expected += 5.0 + 15.0;
     assert_close(state.engagement, expected, "E with caps");
     let view = engine.view(ACCOUNT, &state, None);
-    let web = view
-        .counts
-        .iter()
-        .find(|c| c.kind == EventKind::WebVisit)
-        .expect("web visits counted");
+    let web = view.counts.iter().find(|c| c.kind == EventKind::WebVisit).expect("web visits counted");
     assert_eq!(web.last_7_days, 25, "capped events still count");
     assert_eq!(view.events_applied, 25);
 }
@@ -183,12 +145,7 @@ fn breadth_counts_distinct_contacts_with_positive_rules_in_thirty_days() {
             visit("b", "/", T0 + DAY_MS, Some(("c2", "unknown"))),
             visit("c", "/", T0 + 2 * DAY_MS, Some(("c3", "unknown"))),
             visit("d", "/", T0 + 2 * DAY_MS, Some(("c3", "unknown"))),
-            email(
-                "e",
-                EmailAction::Unsubscribe,
-                T0 + 2 * DAY_MS,
-                Some(("c4", "unknown")),
-            ),
+            email("e", EmailAction::Unsubscribe, T0 + 2 * DAY_MS, Some(("c4", "unknown"))),
             visit("f", "/", T0 + 2 * DAY_MS, None),
         ],
     );
@@ -204,14 +161,7 @@ fn breadth_counts_distinct_contacts_with_positive_rules_in_thirty_days() {
     assert_close(view.multiplier, 1.25, "m(2)");
     // Breadth saturates at m_max = 2 (B >= 5).
     let many: Vec<_> = (0..8)
-        .map(|i| {
-            visit(
-                &format!("m{i}"),
-                "/",
-                T0,
-                Some((["a", "b", "c", "d", "e", "f", "g", "h"][i], "unknown")),
-            )
-        })
+        .map(|i| visit(&format!("m{i}"), "/", T0, Some((["a", "b", "c", "d", "e", "f", "g", "h"][i], "unknown"))))
         .collect();
     let (state, _) = run(&engine, Tier::Tier3, &many);
     assert_eq!(state.breadth_at(T0), 8);
@@ -247,29 +197,18 @@ fn thresholds_fire_once_then_rearm_below_the_hysteresis_band() {
 fn a_demo_request_is_always_a_hand_raiser_and_may_also_cross() {
     let engine = engine();
     let mut demo = event("d1", EventKind::DemoRequest, T0, Some(("c1", "champion")));
-    demo.demo_request = Some(abm_schemas::DemoRequest {
-        form: "contact-sales".into(),
-    });
+    demo.demo_request = Some(abm_schemas::DemoRequest { form: "contact-sales".into() });
     let mut demo2 = demo.clone();
     demo2.event_id = "d2".into();
     let mut state = AccountScoreState::default();
-    let Applied::Scored {
-        crossings, points, ..
-    } = engine.apply(ACCOUNT, &mut state, &demo, Tier::Tier1)
-    else {
+    let Applied::Scored { crossings, points, .. } = engine.apply(ACCOUNT, &mut state, &demo, Tier::Tier1) else {
         panic!("applied")
     };
     assert_close(points, 60.0, "50 * 1.2");
-    let kinds: Vec<_> = crossings
-        .iter()
-        .map(|c| (c.kind, c.crossing_id.as_str()))
-        .collect();
+    let kinds: Vec<_> = crossings.iter().map(|c| (c.kind, c.crossing_id.as_str())).collect();
     assert_eq!(
         kinds,
-        vec![
-            (CrossingKind::Threshold, "acc-1:threshold:1"),
-            (CrossingKind::HandRaiser, "acc-1:hand_raiser:1")
-        ]
+        vec![(CrossingKind::Threshold, "acc-1:threshold:1"), (CrossingKind::HandRaiser, "acc-1:hand_raiser:1")]
     );
     let explanation = &crossings[0];
     assert_eq!(explanation.top_rules[0].rule, "demo_request");
@@ -277,8 +216,7 @@ fn a_demo_request_is_always_a_hand_raiser_and_may_also_cross() {
     assert_eq!(explanation.recent_events[0].event_id, "d1");
     assert_eq!(explanation.trigger_event_id, "d1");
     // Disarmed now, but a second demo request is still a hand-raiser, with the next sequence.
-    let Applied::Scored { crossings, .. } = engine.apply(ACCOUNT, &mut state, &demo2, Tier::Tier1)
-    else {
+    let Applied::Scored { crossings, .. } = engine.apply(ACCOUNT, &mut state, &demo2, Tier::Tier1) else {
         panic!("applied")
     };
     let ids: Vec<_> = crossings.iter().map(|c| c.crossing_id.as_str()).collect();
@@ -294,10 +232,7 @@ fn a_repeated_event_id_changes_nothing_but_the_duplicate_count() {
     let mut state = AccountScoreState::default();
     engine.apply(ACCOUNT, &mut state, &a, Tier::Tier3);
     let before = state.clone();
-    assert_eq!(
-        engine.apply(ACCOUNT, &mut state, &b, Tier::Tier3),
-        Applied::Duplicate
-    );
+    assert_eq!(engine.apply(ACCOUNT, &mut state, &b, Tier::Tier3), Applied::Duplicate);
     assert_eq!(state.duplicates, 1);
     state.duplicates = 0;
     assert_eq!(state, before);
@@ -309,10 +244,7 @@ fn unmatched_kinds_score_zero_but_count_and_advance_as_of() {
     let (state, _) = run(
         &engine,
         Tier::Tier3,
-        &[
-            visit("a", "/pricing", T0, None),
-            event("w", EventKind::Webinar, T0 + 14 * DAY_MS, None),
-        ],
+        &[visit("a", "/pricing", T0, None), event("w", EventKind::Webinar, T0 + 14 * DAY_MS, None)],
     );
     assert_eq!(state.as_of, Some(T0 + 14 * DAY_MS));
     assert_close(state.engagement, 7.5, "pricing decayed by one half-life");
@@ -330,38 +262,16 @@ fn configured_rules_match_channel_and_campaign_and_invalid_configs_are_refused()
     let engine = Engine::new(config.clone()).expect("valid");
     let ad = |id: &str, channel: &str, campaign: &str| {
         let mut e = event(id, EventKind::AdClick, T0, None);
-        e.ad_click = Some(abm_schemas::AdClick {
-            channel: channel.into(),
-            campaign: Some(campaign.into()),
-            creative: None,
-        });
+        e.ad_click =
+            Some(abm_schemas::AdClick { channel: channel.into(), campaign: Some(campaign.into()), creative: None });
         e
     };
-    let (state, _) = run(
-        &engine,
-        Tier::Tier3,
-        &[
-            ad("1", "linkedin", "q4"),
-            ad("2", "google", "q4"),
-            ad("3", "linkedin", "q1"),
-        ],
-    );
-    assert_close(
-        state.engagement,
-        8.0 + 5.0 + 5.0,
-        "only the first ad matches linkedin_q4",
-    );
+    let (state, _) =
+        run(&engine, Tier::Tier3, &[ad("1", "linkedin", "q4"), ad("2", "google", "q4"), ad("3", "linkedin", "q1")]);
+    assert_close(state.engagement, 8.0 + 5.0 + 5.0, "only the first ad matches linkedin_q4");
 
     config.rules.push(config.rules[0].clone());
-    assert!(
-        Engine::new(config)
-            .expect_err("duplicate rule name")
-            .to_string()
-            .contains("rules[10].name")
-    );
-    let bad = ScoringConfig {
-        half_life_days: 0.0,
-        ..ScoringConfig::default()
-    };
+    assert!(Engine::new(config).expect_err("duplicate rule name").to_string().contains("rules[10].name"));
+    let bad = ScoringConfig { half_life_days: 0.0, ..ScoringConfig::default() };
     assert!(Engine::new(bad).is_err());
 }

@@ -8,18 +8,10 @@ const T0: i64 = 1_700_000_000_000;
 
 fn arbitrary_event() -> impl Strategy<Value = (u8, i64, Option<u8>, u8)> {
     // (kind selector, time offset within 60 days, contact, persona selector)
-    (
-        0u8..8,
-        0i64..60 * DAY_MS,
-        proptest::option::of(0u8..6),
-        0u8..4,
-    )
+    (0u8..8, 0i64..60 * DAY_MS, proptest::option::of(0u8..6), 0u8..4)
 }
 
-fn build(
-    index: usize,
-    (kind, offset, contact, persona): (u8, i64, Option<u8>, u8),
-) -> EngagementEvent {
+fn build(index: usize, (kind, offset, contact, persona): (u8, i64, Option<u8>, u8)) -> EngagementEvent {
     let kinds = [
         EventKind::WebVisit,
         EventKind::WebVisit,
@@ -36,29 +28,16 @@ fn build(
         contact_id: Some(format!("c{c}")),
         email: None,
         title: None,
-        persona: Some(
-            ["economic_buyer", "champion", "unknown", "user"][usize::from(persona)].into(),
-        ),
+        persona: Some(["economic_buyer", "champion", "unknown", "user"][usize::from(persona)].into()),
     });
     match kind {
         EventKind::WebVisit => {
             let path = ["/", "/pricing", "/careers", "/blog"][(offset % 4) as usize];
-            event.web_visit = Some(WebVisit {
-                url: format!("https://v.example{path}"),
-                referrer: None,
-                title: None,
-            });
+            event.web_visit = Some(WebVisit { url: format!("https://v.example{path}"), referrer: None, title: None });
         }
         EventKind::Email => {
-            let action = [
-                EmailAction::Click,
-                EmailAction::Unsubscribe,
-                EmailAction::Open,
-            ][(offset % 3) as usize];
-            event.email = Some(EmailEvent {
-                action,
-                campaign: None,
-            });
+            let action = [EmailAction::Click, EmailAction::Unsubscribe, EmailAction::Open][(offset % 3) as usize];
+            event.email = Some(EmailEvent { action, campaign: None });
         }
         _ => {}
     }
@@ -66,22 +45,15 @@ fn build(
 }
 
 fn log_strategy() -> impl Strategy<Value = Vec<EngagementEvent>> {
-    proptest::collection::vec(arbitrary_event(), 1..60).prop_map(|raw| {
-        raw.into_iter()
-            .enumerate()
-            .map(|(i, e)| build(i, e))
-            .collect()
-    })
+    proptest::collection::vec(arbitrary_event(), 1..60)
+        .prop_map(|raw| raw.into_iter().enumerate().map(|(i, e)| build(i, e)).collect())
 }
 
 fn replay(engine: &Engine, log: &[EngagementEvent]) -> (AccountScoreState, Vec<String>) {
     let mut state = AccountScoreState::default();
     let mut crossings = Vec::new();
     for event in log {
-        if let Applied::Scored {
-            crossings: emitted, ..
-        } = engine.apply("acc", &mut state, event, Tier::Tier2)
-        {
+        if let Applied::Scored { crossings: emitted, .. } = engine.apply("acc", &mut state, event, Tier::Tier2) {
             crossings.extend(emitted.into_iter().map(|c| c.crossing_id));
         }
     }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use abm::kafka::KafkaConfig;
 use abm::topics::{TopicOverrides, TopicRole, Topics};
 use abm_schemas::{
-    Account, AdClick, Contact, DemoRequest, EmailAction, EmailEvent, EngagementEvent, EventKind,
-    Tier, WebVisit,
+    Account, AdClick, Contact, DemoRequest, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit,
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -80,8 +79,7 @@ const PAGES: [&str; 5] = ["/", "/product", "/pricing", "/blog/streaming", "/care
 
 fn event(rng: &mut Rng, n: u64, accounts: u32, time: i64) -> EngagementEvent {
     // Zipf-ish skew: low account indexes are much more active.
-    let account = (rng.below(u64::from(accounts)) * rng.below(u64::from(accounts))
-        / u64::from(accounts.max(1))) as u32;
+    let account = (rng.below(u64::from(accounts)) * rng.below(u64::from(accounts)) / u64::from(accounts.max(1))) as u32;
     let kind = match rng.below(100) {
         0..=59 => EventKind::WebVisit,
         60..=74 => EventKind::AdClick,
@@ -100,60 +98,34 @@ fn event(rng: &mut Rng, n: u64, accounts: u32, time: i64) -> EngagementEvent {
     match kind {
         EventKind::WebVisit => {
             let path = PAGES[rng.below(PAGES.len() as u64) as usize];
-            event.web_visit = Some(WebVisit {
-                url: format!("https://vendor.example{path}"),
-                referrer: None,
-                title: None,
-            });
+            event.web_visit =
+                Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
         }
         EventKind::AdClick => {
-            event.ad_click = Some(AdClick {
-                channel: "linkedin".into(),
-                campaign: Some("q4-abm".into()),
-                creative: None,
-            });
+            event.ad_click =
+                Some(AdClick { channel: "linkedin".into(), campaign: Some("q4-abm".into()), creative: None });
         }
         EventKind::Email => {
-            let action = [
-                EmailAction::Open,
-                EmailAction::Click,
-                EmailAction::Reply,
-                EmailAction::Unsubscribe,
-            ][rng.below(4) as usize];
-            event.email = Some(EmailEvent {
-                action,
-                campaign: Some("nurture".into()),
-            });
+            let action = [EmailAction::Open, EmailAction::Click, EmailAction::Reply, EmailAction::Unsubscribe]
+                [rng.below(4) as usize];
+            event.email = Some(EmailEvent { action, campaign: Some("nurture".into()) });
         }
-        _ => {
-            event.demo_request = Some(DemoRequest {
-                form: "contact-sales".into(),
-            })
-        }
+        _ => event.demo_request = Some(DemoRequest { form: "contact-sales".into() }),
     }
     event
 }
 
 async fn publish(args: Args) -> anyhow::Result<()> {
-    let kafka = KafkaConfig {
-        bootstrap_servers: args.bootstrap_servers.clone(),
-        ..KafkaConfig::default()
-    };
+    let kafka = KafkaConfig { bootstrap_servers: args.bootstrap_servers.clone(), ..KafkaConfig::default() };
     let topics = Topics::resolve(&TopicOverrides::new());
     abm::service::prepare_kafka(&kafka, &topics, "abm-simulate").await?;
-    let producer: FutureProducer = kafka
-        .producer_config("abm-simulate")
-        .create()
-        .context("creating the producer")?;
+    let producer: FutureProducer = kafka.producer_config("abm-simulate").create().context("creating the producer")?;
     let send = |topic: &str, key: String, payload: Vec<u8>| {
         let producer = producer.clone();
         let topic = topic.to_owned();
         async move {
             producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(30),
-                )
+                .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
                 .await
                 .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic}: {error}"))
         }
@@ -161,39 +133,20 @@ async fn publish(args: Args) -> anyhow::Result<()> {
 
     for index in 0..args.accounts {
         let account = account(index);
-        send(
-            topics.name(TopicRole::Accounts),
-            account.account_id.clone(),
-            abm_schemas::encode(&account)?,
-        )
-        .await?;
+        send(topics.name(TopicRole::Accounts), account.account_id.clone(), abm_schemas::encode(&account)?).await?;
     }
-    println!(
-        "simulate: published {} accounts to {}",
-        args.accounts,
-        topics.name(TopicRole::Accounts)
-    );
+    println!("simulate: published {} accounts to {}", args.accounts, topics.name(TopicRole::Accounts));
 
     let mut rng = Rng(args.seed);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let start = args.start_ms.unwrap_or(now_ms - 30 * 86_400_000);
-    let step = if args.events == 0 {
-        0
-    } else {
-        (now_ms - start).max(0) / args.events as i64
-    };
+    let step = if args.events == 0 { 0 } else { (now_ms - start).max(0) / args.events as i64 };
     let began = Instant::now();
     let mut pending = Vec::with_capacity(1024);
     for n in 0..args.events {
         let event = event(&mut rng, n, args.accounts, start + n as i64 * step);
         let key = event.account_id.clone().unwrap_or_default();
-        pending.push(send(
-            topics.name(TopicRole::Engagement),
-            key,
-            abm_schemas::encode(&event)?,
-        ));
+        pending.push(send(topics.name(TopicRole::Engagement), key, abm_schemas::encode(&event)?));
         if pending.len() == 1024 {
             futures::future::try_join_all(pending.drain(..)).await?;
         }
@@ -205,11 +158,7 @@ async fn publish(args: Args) -> anyhow::Result<()> {
             }
         }
         if (n + 1) % 1000 == 0 {
-            println!(
-                "simulate: {} events published ({:.0}/s)",
-                n + 1,
-                (n + 1) as f64 / began.elapsed().as_secs_f64()
-            );
+            println!("simulate: {} events published ({:.0}/s)", n + 1, (n + 1) as f64 / began.elapsed().as_secs_f64());
         }
     }
     futures::future::try_join_all(pending.drain(..)).await?;
@@ -224,10 +173,7 @@ async fn publish(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("simulate: error: {error}");

@@ -71,12 +71,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds {
-            tier_1: 50.0,
-            tier_2: 75.0,
-            tier_3: 100.0,
-            untiered: 150.0,
-        }
+        Thresholds { tier_1: 50.0, tier_2: 75.0, tier_3: 100.0, untiered: 150.0 }
     }
 }
 
@@ -162,10 +157,7 @@ impl Default for ScoringConfig {
                 ("manager", "champion"),
             ]
             .into_iter()
-            .map(|(words, persona)| TitlePersona {
-                title_words: words.into(),
-                persona: persona.into(),
-            })
+            .map(|(words, persona)| TitlePersona { title_words: words.into(), persona: persona.into() })
             .collect(),
             half_life_days: 14.0,
             breadth_alpha: 0.25,
@@ -193,12 +185,8 @@ pub struct ScoringConfigError {
 impl ScoringConfig {
     /// Checks what serde cannot: finite numbers, positive bounds, unique rule names.
     pub fn validate(&self) -> Result<(), ScoringConfigError> {
-        let fail = |field: &str, problem: &str| {
-            Err(ScoringConfigError {
-                field: field.into(),
-                problem: problem.into(),
-            })
-        };
+        let fail =
+            |field: &str, problem: &str| Err(ScoringConfigError { field: field.into(), problem: problem.into() });
         if !(self.half_life_days.is_finite() && self.half_life_days > 0.0) {
             return fail("half_life_days", "must be a positive number of days");
         }
@@ -230,10 +218,7 @@ impl ScoringConfig {
         let mut names = std::collections::BTreeSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
-                return fail(
-                    &format!("rules[{index}].name"),
-                    "must be non-empty and unique",
-                );
+                return fail(&format!("rules[{index}].name"), "must be non-empty and unique");
             }
             if !rule.points.is_finite() {
                 return fail(&format!("rules[{index}].points"), "must be a finite number");
@@ -247,10 +232,7 @@ impl ScoringConfig {
         }
         for (persona, weight) in &self.persona_weights {
             if !weight.is_finite() {
-                return fail(
-                    &format!("persona_weights.{persona}"),
-                    "must be a finite number",
-                );
+                return fail(&format!("persona_weights.{persona}"), "must be a finite number");
             }
         }
         if self.max_seen_events == 0 || self.max_window_events == 0 || self.max_contacts == 0 {

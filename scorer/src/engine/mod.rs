@@ -10,8 +10,7 @@ pub mod rules;
 pub mod state;
 
 use abm_schemas::{
-    CrossingKind, EngagedContact, EngagementEvent, EventKind, RecentEvent, RuleContribution,
-    ScoreCrossing, Tier,
+    CrossingKind, EngagedContact, EngagementEvent, EventKind, RecentEvent, RuleContribution, ScoreCrossing, Tier,
 };
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
@@ -128,11 +127,7 @@ impl Engine {
     }
 
     fn persona_weight(&self, persona: &str) -> f64 {
-        self.config
-            .persona_weights
-            .get(persona)
-            .copied()
-            .unwrap_or(1.0)
+        self.config.persona_weights.get(persona).copied().unwrap_or(1.0)
     }
 
     /// Applies `event` to the state of account `account_id`, whose TAL tier is now `tier`.
@@ -154,11 +149,7 @@ impl Engine {
         let contact = event.contact.as_ref();
         let contact_key: Option<String> = contact
             .and_then(|c| c.contact_id.clone().filter(|id| !id.is_empty()))
-            .or_else(|| {
-                contact
-                    .and_then(|c| c.email.as_ref())
-                    .map(|email| email.to_lowercase())
-            });
+            .or_else(|| contact.and_then(|c| c.email.as_ref()).map(|email| email.to_lowercase()));
 
         // Points at the event's own time: the rule's points, persona-weighted, unless capped.
         let mut points = 0.0;
@@ -205,27 +196,15 @@ impl Engine {
         state.events_applied += 1;
         state.record_window_event(event.kind, t);
         state.remember(id_hash, as_of);
-        state.record_recent(
-            self.recent_event(event, rule_index, points, contact_key),
-            self.config.max_recent_events,
-        );
+        state.record_recent(self.recent_event(event, rule_index, points, contact_key), self.config.max_recent_events);
         state.prune(as_of, self.dedup_window_ms, &self.config);
 
         let crossings = self.evaluate(account_id, state, event);
-        Applied::Scored {
-            points,
-            rule: rule_index,
-            crossings,
-        }
+        Applied::Scored { points, rule: rule_index, crossings }
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (PRODUCT.md's order).
-    fn evaluate(
-        &self,
-        account_id: &str,
-        state: &mut AccountScoreState,
-        event: &EngagementEvent,
-    ) -> Vec<ScoreCrossing> {
+    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> Vec<ScoreCrossing> {
         let mut crossings = Vec::new();
         let Some(as_of) = state.as_of else {
             return crossings;
@@ -236,27 +215,13 @@ impl Engine {
         if state.armed && score >= threshold {
             state.armed = false;
             state.threshold_crossings += 1;
-            crossings.push(self.crossing(
-                account_id,
-                state,
-                CrossingKind::Threshold,
-                event,
-                score,
-                breadth,
-            ));
+            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, score, breadth));
         } else if !state.armed && score < threshold * (1.0 - self.config.hysteresis) {
             state.armed = true;
         }
         if event.kind == EventKind::DemoRequest {
             state.hand_raiser_crossings += 1;
-            crossings.push(self.crossing(
-                account_id,
-                state,
-                CrossingKind::HandRaiser,
-                event,
-                score,
-                breadth,
-            ));
+            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, score, breadth));
         }
         crossings
     }
@@ -302,33 +267,17 @@ impl Engine {
         contact: Option<String>,
     ) -> state::Recent {
         let detail = match event.kind {
-            EventKind::WebVisit => event
-                .web_visit
+            EventKind::WebVisit => event.web_visit.as_ref().map(|v| url_path(&v.url).to_owned()),
+            EventKind::AdClick => event
+                .ad_click
                 .as_ref()
-                .map(|v| url_path(&v.url).to_owned()),
-            EventKind::AdClick => event.ad_click.as_ref().map(|a| {
-                format!("{} {}", a.channel, a.campaign.as_deref().unwrap_or(""))
-                    .trim_end()
-                    .to_owned()
-            }),
-            EventKind::Email => event
-                .email
-                .as_ref()
-                .map(|e| format!("{:?}", e.action).to_lowercase()),
-            EventKind::DemoRequest => event
-                .demo_request
-                .as_ref()
-                .map(|d| format!("form {}", d.form)),
+                .map(|a| format!("{} {}", a.channel, a.campaign.as_deref().unwrap_or("")).trim_end().to_owned()),
+            EventKind::Email => event.email.as_ref().map(|e| format!("{:?}", e.action).to_lowercase()),
+            EventKind::DemoRequest => event.demo_request.as_ref().map(|d| format!("form {}", d.form)),
             EventKind::ContentDownload => event.content_download.as_ref().map(|c| c.asset.clone()),
-            EventKind::Webinar => event
-                .webinar
-                .as_ref()
-                .map(|w| format!("{} {}", w.action, w.webinar_id)),
+            EventKind::Webinar => event.webinar.as_ref().map(|w| format!("{} {}", w.action, w.webinar_id)),
             EventKind::Meeting => event.meeting.as_ref().map(|m| m.meeting_id.clone()),
-            EventKind::Intent => event
-                .intent
-                .as_ref()
-                .map(|i| format!("{} ({:.2})", i.topic, i.strength)),
+            EventKind::Intent => event.intent.as_ref().map(|i| format!("{} ({:.2})", i.topic, i.strength)),
             EventKind::Unknown => None,
         };
         state::Recent {
@@ -343,12 +292,7 @@ impl Engine {
     }
 
     /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.
-    fn top_rules(
-        &self,
-        state: &AccountScoreState,
-        factor: f64,
-        limit: usize,
-    ) -> Vec<RuleContribution> {
+    fn top_rules(&self, state: &AccountScoreState, factor: f64, limit: usize) -> Vec<RuleContribution> {
         let mut rules: Vec<RuleContribution> = state
             .rule_points
             .iter()
@@ -358,12 +302,7 @@ impl Engine {
                 points: points * factor,
             })
             .collect();
-        rules.sort_by(|a, b| {
-            b.points
-                .abs()
-                .total_cmp(&a.points.abs())
-                .then_with(|| a.rule.cmp(&b.rule))
-        });
+        rules.sort_by(|a, b| b.points.abs().total_cmp(&a.points.abs()).then_with(|| a.rule.cmp(&b.rule)));
         rules.truncate(limit);
         rules
     }
@@ -403,9 +342,7 @@ impl Engine {
 
     /// Score at the state's own as-of time (what `abm.account-scores` publishes).
     pub fn score(&self, state: &AccountScoreState) -> f64 {
-        state.as_of.map_or(0.0, |as_of| {
-            state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of))
-        })
+        state.as_of.map_or(0.0, |as_of| state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of)))
     }
 }
 

@@ -8,9 +8,7 @@ use super::config::{RuleConfig, ScoringConfig};
 pub fn url_path(url: &str) -> &str {
     let without_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
     let path = if url.contains("://") {
-        without_scheme
-            .find('/')
-            .map_or("", |i| &without_scheme[i..])
+        without_scheme.find('/').map_or("", |i| &without_scheme[i..])
     } else {
         without_scheme
     };
@@ -19,10 +17,7 @@ pub fn url_path(url: &str) -> &str {
 }
 
 fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 /// Compiled rules and persona tables.
@@ -44,10 +39,7 @@ impl Rules {
             .map(|entry| (words(&entry.title_words), entry.persona.clone()))
             .filter(|(pattern, _)| !pattern.is_empty())
             .collect();
-        Rules {
-            rules,
-            title_personas,
-        }
+        Rules { rules, title_personas }
     }
 
     pub fn get(&self, index: u16) -> &RuleConfig {
@@ -63,36 +55,24 @@ impl Rules {
     }
 
     pub fn index_of(&self, name: &str) -> Option<u16> {
-        self.rules
-            .iter()
-            .position(|rule| rule.name == name)
-            .and_then(|i| u16::try_from(i).ok())
+        self.rules.iter().position(|rule| rule.name == name).and_then(|i| u16::try_from(i).ok())
     }
 
     /// Index of the first rule that matches `event`.
     pub fn first_match(&self, event: &EngagementEvent) -> Option<u16> {
-        self.rules
-            .iter()
-            .position(|rule| matches(rule, event))
-            .and_then(|i| u16::try_from(i).ok())
+        self.rules.iter().position(|rule| matches(rule, event)).and_then(|i| u16::try_from(i).ok())
     }
 
     /// The event's persona, else one mapped from its contact's title, else `unknown`.
     pub fn persona(&self, event: &EngagementEvent) -> String {
         let contact = event.contact.as_ref();
-        if let Some(persona) = contact
-            .and_then(|c| c.persona.as_deref())
-            .filter(|p| !p.is_empty())
-        {
+        if let Some(persona) = contact.and_then(|c| c.persona.as_deref()).filter(|p| !p.is_empty()) {
             return persona.to_owned();
         }
         if let Some(title) = contact.and_then(|c| c.title.as_deref()) {
             let title_words = words(title);
             for (pattern, persona) in &self.title_personas {
-                if title_words
-                    .windows(pattern.len())
-                    .any(|window| window == pattern.as_slice())
-                {
+                if title_words.windows(pattern.len()).any(|window| window == pattern.as_slice()) {
                     return persona.clone();
                 }
             }
@@ -115,11 +95,7 @@ fn matches(rule: &RuleConfig, event: &EngagementEvent) -> bool {
             return false;
         };
         let path = url_path(&visit.url);
-        if !rule
-            .url_patterns
-            .iter()
-            .any(|pattern| path.contains(pattern.as_str()))
-        {
+        if !rule.url_patterns.iter().any(|pattern| path.contains(pattern.as_str())) {
             return false;
         }
     }
@@ -134,12 +110,7 @@ fn matches(rule: &RuleConfig, event: &EngagementEvent) -> bool {
             .ad_click
             .as_ref()
             .and_then(|ad| ad.campaign.as_deref())
-            .or_else(|| {
-                event
-                    .email
-                    .as_ref()
-                    .and_then(|email| email.campaign.as_deref())
-            });
+            .or_else(|| event.email.as_ref().and_then(|email| email.campaign.as_deref()));
         if event_campaign != Some(campaign.as_str()) {
             return false;
         }
@@ -154,10 +125,7 @@ mod tests {
 
     #[test]
     fn url_paths_drop_host_query_and_fragment() {
-        assert_eq!(
-            url_path("https://vendor.example/pricing?plan=pro#top"),
-            "/pricing"
-        );
+        assert_eq!(url_path("https://vendor.example/pricing?plan=pro#top"), "/pricing");
         assert_eq!(url_path("http://vendor.example"), "");
         assert_eq!(url_path("/jobs/123?x"), "/jobs/123");
         // The host never matches a path pattern.
@@ -166,39 +134,19 @@ mod tests {
 
     fn visit(url: &str) -> EngagementEvent {
         let mut event = EngagementEvent::new("e", EventKind::WebVisit, 0, "t");
-        event.web_visit = Some(WebVisit {
-            url: url.into(),
-            referrer: None,
-            title: None,
-        });
+        event.web_visit = Some(WebVisit { url: url.into(), referrer: None, title: None });
         event
     }
 
     #[test]
     fn first_matching_rule_wins() {
         let rules = Rules::new(&ScoringConfig::default());
-        let name =
-            |event: &EngagementEvent| rules.first_match(event).map(|i| rules.get(i).name.clone());
-        assert_eq!(
-            name(&visit("https://v.example/pricing")).as_deref(),
-            Some("pricing_page")
-        );
-        assert_eq!(
-            name(&visit("https://v.example/careers/eng")).as_deref(),
-            Some("careers_page")
-        );
-        assert_eq!(
-            name(&visit("https://v.example/jobs")).as_deref(),
-            Some("careers_page")
-        );
-        assert_eq!(
-            name(&visit("https://pricing.v.example/blog")).as_deref(),
-            Some("web_visit")
-        );
-        assert_eq!(
-            name(&EngagementEvent::new("e", EventKind::Webinar, 0, "t")),
-            None
-        );
+        let name = |event: &EngagementEvent| rules.first_match(event).map(|i| rules.get(i).name.clone());
+        assert_eq!(name(&visit("https://v.example/pricing")).as_deref(), Some("pricing_page"));
+        assert_eq!(name(&visit("https://v.example/careers/eng")).as_deref(), Some("careers_page"));
+        assert_eq!(name(&visit("https://v.example/jobs")).as_deref(), Some("careers_page"));
+        assert_eq!(name(&visit("https://pricing.v.example/blog")).as_deref(), Some("web_visit"));
+        assert_eq!(name(&EngagementEvent::new("e", EventKind::Webinar, 0, "t")), None);
     }
 
     #[test]
@@ -206,20 +154,13 @@ mod tests {
         let rules = Rules::new(&ScoringConfig::default());
         let with = |persona: Option<&str>, title: Option<&str>| {
             let mut event = EngagementEvent::new("e", EventKind::WebVisit, 0, "t");
-            event.contact = Some(Contact {
-                persona: persona.map(Into::into),
-                title: title.map(Into::into),
-                ..Contact::default()
-            });
+            event.contact =
+                Some(Contact { persona: persona.map(Into::into), title: title.map(Into::into), ..Contact::default() });
             rules.persona(&event)
         };
         assert_eq!(with(Some("champion"), Some("CFO")), "champion");
         assert_eq!(with(None, Some("VP, Finance")), "economic_buyer");
-        assert_eq!(
-            with(None, Some("Director of Engineering")),
-            "champion",
-            "`cto` is not a word of Director"
-        );
+        assert_eq!(with(None, Some("Director of Engineering")), "champion", "`cto` is not a word of Director");
         assert_eq!(with(None, Some("MVP Developer")), "unknown");
         assert_eq!(with(None, None), "unknown");
     }

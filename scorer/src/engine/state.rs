@@ -3,8 +3,7 @@
 use std::collections::VecDeque;
 
 use abm_schemas::{
-    AccountState, CapCount, EngagedContact, EventKind, RecentEvent, RuleContribution, SeenEvent,
-    Tier, WindowEvent,
+    AccountState, CapCount, EngagedContact, EventKind, RecentEvent, RuleContribution, SeenEvent, Tier, WindowEvent,
 };
 
 use super::config::ScoringConfig;
@@ -88,41 +87,24 @@ impl Default for AccountScoreState {
 impl AccountScoreState {
     /// Counts one more event of (contact, rule) on `day` and returns the new count.
     pub(crate) fn count_for_cap(&mut self, contact_key: &str, rule: u16, day: i64) -> u32 {
-        if let Some(entry) = self
-            .caps
-            .iter_mut()
-            .find(|e| e.rule == rule && e.day == day && &*e.contact_key == contact_key)
+        if let Some(entry) =
+            self.caps.iter_mut().find(|e| e.rule == rule && e.day == day && &*e.contact_key == contact_key)
         {
             entry.count += 1;
             return entry.count;
         }
-        self.caps.push(CapEntry {
-            contact_key: contact_key.into(),
-            rule,
-            day,
-            count: 1,
-        });
+        self.caps.push(CapEntry { contact_key: contact_key.into(), rule, day, count: 1 });
         1
     }
 
     pub(crate) fn add_rule_points(&mut self, rule: u16, points: f64) {
-        match self
-            .rule_points
-            .iter_mut()
-            .find(|(index, _)| *index == rule)
-        {
+        match self.rule_points.iter_mut().find(|(index, _)| *index == rule) {
             Some((_, total)) => *total += points,
             None => self.rule_points.push((rule, points)),
         }
     }
 
-    pub(crate) fn engage_contact(
-        &mut self,
-        key: &str,
-        persona: &str,
-        title: Option<String>,
-        t: i64,
-    ) {
+    pub(crate) fn engage_contact(&mut self, key: &str, persona: &str, title: Option<String>, t: i64) {
         match self.contacts.iter_mut().find(|c| &*c.key == key) {
             Some(contact) => {
                 if t >= contact.last_engaged_at {
@@ -152,25 +134,17 @@ impl AccountScoreState {
 
     pub(crate) fn record_recent(&mut self, recent: Recent, max: usize) {
         // Newest event time first; among equal times, the later applied first.
-        let position = self
-            .recent
-            .iter()
-            .position(|r| r.occurred_at <= recent.occurred_at)
-            .unwrap_or(self.recent.len());
+        let position =
+            self.recent.iter().position(|r| r.occurred_at <= recent.occurred_at).unwrap_or(self.recent.len());
         self.recent.insert(position, recent);
         self.recent.truncate(max);
     }
 
     /// Drops what fell out of every window, then enforces the size bounds.
     pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) {
-        self.contacts
-            .retain(|c| c.last_engaged_at > as_of - BREADTH_WINDOW_MS);
+        self.contacts.retain(|c| c.last_engaged_at > as_of - BREADTH_WINDOW_MS);
         if self.contacts.len() > config.max_contacts {
-            self.contacts.sort_by(|a, b| {
-                b.last_engaged_at
-                    .cmp(&a.last_engaged_at)
-                    .then_with(|| a.key.cmp(&b.key))
-            });
+            self.contacts.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key.cmp(&b.key)));
             self.contacts.truncate(config.max_contacts);
         }
         let longest = COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1] * DAY_MS;
@@ -179,14 +153,9 @@ impl AccountScoreState {
             self.window.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
             self.window.truncate(config.max_window_events);
         }
-        let oldest_cap_day =
-            as_of.div_euclid(DAY_MS) - COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1];
+        let oldest_cap_day = as_of.div_euclid(DAY_MS) - COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1];
         self.caps.retain(|cap| cap.day >= oldest_cap_day);
-        while self
-            .seen
-            .front()
-            .is_some_and(|(_, applied_at)| *applied_at <= as_of - dedup_window_ms)
-        {
+        while self.seen.front().is_some_and(|(_, applied_at)| *applied_at <= as_of - dedup_window_ms) {
             self.seen.pop_front();
         }
         while self.seen.len() > config.max_seen_events {
@@ -210,11 +179,8 @@ impl AccountScoreState {
             .iter()
             .filter_map(|kind| {
                 let count = |days: i64| {
-                    let n = self
-                        .window
-                        .iter()
-                        .filter(|(t, k)| k == kind && *t > at - days * DAY_MS && *t <= at)
-                        .count();
+                    let n =
+                        self.window.iter().filter(|(t, k)| k == kind && *t > at - days * DAY_MS && *t <= at).count();
                     u32::try_from(n).unwrap_or(u32::MAX)
                 };
                 let counts = KindCounts {
@@ -241,11 +207,8 @@ impl AccountScoreState {
                 last_engaged_at: c.last_engaged_at,
             })
             .collect();
-        contacts.sort_by(|a, b| {
-            b.last_engaged_at
-                .cmp(&a.last_engaged_at)
-                .then_with(|| a.contact_id.cmp(&b.contact_id))
-        });
+        contacts
+            .sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.contact_id.cmp(&b.contact_id)));
         contacts
     }
 
@@ -278,10 +241,7 @@ impl AccountScoreState {
             rule_points: self
                 .rule_points
                 .iter()
-                .map(|(index, points)| RuleContribution {
-                    rule: rule_name(*index),
-                    points: *points,
-                })
+                .map(|(index, points)| RuleContribution { rule: rule_name(*index), points: *points })
                 .collect(),
             armed: self.armed,
             threshold_crossings: self.threshold_crossings as i64,
@@ -296,14 +256,7 @@ impl AccountScoreState {
                     last_engaged_at: c.last_engaged_at,
                 })
                 .collect(),
-            window_events: self
-                .window
-                .iter()
-                .map(|(t, kind)| WindowEvent {
-                    kind: *kind,
-                    occurred_at: *t,
-                })
-                .collect(),
+            window_events: self.window.iter().map(|(t, kind)| WindowEvent { kind: *kind, occurred_at: *t }).collect(),
             cap_counts: self
                 .caps
                 .iter()
@@ -317,10 +270,7 @@ impl AccountScoreState {
             seen_events: self
                 .seen
                 .iter()
-                .map(|(id_hash, applied_at)| SeenEvent {
-                    id_hash: *id_hash,
-                    applied_at: *applied_at,
-                })
+                .map(|(id_hash, applied_at)| SeenEvent { id_hash: *id_hash, applied_at: *applied_at })
                 .collect(),
             recent_events: self.recent_records(engine),
             events_applied: self.events_applied as i64,
@@ -336,11 +286,7 @@ impl AccountScoreState {
             tier: record.tier,
             as_of: record.as_of,
             engagement: record.engagement,
-            rule_points: record
-                .rule_points
-                .iter()
-                .filter_map(|r| Some((rule_index(&r.rule)?, r.points)))
-                .collect(),
+            rule_points: record.rule_points.iter().filter_map(|r| Some((rule_index(&r.rule)?, r.points))).collect(),
             armed: record.armed,
             threshold_crossings: u64::try_from(record.threshold_crossings).unwrap_or(0),
             hand_raiser_crossings: u64::try_from(record.hand_raiser_crossings).unwrap_or(0),
@@ -354,11 +300,7 @@ impl AccountScoreState {
                     last_engaged_at: c.last_engaged_at,
                 })
                 .collect(),
-            window: record
-                .window_events
-                .iter()
-                .map(|w| (w.occurred_at, w.kind))
-                .collect(),
+            window: record.window_events.iter().map(|w| (w.occurred_at, w.kind)).collect(),
             caps: record
                 .cap_counts
                 .iter()
@@ -371,11 +313,7 @@ impl AccountScoreState {
                     })
                 })
                 .collect(),
-            seen: record
-                .seen_events
-                .iter()
-                .map(|s| (s.id_hash, s.applied_at))
-                .collect(),
+            seen: record.seen_events.iter().map(|s| (s.id_hash, s.applied_at)).collect(),
             recent: record
                 .recent_events
                 .iter()
@@ -406,9 +344,7 @@ impl AccountScoreState {
             + self
                 .recent
                 .iter()
-                .map(|r| {
-                    r.event_id.len() + r.detail.len() + r.contact_id.as_ref().map_or(0, |c| c.len())
-                })
+                .map(|r| r.event_id.len() + r.detail.len() + r.contact_id.as_ref().map_or(0, |c| c.len()))
                 .sum::<usize>();
         strings
             + self.rule_points.capacity() * size_of::<(u16, f64)>()

@@ -1,0 +1,111 @@
+//! The scorer's metrics (names `abm_scorer_*`; labels are bounded sets).
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub events_applied: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub rejected: IntCounterVec,
+    pub accounts: IntGauge,
+    pub crossings: IntCounterVec,
+    pub commit_duration: Histogram,
+    pub snapshot_age: Gauge,
+    pub transactions: IntCounter,
+    pub state_records: IntCounter,
+    pub restore_duration: Histogram,
+    pub restored_accounts: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub apply_latency: Histogram,
+    pub tal_accounts: IntGauge,
+    pub tal_decode_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let metrics = Metrics {
+            events_applied: IntCounterVec::new(
+                Opts::new("abm_scorer_events_applied_total", "Engagement events applied to account state, by kind."),
+                &["kind"],
+            )?,
+            duplicates: IntCounter::new(
+                "abm_scorer_duplicates_total",
+                "Engagement events ignored because their event_id was already applied to the account.",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_rejected_total",
+                    "Input records the scorer could not apply (kept in abm.rejected), by reason.",
+                ),
+                &["reason"],
+            )?,
+            accounts: IntGauge::new("abm_scorer_accounts", "Accounts held in memory by this instance.")?,
+            crossings: IntCounterVec::new(
+                Opts::new("abm_scorer_crossings_total", "Crossings emitted, by kind and tier."),
+                &["kind", "tier"],
+            )?,
+            commit_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "abm_scorer_snapshot_duration_seconds",
+                    "Time to commit one transaction: changed account states, scores, crossings and input offsets.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            snapshot_age: Gauge::new(
+                "abm_scorer_snapshot_age_seconds",
+                "Age of the oldest state change not yet committed (snapshotted); 0 when everything is durable.",
+            )?,
+            transactions: IntCounter::new("abm_scorer_transactions_total", "Transactions committed.")?,
+            state_records: IntCounter::new(
+                "abm_scorer_state_records_total",
+                "Account states written to the changelog.",
+            )?,
+            restore_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "abm_scorer_restore_duration_seconds",
+                    "Time to restore one assigned partition from the changelog.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            )?,
+            restored_accounts: IntCounter::new(
+                "abm_scorer_restored_accounts_total",
+                "Accounts restored from the changelog.",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "abm_scorer_consumer_lag",
+                    "Messages behind the end of each assigned abm.engagement partition.",
+                ),
+                &["partition"],
+            )?,
+            apply_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "abm_scorer_apply_latency_seconds",
+                    "From ingest's receipt of an event (received_at) to its application to the score.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+            )?,
+            tal_accounts: IntGauge::new("abm_scorer_tal_accounts", "Accounts on the TAL as read from abm.accounts.")?,
+            tal_decode_errors: IntCounter::new(
+                "abm_scorer_tal_decode_errors_total",
+                "abm.accounts records that did not decode.",
+            )?,
+        };
+        registry.register(Box::new(metrics.events_applied.clone()))?;
+        registry.register(Box::new(metrics.duplicates.clone()))?;
+        registry.register(Box::new(metrics.rejected.clone()))?;
+        registry.register(Box::new(metrics.accounts.clone()))?;
+        registry.register(Box::new(metrics.crossings.clone()))?;
+        registry.register(Box::new(metrics.commit_duration.clone()))?;
+        registry.register(Box::new(metrics.snapshot_age.clone()))?;
+        registry.register(Box::new(metrics.transactions.clone()))?;
+        registry.register(Box::new(metrics.state_records.clone()))?;
+        registry.register(Box::new(metrics.restore_duration.clone()))?;
+        registry.register(Box::new(metrics.restored_accounts.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.apply_latency.clone()))?;
+        registry.register(Box::new(metrics.tal_accounts.clone()))?;
+        registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
+        Ok(metrics)
+    }
+}

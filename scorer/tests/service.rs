@@ -1,0 +1,258 @@
+//! The scorer service against the real broker: a hand-written log, the query API, the output
+//! topics, and exactly-once under repeated kill -9.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use abm::testkit::{ServiceProcess, http_get, wait_for_status};
+use abm_schemas::{
+    AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier,
+    WebVisit,
+};
+use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
+use support::*;
+
+const T0: i64 = 1_700_000_000_000;
+const SCORER: &str = env!("CARGO_BIN_EXE_scorer");
+
+fn visit(id: &str, account: &str, path: &str, t: i64, contact: &str, persona: &str) -> EngagementEvent {
+    let mut event = EngagementEvent::new(id, EventKind::WebVisit, t, "test");
+    event.account_id = Some(account.into());
+    event.contact =
+        Some(Contact { contact_id: Some(contact.into()), persona: Some(persona.into()), ..Contact::default() });
+    event.web_visit = Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
+    event
+}
+
+fn start(env: &Env) -> ServiceProcess {
+    let vars = env.vars();
+    let process = ServiceProcess::start(Path::new(SCORER), &[], &vars);
+    wait_for_status(env.port, "/readyz", 200, Duration::from_secs(60), "scorer did not get ready");
+    process
+}
+
+/// Waits until the scorer has applied or absorbed `expected` events of `account`.
+fn wait_for_account(env: &Env, account: &str, expected: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(json) = account_json(env.port, account) {
+            let seen = json["events_applied"].as_u64().unwrap_or(0) + json["duplicates"].as_u64().unwrap_or(0);
+            if seen >= expected {
+                return json;
+            }
+        }
+        assert!(Instant::now() < deadline, "{account}: fewer than {expected} events applied in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
+    let env = Env::new("scorer-hand");
+    env.create_topics();
+    let producer = producer();
+    send(&producer, &env.topic("accounts"), "acc-1", &account("acc-1", Tier::Tier1));
+    // Tier 1 (threshold 50), an economic buyer (x1.5), as in engine_by_hand's threshold test.
+    let buyer = ("cfo", "economic_buyer");
+    let log = vec![
+        visit("p1", "acc-1", "/pricing", T0, buyer.0, buyer.1), // 22.5
+        visit("p2", "acc-1", "/pricing", T0, buyer.0, buyer.1), // 45
+        visit("v1", "acc-1", "/", T0, buyer.0, buyer.1),        // 52.5: threshold 1
+        visit("v2", "acc-1", "/", T0, buyer.0, buyer.1),        // 60
+        visit("v2", "acc-1", "/", T0, buyer.0, buyer.1),        // duplicate id: ignored
+        visit("v3", "acc-1", "/", T0 + 14 * DAY_MS, buyer.0, buyer.1), // 37.5: not below 37.5
+        visit("v4", "acc-1", "/", T0 + 28 * DAY_MS, buyer.0, buyer.1), // 26.25: re-armed
+        visit("p3", "acc-1", "/pricing", T0 + 28 * DAY_MS, buyer.0, buyer.1), // 48.75
+        visit("v5", "acc-1", "/", T0 + 28 * DAY_MS, buyer.0, buyer.1), // 56.25: threshold 2
+    ];
+    let mut demo = EngagementEvent::new("d1", EventKind::DemoRequest, T0 + 28 * DAY_MS, "test");
+    demo.account_id = Some("acc-1".into());
+    demo.demo_request = Some(DemoRequest { form: "contact-sales".into() }); // +50: 106.25, hand-raiser 1
+    let mut stray = visit("x", "acc-2", "/", T0, "someone", "unknown");
+    stray.account_id = Some("acc-2".into()); // not on the TAL: untiered
+    for event in log.iter().chain([&demo, &stray]) {
+        send(&producer, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+    }
+    flush(&producer);
+
+    let mut scorer = start(&env);
+    let json = wait_for_account(&env, "acc-1", 10);
+    assert!(close(json["engagement"].as_f64().expect("E"), 106.25), "{json}");
+    assert!(close(json["score"].as_f64().expect("S"), 106.25), "B = 1, m = 1: {json}");
+    assert_eq!(json["breadth"], 1);
+    assert_eq!(json["tier"], "tier_1");
+    assert_eq!(json["threshold"], 50.0);
+    assert_eq!(json["armed"], false);
+    assert_eq!(json["events_applied"], 9);
+    assert_eq!(json["duplicates"], 1);
+    assert_eq!(json["as_of"], T0 + 28 * DAY_MS);
+    let decayed = json["now"]["engagement"].as_f64().expect("decayed E");
+    assert!(decayed < 106.25 && decayed > 0.0, "decayed to now: {json}");
+    let pricing = json["rule_points"]
+        .as_array()
+        .expect("breakdown")
+        .iter()
+        .find(|r| r["rule"] == "pricing_page")
+        .expect("pricing");
+    // 45 decayed by two half-lives, plus 22.5: 33.75.
+    assert!(close(pricing["points"].as_f64().expect("points"), 33.75), "{json}");
+    let untiered = wait_for_account(&env, "acc-2", 1);
+    assert_eq!(untiered["tier"], "untiered");
+    assert_eq!(untiered["threshold"], 150.0);
+
+    let (status, body) = http_get(env.port, "/v1/accounts/nobody").expect("answers");
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\"") && body.contains("nobody"), "{body}");
+    let (status, body) = http_get(env.port, "/v1/accounts?top=1&tier=1").expect("answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("acc-1") && !body.contains("acc-2"), "{body}");
+    let (status, _) = http_get(env.port, "/v1/accounts?top=0").expect("answers");
+    assert_eq!(status, 400);
+    let (status, _) = http_get(env.port, "/v1/accounts?tier=gold").expect("answers");
+    assert_eq!(status, 400);
+
+    // Stop cleanly: the last transaction is committed, the outputs are there.
+    scorer.signal("TERM");
+    assert!(scorer.wait(Duration::from_secs(30)).success(), "{}", scorer.stderr());
+    let crossings: Vec<String> =
+        read_all::<ScoreCrossing>(&env.topic("crossings")).into_iter().map(|(_, c)| c.crossing_id).collect();
+    assert_eq!(crossings, vec!["acc-1:threshold:1", "acc-1:threshold:2", "acc-1:hand_raiser:1"]);
+    let crossing = read_all::<ScoreCrossing>(&env.topic("crossings")).pop().expect("hand-raiser").1;
+    assert_eq!(crossing.kind, CrossingKind::HandRaiser);
+    assert_eq!(crossing.recent_events[0].event_id, "d1");
+    assert_eq!(crossing.top_rules[0].rule, "demo_request");
+    let scores = read_all::<AccountScore>(&env.topic("scores"));
+    let last = scores.iter().rev().find(|(key, _)| key == "acc-1").expect("a score for acc-1").1.clone();
+    assert!(close(last.score, 106.25));
+    let states = read_all::<AccountState>(&env.topic("state"));
+    assert!(states.iter().any(|(key, state)| key == "acc-1" && state.events_applied == 9));
+
+    // A restart restores the state from the changelog: nothing is re-applied or lost.
+    let _again = start(&env);
+    let json = wait_for_account(&env, "acc-1", 10);
+    assert!(close(json["engagement"].as_f64().expect("E"), 106.25), "{json}");
+    assert_eq!(json["events_applied"], 9);
+}
+
+/// SplitMix64, for a reproducible stream and kill schedule.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+fn stream(count: usize, accounts: u64, seed: u64) -> Vec<EngagementEvent> {
+    let mut rng = Rng(seed);
+    let paths = ["/", "/pricing", "/careers", "/docs"];
+    (0..count)
+        .map(|n| {
+            let account = format!("acc-{}", rng.below(accounts));
+            // Some retries: the same event id again.
+            let id = if n > 10 && rng.below(20) == 0 {
+                format!("e{}", n - 1 - rng.below(10) as usize)
+            } else {
+                format!("e{n}")
+            };
+            let t = T0 + (n as i64) * 60_000 + rng.below(3_600_000) as i64;
+            let contact = format!("{account}-c{}", rng.below(5));
+            if rng.below(40) == 0 {
+                let mut demo = EngagementEvent::new(id, EventKind::DemoRequest, t, "test");
+                demo.account_id = Some(account);
+                demo.demo_request = Some(DemoRequest { form: "f".into() });
+                demo
+            } else {
+                let path = paths[rng.below(4) as usize];
+                visit(
+                    &id,
+                    &account,
+                    path,
+                    t,
+                    &contact,
+                    ["economic_buyer", "champion", "unknown"][rng.below(3) as usize],
+                )
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
+    let env = Env::new("scorer-eos");
+    env.create_topics();
+    let accounts = 40;
+    let tiers: BTreeMap<String, Tier> = (0..accounts)
+        .map(|i| (format!("acc-{i}"), [Tier::Tier1, Tier::Tier2, Tier::Tier3][(i % 3) as usize]))
+        .collect();
+    let tal = producer();
+    for (id, tier) in &tiers {
+        send(&tal, &env.topic("accounts"), id, &account(id, *tier));
+    }
+    flush(&tal);
+    let events = stream(12_000, accounts, 7);
+
+    // What an uninterrupted run computes: each account's events in partition (= send) order.
+    let engine = Engine::new(ScoringConfig::default()).expect("valid");
+    let mut expected_states = BTreeMap::new();
+    let mut expected_crossings = BTreeSet::new();
+    for (account, log) in by_account(&events) {
+        let mut state = AccountScoreState::default();
+        for event in &log {
+            if let Applied::Scored { crossings, .. } = engine.apply(&account, &mut state, event, tiers[&account]) {
+                expected_crossings.extend(crossings.into_iter().map(|c| c.crossing_id));
+            }
+        }
+        expected_states.insert(account, (state, log.len() as u64));
+    }
+    assert!(expected_crossings.len() > 20, "the stream should cross thresholds: {}", expected_crossings.len());
+
+    // The stream flows while the scorer is killed with SIGKILL at random points.
+    let topic = env.topic("engagement");
+    let feeder = {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            let feed = support::producer();
+            for chunk in events.chunks(500) {
+                for event in chunk {
+                    send(&feed, &topic, event.account_id.as_deref().unwrap_or(""), event);
+                }
+                flush(&feed);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let mut rng = Rng(11);
+    for round in 0..5 {
+        let scorer = start(&env);
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1500)));
+        scorer.signal("KILL");
+        drop(scorer);
+        eprintln!("killed the scorer (round {round})");
+    }
+    feeder.join().expect("feeder");
+    let _scorer = start(&env);
+
+    for (account, (state, count)) in &expected_states {
+        let json = wait_for_account(&env, account, *count);
+        let engagement = json["engagement"].as_f64().expect("E");
+        assert!(close(engagement, state.engagement), "{account}: E {engagement} vs {}", state.engagement);
+        assert!(close(json["score"].as_f64().expect("S"), engine.score(state)), "{account}: {json}");
+        assert_eq!(json["events_applied"], state.events_applied, "{account}");
+        assert_eq!(json["duplicates"], state.duplicates, "{account}");
+        assert_eq!(json["armed"], state.armed, "{account}");
+    }
+    // Let the last transaction commit, then read the crossings as SDR tooling would.
+    std::thread::sleep(Duration::from_secs(2));
+    let ids: Vec<String> =
+        read_all::<ScoreCrossing>(&env.topic("crossings")).into_iter().map(|(_, c)| c.crossing_id).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "a crossing id was published twice to read_committed readers");
+    assert_eq!(unique, expected_crossings, "crossing ids differ from an uninterrupted run (gaps or extras)");
+}
