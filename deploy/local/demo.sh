@@ -9,7 +9,8 @@
 #      topics of deploy/topics.toml and report ready,
 #   3. runs the simulator: a seeded TAL into abm.accounts and Avro engagement events into
 #      abm.engagement,
-#   4. shows, every two seconds, what the services have consumed (from their /metrics),
+#   4. shows, every two seconds, what the scorer applied and the crossings it emitted (from its
+#      /metrics), then the top accounts from the scorer's query API,
 #   5. stops everything cleanly (SIGTERM) after --duration seconds or on Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -77,21 +78,22 @@ metric_sum() { # port metric [label filter]
 
 # The scorer's group resumes where it left off; count what this run adds.
 sleep 1
-baseline=$(metric_sum 8081 abm_scorer_events_consumed_total)
+baseline=$(metric_sum 8081 abm_scorer_events_applied_total)
 say "3. simulate: $accounts accounts, $events events at ${rate}/s (seeded, deterministic)"
 "$bin/simulate" --bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" --accounts "$accounts" --events "$events" --rate "$rate" \
   >"$logs/simulate.log" 2>&1 &
 sim=$!
 
-say "4. what the scorer consumed (abm_scorer_events_consumed_total by kind), every 2 s for up to ${duration}s"
+say "4. what the scorer consumed (abm_scorer_events_applied_total by kind), every 2 s for up to ${duration}s"
 start=$(date +%s)
 while :; do
   line="t=$(( $(date +%s) - start ))s"
   for kind in web_visit ad_click email demo_request; do
-    line+="  $kind=$(metric_sum 8081 abm_scorer_events_consumed_total "kind=\"$kind\"")"
+    line+="  $kind=$(metric_sum 8081 abm_scorer_events_applied_total "kind=\"$kind\"")"
   done
-  total=$(( $(metric_sum 8081 abm_scorer_events_consumed_total) - baseline ))
-  line+="  this_run=$total  decode_errors=$(metric_sum 8081 abm_scorer_decode_errors_total)"
+  total=$(( $(metric_sum 8081 abm_scorer_events_applied_total) - baseline ))
+  line+="  this_run=$total  duplicates=$(metric_sum 8081 abm_scorer_duplicates_total)"
+  line+="  crossings=$(metric_sum 8081 abm_scorer_crossings_total)"
   echo "$line"
   if ! kill -0 "$sim" 2>/dev/null && [ "$total" -ge "$events" ]; then
     echo "all $events simulated events were consumed by the scorer"
@@ -102,4 +104,10 @@ while :; do
 done
 wait "$sim" || { cat "$logs/simulate.log"; exit 1; }
 tail -n 1 "$logs/simulate.log"
-echo "Scoring, alerts and the HTTP collector arrive with issues #3-#6; see README.md."
+say "5. the top accounts by score (scorer API: GET /v1/accounts?top=5)"
+curl -fs "http://127.0.0.1:8081/v1/accounts?top=5" | python3 -c '
+import json, sys
+for a in json.load(sys.stdin)["accounts"]:
+    print("  {:<12} {:<9} score now {:9.1f}  armed={}".format(a["account_id"], a["tier"], a["score_now"], a["armed"]))
+' || true
+echo "Alerts, the HTTP collector and the full simulated world arrive with issues #4-#6; see README.md."
