@@ -256,3 +256,83 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
     assert_eq!(unique.len(), ids.len(), "a crossing id was published twice to read_committed readers");
     assert_eq!(unique, expected_crossings, "crossing ids differ from an uninterrupted run (gaps or extras)");
 }
+
+#[test]
+fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_results() {
+    let env = Env::new("scorer-scale");
+    env.create_topics();
+    let accounts = 30;
+    let tiers: BTreeMap<String, Tier> = (0..accounts).map(|i| (format!("acc-{i}"), Tier::Tier2)).collect();
+    let tal = producer();
+    for (id, tier) in &tiers {
+        send(&tal, &env.topic("accounts"), id, &account(id, *tier));
+    }
+    flush(&tal);
+    let events = stream(6_000, accounts, 21);
+    let (first, second) = events.split_at(3_000);
+
+    let engine = Engine::new(ScoringConfig::default()).expect("valid");
+    let mut expected = BTreeMap::new();
+    for (account, log) in by_account(&events) {
+        let mut state = AccountScoreState::default();
+        for event in &log {
+            engine.apply(&account, &mut state, event, tiers[&account]);
+        }
+        expected.insert(account, (state, log.len() as u64));
+    }
+
+    // Instance A, then instance B joins the group: the partitions are split between them.
+    let mut env_b = env.clone();
+    env_b.port = abm::testkit::free_port();
+    let with_instance = |env: &Env, name: &str| {
+        let mut vars = env.vars();
+        vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
+        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix)));
+        // Detect the killed member after 6 s (the broker's minimum) instead of librdkafka's 45 s.
+        vars.push(("ABM_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000".into()));
+        vars.push(("ABM_KAFKA__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "1000".into()));
+        vars
+    };
+    let a = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env, "a"));
+    wait_for_status(env.port, "/readyz", 200, Duration::from_secs(60), "A ready");
+    let b = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env_b, "b"));
+    wait_for_status(env_b.port, "/readyz", 200, Duration::from_secs(60), "B ready");
+    let feed = producer();
+    for event in first {
+        send(&feed, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+    }
+    flush(&feed);
+    // Both instances end up owning accounts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gauge = |port: u16| -> i64 {
+        let body = http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        body.lines()
+            .find(|line| line.starts_with("abm_scorer_accounts "))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0, |v| v as i64)
+    };
+    while gauge(env.port) == 0 || gauge(env_b.port) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the partitions were not split: A {} B {}",
+            gauge(env.port),
+            gauge(env_b.port)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A dies; B restores A's accounts from the changelog and takes the rest of the stream.
+    a.signal("KILL");
+    drop(a);
+    for event in second {
+        send(&feed, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+    }
+    flush(&feed);
+    for (account, (state, count)) in &expected {
+        let json = wait_for_account(&env_b, account, *count);
+        assert!(close(json["engagement"].as_f64().expect("E"), state.engagement), "{account}: {json}");
+        assert_eq!(json["events_applied"], state.events_applied, "{account}");
+        assert_eq!(json["duplicates"], state.duplicates, "{account}");
+    }
+    drop(b);
+}
