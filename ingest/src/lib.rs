@@ -1,18 +1,42 @@
 //! Ingest: the front door for trackers and integrations.
 //!
-//! Today (issue #2) the service is the runnable shell the collector and normaliser will live
-//! in: it joins its consumer group on the four raw topics, checks that each record is JSON,
-//! counts records by topic and outcome, and serves its HTTP port. The HTTP collector,
-//! validation, account resolution and the rejected topic come with issue #4.
+//! - [`validate`] — one JSON event to a validated `EngagementEvent`, or a reason code (pure).
+//! - [`resolve`] — account resolution against the TAL's domains.
+//! - [`pipeline`] — a body or raw record to the records to write and a result per event.
+//! - [`sink`] — writing to Kafka and waiting for the acknowledgements.
+//! - [`http`] — `POST /v1/events`, the tracker collector.
+//! - [`raw`] — the raw-topic normaliser.
+//! - [`tal_import`] — the `import-tal` command's CSV parser.
+//! - [`metrics`] — `abm_ingest_*`, with the conservation counters.
+
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod raw;
+pub mod resolve;
+pub mod sink;
+pub mod tal_import;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
-use abm::ops::HttpConfig;
-use abm::service::{ConsumingService, Context, ServiceConfig, prepare_kafka};
+use abm::ops::{self, HttpConfig};
+use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::telemetry::LogConfig;
 use abm::topics::{TopicOverrides, TopicRole, Topics};
-use prometheus::{IntCounterVec, Opts};
-use rdkafka::Message;
+use abm_schemas::Account;
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+use crate::resolve::TalIndex;
+use crate::sink::{OutputTopics, Sink};
+use crate::validate::ValidationConfig;
 
 /// Ingest's HTTP port unless configured otherwise.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
@@ -38,11 +62,29 @@ pub struct Config {
 pub struct Settings {
     /// Consumer group of the raw-topic normaliser (default `abm-ingest`).
     pub group_id: String,
+    /// Write keys for `POST /v1/events`: name = secret. The name is recorded as the source.
+    /// Empty (the default) refuses every request with 401.
+    pub write_keys: BTreeMap<String, String>,
+    /// Largest request body, after gzip decompression (default 1048576).
+    pub max_body_bytes: usize,
+    /// How long Kafka may take to acknowledge a write before the batch is answered 503
+    /// (default 5000 ms; librdkafka's `message.timeout.ms`).
+    pub produce_timeout_ms: u64,
+    /// Normalise the raw topics (default true).
+    pub raw_topics: bool,
+    pub validation: ValidationConfig,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { group_id: "abm-ingest".into() }
+        Settings {
+            group_id: "abm-ingest".into(),
+            write_keys: BTreeMap::new(),
+            max_body_bytes: 1024 * 1024,
+            produce_timeout_ms: 5_000,
+            raw_topics: true,
+            validation: ValidationConfig::default(),
+        }
     }
 }
 
@@ -52,34 +94,128 @@ impl ServiceConfig for Config {
     }
 }
 
+/// Loads the TAL into `index` and keeps following it; returns once it was read to the end.
+pub async fn follow_tal(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    index: Arc<TalIndex>,
+    metrics: Metrics,
+    shutdown: abm::CancellationToken,
+) -> anyhow::Result<()> {
+    let topic = topics.name(TopicRole::Accounts).to_owned();
+    abm::kafka::follow_table(kafka, "abm-ingest-tal", &topic, shutdown, move |key, value| {
+        match value.map(abm_schemas::decode::<Account>) {
+            None => index.remove(&String::from_utf8_lossy(key)),
+            Some(Ok(account)) => index.upsert(&account),
+            Some(Err(error)) => {
+                metrics.tal_decode_errors.inc();
+                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable TAL record");
+            }
+        }
+        metrics.tal_accounts.set(index.accounts() as i64);
+        metrics.tal_domains.set(index.domains() as i64);
+    })
+    .await
+    .context("loading the TAL")
+}
+
 /// Runs ingest until `context.shutdown` is cancelled.
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
-    let records = IntCounterVec::new(
-        Opts::new(
-            "abm_ingest_raw_records_total",
-            "Raw-topic records read, by topic and outcome (json, malformed_json).",
-        ),
-        &["topic", "outcome"],
-    )?;
-    context.registry.register(Box::new(records.clone()))?;
+    let metrics = Metrics::register(&context.registry).context("registering metrics")?;
+    let settings = &config.ingest;
+    if settings.write_keys.is_empty() {
+        tracing::warn!("no ingest.write_keys configured: POST /v1/events answers 401 to everyone");
+    }
 
-    let inputs: Vec<&str> = RAW_TOPICS.iter().map(|role| topics.name(*role)).collect();
-    let service = ConsumingService {
-        name: "abm-ingest",
-        kafka: &config.kafka,
-        http: &config.http,
-        group_id: &config.ingest.group_id,
-        inputs: &inputs,
-        routes: axum::Router::new(),
+    let tal = Arc::new(TalIndex::new(&settings.validation.free_mail_domains));
+    follow_tal(&config.kafka, &topics, tal.clone(), metrics.clone(), context.shutdown.clone()).await?;
+    tracing::info!(accounts = tal.accounts(), domains = tal.domains(), "TAL loaded");
+
+    let mut producer_config = config.kafka.producer_config("abm-ingest");
+    producer_config.set("message.timeout.ms", settings.produce_timeout_ms.to_string());
+    let producer: FutureProducer = producer_config.create().context("creating the Kafka producer")?;
+    let sink = Sink::new(
+        producer,
+        OutputTopics {
+            engagement: topics.name(TopicRole::Engagement).to_owned(),
+            unresolved: topics.name(TopicRole::Unresolved).to_owned(),
+            rejected: topics.name(TopicRole::Rejected).to_owned(),
+        },
+        metrics.produce_latency.clone(),
+    );
+
+    let collector = Arc::new(http::Collector {
+        write_keys: settings.write_keys.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        validation: settings.validation.clone(),
+        tal: tal.clone(),
+        sink: sink.clone(),
+        metrics: metrics.clone(),
+    });
+    let listener = ops::bind(config.http.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "ingest listening");
+    let app = ops::router(context.registry.clone(), context.health.clone(), http::routes(collector));
+    let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
+
+    let normaliser = if settings.raw_topics {
+        let consumer: StreamConsumer = config
+            .kafka
+            .consumer_config("abm-ingest", &settings.group_id)
+            .create()
+            .context("creating the raw-topic consumer")?;
+        let inputs: Vec<&str> = RAW_TOPICS.iter().map(|role| topics.name(*role)).collect();
+        consumer.subscribe(&inputs).with_context(|| format!("subscribing to {inputs:?}"))?;
+        let normaliser = Arc::new(raw::Normaliser {
+            validation: settings.validation.clone(),
+            tal,
+            sink: sink.clone(),
+            metrics,
+            kinds: raw::Normaliser::kinds_for(&topics, &RAW_TOPICS),
+        });
+        Some(tokio::spawn(normaliser.run(consumer, context.shutdown.clone())))
+    } else {
+        None
     };
-    service
-        .run(&context, |message| {
-            let is_json =
-                message.payload().is_some_and(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).is_ok());
-            let outcome = if is_json { "json" } else { "malformed_json" };
-            records.with_label_values(&[message.topic(), outcome]).inc();
-        })
-        .await
+    context.health.set_ready();
+
+    server.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(normaliser) = normaliser {
+        normaliser.await.context("raw-topic normaliser")?;
+    }
+    sink.flush(Duration::from_millis(settings.produce_timeout_ms));
+    Ok(())
+}
+
+/// `ingest import-tal`: validates the CSV, then writes every account and waits for Kafka.
+pub async fn import_tal(config: Config, path: &std::path::Path, dry_run: bool) -> anyhow::Result<usize> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let accounts = match tal_import::parse(&text, now) {
+        Ok(accounts) => accounts,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{}:{error}", path.display());
+            }
+            anyhow::bail!("{} bad row(s) in {}; nothing was imported", errors.len(), path.display());
+        }
+    };
+    if dry_run {
+        return Ok(accounts.len());
+    }
+    let topics = Topics::resolve(&config.topics);
+    prepare_kafka(&config.kafka, &topics, "abm-ingest-import").await?;
+    let producer: FutureProducer = config.kafka.producer_config("abm-ingest-import").create()?;
+    let topic = topics.name(TopicRole::Accounts);
+    let payloads = accounts.iter().map(abm_schemas::encode).collect::<Result<Vec<_>, _>>()?;
+    let mut deliveries = Vec::with_capacity(accounts.len());
+    for (account, payload) in accounts.iter().zip(&payloads) {
+        let record = rdkafka::producer::FutureRecord::to(topic).key(&account.account_id).payload(payload);
+        deliveries.push(producer.send(record, Duration::from_secs(30)));
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery.map_err(|(error, _)| anyhow::anyhow!("writing to {topic}: {error}"))?;
+    }
+    Ok(accounts.len())
 }

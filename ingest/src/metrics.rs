@@ -1,0 +1,106 @@
+//! Ingest's metrics (`abm_ingest_*`). Conservation, per transport (`http`, `kafka`):
+//! `received = accepted + rejected` and `accepted = engaged + unresolved`. Events of an HTTP
+//! batch answered 429/503 were not received (nothing of it is acknowledged; the sender
+//! retries): they count in `abm_ingest_events_deferred_total`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::pipeline::{Destination, Prepared};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub received: IntCounterVec,
+    pub accepted: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub deferred: IntCounterVec,
+    pub batch_size: Histogram,
+    pub produce_latency: Histogram,
+    pub queue_depth: IntGauge,
+    pub tal_accounts: IntGauge,
+    pub tal_domains: IntGauge,
+    pub tal_decode_errors: prometheus::IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let metrics = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("abm_ingest_requests_total", "HTTP requests to /v1/events, by HTTP status code."),
+                &["code"],
+            )?,
+            received: IntCounterVec::new(
+                Opts::new("abm_ingest_events_received_total", "Events received and answered for, by transport."),
+                &["transport"],
+            )?,
+            accepted: IntCounterVec::new(
+                Opts::new(
+                    "abm_ingest_events_accepted_total",
+                    "Valid events written to Kafka, by transport and destination (engaged, unresolved).",
+                ),
+                &["transport", "destination"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "abm_ingest_events_rejected_total",
+                    "Events refused and kept in abm.rejected, by transport and reason.",
+                ),
+                &["transport", "reason"],
+            )?,
+            deferred: IntCounterVec::new(
+                Opts::new(
+                    "abm_ingest_events_deferred_total",
+                    "Events of batches answered 429/503 (nothing acknowledged; the sender retries), by transport.",
+                ),
+                &["transport"],
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("abm_ingest_batch_events", "Events per HTTP batch or raw record.")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+            )?,
+            produce_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "abm_ingest_produce_latency_seconds",
+                    "From producing a batch's records to the last acknowledgement.",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            queue_depth: IntGauge::new(
+                "abm_ingest_kafka_queue_depth",
+                "Messages queued or in flight in the Kafka producer.",
+            )?,
+            tal_accounts: IntGauge::new("abm_ingest_tal_accounts", "Accounts on the TAL as read from abm.accounts.")?,
+            tal_domains: IntGauge::new("abm_ingest_tal_domains", "Domains that resolve to a TAL account.")?,
+            tal_decode_errors: prometheus::IntCounter::new(
+                "abm_ingest_tal_decode_errors_total",
+                "abm.accounts records that did not decode.",
+            )?,
+        };
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.received.clone()))?;
+        registry.register(Box::new(metrics.accepted.clone()))?;
+        registry.register(Box::new(metrics.rejected.clone()))?;
+        registry.register(Box::new(metrics.deferred.clone()))?;
+        registry.register(Box::new(metrics.batch_size.clone()))?;
+        registry.register(Box::new(metrics.produce_latency.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.tal_accounts.clone()))?;
+        registry.register(Box::new(metrics.tal_domains.clone()))?;
+        registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Counts a batch whose records are all durable.
+    pub fn count_written(&self, transport: &str, prepared: &Prepared) {
+        self.received.with_label_values(&[transport]).inc_by(prepared.results.len() as u64);
+        for destination in [Destination::Engaged, Destination::Unresolved] {
+            let n = prepared.count(destination) as u64;
+            if n > 0 {
+                self.accepted.with_label_values(&[transport, destination.as_str()]).inc_by(n);
+            }
+        }
+        for reason in prepared.rejected() {
+            self.rejected.with_label_values(&[transport, reason]).inc();
+        }
+    }
+}
