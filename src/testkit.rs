@@ -195,3 +195,220 @@ pub fn check_bad_config(binary: &str, service: &str) {
         &dead,
     );
 }
+
+/// Topics of one test: every role of the declared list, renamed `<prefix>.<role>`, so tests
+/// running at once never share a topic.
+#[derive(Debug, Clone)]
+pub struct TestTopics {
+    pub prefix: String,
+}
+
+impl TestTopics {
+    pub fn new(name: &str) -> TestTopics {
+        TestTopics { prefix: unique(name) }
+    }
+
+    pub fn name(&self, role: crate::topics::TopicRole) -> String {
+        let role = toml::Value::try_from(role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        format!("{}.{role}", self.prefix)
+    }
+
+    /// The topics in effect for a service configured with [`TestTopics::env`].
+    pub fn topics(&self) -> crate::topics::Topics {
+        let overrides = Self::roles().into_iter().map(|(role, _)| (role, self.name(role))).collect();
+        crate::topics::Topics::resolve(&overrides)
+    }
+
+    fn roles() -> Vec<(crate::topics::TopicRole, &'static str)> {
+        use crate::topics::TopicRole::*;
+        vec![
+            (RawWebVisits, "ABM_TOPICS__RAW_WEB_VISITS"),
+            (RawAdClicks, "ABM_TOPICS__RAW_AD_CLICKS"),
+            (RawEmailEvents, "ABM_TOPICS__RAW_EMAIL_EVENTS"),
+            (RawDemoRequests, "ABM_TOPICS__RAW_DEMO_REQUESTS"),
+            (Accounts, "ABM_TOPICS__ACCOUNTS"),
+            (Engagement, "ABM_TOPICS__ENGAGEMENT"),
+            (Unresolved, "ABM_TOPICS__UNRESOLVED"),
+            (Rejected, "ABM_TOPICS__REJECTED"),
+            (AccountScores, "ABM_TOPICS__ACCOUNT_SCORES"),
+            (ScoreCrossings, "ABM_TOPICS__SCORE_CROSSINGS"),
+            (SalesAlerts, "ABM_TOPICS__SALES_ALERTS"),
+            (ScorerState, "ABM_TOPICS__SCORER_STATE"),
+        ]
+    }
+
+    /// Environment variables that point a service at these topics and the broker under test.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut vars: Vec<(&'static str, String)> =
+            Self::roles().into_iter().map(|(role, key)| (key, self.name(role))).collect();
+        vars.push(("ABM_KAFKA__BOOTSTRAP_SERVERS", bootstrap_servers()));
+        vars
+    }
+
+    /// Creates every topic now (services would create them too; tests often write first).
+    pub fn create(&self) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(kafka().ensure_topics("test", self.topics().specs())).expect("topics created");
+    }
+}
+
+/// Client settings for the broker under test.
+pub fn kafka() -> crate::kafka::KafkaConfig {
+    crate::kafka::KafkaConfig { bootstrap_servers: bootstrap_servers(), ..crate::kafka::KafkaConfig::default() }
+}
+
+/// A producer for test input.
+pub type TestProducer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+pub fn producer() -> TestProducer {
+    kafka().producer_config("test-producer").create().expect("producer")
+}
+
+/// Queues one record (waiting while the local queue is full).
+pub fn send_bytes(producer: &TestProducer, topic: &str, key: &str, payload: &[u8]) {
+    let mut record = rdkafka::producer::BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                record = returned;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Queues one Avro record.
+pub fn send<T: abm_schemas::AvroRecord>(producer: &TestProducer, topic: &str, key: &str, value: &T) {
+    send_bytes(producer, topic, key, &abm_schemas::encode(value).expect("encodes"));
+}
+
+/// Waits until everything queued is acknowledged.
+pub fn flush(producer: &TestProducer) {
+    use rdkafka::producer::Producer as _;
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+/// Every record of `topic` (key, raw value), read with `read_committed` from the beginning to
+/// the end of every partition.
+pub fn read_all_bytes(topic: &str) -> Vec<(String, Vec<u8>)> {
+    read_all_bytes_from(&bootstrap_servers(), topic)
+}
+
+/// [`read_all_bytes`] from the broker at `bootstrap`.
+pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let config =
+        crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
+    let consumer: BaseConsumer<crate::kafka::EndOfPartitionContext> = config
+        .client_config("test-reader")
+        .set("group.id", unique("test-reader"))
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create_with_context(crate::kafka::EndOfPartitionContext)
+        .expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    assert!(!partitions.is_empty(), "topic {topic} does not exist");
+    let mut list = TopicPartitionList::new();
+    for partition in &partitions {
+        list.add_partition_offset(topic, *partition, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&list).expect("assign");
+    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !open.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} did not reach the end");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => records.push((
+                String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                message.payload().unwrap_or_default().to_vec(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                open.remove(&partition);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Every record of `topic`, decoded.
+pub fn read_all<T: abm_schemas::AvroRecord>(topic: &str) -> Vec<(String, T)> {
+    read_all_bytes(topic)
+        .into_iter()
+        .map(|(key, bytes)| (key, abm_schemas::decode::<T>(&bytes).expect("decodes")))
+        .collect()
+}
+
+/// The value of an unlabelled metric, or the sum over the series whose labels contain every
+/// `label="value"` pair in `labels`.
+pub fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
+    let body = http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A second, private Apache Kafka broker from `deploy/local/kafka.sh`, for tests that stop and
+/// start the broker without disturbing the shared one. Stopped and deleted on drop.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub port: u16,
+}
+
+impl PrivateBroker {
+    fn script(&self, command: &str) -> std::process::Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+        Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .env("LOCAL_KAFKA_PORT", self.port.to_string())
+            .env("LOCAL_KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env("LOCAL_KAFKA_HEAP", "384m")
+            .output()
+            .expect("kafka.sh runs")
+    }
+
+    /// Starts a broker on a free pair of ports (client, controller).
+    pub fn start() -> PrivateBroker {
+        let port = loop {
+            let port = free_port();
+            if port < 65_000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let broker = PrivateBroker { port };
+        broker.resume();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (its data stays).
+    pub fn stop(&self) {
+        let output = self.script("stop");
+        assert!(output.status.success(), "kafka.sh stop: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Starts it again with its data.
+    pub fn resume(&self) {
+        let output = self.script("start");
+        assert!(output.status.success(), "kafka.sh start: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.script("reset");
+    }
+}

@@ -54,7 +54,7 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     let env = Env::new("scorer-hand");
     env.create_topics();
     let producer = producer();
-    send(&producer, &env.topic("accounts"), "acc-1", &account("acc-1", Tier::Tier1));
+    send(&producer, &env.topic(TopicRole::Accounts), "acc-1", &account("acc-1", Tier::Tier1));
     // Tier 1 (threshold 50), an economic buyer (x1.5), as in engine_by_hand's threshold test.
     let buyer = ("cfo", "economic_buyer");
     let log = vec![
@@ -74,7 +74,7 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     let mut stray = visit("x", "acc-2", "/", T0, "someone", "unknown");
     stray.account_id = Some("acc-2".into()); // not on the TAL: untiered
     for event in log.iter().chain([&demo, &stray]) {
-        send(&producer, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+        send(&producer, &env.topic(TopicRole::Engagement), event.account_id.as_deref().unwrap_or(""), event);
     }
     flush(&producer);
 
@@ -117,17 +117,19 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     // Stop cleanly: the last transaction is committed, the outputs are there.
     scorer.signal("TERM");
     assert!(scorer.wait(Duration::from_secs(30)).success(), "{}", scorer.stderr());
-    let crossings: Vec<String> =
-        read_all::<ScoreCrossing>(&env.topic("crossings")).into_iter().map(|(_, c)| c.crossing_id).collect();
+    let crossings: Vec<String> = read_all::<ScoreCrossing>(&env.topic(TopicRole::ScoreCrossings))
+        .into_iter()
+        .map(|(_, c)| c.crossing_id)
+        .collect();
     assert_eq!(crossings, vec!["acc-1:threshold:1", "acc-1:threshold:2", "acc-1:hand_raiser:1"]);
-    let crossing = read_all::<ScoreCrossing>(&env.topic("crossings")).pop().expect("hand-raiser").1;
+    let crossing = read_all::<ScoreCrossing>(&env.topic(TopicRole::ScoreCrossings)).pop().expect("hand-raiser").1;
     assert_eq!(crossing.kind, CrossingKind::HandRaiser);
     assert_eq!(crossing.recent_events[0].event_id, "d1");
     assert_eq!(crossing.top_rules[0].rule, "demo_request");
-    let scores = read_all::<AccountScore>(&env.topic("scores"));
+    let scores = read_all::<AccountScore>(&env.topic(TopicRole::AccountScores));
     let last = scores.iter().rev().find(|(key, _)| key == "acc-1").expect("a score for acc-1").1.clone();
     assert!(close(last.score, 106.25));
-    let states = read_all::<AccountState>(&env.topic("state"));
+    let states = read_all::<AccountState>(&env.topic(TopicRole::ScorerState));
     assert!(states.iter().any(|(key, state)| key == "acc-1" && state.events_applied == 9));
 
     // A restart restores the state from the changelog: nothing is re-applied or lost.
@@ -193,7 +195,7 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
         .collect();
     let tal = producer();
     for (id, tier) in &tiers {
-        send(&tal, &env.topic("accounts"), id, &account(id, *tier));
+        send(&tal, &env.topic(TopicRole::Accounts), id, &account(id, *tier));
     }
     flush(&tal);
     let events = stream(12_000, accounts, 7);
@@ -214,7 +216,7 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
     assert!(expected_crossings.len() > 20, "the stream should cross thresholds: {}", expected_crossings.len());
 
     // The stream flows while the scorer is killed with SIGKILL at random points.
-    let topic = env.topic("engagement");
+    let topic = env.topic(TopicRole::Engagement);
     let feeder = {
         let events = events.clone();
         std::thread::spawn(move || {
@@ -250,8 +252,10 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
     }
     // Let the last transaction commit, then read the crossings as SDR tooling would.
     std::thread::sleep(Duration::from_secs(2));
-    let ids: Vec<String> =
-        read_all::<ScoreCrossing>(&env.topic("crossings")).into_iter().map(|(_, c)| c.crossing_id).collect();
+    let ids: Vec<String> = read_all::<ScoreCrossing>(&env.topic(TopicRole::ScoreCrossings))
+        .into_iter()
+        .map(|(_, c)| c.crossing_id)
+        .collect();
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(unique.len(), ids.len(), "a crossing id was published twice to read_committed readers");
     assert_eq!(unique, expected_crossings, "crossing ids differ from an uninterrupted run (gaps or extras)");
@@ -265,7 +269,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     let tiers: BTreeMap<String, Tier> = (0..accounts).map(|i| (format!("acc-{i}"), Tier::Tier2)).collect();
     let tal = producer();
     for (id, tier) in &tiers {
-        send(&tal, &env.topic("accounts"), id, &account(id, *tier));
+        send(&tal, &env.topic(TopicRole::Accounts), id, &account(id, *tier));
     }
     flush(&tal);
     let events = stream(6_000, accounts, 21);
@@ -287,7 +291,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     let with_instance = |env: &Env, name: &str| {
         let mut vars = env.vars();
         vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
-        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix)));
+        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix())));
         // Detect the killed member after 6 s (the broker's minimum) instead of librdkafka's 45 s.
         vars.push(("ABM_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000".into()));
         vars.push(("ABM_KAFKA__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "1000".into()));
@@ -299,7 +303,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     wait_for_status(env_b.port, "/readyz", 200, Duration::from_secs(60), "B ready");
     let feed = producer();
     for event in first {
-        send(&feed, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+        send(&feed, &env.topic(TopicRole::Engagement), event.account_id.as_deref().unwrap_or(""), event);
     }
     flush(&feed);
     // Both instances end up owning accounts.
@@ -325,7 +329,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     a.signal("KILL");
     drop(a);
     for event in second {
-        send(&feed, &env.topic("engagement"), event.account_id.as_deref().unwrap_or(""), event);
+        send(&feed, &env.topic(TopicRole::Engagement), event.account_id.as_deref().unwrap_or(""), event);
     }
     flush(&feed);
     for (account, (state, count)) in &expected {
