@@ -18,7 +18,7 @@ use abm_schemas::{RejectSource, Transport};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -66,23 +66,36 @@ fn answer(
     response
 }
 
-/// The name of the write key the request carries: `Authorization: Bearer <key>`, or Basic
-/// with the key as user name and any password (as Segment's trackers send it).
-fn authenticate<'a>(collector: &'a Collector, headers: &HeaderMap) -> Option<&'a str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let key = if let Some(token) = value.strip_prefix("Bearer ") {
-        token.trim().to_owned()
-    } else {
-        let encoded = value.strip_prefix("Basic ")?;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        text.split_once(':').map_or(text.clone(), |(user, _)| user.to_owned())
+/// The name of the write key the request carries: `Authorization: Bearer <key>`, Basic with
+/// the key as user name and any password (as Segment's trackers send it), or a `write_key`
+/// query parameter (browsers' `sendBeacon` cannot set headers; browser keys are public).
+fn authenticate<'a>(collector: &'a Collector, headers: &HeaderMap, query: Option<&str>) -> Option<&'a str> {
+    let from_query = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("write_key="))
+            .map(|key| key.replace("%2B", "+").replace("%3D", "="))
+    });
+    let key = match (headers.get(header::AUTHORIZATION), from_query) {
+        (Some(value), _) => header_key(value.to_str().ok()?)?,
+        (None, Some(key)) => key,
+        (None, None) => return None,
     };
     collector
         .write_keys
         .iter()
         .find(|(_, secret)| !secret.is_empty() && secret.as_bytes() == key.as_bytes())
         .map(|(name, _)| name.as_str())
+}
+
+fn header_key(value: &str) -> Option<String> {
+    Some(if let Some(token) = value.strip_prefix("Bearer ") {
+        token.trim().to_owned()
+    } else {
+        let encoded = value.strip_prefix("Basic ")?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        text.split_once(':').map_or(text.clone(), |(user, _)| user.to_owned())
+    })
 }
 
 /// Reads at most `limit` bytes of the body; `Err(first bytes)` when it is longer.
@@ -114,8 +127,13 @@ fn gunzip(bytes: &[u8], limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String
     Ok(Ok(decoded))
 }
 
-async fn collect(State(collector): State<Arc<Collector>>, headers: HeaderMap, body: Body) -> Response {
-    let Some(key_name) = authenticate(&collector, &headers) else {
+async fn collect(
+    State(collector): State<Arc<Collector>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(key_name) = authenticate(&collector, &headers, query.as_deref()) else {
         let hint =
             if collector.write_keys.is_empty() { " (no write keys are configured: set ingest.write_keys)" } else { "" };
         return answer(

@@ -23,10 +23,14 @@ fn now_ms() -> i64 {
 
 /// `POST /v1/events`: status, headers (lower-cased names) and body.
 fn post(port: u16, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<String, String>, String) {
+    post_to(port, "/v1/events", body, headers)
+}
+
+fn post_to(port: u16, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<String, String>, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut request =
-        format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -262,6 +266,13 @@ fn gzip_ndjson_basic_auth_and_limits() {
     assert_eq!(status, 200, "{response}");
     assert!(response.contains(r#""accepted":2"#), "{response}");
 
+    // Browsers' sendBeacon cannot set headers: the key may come as a query parameter.
+    let beacon = format!(r#"{{"event_id":"z3","kind":"web_visit","occurred_at":{now},"properties":{{"url":"/"}}}}"#);
+    let (status, _, response) = post_to(port, &format!("/v1/events?write_key={KEY}"), beacon.as_bytes(), &[]);
+    assert_eq!(status, 200, "{response}");
+    let (status, _, _) = post_to(port, "/v1/events?write_key=nope", beacon.as_bytes(), &[]);
+    assert_eq!(status, 401);
+
     let (status, _, response) = post(port, b"[]", &[("Authorization", "Bearer wrong".into())]);
     assert_eq!(status, 401, "{response}");
     let (status, _, _) = post(port, b"[]", &[]);
@@ -284,8 +295,8 @@ fn gzip_ndjson_basic_auth_and_limits() {
     let oversized = rejected.iter().filter(|(_, r)| ingest::validate::reason_code(r.reason) == "oversized").count();
     assert_eq!(oversized, 2, "both 413s are kept");
     assert!(rejected.iter().any(|(_, r)| r.original == b"{\"kind\":\"fax\"}"));
-    let engaged = read_all::<EngagementEvent>(&topics.name(TopicRole::Unresolved));
-    assert_eq!(engaged.len(), 2);
+    let unresolved = read_all::<EngagementEvent>(&topics.name(TopicRole::Unresolved));
+    assert_eq!(unresolved.len(), 3);
 }
 
 #[test]

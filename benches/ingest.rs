@@ -1,0 +1,189 @@
+//! Ingest throughput: accepted events per second, and per CPU-second of the ingest process
+//! ("per core"), over HTTP batches and over the raw-topic path, against the broker under test.
+//!
+//!     deploy/local/bench.sh ingest
+//!
+//! Needs a running broker (`KAFKA_BOOTSTRAP_SERVERS`, default 127.0.0.1:9092) and the release
+//! binaries (`cargo build --release --bins`); bench.sh does both.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, send_bytes, wait_for_status};
+use abm::topics::TopicRole;
+use abm_schemas::{Account, Tier};
+
+const KEY: &str = "bench-key";
+const ACCOUNTS: usize = 1000;
+
+fn release_binary(name: &str) -> PathBuf {
+    // target/release/deps/ingest-<hash> → target/release/<name>
+    let exe = std::env::current_exe().expect("bench path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not found: run `cargo build --release --bins` first", path.display());
+    path
+}
+
+/// CPU seconds (user + system) used so far by process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn event_json(n: u64) -> String {
+    let account = n as usize % ACCOUNTS;
+    let path = ["/", "/pricing", "/docs", "/blog/abm"][n as usize % 4];
+    format!(
+        r#"{{"event_id":"b-{n}","kind":"web_visit","occurred_at":{},"contact":{{"id":"c{}","email":"p{}@company{account}.example"}},"properties":{{"url":"https://vendor.example{path}"}},"user_agent":"Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}}"#,
+        now_ms(),
+        n % 7,
+        n % 7
+    )
+}
+
+fn publish_tal(topics: &TestTopics) {
+    let kafka = producer();
+    for i in 0..ACCOUNTS {
+        let account = Account {
+            account_id: format!("acc-{i}"),
+            name: format!("Company {i}"),
+            domains: vec![format!("company{i}.example")],
+            tier: [Tier::Tier1, Tier::Tier2, Tier::Tier3][i % 3],
+            owner: "sdr@vendor.example".into(),
+            industry: None,
+            employees: None,
+            updated_at: 0,
+        };
+        send(&kafka, &topics.name(TopicRole::Accounts), &account.account_id, &account);
+    }
+    flush(&kafka);
+}
+
+/// One keep-alive connection posting batches; returns the events accepted.
+fn client(port: u16, batch: usize, until: Instant, next_id: Arc<AtomicU64>) -> u64 {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let mut accepted = 0;
+    while Instant::now() < until {
+        let first = next_id.fetch_add(batch as u64, Ordering::Relaxed);
+        let body = format!("[{}]", (first..first + batch as u64).map(event_json).collect::<Vec<_>>().join(","));
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        writer.write_all(request.as_bytes()).expect("write");
+        writer.write_all(body.as_bytes()).expect("write");
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("status");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut response = vec![0; length];
+        reader.read_exact(&mut response).expect("body");
+        assert!(status_line.contains(" 200 "), "{status_line} {}", String::from_utf8_lossy(&response));
+        accepted += batch as u64;
+    }
+    accepted
+}
+
+fn http_path(clients: usize, batch: usize, seconds: u64) {
+    let topics = TestTopics::new("bench-ingest-http");
+    topics.create();
+    publish_tal(&topics);
+    let port = free_port();
+    let mut env = topics.env();
+    env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("ABM_INGEST__WRITE_KEYS__BENCH", KEY.into()));
+    env.push(("ABM_INGEST__RAW_TOPICS", "false".into()));
+    env.push(("ABM_LOG__LEVEL", "warn".into()));
+    let ingest = ServiceProcess::start(&release_binary("ingest"), &[], &env);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
+    let next_id = Arc::new(AtomicU64::new(0));
+    // Warm-up.
+    client(port, batch, Instant::now() + Duration::from_secs(2), next_id.clone());
+
+    let cpu_before = cpu_seconds(ingest.pid());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let next_id = next_id.clone();
+            std::thread::spawn(move || client(port, batch, until, next_id))
+        })
+        .collect();
+    let accepted: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(ingest.pid()) - cpu_before;
+    let p50 = metric(port, "abm_ingest_produce_latency_seconds_sum", &[])
+        / metric(port, "abm_ingest_produce_latency_seconds_count", &[]).max(1.0);
+    println!(
+        "ingest http   clients={clients} batch={batch}: {accepted} events in {wall:.1}s = {:.0} events/s; ingest CPU {cpu:.1}s = {:.0} events per CPU-second; mean produce latency {:.1} ms",
+        accepted as f64 / wall,
+        accepted as f64 / cpu.max(0.001),
+        p50 * 1000.0
+    );
+}
+
+fn raw_path(records: u64) {
+    let topics = TestTopics::new("bench-ingest-raw");
+    topics.create();
+    publish_tal(&topics);
+    let kafka = producer();
+    let raw = topics.name(TopicRole::RawWebVisits);
+    for n in 0..records {
+        send_bytes(&kafka, &raw, "tracker", event_json(n).as_bytes());
+    }
+    flush(&kafka);
+    let port = free_port();
+    let mut env = topics.env();
+    env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("ABM_INGEST__GROUP_ID", format!("{}-group", topics.prefix)));
+    env.push(("ABM_LOG__LEVEL", "warn".into()));
+    let started = Instant::now();
+    let ingest = ServiceProcess::start(&release_binary("ingest"), &[], &env);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
+    let ready = started.elapsed().as_secs_f64();
+    let cpu_before = cpu_seconds(ingest.pid());
+    let drain_started = Instant::now();
+    while metric(port, "abm_ingest_events_received_total", &["transport=\"kafka\""]) < records as f64 {
+        assert!(drain_started.elapsed() < Duration::from_secs(600), "raw path did not drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wall = drain_started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(ingest.pid()) - cpu_before;
+    println!(
+        "ingest raw    records={records}: drained in {wall:.1}s = {:.0} events/s; ingest CPU {cpu:.1}s = {:.0} events per CPU-second (start-up {ready:.1}s not counted)",
+        records as f64 / wall,
+        records as f64 / cpu.max(0.001)
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter we ignore.
+    let seconds = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    http_path(4, 100, seconds);
+    raw_path(std::env::var("BENCH_RAW_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the benchmarks against the local Apache Kafka (or KAFKA_BOOTSTRAP_SERVERS) and prints
+# their figures. Record them in benches/README.md with the machine they ran on.
+#
+#   deploy/local/bench.sh            every benchmark
+#   deploy/local/bench.sh ingest     one of: ingest
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  deploy/local/kafka.sh start
+  KAFKA_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap)
+  export KAFKA_BOOTSTRAP_SERVERS
+fi
+cargo build --release --workspace --bins --quiet
+echo "bench.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+benches=("$@")
+[ ${#benches[@]} -gt 0 ] || benches=(ingest)
+for bench in "${benches[@]}"; do
+  cargo bench -p abm --bench "$bench" --quiet
+done
