@@ -214,6 +214,55 @@ impl rdkafka::ClientContext for EndOfPartitionContext {
 
 impl rdkafka::consumer::ConsumerContext for EndOfPartitionContext {}
 
+/// Reads `partitions` of `topic` from the beginning to their current end (committed data only),
+/// handing each record's partition, key and value (`None` for a tombstone) to `on_record`.
+/// Used to rebuild state from a changelog or an output topic. Blocking.
+pub fn read_to_end<F>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partitions: &[i32],
+    mut on_record: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(i32, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
+{
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let reader: BaseConsumer<EndOfPartitionContext> = kafka
+        .client_config(client_id)
+        .set("group.id", format!("{client_id}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(EndOfPartitionContext)
+        .map_err(|e| anyhow::anyhow!("creating a reader for {topic}: {e}"))?;
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    reader.assign(&list)?;
+    let mut unfinished: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !unfinished.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} {partitions:?} took more than 10 minutes"
+        );
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => on_record(message.partition(), message.key().unwrap_or_default(), message.payload())
+                .map_err(|e| {
+                e.context(format!("{topic} partition {} offset {}", message.partition(), message.offset()))
+            })?,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
+            }
+            Some(Err(error)) => tracing::warn!(%error, topic, "reader error"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads every partition of `topic` from the beginning (e.g. a compacted table such as the
 /// TAL), hands each record's key and value (`None` for a tombstone) to `on_record`, and keeps
 /// following it until `shutdown`. Returns once every partition has been read to its end, so

@@ -10,6 +10,7 @@
 //! - [`shutdown`] — SIGINT/SIGTERM handling as a cancellation token passed into `run`.
 //! - [`kafka`] — client configuration with a librdkafka passthrough (TLS/SASL), a start-up
 //!   reachability check, topic creation.
+//! - [`eos`] — the exactly-once consume-process-produce loop (Kafka transactions).
 //! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
 //! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
 //!
@@ -17,6 +18,7 @@
 //! about how config is layered or how metrics are served.
 
 pub mod config;
+pub mod eos;
 pub mod kafka;
 pub mod ops;
 pub mod service;

@@ -14,6 +14,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, ScoringConfig};
 use crate::metrics::Metrics;
-use crate::processor::{LoopParts, LoopSettings, LoopTopics, Tiers};
+use crate::processor::{LoopTopics, ScorerProcessor, Tiers};
 use crate::store::Store;
 
 /// The scorer's HTTP port unless configured otherwise.
@@ -144,31 +145,18 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         crossings: topics.name(TopicRole::ScoreCrossings).to_owned(),
         rejected: topics.name(TopicRole::Rejected).to_owned(),
     };
-    let settings = LoopSettings {
+    let settings = EosSettings {
+        client_id: "abm-scorer".into(),
         group_id: config.scorer.group_id.clone(),
         transactional_id: config.scorer.instance_id.clone(),
+        input_topic: loop_topics.engagement.clone(),
         commit_interval: Duration::from_millis(config.scorer.commit_interval_ms),
         max_batch_events: config.scorer.max_batch_events.max(1),
     };
-    let shutdown = context.shutdown.clone();
-    let kafka = config.kafka.clone();
-    let processor = std::thread::Builder::new().name("scorer-loop".into()).spawn(move || {
-        let result = processor::run(
-            &kafka,
-            &settings,
-            LoopParts { engine, store, tiers, topics: loop_topics, metrics },
-            &shutdown,
-        );
-        // Whatever ended the loop ends the service.
-        shutdown.cancel();
-        result
-    })?;
+    let processor = Arc::new(ScorerProcessor::new(engine, store, tiers, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
-
-    let loop_result = tokio::task::spawn_blocking(move || processor.join())
-        .await
-        .context("joining the processing loop")?
-        .map_err(|_| anyhow::anyhow!("the processing loop panicked"))?;
+    let loop_result =
+        abm::eos::run_on_thread(config.kafka.clone(), settings, processor, context.shutdown.clone()).await;
     context.health.set_stopping();
     server.await.context("HTTP server task")?.context("HTTP server")?;
     loop_result
