@@ -245,7 +245,12 @@ pub fn run<P: Processor>(
         timeout,
     });
     let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
-    consumer_config.set("enable.auto.commit", "false").set("statistics.interval.ms", "5000");
+    // Static membership (KIP-345): a restarted instance takes its old place in the group at
+    // once instead of waiting for the dead member's session to time out.
+    consumer_config
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "5000")
+        .set("group.instance.id", &settings.transactional_id);
     let consumer: BaseConsumer<LoopContext<P>> = consumer_config
         .create_with_context(LoopContext { shared: shared.clone() })
         .context("creating the Kafka consumer")?;

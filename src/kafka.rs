@@ -206,7 +206,10 @@ pub struct EndOfPartitionContext;
 
 impl rdkafka::ClientContext for EndOfPartitionContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::KafkaError;
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(code) if code == RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }

@@ -162,3 +162,13 @@ impl ConsumingService<'_> {
         Ok(())
     }
 }
+
+/// This machine's name (`HOSTNAME`, else `/etc/hostname`, else `local`): the default instance id.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "local".into())
+}

@@ -234,6 +234,7 @@ impl TestTopics {
             (ScoreCrossings, "ABM_TOPICS__SCORE_CROSSINGS"),
             (SalesAlerts, "ABM_TOPICS__SALES_ALERTS"),
             (ScorerState, "ABM_TOPICS__SCORER_STATE"),
+            (ParkedAlerts, "ABM_TOPICS__PARKED_ALERTS"),
         ]
     }
 

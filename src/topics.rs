@@ -23,6 +23,7 @@ pub enum TopicRole {
     ScoreCrossings,
     SalesAlerts,
     ScorerState,
+    ParkedAlerts,
 }
 
 /// One topic of the list.
@@ -93,7 +94,7 @@ mod tests {
         let roles: Vec<TopicRole> = file.topic.iter().map(|spec| spec.role).collect();
         let unique: std::collections::BTreeSet<_> = roles.iter().collect();
         assert_eq!(unique.len(), roles.len(), "a role is declared twice");
-        assert_eq!(roles.len(), 12, "every TopicRole is declared");
+        assert_eq!(roles.len(), 13, "every TopicRole is declared");
         for spec in &file.topic {
             assert!(spec.partitions > 0, "{}", spec.name);
         }

@@ -1,19 +1,35 @@
-//! The alerter: turns score crossings into explained, deduplicated sales alerts.
+//! The alerter: explained, deduplicated sales alerts for SDR tooling.
 //!
-//! Today (issue #2) the service is the runnable shell the alert policy will live in: it joins
-//! its consumer group on `abm.score-crossings` (read_committed), decodes every crossing with
-//! the shared Avro codec, counts it by kind, and serves its HTTP port. Alerts, cooldowns and
-//! webhooks come with issue #5.
+//! - [`policy`] — the pure alert policy: duplicates, cooldowns, the alert and its next step.
+//! - [`processor`] — crossings to alerts in the exactly-once loop ([`abm::eos`]).
+//! - [`webhook`] — optional JSON and Slack webhooks with retries, circuit and parking.
+//! - [`metrics`] — `abm_alerter_*`.
 
+pub mod metrics;
+pub mod policy;
+pub mod processor;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
-use abm::ops::HttpConfig;
-use abm::service::{ConsumingService, Context, ServiceConfig, prepare_kafka};
+use abm::ops::{self, HttpConfig};
+use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::telemetry::LogConfig;
-use abm::topics::{TopicOverrides, TopicRole, Topics};
-use abm_schemas::ScoreCrossing;
-use prometheus::{IntCounterVec, Opts};
-use rdkafka::Message;
+use abm::topics::{TopicOverrides, TopicRole, TopicSpec, Topics};
+use abm_schemas::{Account, Tier};
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+use crate::policy::PolicyConfig;
+use crate::processor::{AlertProcessor, AlertTopics, Tal};
+use crate::webhook::{Endpoint, StartFrom, WebhookConfig};
 
 /// The alerter's HTTP port unless configured otherwise.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8082";
@@ -35,11 +51,28 @@ pub struct Config {
 pub struct Settings {
     /// Consumer group of the alerter instances (default `abm-alerter`).
     pub group_id: String,
+    /// Stable id of this instance: its Kafka `transactional.id` (default `abm-alerter-<hostname>`).
+    pub instance_id: String,
+    /// Transaction interval (default 250 ms).
+    pub commit_interval_ms: u64,
+    #[serde(flatten)]
+    pub policy: PolicyConfig,
+    /// Optional topic per tier that also receives that tier's alerts, e.g. `tier_1 = "abm.sales-alerts.tier-1"`.
+    pub tier_topics: BTreeMap<Tier, String>,
+    /// Webhook endpoints (`[[alerter.webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { group_id: "abm-alerter".into() }
+        Settings {
+            group_id: "abm-alerter".into(),
+            instance_id: format!("abm-alerter-{}", abm::service::hostname()),
+            commit_interval_ms: 250,
+            policy: PolicyConfig::default(),
+            tier_topics: BTreeMap::new(),
+            webhooks: Vec::new(),
+        }
     }
 }
 
@@ -49,38 +82,137 @@ impl ServiceConfig for Config {
     }
 }
 
+fn webhook_consumer(
+    kafka: &KafkaConfig,
+    group: &str,
+    start_from: StartFrom,
+    eof: bool,
+) -> anyhow::Result<StreamConsumer> {
+    let mut config = kafka.consumer_config("abm-alerter-webhook", group);
+    config.set("auto.offset.reset", if start_from == StartFrom::Earliest { "earliest" } else { "latest" });
+    if eof {
+        config.set("enable.partition.eof", "true");
+    }
+    Ok(config.create()?)
+}
+
 /// Runs the alerter until `context.shutdown` is cancelled.
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
+    let settings = &config.alerter;
+    settings.policy.validate().map_err(anyhow::Error::msg)?;
+    let mut names = std::collections::BTreeSet::new();
+    for hook in &settings.webhooks {
+        anyhow::ensure!(names.insert(hook.name.as_str()), "alerter.webhooks: the name {:?} is used twice", hook.name);
+    }
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-alerter").await?;
-    let crossings_in = IntCounterVec::new(
-        Opts::new("abm_alerter_crossings_consumed_total", "Score crossings read and decoded, by kind."),
-        &["kind"],
-    )?;
-    let decode_errors = IntCounterVec::new(
-        Opts::new("abm_alerter_decode_errors_total", "Input records that are not a decodable ScoreCrossing, by topic."),
-        &["topic"],
-    )?;
-    context.registry.register(Box::new(crossings_in.clone()))?;
-    context.registry.register(Box::new(decode_errors.clone()))?;
+    if config.kafka.create_topics && !settings.tier_topics.is_empty() {
+        let partitions = topics.spec(TopicRole::SalesAlerts).map_or(6, |s| s.partitions);
+        let specs: Vec<TopicSpec> = settings
+            .tier_topics
+            .values()
+            .map(|name| TopicSpec {
+                role: TopicRole::SalesAlerts,
+                name: name.clone(),
+                partitions,
+                compacted: false,
+                doc: String::new(),
+            })
+            .collect();
+        config.kafka.ensure_topics("abm-alerter", &specs).await?;
+    }
+    let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 
-    let crossings = topics.name(TopicRole::ScoreCrossings);
-    let service = ConsumingService {
-        name: "abm-alerter",
-        kafka: &config.kafka,
-        http: &config.http,
-        group_id: &config.alerter.group_id,
-        inputs: &[crossings],
-        routes: axum::Router::new(),
-    };
-    service
-        .run(&context, |message| match message.payload().map(abm_schemas::decode::<ScoreCrossing>) {
-            Some(Ok(crossing)) => crossings_in.with_label_values(&[crossing.kind.as_str()]).inc(),
-            Some(Err(error)) => {
-                decode_errors.with_label_values(&[message.topic()]).inc();
-                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "undecodable input");
-            }
-            None => decode_errors.with_label_values(&[message.topic()]).inc(),
-        })
+    let tal: Arc<Tal> = Arc::new(Tal::default());
+    {
+        let (table, metrics) = (tal.clone(), metrics.clone());
+        let accounts = topics.name(TopicRole::Accounts).to_owned();
+        abm::kafka::follow_table(
+            &config.kafka,
+            "abm-alerter-tal",
+            &accounts,
+            context.shutdown.clone(),
+            move |key, value| {
+                match value.map(abm_schemas::decode::<Account>) {
+                    None => {
+                        table.remove(String::from_utf8_lossy(key).as_ref());
+                    }
+                    Some(Ok(account)) => {
+                        table.insert(account.account_id.clone(), account);
+                    }
+                    Some(Err(error)) => tracing::warn!(%error, "undecodable TAL record"),
+                }
+                metrics.tal_accounts.set(table.len() as i64);
+            },
+        )
         .await
+        .context("loading the TAL")?;
+    }
+
+    let listener = ops::bind(config.http.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, webhooks = settings.webhooks.len(), "alerter listening");
+    let app = ops::router(context.registry.clone(), context.health.clone(), axum::Router::new());
+    let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
+
+    // Webhooks: one task and consumer group per endpoint, off the Kafka path.
+    let alerts_topic = topics.name(TopicRole::SalesAlerts).to_owned();
+    let parked_topic = topics.name(TopicRole::ParkedAlerts).to_owned();
+    let parker: FutureProducer = config.kafka.producer_config("abm-alerter-parker").create()?;
+    let mut webhook_tasks = Vec::new();
+    for hook in &settings.webhooks {
+        let endpoint = Arc::new(Endpoint::new(hook.clone(), metrics.clone())?);
+        let group = format!("{}-webhook-{}", settings.group_id, hook.name);
+        let consumer = webhook_consumer(&config.kafka, &group, hook.start_from, false)?;
+        consumer.subscribe(&[&alerts_topic])?;
+        webhook_tasks.push(tokio::spawn(webhook::run_endpoint(
+            endpoint,
+            consumer,
+            parker.clone(),
+            parked_topic.clone(),
+            context.shutdown.clone(),
+        )));
+    }
+
+    let alert_topics = AlertTopics {
+        crossings: topics.name(TopicRole::ScoreCrossings).to_owned(),
+        alerts: alerts_topic,
+        rejected: topics.name(TopicRole::Rejected).to_owned(),
+        by_tier: settings.tier_topics.clone(),
+    };
+    let eos = EosSettings {
+        client_id: "abm-alerter".into(),
+        group_id: settings.group_id.clone(),
+        transactional_id: settings.instance_id.clone(),
+        input_topic: alert_topics.crossings.clone(),
+        commit_interval: Duration::from_millis(settings.commit_interval_ms),
+        max_batch_events: 10_000,
+    };
+    let processor =
+        Arc::new(AlertProcessor::new(settings.policy.clone(), tal, alert_topics, metrics, config.kafka.clone()));
+    context.health.set_ready();
+    let loop_result = abm::eos::run_on_thread(config.kafka.clone(), eos, processor, context.shutdown.clone()).await;
+    context.health.set_stopping();
+    for task in webhook_tasks {
+        let _ = task.await;
+    }
+    server.await.context("HTTP server task")?.context("HTTP server")?;
+    loop_result
+}
+
+/// `alerter replay-parked --endpoint NAME`: delivers that endpoint's parked alerts once.
+pub async fn replay_parked(config: Config, endpoint_name: &str) -> anyhow::Result<(usize, usize)> {
+    let hook = config
+        .alerter
+        .webhooks
+        .iter()
+        .find(|hook| hook.name == endpoint_name)
+        .ok_or_else(|| anyhow::anyhow!("no webhook named {endpoint_name:?} in alerter.webhooks"))?;
+    let topics = Topics::resolve(&config.topics);
+    config.kafka.check_reachable("abm-alerter-replay").await?;
+    let metrics = Metrics::register(&prometheus::Registry::new())?;
+    let endpoint = Endpoint::new(hook.clone(), metrics)?;
+    let group = format!("{}-replay-{}", config.alerter.group_id, hook.name);
+    let consumer = webhook_consumer(&config.kafka, &group, StartFrom::Earliest, true)?;
+    consumer.subscribe(&[topics.name(TopicRole::ParkedAlerts)])?;
+    webhook::replay_parked(&endpoint, consumer).await
 }

@@ -62,20 +62,11 @@ pub struct Settings {
     pub max_batch_events: usize,
 }
 
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "local".into())
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             group_id: "abm-scorer".into(),
-            instance_id: format!("abm-scorer-{}", hostname()),
+            instance_id: format!("abm-scorer-{}", abm::service::hostname()),
             commit_interval_ms: 250,
             max_batch_events: 10_000,
         }

@@ -1,0 +1,68 @@
+//! The alerter's metrics (`abm_alerter_*`; labels are bounded: kinds, tiers, reasons and
+//! configured webhook names).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub crossings: IntCounterVec,
+    pub alerts: IntCounterVec,
+    pub suppressed: IntCounterVec,
+    pub webhook: IntCounterVec,
+    pub webhook_latency: HistogramVec,
+    pub transactions: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub tal_accounts: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let metrics = Metrics {
+            crossings: IntCounterVec::new(
+                Opts::new("abm_alerter_crossings_total", "Score crossings read, by kind."),
+                &["kind"],
+            )?,
+            alerts: IntCounterVec::new(
+                Opts::new("abm_alerter_alerts_total", "Sales alerts published, by kind and tier."),
+                &["kind", "tier"],
+            )?,
+            suppressed: IntCounterVec::new(
+                Opts::new(
+                    "abm_alerter_suppressed_total",
+                    "Crossings that gave no alert, by reason (cooldown, duplicate, undecodable).",
+                ),
+                &["reason"],
+            )?,
+            webhook: IntCounterVec::new(
+                Opts::new(
+                    "abm_alerter_webhook_deliveries_total",
+                    "Webhook delivery events by endpoint and outcome (delivered, retry, failed, circuit_open, parked).",
+                ),
+                &["endpoint", "outcome"],
+            )?,
+            webhook_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "abm_alerter_webhook_latency_seconds",
+                    "Time to deliver an alert to a webhook, retries included.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["endpoint"],
+            )?,
+            transactions: IntCounter::new("abm_alerter_transactions_total", "Transactions committed.")?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("abm_alerter_consumer_lag", "Messages behind the end of each assigned crossings partition."),
+                &["partition"],
+            )?,
+            tal_accounts: IntGauge::new("abm_alerter_tal_accounts", "Accounts on the TAL as read from abm.accounts.")?,
+        };
+        registry.register(Box::new(metrics.crossings.clone()))?;
+        registry.register(Box::new(metrics.alerts.clone()))?;
+        registry.register(Box::new(metrics.suppressed.clone()))?;
+        registry.register(Box::new(metrics.webhook.clone()))?;
+        registry.register(Box::new(metrics.webhook_latency.clone()))?;
+        registry.register(Box::new(metrics.transactions.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.tal_accounts.clone()))?;
+        Ok(metrics)
+    }
+}

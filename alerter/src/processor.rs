@@ -1,0 +1,161 @@
+//! The alerter's processor for the exactly-once loop ([`abm::eos`]).
+//!
+//! Reads `abm.score-crossings` (read_committed), decides with the [`crate::policy`], and writes
+//! each alert to `abm.sales-alerts` in the same partition number as its crossing (and to its
+//! tier's topic when configured), in the same transaction as the input offsets. The alert
+//! history of a newly assigned partition is rebuilt from that partition of `abm.sales-alerts`
+//! before any of its crossings is handled, so cooldowns and deduplication survive restarts and
+//! rebalances, and after kill -9 no alert id is published twice or lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abm::eos::{Outbox, Processor};
+use abm::kafka::KafkaConfig;
+use abm_schemas::{
+    Account, CrossingKind, RejectReason, RejectSource, RejectedEvent, SalesAlert, ScoreCrossing, Tier, Transport,
+};
+use anyhow::Context as _;
+use dashmap::DashMap;
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+
+use crate::metrics::Metrics;
+use crate::policy::{Decision, History, PolicyConfig, decide, sequence_of};
+
+/// Topic names the processor reads and writes.
+#[derive(Debug, Clone)]
+pub struct AlertTopics {
+    pub crossings: String,
+    pub alerts: String,
+    pub rejected: String,
+    /// Optional extra topic per tier.
+    pub by_tier: BTreeMap<Tier, String>,
+}
+
+/// The TAL as read from `abm.accounts`.
+pub type Tal = DashMap<String, Account>;
+
+/// Alert histories of the accounts of one input partition.
+type PartitionHistory = HashMap<(String, CrossingKind), History>;
+
+#[derive(Debug)]
+pub struct AlertProcessor {
+    pub policy: PolicyConfig,
+    pub tal: Arc<Tal>,
+    pub topics: AlertTopics,
+    pub metrics: Metrics,
+    pub kafka: KafkaConfig,
+    histories: DashMap<i32, PartitionHistory>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl AlertProcessor {
+    pub fn new(
+        policy: PolicyConfig,
+        tal: Arc<Tal>,
+        topics: AlertTopics,
+        metrics: Metrics,
+        kafka: KafkaConfig,
+    ) -> AlertProcessor {
+        AlertProcessor { policy, tal, topics, metrics, kafka, histories: DashMap::new() }
+    }
+
+    fn reject(&self, message: &BorrowedMessage<'_>, text: String, out: &Outbox<'_>) -> anyhow::Result<()> {
+        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
+        self.metrics.suppressed.with_label_values(&["undecodable"]).inc();
+        let rejected = RejectedEvent {
+            reason: RejectReason::Other,
+            message: text,
+            source: RejectSource {
+                transport: Transport::Kafka,
+                write_key: None,
+                batch_index: None,
+                topic: Some(message.topic().to_owned()),
+                partition: Some(message.partition()),
+                offset: Some(message.offset()),
+            },
+            event_id: None,
+            received_at: now_ms(),
+            original: message.payload().unwrap_or_default().to_vec(),
+        };
+        let key = format!("kafka:{}", message.topic());
+        out.send(&self.topics.rejected, &key, &abm_schemas::encode(&rejected)?, None)
+    }
+}
+
+impl Processor for AlertProcessor {
+    fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
+        let crossing = match abm_schemas::decode::<ScoreCrossing>(message.payload().unwrap_or_default()) {
+            Ok(crossing) => crossing,
+            Err(error) => return self.reject(message, format!("undecodable ScoreCrossing: {error}"), out),
+        };
+        self.metrics.crossings.with_label_values(&[crossing.kind.as_str()]).inc();
+        let account = self.tal.get(&crossing.account_id).map(|a| a.clone());
+        let decision = {
+            let mut histories = self.histories.entry(message.partition()).or_default();
+            let history = histories.entry((crossing.account_id.clone(), crossing.kind)).or_default();
+            decide(&self.policy, &crossing, account.as_ref(), history)
+        };
+        match decision {
+            Decision::Duplicate => self.metrics.suppressed.with_label_values(&["duplicate"]).inc(),
+            Decision::Cooldown => self.metrics.suppressed.with_label_values(&["cooldown"]).inc(),
+            Decision::Alert(alert) => {
+                let payload = abm_schemas::encode(alert.as_ref())?;
+                out.send(&self.topics.alerts, &alert.account_id, &payload, Some(message.partition()))?;
+                if let Some(topic) = self.topics.by_tier.get(&alert.tier) {
+                    out.send(topic, &alert.account_id, &payload, None)?;
+                }
+                self.metrics.alerts.with_label_values(&[alert.kind.as_str(), alert.tier.as_str()]).inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn before_commit(&self, _out: &Outbox<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn restore(&self, partitions: &[i32]) -> anyhow::Result<()> {
+        let mut rebuilt: BTreeMap<i32, PartitionHistory> = partitions.iter().map(|p| (*p, HashMap::new())).collect();
+        abm::kafka::read_to_end(
+            &self.kafka,
+            "abm-alerter-restore",
+            &self.topics.alerts,
+            partitions,
+            |partition, _, value| {
+                let (Some(histories), Some(payload)) = (rebuilt.get_mut(&partition), value) else { return Ok(()) };
+                let alert: SalesAlert = abm_schemas::decode(payload).context("undecodable SalesAlert")?;
+                let history = histories.entry((alert.account_id.clone(), alert.kind)).or_default();
+                history.last_sequence = history.last_sequence.max(sequence_of(&alert.crossing_id).unwrap_or(0));
+                history.last_alert_as_of = Some(history.last_alert_as_of.map_or(alert.as_of, |t| t.max(alert.as_of)));
+                Ok(())
+            },
+        )?;
+        let mut count = 0;
+        for (partition, histories) in rebuilt {
+            count += histories.len();
+            self.histories.insert(partition, histories);
+        }
+        tracing::info!(?partitions, histories = count, "alert history restored");
+        Ok(())
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        for partition in partitions {
+            self.histories.remove(partition);
+        }
+    }
+
+    fn committed(&self, _duration: Duration) {
+        self.metrics.transactions.inc();
+    }
+
+    fn lag(&self, partition: i32, lag: i64) {
+        self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+    }
+}

@@ -1,0 +1,337 @@
+//! Webhook delivery of sales alerts: generic JSON or Slack incoming-webhook payloads.
+//!
+//! Each configured endpoint has its own task and its own consumer group on `abm.sales-alerts`
+//! (read_committed), so a slow or dead endpoint never blocks the Kafka path or another
+//! endpoint. A delivery is retried with exponential backoff and jitter (`backon`); an endpoint
+//! that keeps failing opens its circuit (alerts are parked at once, without waiting) until a
+//! trial delivery succeeds. Alerts that could not be delivered are written to the parked topic
+//! (key = endpoint name) before their offset is stored: nothing is dropped, and
+//! `alerter replay-parked --endpoint NAME` delivers them later, each once (the replay's own
+//! consumer group remembers what was replayed). Delivery is at-least-once: receivers
+//! deduplicate by `alert_id`, which is deterministic.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use abm_schemas::{CrossingKind, SalesAlert};
+use backon::{ExponentialBuilder, Retryable};
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Payload shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The `SalesAlert` as JSON, with `"type": "sales_alert"`.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message (`text` + `blocks`).
+    Slack,
+}
+
+/// Where new endpoints start reading alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// Only alerts published after the endpoint was added (default).
+    #[default]
+    Latest,
+    /// Every alert still in the topic.
+    Earliest,
+}
+
+/// One `[[alerter.webhooks]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Unique name (metrics label, parked-topic key, consumer group suffix).
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub format: Format,
+    /// Per-request timeout (default 5000 ms).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after the first attempt (default 4).
+    #[serde(default = "default_retries")]
+    pub max_retries: usize,
+    /// First backoff delay; doubles with jitter up to 10 s (default 200 ms).
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Consecutive failed deliveries that open the circuit (default 3).
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit parks alerts without trying (default 30000 ms).
+    #[serde(default = "default_circuit_open_ms")]
+    pub circuit_open_ms: u64,
+    /// Extra request headers (e.g. an `Authorization` token).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub start_from: StartFrom,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_retries() -> usize {
+    4
+}
+fn default_backoff_ms() -> u64 {
+    200
+}
+fn default_circuit_failures() -> u32 {
+    3
+}
+fn default_circuit_open_ms() -> u64 {
+    30_000
+}
+
+/// The body posted for `alert` in `format`.
+pub fn payload(format: Format, alert: &SalesAlert) -> serde_json::Value {
+    match format {
+        Format::Json => {
+            let mut value = serde_json::to_value(alert).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.insert("type".into(), json!("sales_alert"));
+            }
+            value
+        }
+        Format::Slack => {
+            let headline = match alert.kind {
+                CrossingKind::HandRaiser => format!(":raising_hand: *{}* asked for a demo", alert.account_name),
+                CrossingKind::Threshold => {
+                    format!(
+                        ":chart_with_upwards_trend: *{}* crossed {:.0} (score {:.0})",
+                        alert.account_name, alert.threshold, alert.score
+                    )
+                }
+            };
+            let rules: Vec<String> = alert.top_rules.iter().map(|r| format!("{} {:+.1}", r.rule, r.points)).collect();
+            let contacts: Vec<String> =
+                alert.contacts.iter().map(|c| format!("{} ({})", c.contact_id, c.persona)).collect();
+            let detail = format!(
+                "Tier: {} · Owner: {}\nWhy: {}\nContacts: {}\nNext: {}",
+                alert.tier.as_str(),
+                alert.owner,
+                if rules.is_empty() { "-".into() } else { rules.join(", ") },
+                if contacts.is_empty() { "-".into() } else { contacts.join(", ") },
+                alert.next_step
+            );
+            json!({
+                "text": format!("{headline} ({})", alert.alert_id),
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+                    {"type": "section", "text": {"type": "mrkdwn", "text": detail}},
+                    {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("alert {}", alert.alert_id)}]}
+                ]
+            })
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+enum AttemptError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Debug, Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// A webhook endpoint with its client and circuit.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub config: WebhookConfig,
+    client: reqwest::Client,
+    circuit: Mutex<Circuit>,
+    metrics: Metrics,
+}
+
+impl Endpoint {
+    pub fn new(config: WebhookConfig, metrics: Metrics) -> anyhow::Result<Endpoint> {
+        let client = reqwest::Client::builder().timeout(Duration::from_millis(config.timeout_ms)).build()?;
+        Ok(Endpoint { config, client, circuit: Mutex::new(Circuit::default()), metrics })
+    }
+
+    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn attempt(&self, body: &serde_json::Value) -> Result<(), AttemptError> {
+        let mut request = self.client.post(&self.config.url).json(body);
+        for (name, value) in &self.config.headers {
+            request = request.header(name, value);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) if response.status().is_server_error() || response.status().as_u16() == 429 => {
+                Err(AttemptError::Retryable(format!("HTTP {}", response.status())))
+            }
+            Ok(response) => Err(AttemptError::Permanent(format!("HTTP {}", response.status()))),
+            Err(error) if error.is_timeout() => Err(AttemptError::Retryable("timed out".into())),
+            Err(error) => Err(AttemptError::Retryable(error.to_string())),
+        }
+    }
+
+    /// Delivers with retries; `respect_circuit` is false for replays.
+    pub async fn deliver(&self, alert: &SalesAlert, respect_circuit: bool) -> Result<(), String> {
+        let name = self.config.name.as_str();
+        if respect_circuit && self.circuit().open_until.is_some_and(|until| Instant::now() < until) {
+            self.metrics.webhook.with_label_values(&[name, "circuit_open"]).inc();
+            return Err("circuit open".into());
+        }
+        let body = payload(self.config.format, alert);
+        let started = Instant::now();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.config.backoff_ms))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(self.config.max_retries)
+            .with_jitter();
+        let result = (|| self.attempt(&body))
+            .retry(backoff)
+            .when(|error| matches!(error, AttemptError::Retryable(_)))
+            .notify(|error, wait| {
+                self.metrics.webhook.with_label_values(&[name, "retry"]).inc();
+                tracing::debug!(endpoint = name, %error, ?wait, "webhook attempt failed; retrying");
+            })
+            .await;
+        let mut circuit = self.circuit();
+        match result {
+            Ok(()) => {
+                *circuit = Circuit::default();
+                self.metrics.webhook.with_label_values(&[name, "delivered"]).inc();
+                self.metrics.webhook_latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(error) => {
+                circuit.failures += 1;
+                if circuit.failures >= self.config.circuit_failures {
+                    circuit.open_until = Some(Instant::now() + Duration::from_millis(self.config.circuit_open_ms));
+                    tracing::warn!(endpoint = name, failures = circuit.failures, "webhook circuit open");
+                }
+                self.metrics.webhook.with_label_values(&[name, "failed"]).inc();
+                Err(error.to_string())
+            }
+        }
+    }
+}
+
+/// Delivers every new alert to `endpoint` until `shutdown`, parking what it cannot deliver.
+pub async fn run_endpoint(
+    endpoint: std::sync::Arc<Endpoint>,
+    consumer: StreamConsumer,
+    parker: FutureProducer,
+    parked_topic: String,
+    shutdown: CancellationToken,
+) {
+    let name = endpoint.config.name.clone();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = consumer.recv() => match received {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(endpoint = %name, %error, "webhook consumer error");
+                    continue;
+                }
+            },
+        };
+        let payload = message.payload().unwrap_or_default();
+        let handled = match abm_schemas::decode::<SalesAlert>(payload) {
+            Ok(alert) => match endpoint.deliver(&alert, true).await {
+                Ok(()) => true,
+                Err(reason) => park(&parker, &parked_topic, &name, payload, &reason, &endpoint.metrics).await,
+            },
+            Err(error) => {
+                tracing::warn!(endpoint = %name, %error, "undecodable alert skipped by the webhook");
+                true
+            }
+        };
+        if !handled {
+            // Not delivered and not parked (Kafka down): stop here so the offset is not stored.
+            tracing::error!(endpoint = %name, "cannot park an undelivered alert; webhook task stops until restart");
+            break;
+        }
+        if let Err(error) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(endpoint = %name, %error, "cannot store webhook offset");
+        }
+    }
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+}
+
+async fn park(
+    parker: &FutureProducer,
+    topic: &str,
+    endpoint: &str,
+    payload: &[u8],
+    reason: &str,
+    metrics: &Metrics,
+) -> bool {
+    let headers =
+        rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "reason", value: Some(reason) });
+    let record = FutureRecord::to(topic).key(endpoint).payload(payload).headers(headers);
+    match parker.send(record, Duration::from_secs(30)).await {
+        Ok(_) => {
+            metrics.webhook.with_label_values(&[endpoint, "parked"]).inc();
+            tracing::warn!(endpoint, reason, "alert parked for replay");
+            true
+        }
+        Err((error, _)) => {
+            tracing::error!(endpoint, %error, "parking failed");
+            false
+        }
+    }
+}
+
+/// Delivers the parked alerts of `endpoint` that no earlier replay delivered. Stops at the
+/// first alert that still cannot be delivered (it stays parked, with everything after it).
+pub async fn replay_parked(endpoint: &Endpoint, consumer: StreamConsumer) -> anyhow::Result<(usize, usize)> {
+    let name = endpoint.config.name.as_str();
+    let mut at_end = std::collections::BTreeSet::new();
+    let (mut delivered, mut skipped) = (0, 0);
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Ok(Ok(message)) => {
+                at_end.remove(&message.partition());
+                if message.key() == Some(name.as_bytes()) {
+                    let alert: SalesAlert = abm_schemas::decode(message.payload().unwrap_or_default())?;
+                    endpoint.deliver(&alert, false).await.map_err(|reason| {
+                        anyhow::anyhow!("alert {} still cannot be delivered to {name}: {reason}", alert.alert_id)
+                    })?;
+                    delivered += 1;
+                } else {
+                    skipped += 1;
+                }
+                consumer.store_offset_from_message(&message)?;
+                consumer.commit_consumer_state(CommitMode::Sync)?;
+            }
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "replay consumer error"),
+            Err(_) => {}
+        }
+        let assigned = consumer.assignment()?.count();
+        if assigned > 0 && at_end.len() >= assigned {
+            return Ok((delivered, skipped));
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the replay did not reach the end of the parked topic"
+        );
+    }
+}

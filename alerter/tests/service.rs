@@ -1,0 +1,393 @@
+//! The alerter against the real broker: policy by alert id, kill -9, webhooks with a local
+//! HTTP receiver (500s, hangs, parking and replay).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use abm::testkit::{
+    ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, read_all_bytes, run_to_exit, send,
+    wait_for_status,
+};
+use abm::topics::TopicRole;
+use abm_schemas::{Account, CrossingKind, SalesAlert, ScoreCrossing, Tier};
+use alerter::policy::{Decision, History, PolicyConfig, decide};
+
+const ALERTER: &str = env!("CARGO_BIN_EXE_alerter");
+const H: i64 = 3_600_000;
+const T0: i64 = 1_700_000_000_000;
+
+fn crossing(account: &str, kind: CrossingKind, sequence: i64, as_of: i64) -> ScoreCrossing {
+    ScoreCrossing {
+        crossing_id: format!("{account}:{}:{sequence}", kind.as_str()),
+        account_id: account.into(),
+        kind,
+        sequence,
+        tier: Tier::Tier2,
+        score: 90.0,
+        threshold: 75.0,
+        engagement: 90.0,
+        breadth: 2,
+        multiplier: 1.25,
+        as_of,
+        trigger_event_id: format!("e-{sequence}"),
+        top_rules: vec![abm_schemas::RuleContribution { rule: "pricing_page".into(), points: 45.0 }],
+        contacts: vec![],
+        recent_events: vec![],
+    }
+}
+
+fn tal_account(id: &str, tier: Tier) -> Account {
+    Account {
+        account_id: id.into(),
+        name: format!("Company {id}"),
+        domains: vec![format!("{id}.example")],
+        tier,
+        owner: format!("owner-of-{id}@vendor.example"),
+        industry: None,
+        employees: None,
+        updated_at: 0,
+    }
+}
+
+struct Alerter {
+    topics: TestTopics,
+    port: u16,
+}
+
+impl Alerter {
+    fn new(name: &str) -> Alerter {
+        let topics = TestTopics::new(name);
+        topics.create();
+        Alerter { topics, port: free_port() }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = self.topics.env();
+        vars.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", self.port)));
+        vars.push(("ABM_ALERTER__GROUP_ID", format!("{}-alerter", self.topics.prefix)));
+        vars.push(("ABM_ALERTER__INSTANCE_ID", format!("{}-instance", self.topics.prefix)));
+        vars
+    }
+
+    fn start(&self, args: &[&str]) -> ServiceProcess {
+        let process = ServiceProcess::start(Path::new(ALERTER), args, &self.env());
+        wait_for_status(self.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
+        process
+    }
+
+    fn topic(&self, role: TopicRole) -> String {
+        self.topics.name(role)
+    }
+
+    fn alert_ids(&self) -> Vec<String> {
+        read_all::<SalesAlert>(&self.topic(TopicRole::SalesAlerts)).into_iter().map(|(_, a)| a.alert_id).collect()
+    }
+
+    fn wait_for_alerts(&self, count: usize, process: &ServiceProcess) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ids = self.alert_ids();
+            if ids.len() >= count {
+                return ids;
+            }
+            assert!(Instant::now() < deadline, "only {} of {count} alerts arrived\n{}", ids.len(), process.stderr());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+#[test]
+fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
+    let alerter = Alerter::new("alerter-policy");
+    let kafka = producer();
+    send(&kafka, &alerter.topic(TopicRole::Accounts), "a", &tal_account("a", Tier::Tier1));
+    let stream = [
+        crossing("a", CrossingKind::Threshold, 1, T0),          // alert
+        crossing("a", CrossingKind::Threshold, 1, T0),          // repeat: duplicate
+        crossing("a", CrossingKind::Threshold, 2, T0 + H),      // 1 h later: cooldown
+        crossing("a", CrossingKind::HandRaiser, 1, T0 + H),     // own history: alert
+        crossing("a", CrossingKind::HandRaiser, 2, T0 + 2 * H), // cooldown
+        crossing("a", CrossingKind::Threshold, 3, T0 + 25 * H), // 25 h after the alert: alert
+        crossing("a", CrossingKind::Threshold, 2, T0 + H),      // late repeat: duplicate
+        crossing("b", CrossingKind::Threshold, 1, T0),          // not on the TAL: alert
+    ];
+    for c in &stream {
+        send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, c);
+    }
+    flush(&kafka);
+    let process = alerter.start(&[]);
+    let ids: BTreeSet<String> = alerter.wait_for_alerts(4, &process).into_iter().collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let alerts = read_all::<SalesAlert>(&alerter.topic(TopicRole::SalesAlerts));
+    assert_eq!(alerts.len(), 4, "{ids:?}");
+    let expected: BTreeSet<String> =
+        ["a:threshold:1", "a:hand_raiser:1", "a:threshold:3", "b:threshold:1"].into_iter().map(String::from).collect();
+    assert_eq!(ids, expected);
+    let a = &alerts.iter().find(|(_, alert)| alert.alert_id == "a:hand_raiser:1").expect("hand-raiser").1;
+    assert_eq!(a.account_name, "Company a");
+    assert_eq!(a.owner, "owner-of-a@vendor.example");
+    assert_eq!(a.tier, Tier::Tier1);
+    assert_eq!(a.kind, CrossingKind::HandRaiser);
+    assert!(a.next_step.contains("Call within the hour"), "{}", a.next_step);
+    assert_eq!(a.top_rules[0].rule, "pricing_page");
+    let b = &alerts.iter().find(|(_, alert)| alert.account_id == "b").expect("b").1;
+    assert_eq!(b.owner, "unassigned");
+    assert_eq!(b.account_name, "b");
+    assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"duplicate\""]), 2.0);
+    assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"cooldown\""]), 2.0);
+    assert_eq!(metric(alerter.port, "abm_alerter_alerts_total", &[]), 4.0);
+}
+
+/// SplitMix64 for reproducible streams and kill points.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[test]
+fn kill_minus_nine_mid_stream_publishes_no_alert_twice_and_loses_none() {
+    let alerter = Alerter::new("alerter-eos");
+    let mut rng = Rng(5);
+    // 40 accounts, 40 crossings each, 0-30 h apart: some alert, some are in cooldown.
+    let mut stream = Vec::new();
+    for round in 0..40 {
+        for account in 0..40 {
+            let kind = if rng.below(5) == 0 { CrossingKind::HandRaiser } else { CrossingKind::Threshold };
+            let _ = round;
+            stream.push((format!("acc-{account}"), kind));
+        }
+    }
+    let mut sequences: BTreeMap<(String, CrossingKind), i64> = BTreeMap::new();
+    let mut clocks: BTreeMap<String, i64> = BTreeMap::new();
+    let crossings: Vec<ScoreCrossing> = stream
+        .into_iter()
+        .map(|(account, kind)| {
+            let sequence = sequences.entry((account.clone(), kind)).or_default();
+            *sequence += 1;
+            let clock = clocks.entry(account.clone()).or_insert(T0);
+            *clock += rng.below(30) as i64 * H;
+            crossing(&account, kind, *sequence, *clock)
+        })
+        .collect();
+    let config = PolicyConfig::default();
+    let mut histories: BTreeMap<(String, CrossingKind), History> = BTreeMap::new();
+    let expected: BTreeSet<String> = crossings
+        .iter()
+        .filter_map(|c| match decide(&config, c, None, histories.entry((c.account_id.clone(), c.kind)).or_default()) {
+            Decision::Alert(alert) => Some(alert.alert_id),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        expected.len() > 200 && expected.len() < crossings.len(),
+        "a mix of alerts and cooldowns: {}",
+        expected.len()
+    );
+
+    let topic = alerter.topic(TopicRole::ScoreCrossings);
+    let feeder = std::thread::spawn(move || {
+        let kafka = producer();
+        for chunk in crossings.chunks(100) {
+            for c in chunk {
+                send(&kafka, &topic, &c.account_id, c);
+            }
+            flush(&kafka);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut kill_rng = Rng(99);
+    for _ in 0..4 {
+        let process = alerter.start(&[]);
+        std::thread::sleep(Duration::from_millis(200 + kill_rng.below(1200)));
+        process.signal("KILL");
+        drop(process);
+    }
+    feeder.join().expect("feeder");
+    let process = alerter.start(&[]);
+    let ids = alerter.wait_for_alerts(expected.len(), &process);
+    std::thread::sleep(Duration::from_secs(2));
+    let ids_after = alerter.alert_ids();
+    assert_eq!(ids.len(), ids_after.len(), "more alerts kept arriving");
+    let unique: BTreeSet<String> = ids_after.iter().cloned().collect();
+    assert_eq!(unique.len(), ids_after.len(), "an alert id was published twice");
+    assert_eq!(unique, expected, "alerts differ from an uninterrupted run");
+}
+
+/// A local HTTP receiver: `/ok` answers 200, `/fail` 500 until switched, `/hang` never answers.
+struct Receiver {
+    port: u16,
+    /// (path, alert_id) of every request answered 200.
+    delivered: Arc<Mutex<Vec<(String, String)>>>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicBool::new(true));
+        let (d, f) = (delivered.clone(), fail.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (d, f) = (d.clone(), f.clone());
+                std::thread::spawn(move || serve(stream, &d, &f));
+            }
+        });
+        Receiver { port, delivered, fail }
+    }
+
+    fn delivered_to(&self, path: &str) -> Vec<String> {
+        self.delivered.lock().expect("lock").iter().filter(|(p, _)| p == path).map(|(_, id)| id.clone()).collect()
+    }
+}
+
+fn serve(stream: TcpStream, delivered: &Mutex<Vec<(String, String)>>, fail: &AtomicBool) {
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let id = json["alert_id"].as_str().unwrap_or_default().to_owned();
+        let status = match path.as_str() {
+            "/hang" => {
+                std::thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+            "/fail" if fail.load(Ordering::SeqCst) => "500 Internal Server Error",
+            _ => {
+                delivered.lock().expect("lock").push((path.clone(), id));
+                "200 OK"
+            }
+        };
+        let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn failing_and_hanging_webhooks_are_retried_parked_and_replayed_once_without_blocking_kafka() {
+    let receiver = Receiver::start();
+    let alerter = Alerter::new("alerter-webhooks");
+    let config = std::env::temp_dir().join(format!("{}.toml", alerter.topics.prefix));
+    let hook = |name: &str, format: &str| {
+        format!(
+            "[[alerter.webhooks]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{}/{name}\"\nformat = \"{format}\"\n\
+             timeout_ms = 500\nmax_retries = 2\nbackoff_ms = 50\ncircuit_failures = 2\ncircuit_open_ms = 60000\n\
+             start_from = \"earliest\"\n",
+            receiver.port
+        )
+    };
+    std::fs::write(&config, [hook("ok", "json"), hook("fail", "json"), hook("hang", "slack")].join("\n"))
+        .expect("config");
+    let config_path = config.display().to_string();
+
+    let kafka = producer();
+    for i in 0..10 {
+        let c = crossing(&format!("acc-{i}"), CrossingKind::HandRaiser, 1, T0);
+        send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, &c);
+    }
+    flush(&kafka);
+    let started = Instant::now();
+    let process = alerter.start(&["--config", &config_path]);
+    // Alerts flow to Kafka regardless of the dead endpoints.
+    alerter.wait_for_alerts(10, &process);
+    let kafka_path = started.elapsed();
+    assert!(kafka_path < Duration::from_secs(45), "alerts took {kafka_path:?}");
+    let expected: BTreeSet<String> = (0..10).map(|i| format!("acc-{i}:hand_raiser:1")).collect();
+
+    // The good endpoint gets every alert; the others' alerts are parked after retries / circuit.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let parked = read_all_bytes(&alerter.topic(TopicRole::ParkedAlerts));
+        let count = |key: &str| parked.iter().filter(|(k, _)| k == key).count();
+        let ok: BTreeSet<String> = receiver.delivered_to("/ok").into_iter().collect();
+        if ok == expected && count("fail") == 10 && count("hang") == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ok {} / parked fail {} hang {}\n{}",
+            ok.len(),
+            count("fail"),
+            count("hang"),
+            process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        metric(alerter.port, "abm_alerter_webhook_deliveries_total", &["endpoint=\"fail\"", "outcome=\"retry\""])
+            >= 2.0
+    );
+    assert!(
+        metric(
+            alerter.port,
+            "abm_alerter_webhook_deliveries_total",
+            &["endpoint=\"fail\"", "outcome=\"circuit_open\""]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(alerter.port, "abm_alerter_webhook_deliveries_total", &["endpoint=\"ok\"", "outcome=\"delivered\""]),
+        10.0
+    );
+    assert!(receiver.delivered_to("/fail").is_empty());
+
+    // The endpoint recovers: a replay delivers each parked alert once; a second replay nothing.
+    receiver.fail.store(false, Ordering::SeqCst);
+    let mut env = alerter.env();
+    env.retain(|(key, _)| *key != "ABM_HTTP__LISTEN");
+    let (status, stderr) = run_to_exit(
+        Path::new(ALERTER),
+        &["--config", &config_path, "replay-parked", "--endpoint", "fail"],
+        &env,
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stderr}");
+    let replayed = receiver.delivered_to("/fail");
+    let distinct: BTreeSet<String> = replayed.iter().cloned().collect();
+    assert_eq!(replayed.len(), 10, "each parked alert delivered once: {replayed:?}");
+    assert_eq!(distinct, expected);
+    let (status, stderr) = run_to_exit(
+        Path::new(ALERTER),
+        &["--config", &config_path, "replay-parked", "--endpoint", "fail"],
+        &env,
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stderr}");
+    assert_eq!(receiver.delivered_to("/fail").len(), 10, "a second replay delivers nothing again");
+    let _ = std::fs::remove_file(&config);
+}
