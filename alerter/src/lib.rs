@@ -216,3 +216,26 @@ pub async fn replay_parked(config: Config, endpoint_name: &str) -> anyhow::Resul
     consumer.subscribe(&[topics.name(TopicRole::ParkedAlerts)])?;
     webhook::replay_parked(&endpoint, consumer).await
 }
+
+/// `alerter tail`: prints alerts as they are published, one line each, until Ctrl-C.
+pub async fn tail(config: Config, from_beginning: bool, shutdown: abm::CancellationToken) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    let topics = Topics::resolve(&config.topics);
+    config.kafka.check_reachable("abm-alerter-tail").await?;
+    let group = format!("abm-alerter-tail-{}", std::process::id());
+    let start = if from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
+    let consumer = webhook_consumer(&config.kafka, &group, start, false)?;
+    consumer.subscribe(&[topics.name(TopicRole::SalesAlerts)])?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            received = consumer.recv() => match received {
+                Ok(message) => match abm_schemas::decode::<abm_schemas::SalesAlert>(message.payload().unwrap_or_default()) {
+                    Ok(alert) => println!("{}", policy::one_line(&alert)),
+                    Err(error) => eprintln!("alerter: undecodable alert at offset {}: {error}", message.offset()),
+                },
+                Err(error) => tracing::warn!(%error, "tail consumer error"),
+            },
+        }
+    }
+}

@@ -21,6 +21,12 @@ enum Command {
         #[arg(long)]
         endpoint: String,
     },
+    /// Print alerts as they are published, one line each, until Ctrl-C.
+    Tail {
+        /// Start with every alert still in the topic.
+        #[arg(long)]
+        from_beginning: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +42,11 @@ fn main() -> ExitCode {
                     "alerter: replayed {delivered} parked alert(s) to {endpoint} ({skipped} parked for other endpoints)"
                 );
                 Ok(())
+            })
+        }
+        Some(Command::Tail { from_beginning }) => {
+            abm::service::main("alerter", &args.common, &[], move |config, context| {
+                alerter::tail(config, from_beginning, context.shutdown)
             })
         }
     }

@@ -133,6 +133,27 @@ pub fn next_step(kind: CrossingKind, tier: Tier, name: &str, contacts: usize) ->
     }
 }
 
+/// One human line for a terminal: who, what, why, next.
+pub fn one_line(alert: &SalesAlert) -> String {
+    let what = match alert.kind {
+        CrossingKind::HandRaiser => "HAND-RAISER".to_owned(),
+        CrossingKind::Threshold => format!("score {:.0} >= {:.0}", alert.score, alert.threshold),
+    };
+    let why: Vec<String> = alert.top_rules.iter().take(3).map(|r| format!("{} {:+.0}", r.rule, r.points)).collect();
+    let contacts: Vec<String> = alert.contacts.iter().take(3).map(|c| c.persona.clone()).collect();
+    format!(
+        "[{}] {} ({}) -> {} | {what} | why: {} | contacts: {} {} | next: {}",
+        alert.tier.as_str(),
+        alert.account_name,
+        alert.account_id,
+        alert.owner,
+        if why.is_empty() { "-".into() } else { why.join(", ") },
+        alert.contacts.len(),
+        if contacts.is_empty() { String::new() } else { format!("({})", contacts.join(", ")) },
+        alert.next_step
+    )
+}
+
 /// The sequence of a crossing id `<account>:<kind>:<sequence>`.
 pub fn sequence_of(crossing_id: &str) -> Option<i64> {
     crossing_id.rsplit_once(':')?.1.parse().ok()
