@@ -83,9 +83,11 @@ pids+=($!)
 
 # The scorer's group resumes where it left off; count what this run adds.
 sleep 1
-baseline=$(metric_sum 8081 abm_scorer_events_applied_total)
+seen() { echo $(( $(metric_sum 8081 abm_scorer_events_applied_total) + $(metric_sum 8081 abm_scorer_duplicates_total) )); }
+baseline=$(seen)
 say "3. simulate: $accounts accounts, $events events at ${rate}/s (seeded, deterministic)"
 "$bin/simulate" --bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" --accounts "$accounts" --events "$events" --rate "$rate" \
+  --id-prefix "demo-$(date +%s)" \
   >"$logs/simulate.log" 2>&1 &
 sim=$!
 
@@ -96,7 +98,7 @@ while :; do
   for kind in web_visit ad_click email demo_request; do
     line+="  $kind=$(metric_sum 8081 abm_scorer_events_applied_total "kind=\"$kind\"")"
   done
-  total=$(( $(metric_sum 8081 abm_scorer_events_applied_total) - baseline ))
+  total=$(( $(seen) - baseline ))
   line+="  this_run=$total  duplicates=$(metric_sum 8081 abm_scorer_duplicates_total)"
   line+="  crossings=$(metric_sum 8081 abm_scorer_crossings_total)  alerts=$(metric_sum 8082 abm_alerter_alerts_total)"
   echo "$line"

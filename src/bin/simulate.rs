@@ -38,6 +38,10 @@ struct Args {
     /// Event time of the first event, in ms since the epoch (default: now minus 30 days).
     #[arg(long)]
     start_ms: Option<i64>,
+    /// Prefix of the event ids: the same seed and prefix give the same ids (a replay is
+    /// absorbed as duplicates); a new prefix gives new events.
+    #[arg(long, default_value = "sim")]
+    id_prefix: String,
 }
 
 /// SplitMix64: small, fast, and the same on every platform (determinism across runs).
@@ -77,7 +81,7 @@ fn account(index: u32) -> Account {
 const PERSONAS: [&str; 4] = ["economic_buyer", "champion", "influencer", "unknown"];
 const PAGES: [&str; 5] = ["/", "/product", "/pricing", "/blog/streaming", "/careers"];
 
-fn event(rng: &mut Rng, n: u64, accounts: u32, time: i64) -> EngagementEvent {
+fn event(rng: &mut Rng, prefix: &str, n: u64, accounts: u32, time: i64) -> EngagementEvent {
     // Zipf-ish skew: low account indexes are much more active.
     let account = (rng.below(u64::from(accounts)) * rng.below(u64::from(accounts)) / u64::from(accounts.max(1))) as u32;
     let kind = match rng.below(100) {
@@ -86,7 +90,7 @@ fn event(rng: &mut Rng, n: u64, accounts: u32, time: i64) -> EngagementEvent {
         75..=97 => EventKind::Email,
         _ => EventKind::DemoRequest,
     };
-    let mut event = EngagementEvent::new(format!("sim-{n}"), kind, time, "simulate");
+    let mut event = EngagementEvent::new(format!("{prefix}-{n}"), kind, time, "simulate");
     event.account_id = Some(format!("acc-{account:05}"));
     let contact = rng.below(6);
     event.contact = Some(Contact {
@@ -144,7 +148,7 @@ async fn publish(args: Args) -> anyhow::Result<()> {
     let began = Instant::now();
     let mut pending = Vec::with_capacity(1024);
     for n in 0..args.events {
-        let event = event(&mut rng, n, args.accounts, start + n as i64 * step);
+        let event = event(&mut rng, &args.id_prefix, n, args.accounts, start + n as i64 * step);
         let key = event.account_id.clone().unwrap_or_default();
         pending.push(send(topics.name(TopicRole::Engagement), key, abm_schemas::encode(&event)?));
         if pending.len() == 1024 {
