@@ -335,3 +335,49 @@ pub async fn replay_parked(endpoint: &Endpoint, consumer: StreamConsumer) -> any
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abm_schemas::{EngagedContact, RuleContribution, Tier};
+
+    fn alert() -> SalesAlert {
+        SalesAlert {
+            alert_id: "acme:hand_raiser:2".into(),
+            crossing_id: "acme:hand_raiser:2".into(),
+            account_id: "acme".into(),
+            account_name: "Acme".into(),
+            tier: Tier::Tier1,
+            owner: "jo@v.example".into(),
+            kind: CrossingKind::HandRaiser,
+            score: 120.0,
+            threshold: 50.0,
+            as_of: 0,
+            top_rules: vec![RuleContribution { rule: "demo_request".into(), points: 75.0 }],
+            contacts: vec![EngagedContact {
+                contact_id: "c1".into(),
+                persona: "champion".into(),
+                title: None,
+                last_engaged_at: 0,
+            }],
+            recent_events: vec![],
+            next_step: "Call within the hour".into(),
+        }
+    }
+
+    #[test]
+    fn json_and_slack_payloads_carry_the_alert() {
+        let json = payload(Format::Json, &alert());
+        assert_eq!(json["type"], "sales_alert");
+        assert_eq!(json["alert_id"], "acme:hand_raiser:2");
+        assert_eq!(json["owner"], "jo@v.example");
+        assert_eq!(json["top_rules"][0]["rule"], "demo_request");
+        let slack = payload(Format::Slack, &alert());
+        let text = slack["text"].as_str().expect("text");
+        assert!(text.contains("*Acme* asked for a demo") && text.contains("acme:hand_raiser:2"), "{text}");
+        let detail = slack["blocks"][1]["text"]["text"].as_str().expect("detail block");
+        for needle in ["tier_1", "jo@v.example", "demo_request +75.0", "c1 (champion)", "Call within the hour"] {
+            assert!(detail.contains(needle), "{needle} in {detail}");
+        }
+    }
+}

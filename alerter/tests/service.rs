@@ -120,7 +120,11 @@ fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
         send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, c);
     }
     flush(&kafka);
-    let process = alerter.start(&[]);
+    let tier_1_topic = format!("{}.alerts-tier-1", alerter.topics.prefix);
+    let mut env = alerter.env();
+    env.push(("ABM_ALERTER__TIER_TOPICS__TIER_1", tier_1_topic.clone()));
+    let process = ServiceProcess::start(Path::new(ALERTER), &[], &env);
+    wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
     let ids: BTreeSet<String> = alerter.wait_for_alerts(4, &process).into_iter().collect();
     std::thread::sleep(Duration::from_secs(1));
     let alerts = read_all::<SalesAlert>(&alerter.topic(TopicRole::SalesAlerts));
@@ -141,6 +145,11 @@ fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
     assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"duplicate\""]), 2.0);
     assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"cooldown\""]), 2.0);
     assert_eq!(metric(alerter.port, "abm_alerter_alerts_total", &[]), 4.0);
+    // The tier topic gets the tier-1 account's alerts, and only those.
+    let tier_1: BTreeSet<String> = read_all::<SalesAlert>(&tier_1_topic).into_iter().map(|(_, a)| a.alert_id).collect();
+    let expected_tier_1: BTreeSet<String> =
+        ["a:threshold:1", "a:hand_raiser:1", "a:threshold:3"].into_iter().map(String::from).collect();
+    assert_eq!(tier_1, expected_tier_1);
 }
 
 /// SplitMix64 for reproducible streams and kill points.
