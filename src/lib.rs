@@ -23,6 +23,7 @@ pub mod kafka;
 pub mod ops;
 pub mod service;
 pub mod shutdown;
+pub mod sim;
 pub mod telemetry;
 pub mod testkit;
 pub mod topics;

@@ -3,28 +3,30 @@
 #
 #   deploy/local/demo.sh [--accounts N] [--events N] [--rate EVENTS_PER_S] [--duration SECONDS]
 #
-# What it does today (issue #2 of the roadmap; the full demo with alerts is issue #6):
+# What it does:
 #   1. starts the local Apache Kafka 4.x broker (deploy/local/kafka.sh; fetched on first use),
 #   2. builds and starts ingest (:8080), scorer (:8081) and alerter (:8082), which create the
 #      topics of deploy/topics.toml and report ready,
-#   3. runs the simulator: a seeded TAL into abm.accounts and Avro engagement events into
-#      abm.engagement,
-#   4. prints each sales alert as it fires (account, tier, owner, why, next step) and, every two
-#      seconds, what the scorer applied and the crossings and alerts so far (from /metrics),
-#      then the top accounts from the scorer's query API,
+#   3. imports a generated TAL (ingest import-tal) and prints each sales alert as it fires
+#      (account, tier, owner, why, next step),
+#   4. runs the simulator: a seeded ABM world (buying committees, in-market surges, bots,
+#      free-mail and unknown visitors, duplicates, malformed events) sent over the HTTP
+#      collector and the raw topics; every two seconds a summary (events in, rejected,
+#      unresolved, scored, crossings, alerts, throughput) from the services' /metrics; then
+#      the top accounts from the scorer's query API,
 #   5. stops everything cleanly (SIGTERM) after --duration seconds or on Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-accounts=200 events=5000 rate=500 duration=60
+accounts=200 events=20000 rate=1000 duration=120
 while [ $# -gt 0 ]; do
   case "$1" in
     --accounts) accounts=$2; shift 2 ;;
     --events) events=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,12 +56,17 @@ else
 fi
 export ABM_KAFKA__BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS
 
-say "2. build (release; the first build takes a few minutes) and start the services"
+say "2. build (release; the first build takes a few minutes), import the TAL, start the services"
 cargo build --release --workspace --bins --quiet
 bin=target/release
+"$bin/simulate" tal --accounts "$accounts" --out "$logs/tal.csv"
+"$bin/ingest" import-tal "$logs/tal.csv" 2>"$logs/import.log" || { cat "$logs/import.log"; exit 1; }
 port_of() { case $1 in ingest) echo 8080 ;; scorer) echo 8081 ;; alerter) echo 8082 ;; esac; }
 for service in ingest scorer alerter; do
-  ABM_HTTP__LISTEN="127.0.0.1:$(port_of $service)" "$bin/$service" >"$logs/$service.log" 2>&1 &
+  # Each service accepts only its own ABM_ keys: the write key goes to ingest alone.
+  extra=()
+  [ "$service" = ingest ] && extra=(ABM_INGEST__WRITE_KEYS__DEMO=demo-write-key)
+  env "${extra[@]}" ABM_HTTP__LISTEN="127.0.0.1:$(port_of $service)" "$bin/$service" >"$logs/$service.log" 2>&1 &
   pids+=($!)
 done
 for service in ingest scorer alerter; do
@@ -77,36 +84,35 @@ metric_sum() { # port metric [label filter]
     awk '{s+=$2} END {printf "%d", s}'
 }
 
-# Alerts as they fire, one line each (the alerter's own tail command).
+say "3. alerts as they fire (account, tier, owner, why, next step)"
 "$bin/alerter" tail 2>"$logs/tail.log" > >(sed -u 's/^/  ALERT /') &
 pids+=($!)
-
-# The scorer's group resumes where it left off; count what this run adds.
 sleep 1
-seen() { echo $(( $(metric_sum 8081 abm_scorer_events_applied_total) + $(metric_sum 8081 abm_scorer_duplicates_total) )); }
-baseline=$(seen)
-say "3. simulate: $accounts accounts, $events events at ${rate}/s (seeded, deterministic)"
-"$bin/simulate" --bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" --accounts "$accounts" --events "$events" --rate "$rate" \
-  --id-prefix "demo-$(date +%s)" \
-  >"$logs/simulate.log" 2>&1 &
-sim=$!
 
-say "4. what the scorer consumed (abm_scorer_events_applied_total by kind), every 2 s for up to ${duration}s"
+say "4. simulate: $accounts accounts, $events events at ${rate}/s over HTTP and the raw topics (seeded)"
+"$bin/simulate" run --bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" --accounts "$accounts" --events "$events" \
+  --rate "$rate" --write-key demo-write-key --id-prefix "demo-$(date +%s)" >"$logs/simulate.log" 2>&1 &
+sim=$!
 start=$(date +%s)
+last="" steady=0
 while :; do
-  line="t=$(( $(date +%s) - start ))s"
-  for kind in web_visit ad_click email demo_request; do
-    line+="  $kind=$(metric_sum 8081 abm_scorer_events_applied_total "kind=\"$kind\"")"
-  done
-  total=$(( $(seen) - baseline ))
-  line+="  this_run=$total  duplicates=$(metric_sum 8081 abm_scorer_duplicates_total)"
-  line+="  crossings=$(metric_sum 8081 abm_scorer_crossings_total)  alerts=$(metric_sum 8082 abm_alerter_alerts_total)"
-  echo "$line"
-  if ! kill -0 "$sim" 2>/dev/null && [ "$total" -ge "$events" ]; then
-    echo "all $events simulated events were consumed by the scorer"
-    break
+  elapsed=$(( $(date +%s) - start ))
+  received=$(metric_sum 8080 abm_ingest_events_received_total)
+  rejected=$(metric_sum 8080 abm_ingest_events_rejected_total)
+  unresolved=$(metric_sum 8080 abm_ingest_events_accepted_total 'destination="unresolved"')
+  scored=$(metric_sum 8081 abm_scorer_events_applied_total)
+  duplicates=$(metric_sum 8081 abm_scorer_duplicates_total)
+  crossings=$(metric_sum 8081 abm_scorer_crossings_total)
+  alerts=$(metric_sum 8082 abm_alerter_alerts_total)
+  suppressed=$(metric_sum 8082 abm_alerter_suppressed_total)
+  echo "  t=${elapsed}s events in=$received rejected=$rejected unresolved=$unresolved scored=$scored duplicates=$duplicates crossings=$crossings alerts=$alerts suppressed=$suppressed ($(( received / (elapsed > 0 ? elapsed : 1) )) events/s)"
+  now="$received/$scored/$alerts"
+  if ! kill -0 "$sim" 2>/dev/null; then
+    if [ "$now" = "$last" ]; then steady=$((steady + 1)); else steady=0; fi
+    [ "$steady" -ge 2 ] && { echo "  the simulation is over and the pipeline has settled"; break; }
   fi
-  [ $(( $(date +%s) - start )) -ge "$duration" ] && { echo "duration reached"; break; }
+  last=$now
+  [ "$elapsed" -ge "$duration" ] && { echo "  --duration reached"; break; }
   sleep 2
 done
 wait "$sim" || { cat "$logs/simulate.log"; exit 1; }
@@ -117,4 +123,3 @@ import json, sys
 for a in json.load(sys.stdin)["accounts"]:
     print("  {:<12} {:<9} score now {:9.1f}  armed={}".format(a["account_id"], a["tier"], a["score_now"], a["armed"]))
 ' || true
-echo "The HTTP collector path and the full simulated world (bots, malformed input, unresolved visitors) arrive with issue #6; see README.md."

@@ -1,190 +1,229 @@
-//! `simulate`: a seeded stream of ABM activity published to Kafka.
+//! `simulate`: a seeded ABM world (see `abm::sim`) sent to ingest like real trackers do.
 //!
-//! Today it publishes a TAL (`abm.accounts`) and Avro engagement events (`abm.engagement`) for
-//! a deterministic set of accounts and contacts, at a target rate. The full world of issue #6
-//! (buying committees, in-market surges, bots, HTTP and raw topics, malformed input) grows here.
+//!     simulate tal --accounts 200 --out tal.csv         # the TAL, for `ingest import-tal`
+//!     simulate run --events 20000 --rate 1000 ...        # events over HTTP and the raw topics
+//!
+//! The same seed gives the same TAL and the same events; `--out` also writes every event (with
+//! its channel and what ingest should make of it) as NDJSON for replay or inspection.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abm::kafka::KafkaConfig;
-use abm::topics::{TopicOverrides, TopicRole, Topics};
-use abm_schemas::{
-    Account, AdClick, Contact, DemoRequest, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit,
-};
+use abm::sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
+use abm::topics::{TopicOverrides, Topics};
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// Publishes a seeded, deterministic stream of ABM accounts and engagement events to Kafka.
+/// Simulates an ABM world: a TAL, buying committees, in-market surges, bots, free-mail and
+/// unknown visitors, duplicates and malformed events.
 #[derive(Debug, Parser)]
 #[command(name = "simulate", version)]
 struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    bootstrap_servers: String,
-    /// Number of accounts on the TAL.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct WorldArgs {
+    /// Accounts on the TAL.
     #[arg(long, default_value_t = 200)]
-    accounts: u32,
-    /// Number of engagement events to publish.
-    #[arg(long, default_value_t = 5_000)]
-    events: u64,
-    /// Events per second (0 = as fast as possible).
-    #[arg(long, default_value_t = 500)]
-    rate: u64,
-    /// Seed of the stream: the same seed gives the same accounts and events.
+    accounts: usize,
+    /// Seed: the same seed gives the same world.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Event time of the first event, in ms since the epoch (default: now minus 30 days).
-    #[arg(long)]
-    start_ms: Option<i64>,
-    /// Prefix of the event ids: the same seed and prefix give the same ids (a replay is
-    /// absorbed as duplicates); a new prefix gives new events.
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the TAL as CSV (for `ingest import-tal`).
+    Tal {
+        #[command(flatten)]
+        world: WorldArgs,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Send events to ingest: over HTTP (`POST /v1/events`) and to the raw topics.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    world: WorldArgs,
+    /// Number of events.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Days of event time the events cover, ending now.
+    #[arg(long, default_value_t = 30.0)]
+    span_days: f64,
+    /// Ingest's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ingest_url: String,
+    /// Write key for ingest.
+    #[arg(long, default_value = "demo-write-key")]
+    write_key: String,
+    /// Kafka bootstrap servers (for the raw topics).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    /// Event id prefix: a new prefix gives new events with the same shape.
     #[arg(long, default_value = "sim")]
     id_prefix: String,
+    /// Also write every event as NDJSON to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
-/// SplitMix64: small, fast, and the same on every platform (determinism across runs).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn account(index: u32) -> Account {
-    let tier = match index % 20 {
-        0 => Tier::Tier1,
-        1..=5 => Tier::Tier2,
-        _ => Tier::Tier3,
-    };
-    Account {
-        account_id: format!("acc-{index:05}"),
-        name: format!("Company {index}"),
-        domains: vec![format!("company{index}.example")],
-        tier,
-        owner: format!("sdr{}@vendor.example", index % 7),
-        industry: None,
-        employees: None,
-        updated_at: 0,
-    }
-}
-
-const PERSONAS: [&str; 4] = ["economic_buyer", "champion", "influencer", "unknown"];
-const PAGES: [&str; 5] = ["/", "/product", "/pricing", "/blog/streaming", "/careers"];
-
-fn event(rng: &mut Rng, prefix: &str, n: u64, accounts: u32, time: i64) -> EngagementEvent {
-    // Zipf-ish skew: low account indexes are much more active.
-    let account = (rng.below(u64::from(accounts)) * rng.below(u64::from(accounts)) / u64::from(accounts.max(1))) as u32;
-    let kind = match rng.below(100) {
-        0..=59 => EventKind::WebVisit,
-        60..=74 => EventKind::AdClick,
-        75..=97 => EventKind::Email,
-        _ => EventKind::DemoRequest,
-    };
-    let mut event = EngagementEvent::new(format!("{prefix}-{n}"), kind, time, "simulate");
-    event.account_id = Some(format!("acc-{account:05}"));
-    let contact = rng.below(6);
-    event.contact = Some(Contact {
-        contact_id: Some(format!("acc-{account:05}-c{contact}")),
-        email: Some(format!("person{contact}@company{account}.example")),
-        title: None,
-        persona: Some(PERSONAS[(contact % 4) as usize].into()),
-    });
-    match kind {
-        EventKind::WebVisit => {
-            let path = PAGES[rng.below(PAGES.len() as u64) as usize];
-            event.web_visit =
-                Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
+/// Posts one batch, retrying 429/503 after `Retry-After` (never drops a batch).
+async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let response = client.post(url).bearer_auth(key).body(body.clone()).send().await;
+        match response {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => return Ok(()),
+            Ok(r) if r.status().as_u16() == 429 || r.status().as_u16() == 503 => {
+                let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Ok(r) => anyhow::bail!("ingest answered {} to a batch: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(error) if started.elapsed() < Duration::from_secs(60) => {
+                tracing::debug!(%error, "post failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("posting to ingest"),
         }
-        EventKind::AdClick => {
-            event.ad_click =
-                Some(AdClick { channel: "linkedin".into(), campaign: Some("q4-abm".into()), creative: None });
-        }
-        EventKind::Email => {
-            let action = [EmailAction::Open, EmailAction::Click, EmailAction::Reply, EmailAction::Unsubscribe]
-                [rng.below(4) as usize];
-            event.email = Some(EmailEvent { action, campaign: Some("nurture".into()) });
-        }
-        _ => event.demo_request = Some(DemoRequest { form: "contact-sales".into() }),
     }
-    event
 }
 
-async fn publish(args: Args) -> anyhow::Result<()> {
-    let kafka = KafkaConfig { bootstrap_servers: args.bootstrap_servers.clone(), ..KafkaConfig::default() };
+#[derive(Debug, Default)]
+struct Counts {
+    http: u64,
+    raw: u64,
+    by_expect: std::collections::BTreeMap<String, u64>,
+}
+
+async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let RunArgs { world, events, rate, span_days, ingest_url, write_key, bootstrap_servers: bootstrap, id_prefix, out } =
+        args;
+    let (events, rate) = (*events, *rate);
+    let span_ms = (*span_days * 86_400_000.0) as i64;
+    let config = WorldConfig::new(world.seed, world.accounts, now_ms() - span_ms, span_ms);
+    let mut world = World::new(config, events, id_prefix);
+    let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
     let topics = Topics::resolve(&TopicOverrides::new());
-    abm::service::prepare_kafka(&kafka, &topics, "abm-simulate").await?;
     let producer: FutureProducer = kafka.producer_config("abm-simulate").create().context("creating the producer")?;
-    let send = |topic: &str, key: String, payload: Vec<u8>| {
-        let producer = producer.clone();
-        let topic = topic.to_owned();
-        async move {
-            producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
-                .await
-                .map_err(|(error, _)| anyhow::anyhow!("publishing to {topic}: {error}"))
-        }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let url = format!("{}/v1/events", ingest_url.trim_end_matches('/'));
+    let mut log = match out.as_deref() {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
     };
-
-    for index in 0..args.accounts {
-        let account = account(index);
-        send(topics.name(TopicRole::Accounts), account.account_id.clone(), abm_schemas::encode(&account)?).await?;
-    }
-    println!("simulate: published {} accounts to {}", args.accounts, topics.name(TopicRole::Accounts));
-
-    let mut rng = Rng(args.seed);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let start = args.start_ms.unwrap_or(now_ms - 30 * 86_400_000);
-    let step = if args.events == 0 { 0 } else { (now_ms - start).max(0) / args.events as i64 };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut raw_pending: Vec<futures::future::BoxFuture<'static, anyhow::Result<()>>> = Vec::new();
+    let mut counts = Counts::default();
     let began = Instant::now();
-    let mut pending = Vec::with_capacity(1024);
-    for n in 0..args.events {
-        let event = event(&mut rng, &args.id_prefix, n, args.accounts, start + n as i64 * step);
-        let key = event.account_id.clone().unwrap_or_default();
-        pending.push(send(topics.name(TopicRole::Engagement), key, abm_schemas::encode(&event)?));
-        if pending.len() == 1024 {
-            futures::future::try_join_all(pending.drain(..)).await?;
+    let mut last_report = Instant::now();
+    for n in 0..events {
+        let event: SimEvent = world.next_event();
+        if let Some(log) = log.as_mut() {
+            writeln!(log, "{}", serde_json::to_string(&event)?)?;
         }
-        if args.rate > 0 {
-            let due = Duration::from_secs_f64((n + 1) as f64 / args.rate as f64);
+        *counts.by_expect.entry(format!("{:?}", event.expect).to_lowercase()).or_default() += 1;
+        let role = raw_role(&event.kind).filter(|_| event.channel == Channel::Raw && event.expect != Expect::Malformed);
+        match role {
+            Some(role) => {
+                counts.raw += 1;
+                let record = FutureRecord::to(topics.name(role)).key("simulate").payload(event.json.as_bytes());
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("raw topic: {e}"))?;
+            }
+            None => {
+                counts.http += 1;
+                batch.push(event.json);
+            }
+        }
+        if batch.len() >= 50 || (n + 1 == events && !batch.is_empty()) {
+            // NDJSON: a malformed event breaks only its own line, as with real trackers.
+            let body = std::mem::take(&mut batch).join("\n");
+            let permit = in_flight.clone().acquire_owned().await?;
+            let (client, url, key) = (client.clone(), url.clone(), write_key.clone());
+            tasks.spawn(async move {
+                let result = post(&client, &url, &key, body).await;
+                drop(permit);
+                result
+            });
+        }
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+        if raw_pending.len() >= 256 {
+            futures::future::try_join_all(raw_pending.drain(..)).await?;
+        }
+        if rate > 0 {
+            let due = Duration::from_secs_f64((n + 1) as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
-                futures::future::try_join_all(pending.drain(..)).await?;
                 tokio::time::sleep(wait).await;
             }
         }
-        if (n + 1) % 1000 == 0 {
-            println!("simulate: {} events published ({:.0}/s)", n + 1, (n + 1) as f64 / began.elapsed().as_secs_f64());
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            println!("simulate: {} events sent ({:.0}/s)", n + 1, (n + 1) as f64 / began.elapsed().as_secs_f64());
         }
     }
-    futures::future::try_join_all(pending.drain(..)).await?;
+    futures::future::try_join_all(raw_pending.drain(..)).await?;
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    if let Some(mut log) = log {
+        log.flush()?;
+    }
     println!(
-        "simulate: published {} events to {} in {:.1}s",
-        args.events,
-        topics.name(TopicRole::Engagement),
-        began.elapsed().as_secs_f64()
+        "simulate: sent {events} events in {:.1}s ({} over HTTP, {} to raw topics); intended: {:?}",
+        began.elapsed().as_secs_f64(),
+        counts.http,
+        counts.raw,
+        counts.by_expect
     );
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("simulate: error: {error}");
-            return ExitCode::FAILURE;
+    let outcome = match args.command {
+        Command::Tal { world, out } => {
+            let config = WorldConfig::new(world.seed, world.accounts, 0, 0);
+            let csv = tal_csv(&abm::sim::accounts(&config));
+            match out {
+                Some(path) => std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display())),
+                None => {
+                    print!("{csv}");
+                    Ok(())
+                }
+            }
         }
+        Command::Run(run_args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(run(&run_args)),
+            Err(error) => Err(error.into()),
+        },
     };
-    match runtime.block_on(publish(args)) {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("simulate: error: {error:#}");
