@@ -235,6 +235,10 @@ impl Zipf {
     }
 }
 
+/// How many recent valid events a duplicate is drawn from (retries follow their original
+/// closely, well inside the pipeline's 7-day deduplication window).
+const RECENT: usize = 32;
+
 /// Generates the event stream.
 #[derive(Debug)]
 pub struct World {
@@ -244,7 +248,7 @@ pub struct World {
     zipf: Zipf,
     /// Web visits scored by the capped rule, per (contact, UTC day).
     visits: std::collections::HashMap<(String, i64), u32>,
-    /// Recent valid events, to send again as duplicates.
+    /// The last valid events, to send again as duplicates.
     recent: Vec<SimEvent>,
     n: u64,
     total: u64,
@@ -340,12 +344,11 @@ impl World {
             return SimEvent { json, kind: "web_visit".into(), channel, expect: Expect::Unresolved, account: None };
         }
         let event = self.engaged_event(&id, t, channel);
-        if self.recent.len() < 256 {
-            self.recent.push(event.clone());
-        } else {
-            let slot = self.rng.below(256) as usize;
-            self.recent[slot] = event.clone();
+        // Retries come soon after the original: keep the last few valid events to repeat.
+        if self.recent.len() == RECENT {
+            self.recent.remove(0);
         }
+        self.recent.push(event.clone());
         event
     }
 

@@ -413,3 +413,17 @@ impl Drop for PrivateBroker {
         let _ = self.script("reset");
     }
 }
+
+/// A binary of this workspace, built by the same `cargo test` run (next to the test's own
+/// target directory).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` (the test command does)",
+        path.display()
+    );
+    path
+}

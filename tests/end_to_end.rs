@@ -1,0 +1,326 @@
+//! End to end on the real broker: a seeded simulated world through ingest (HTTP and raw
+//! topics), the scorer and the alerter. Afterwards every account's score from the scorer's API
+//! equals a recomputation by an independent implementation written here (from PRODUCT.md's
+//! rules, recomputing each score from scratch, not with the engine's code), and the published
+//! alerts equal the expected crossings after the cooldown.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use abm::sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
+use abm::testkit::{
+    ServiceProcess, TestTopics, flush, free_port, http_get, metric, producer, read_all, run_to_exit, send_bytes,
+    unique, wait_for_status, workspace_binary,
+};
+use abm::topics::TopicRole;
+use abm_schemas::{EmailAction, EngagementEvent, EventKind, SalesAlert};
+
+const DAY: i64 = 86_400_000;
+const KEY: &str = "e2e-key";
+
+// ---- the independent implementation -----------------------------------------------------
+
+/// Base points of the first matching default rule, and whether it is the capped web_visit rule.
+fn base_points(event: &EngagementEvent) -> (f64, Option<&'static str>) {
+    let path = |url: &str| {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let path = if url.contains("://") { rest.find('/').map_or("", |i| &rest[i..]) } else { rest };
+        path.split(['?', '#']).next().unwrap_or("").to_owned()
+    };
+    match event.kind {
+        EventKind::DemoRequest => (50.0, Some("demo")),
+        EventKind::Meeting => (30.0, Some("meeting")),
+        EventKind::WebVisit => {
+            let p = path(&event.web_visit.as_ref().map(|w| w.url.clone()).unwrap_or_default());
+            if p.contains("/pricing") {
+                (15.0, Some("pricing"))
+            } else if p.contains("/careers") || p.contains("/jobs") {
+                (-5.0, Some("careers"))
+            } else {
+                (5.0, Some("web_visit"))
+            }
+        }
+        EventKind::ContentDownload => (10.0, Some("content")),
+        EventKind::Email => match event.email.as_ref().map(|e| e.action) {
+            Some(EmailAction::Click) => (5.0, Some("email_click")),
+            Some(EmailAction::Unsubscribe) => (-10.0, Some("unsubscribe")),
+            _ => (0.0, None),
+        },
+        EventKind::AdClick => (5.0, Some("ad_click")),
+        _ => (0.0, None),
+    }
+}
+
+fn weight(event: &EngagementEvent) -> f64 {
+    let contact = event.contact.as_ref();
+    let persona = contact.and_then(|c| c.persona.clone()).or_else(|| {
+        let title = contact.and_then(|c| c.title.as_deref())?.to_lowercase();
+        let words: Vec<&str> = title.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+        let has = |w: &str| words.contains(&w);
+        if ["chief", "ceo", "cfo", "cto", "cio", "vp"].iter().any(|w| has(w)) || title.contains("vice president") {
+            Some("economic_buyer".to_owned())
+        } else if ["head", "director", "manager"].iter().any(|w| has(w)) {
+            Some("champion".to_owned())
+        } else {
+            None
+        }
+    });
+    match persona.as_deref() {
+        Some("economic_buyer") => 1.5,
+        Some("champion") => 1.2,
+        _ => 1.0,
+    }
+}
+
+fn contact_key(event: &EngagementEvent) -> Option<String> {
+    let contact = event.contact.as_ref()?;
+    contact.contact_id.clone().or_else(|| contact.email.clone())
+}
+
+/// One applied event as the formula needs it.
+struct Applied {
+    t: i64,
+    points: f64,
+    contact: Option<String>,
+    positive_rule: bool,
+}
+
+/// S, E and B of a set of applied events, recomputed from scratch (no incremental decay).
+fn score(applied: &[Applied]) -> (f64, f64, usize) {
+    let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+    let e: f64 = applied.iter().map(|a| a.points * 2f64.powf(-((as_of - a.t) as f64) / (14.0 * DAY as f64))).sum();
+    let breadth = applied
+        .iter()
+        .filter(|a| a.positive_rule && a.t > as_of - 30 * DAY)
+        .filter_map(|a| a.contact.clone())
+        .collect::<BTreeSet<_>>()
+        .len();
+    let m = if breadth <= 1 { 1.0 } else { (1.0 + 0.25 * (breadth as f64 - 1.0)).min(2.0) };
+    (e.max(0.0) * m, e, breadth)
+}
+
+struct Expected {
+    score: f64,
+    engagement: f64,
+    breadth: usize,
+    applied: usize,
+    duplicates: usize,
+    /// (crossing id, kind, as_of)
+    crossings: Vec<(String, &'static str, i64)>,
+}
+
+fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected {
+    let mut seen = BTreeSet::new();
+    let mut caps: HashMap<(String, i64), u32> = HashMap::new();
+    let mut applied = Vec::new();
+    let mut duplicates = 0;
+    let (mut armed, mut thresholds, mut hands) = (true, 0, 0);
+    let mut crossings = Vec::new();
+    for event in log {
+        if !seen.insert(event.event_id.clone()) {
+            duplicates += 1;
+            continue;
+        }
+        let (base, rule) = base_points(event);
+        let contact = contact_key(event);
+        let mut points = base * weight(event);
+        if rule == Some("web_visit") {
+            let count = caps
+                .entry((contact.clone().unwrap_or_else(|| "anonymous".into()), event.occurred_at.div_euclid(DAY)))
+                .or_default();
+            *count += 1;
+            if *count > 10 {
+                points = 0.0;
+            }
+        }
+        applied.push(Applied { t: event.occurred_at, points, contact, positive_rule: rule.is_some() && base > 0.0 });
+        let (s, _, _) = score(&applied);
+        let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+        if armed && s >= threshold {
+            armed = false;
+            thresholds += 1;
+            crossings.push((format!("{account}:threshold:{thresholds}"), "threshold", as_of));
+        } else if !armed && s < threshold * 0.75 {
+            armed = true;
+        }
+        if event.kind == EventKind::DemoRequest {
+            hands += 1;
+            crossings.push((format!("{account}:hand_raiser:{hands}"), "hand_raiser", as_of));
+        }
+    }
+    let (score, engagement, breadth) = score(&applied);
+    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings }
+}
+
+/// Alerts after a 24 h cooldown per (account, kind), in event time.
+fn expected_alerts(crossings: &[(String, &'static str, i64)]) -> BTreeSet<String> {
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    let mut alerts = BTreeSet::new();
+    for (id, kind, as_of) in crossings {
+        if last.get(kind).is_none_or(|t| as_of - t >= DAY) {
+            last.insert(kind, *as_of);
+            alerts.insert(id.clone());
+        }
+    }
+    alerts
+}
+
+// ---- the run ----------------------------------------------------------------------------
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects() {
+    let topics = TestTopics::new("e2e");
+    topics.create();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let total = 4000;
+    let config = WorldConfig::new(2024, 25, now - 30 * DAY, 30 * DAY - 60_000);
+    let mut world = World::new(config, total, &unique("e2e"));
+    let events: Vec<_> = (0..total).map(|_| world.next_event()).collect();
+    let tiers: BTreeMap<String, u8> = world.accounts.iter().map(|a| (a.id.clone(), a.tier)).collect();
+
+    // The TAL, through the import command.
+    let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
+    std::fs::write(&csv, tal_csv(&world.accounts)).expect("csv");
+    let (status, stderr) = run_to_exit(
+        &workspace_binary("ingest"),
+        &["import-tal", &csv.display().to_string()],
+        &topics.env(),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+
+    let ports: BTreeMap<&str, u16> =
+        [("ingest", free_port()), ("scorer", free_port()), ("alerter", free_port())].into();
+    let start = |name: &'static str, extra: &[(&'static str, String)]| {
+        let mut env = topics.env();
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[name])));
+        env.extend_from_slice(extra);
+        let process = ServiceProcess::start(&workspace_binary(name), &[], &env);
+        wait_for_status(ports[name], "/readyz", 200, Duration::from_secs(60), name);
+        process
+    };
+    let prefix = topics.prefix.clone();
+    let _ingest = start(
+        "ingest",
+        &[("ABM_INGEST__WRITE_KEYS__E2E", KEY.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
+    );
+    let _scorer = start(
+        "scorer",
+        &[
+            ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
+            ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
+        ],
+    );
+    let _alerter = start(
+        "alerter",
+        &[
+            ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
+            ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
+        ],
+    );
+
+    // Send like the simulator: NDJSON batches over HTTP, single records to the raw topics.
+    let kafka = producer();
+    let mut batch = Vec::new();
+    let post = |body: String| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let status = runtime.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{}/v1/events", ports["ingest"]))
+                .bearer_auth(KEY)
+                .body(body)
+                .send()
+                .await
+                .expect("posted")
+                .status()
+        });
+        assert!(status.is_success() || status.as_u16() == 400, "ingest answered {status}");
+    };
+    for event in &events {
+        match raw_role(&event.kind).filter(|_| event.channel == Channel::Raw && event.expect != Expect::Malformed) {
+            Some(role) => send_bytes(&kafka, &topics.name(role), "sim", event.json.as_bytes()),
+            None => batch.push(event.json.clone()),
+        }
+        if batch.len() == 50 {
+            post(std::mem::take(&mut batch).join("\n"));
+        }
+    }
+    if !batch.is_empty() {
+        post(batch.join("\n"));
+    }
+    flush(&kafka);
+
+    // Everything is answered for, then scored, then alerted.
+    let m = |service: &str, name: &str, labels: &[&str]| metric(ports[service], name, labels);
+    wait_until("ingest to answer for every event", Duration::from_secs(120), || {
+        m("ingest", "abm_ingest_events_received_total", &[]) >= total as f64
+    });
+    let engaged = m("ingest", "abm_ingest_events_accepted_total", &["destination=\"engaged\""]);
+    let intended_rejects = events.iter().filter(|e| matches!(e.expect, Expect::Bot | Expect::Malformed)).count() as f64;
+    assert_eq!(
+        m("ingest", "abm_ingest_events_rejected_total", &[]),
+        intended_rejects,
+        "bots and malformed events rejected"
+    );
+    wait_until("the scorer to apply every engaged event", Duration::from_secs(120), || {
+        m("scorer", "abm_scorer_events_applied_total", &[]) + m("scorer", "abm_scorer_duplicates_total", &[]) >= engaged
+    });
+    let crossings = m("scorer", "abm_scorer_crossings_total", &[]);
+    assert!(crossings > 5.0, "the world should cross thresholds: {crossings}");
+    wait_until("the alerter to read every crossing", Duration::from_secs(120), || {
+        m("alerter", "abm_alerter_crossings_total", &[]) >= crossings
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The scorer's input log, per account, in partition order: what it saw, in the order it saw it.
+    let mut logs: BTreeMap<String, Vec<EngagementEvent>> = BTreeMap::new();
+    for (key, event) in read_all::<EngagementEvent>(&topics.name(TopicRole::Engagement)) {
+        logs.entry(key).or_default().push(event);
+    }
+    assert_eq!(logs.values().map(Vec::len).sum::<usize>() as f64, engaged);
+    let mut expected_alert_ids = BTreeSet::new();
+    for (account, log) in &logs {
+        let threshold = match tiers.get(account) {
+            Some(1) => 50.0,
+            Some(2) => 75.0,
+            Some(3) => 100.0,
+            _ => 150.0,
+        };
+        let expected = recompute(account, log, threshold);
+        let (status, body) = http_get(ports["scorer"], &format!("/v1/accounts/{account}")).expect("scorer answers");
+        assert_eq!(status, 200, "{account}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let got = |field: &str| json[field].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            close(got("engagement"), expected.engagement),
+            "{account}: E {} vs {}",
+            got("engagement"),
+            expected.engagement
+        );
+        assert!(close(got("score"), expected.score), "{account}: S {} vs {}", got("score"), expected.score);
+        assert_eq!(json["breadth"].as_u64(), Some(expected.breadth as u64), "{account}: B");
+        assert_eq!(json["events_applied"].as_u64(), Some(expected.applied as u64), "{account}");
+        assert_eq!(json["duplicates"].as_u64(), Some(expected.duplicates as u64), "{account}");
+        expected_alert_ids.extend(expected_alerts(&expected.crossings));
+    }
+    let alerts: Vec<String> = read_all::<SalesAlert>(&topics.name(TopicRole::SalesAlerts))
+        .into_iter()
+        .map(|(_, alert)| alert.alert_id)
+        .collect();
+    let distinct: BTreeSet<String> = alerts.iter().cloned().collect();
+    assert_eq!(distinct.len(), alerts.len(), "no alert twice");
+    assert_eq!(distinct, expected_alert_ids, "alerts = expected crossings after the 24 h cooldown");
+    let _ = std::fs::remove_file(csv);
+}
