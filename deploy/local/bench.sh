@@ -3,7 +3,7 @@
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
 #   deploy/local/bench.sh            every benchmark
-#   deploy/local/bench.sh ingest     one of: ingest
+#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -15,7 +15,7 @@ fi
 cargo build --release --workspace --bins --quiet
 echo "bench.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(ingest)
+[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer)
 for bench in "${benches[@]}"; do
   cargo bench -p abm --bench "$bench" --quiet
 done

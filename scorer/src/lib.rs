@@ -58,7 +58,7 @@ pub struct Settings {
     /// durable together this often (default 250 ms). Also the coalescing interval of
     /// `abm.account-scores` (at most one record per account per interval).
     pub commit_interval_ms: u64,
-    /// A transaction is also committed after this many events (default 10000).
+    /// A transaction is also committed after this many events (default 100000).
     pub max_batch_events: usize,
 }
 
@@ -68,7 +68,7 @@ impl Default for Settings {
             group_id: "abm-scorer".into(),
             instance_id: format!("abm-scorer-{}", abm::service::hostname()),
             commit_interval_ms: 250,
-            max_batch_events: 10_000,
+            max_batch_events: 100_000,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use abm::eos::{Outbox, Processor};
 use abm::kafka::KafkaConfig;
 use abm_schemas::{
-    AccountScore, AccountState, EngagementEvent, RejectReason, RejectSource, RejectedEvent, Tier, Transport,
+    AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, RejectSource, RejectedEvent, Tier, Transport,
 };
 use anyhow::Context as _;
 use dashmap::DashMap;
@@ -50,6 +50,8 @@ pub struct ScorerProcessor {
     pub kafka: KafkaConfig,
     /// (input partition, account) changed in the open batch.
     dirty: Mutex<BTreeSet<(i32, String)>>,
+    /// `events_applied` per kind, resolved once (no label hashing per event).
+    applied_by_kind: Vec<prometheus::IntCounter>,
 }
 
 fn now_ms() -> i64 {
@@ -65,7 +67,18 @@ impl ScorerProcessor {
         metrics: Metrics,
         kafka: KafkaConfig,
     ) -> ScorerProcessor {
-        ScorerProcessor { engine, store, tiers, topics, metrics, kafka, dirty: Mutex::new(BTreeSet::new()) }
+        let applied_by_kind =
+            EventKind::ALL.iter().map(|kind| metrics.events_applied.with_label_values(&[kind.as_str()])).collect();
+        ScorerProcessor {
+            engine,
+            store,
+            tiers,
+            topics,
+            metrics,
+            kafka,
+            dirty: Mutex::new(BTreeSet::new()),
+            applied_by_kind,
+        }
     }
 
     fn dirty(&self) -> std::sync::MutexGuard<'_, BTreeSet<(i32, String)>> {
@@ -148,7 +161,7 @@ impl Processor for ScorerProcessor {
         match applied {
             Applied::Duplicate => self.metrics.duplicates.inc(),
             Applied::Scored { crossings, .. } => {
-                self.metrics.events_applied.with_label_values(&[event.kind.as_str()]).inc();
+                self.applied_by_kind[event.kind as usize].inc();
                 let latency_ms = (now_ms() - event.received_at).max(0);
                 self.metrics.apply_latency.observe(latency_ms as f64 / 1000.0);
                 for crossing in crossings {
