@@ -3,7 +3,7 @@
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
 #   deploy/local/bench.sh            every benchmark
-#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer, scorer_state
+#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer, scorer_state, latency
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -15,7 +15,7 @@ fi
 cargo build --release --workspace --bins --quiet
 echo "bench.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state)
+[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state latency)
 for bench in "${benches[@]}"; do
   case "$bench" in
     scorer_state) cargo bench -p scorer --bench scorer_state --quiet ;;
