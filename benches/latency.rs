@@ -39,8 +39,14 @@ fn main() {
     let mut processes = Vec::new();
     for (i, (name, extra)) in [
         ("ingest", vec![("ABM_INGEST__WRITE_KEYS__BENCH", "k".to_owned()), ("ABM_INGEST__RAW_TOPICS", "false".into())]),
-        ("scorer", vec![("ABM_SCORER__GROUP_ID", format!("{prefix}-s")), ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-s"))]),
-        ("alerter", vec![("ABM_ALERTER__GROUP_ID", format!("{prefix}-a")), ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-a"))]),
+        (
+            "scorer",
+            vec![("ABM_SCORER__GROUP_ID", format!("{prefix}-s")), ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-s"))],
+        ),
+        (
+            "alerter",
+            vec![("ABM_ALERTER__GROUP_ID", format!("{prefix}-a")), ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-a"))],
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -65,7 +71,9 @@ fn main() {
             loop {
                 if let Some(Ok(message)) = consumer.poll(Duration::from_millis(10)) {
                     let arrived = Instant::now();
-                    if let Ok(alert) = abm_schemas::decode::<abm_schemas::SalesAlert>(message.payload().unwrap_or_default()) {
+                    if let Ok(alert) =
+                        abm_schemas::decode::<abm_schemas::SalesAlert>(message.payload().unwrap_or_default())
+                    {
                         arrivals.lock().expect("lock").insert(alert.alert_id, arrived);
                     }
                 }
@@ -115,7 +123,9 @@ fn main() {
             let acks = acks.lock().expect("lock");
             let found: Vec<f64> = acks
                 .iter()
-                .filter_map(|(id, acked)| arrived.get(id).map(|t| t.saturating_duration_since(*acked).as_secs_f64() * 1000.0))
+                .filter_map(|(id, acked)| {
+                    arrived.get(id).map(|t| t.saturating_duration_since(*acked).as_secs_f64() * 1000.0)
+                })
                 .collect();
             if found.len() >= expected || Instant::now() > deadline {
                 break found;

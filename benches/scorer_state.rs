@@ -96,7 +96,10 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
         for entry in shard.iter() {
             let record = entry.value().to_record(entry.key(), engine);
             let payload = abm_schemas::encode(&record).expect("encodes");
-            let mut message = rdkafka::producer::BaseRecord::to(&changelog).key(entry.key().as_str()).payload(&payload).partition(partition);
+            let mut message = rdkafka::producer::BaseRecord::to(&changelog)
+                .key(entry.key().as_str())
+                .payload(&payload)
+                .partition(partition);
             loop {
                 match producer.send(message) {
                     Ok(()) => break,
@@ -109,7 +112,10 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
         }
     }
     abm::testkit::flush(&producer);
-    println!("scorer state: wrote {accounts} account states to the changelog in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "scorer state: wrote {accounts} account states to the changelog in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let kafka = abm::testkit::kafka();
     let partitions: Vec<i32> = (0..6).collect();
@@ -117,7 +123,8 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
     let started = Instant::now();
     abm::kafka::read_to_end(&kafka, "bench-restore", &changelog, &partitions, |partition, key, value| {
         let record: abm_schemas::AccountState = abm_schemas::decode(value.unwrap_or_default())?;
-        rebuilt[partition as usize].insert(String::from_utf8_lossy(key).into_owned(), AccountScoreState::from_record(&record, engine));
+        rebuilt[partition as usize]
+            .insert(String::from_utf8_lossy(key).into_owned(), AccountScoreState::from_record(&record, engine));
         Ok(())
     })
     .expect("restored");

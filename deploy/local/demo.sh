@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job: the pipeline on a simulated ABM event stream, on this machine.
 #
-#   deploy/local/demo.sh [--accounts N] [--events N] [--rate EVENTS_PER_S] [--duration SECONDS]
+#   deploy/local/demo.sh [--accounts N] [--events N] [--rate EVENTS_PER_S] [--duration SECONDS] [--mock]
 #
 # What it does:
-#   1. starts the local Apache Kafka 4.x broker (deploy/local/kafka.sh; fetched on first use),
-#   2. builds and starts ingest (:8080), scorer (:8081) and alerter (:8082), which create the
-#      topics of deploy/topics.toml and report ready,
+#   1. builds the workspace (release),
+#   2. starts the local Apache Kafka 4.x broker (deploy/local/kafka.sh; fetched from Maven
+#      Central on first use), or, where Java or Maven is absent (or with --mock), librdkafka's
+#      in-process mock cluster, saying which; KAFKA_BOOTSTRAP_SERVERS uses an existing broker,
+#   then starts ingest (:8080), scorer (:8081) and alerter (:8082), which create the topics of
+#   deploy/topics.toml and report ready,
 #   3. imports a generated TAL (ingest import-tal) and prints each sales alert as it fires
 #      (account, tier, owner, why, next step),
 #   4. runs the simulator: a seeded ABM world (buying committees, in-market surges, bots,
@@ -19,14 +22,15 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-accounts=200 events=20000 rate=1000 duration=120
+accounts=200 events=20000 rate=1000 duration=120 mock=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --accounts) accounts=$2; shift 2 ;;
     --events) events=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --mock) mock=yes; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +39,7 @@ say() { printf '\n== %s\n' "$*"; }
 logs="${LOCAL_KAFKA_CACHE:-$HOME/.cache/abm}/demo"
 mkdir -p "$logs"
 pids=()
+mock_pid=""
 cleanup() {
   if [ ${#pids[@]} -gt 0 ]; then
     say "stopping the services (SIGTERM: readiness 503, drain, commit, exit)"
@@ -42,23 +47,38 @@ cleanup() {
     wait "${pids[@]}" 2>/dev/null || true
     pids=()
   fi
+  # The mock cluster goes last: the services commit their final transactions to it first.
+  if [ -n "$mock_pid" ]; then kill -TERM "$mock_pid" 2>/dev/null || true; wait "$mock_pid" 2>/dev/null || true; fi
   echo "demo.sh: logs in $logs; the broker keeps running (deploy/local/kafka.sh stop)"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "1. Kafka"
+say "1. build (release; the first build takes a few minutes)"
+cargo build --release --workspace --bins --quiet
+bin=target/release
+
+say "2. Kafka"
 if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   echo "using the broker at $KAFKA_BOOTSTRAP_SERVERS"
+elif [ "$mock" = yes ] || ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  echo "using librdkafka's in-process MOCK cluster (no Java/Maven here, or --mock): a stand-in for a demo, not a"
+  echo "real broker (no compaction, nothing kept after exit); with Java 17 and Maven the demo runs real Apache Kafka"
+  "$bin/simulate" mock-kafka >"$logs/mock.out" 2>&1 &
+  mock_pid=$!
+  for _ in $(seq 1 50); do grep -q '^bootstrap=' "$logs/mock.out" 2>/dev/null && break; sleep 0.1; done
+  KAFKA_BOOTSTRAP_SERVERS=$(sed -n 's/^bootstrap=//p' "$logs/mock.out")
+  [ -n "$KAFKA_BOOTSTRAP_SERVERS" ] || { cat "$logs/mock.out"; exit 1; }
+  # The mock cluster cannot create topics over the admin API; mock-kafka created them.
+  export ABM_KAFKA__CREATE_TOPICS=false
 else
   deploy/local/kafka.sh start
   KAFKA_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap)
+  echo "using Apache Kafka at $KAFKA_BOOTSTRAP_SERVERS"
 fi
 export ABM_KAFKA__BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS
 
-say "2. build (release; the first build takes a few minutes), import the TAL, start the services"
-cargo build --release --workspace --bins --quiet
-bin=target/release
+say "3. import the TAL and start the services"
 "$bin/simulate" tal --accounts "$accounts" --out "$logs/tal.csv"
 "$bin/ingest" import-tal "$logs/tal.csv" 2>"$logs/import.log" || { cat "$logs/import.log"; exit 1; }
 port_of() { case $1 in ingest) echo 8080 ;; scorer) echo 8081 ;; alerter) echo 8082 ;; esac; }
@@ -84,12 +104,12 @@ metric_sum() { # port metric [label filter]
     awk '{s+=$2} END {printf "%d", s}'
 }
 
-say "3. alerts as they fire (account, tier, owner, why, next step)"
+say "4. alerts as they fire (account, tier, owner, why, next step)"
 "$bin/alerter" tail 2>"$logs/tail.log" > >(sed -u 's/^/  ALERT /') &
 pids+=($!)
 sleep 1
 
-say "4. simulate: $accounts accounts, $events events at ${rate}/s over HTTP and the raw topics (seeded)"
+say "5. simulate: $accounts accounts, $events events at ${rate}/s over HTTP and the raw topics (seeded)"
 "$bin/simulate" run --bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" --accounts "$accounts" --events "$events" \
   --rate "$rate" --write-key demo-write-key --id-prefix "demo-$(date +%s)" >"$logs/simulate.log" 2>&1 &
 sim=$!
@@ -117,7 +137,7 @@ while :; do
 done
 wait "$sim" || { cat "$logs/simulate.log"; exit 1; }
 tail -n 1 "$logs/simulate.log"
-say "5. the top accounts by score (scorer API: GET /v1/accounts?top=5)"
+say "6. the top accounts by score (scorer API: GET /v1/accounts?top=5)"
 curl -fs "http://127.0.0.1:8081/v1/accounts?top=5" | python3 -c '
 import json, sys
 for a in json.load(sys.stdin)["accounts"]:

@@ -49,6 +49,10 @@ enum Command {
     },
     /// Send events to ingest: over HTTP (`POST /v1/events`) and to the raw topics.
     Run(RunArgs),
+    /// Run librdkafka's in-process mock Kafka cluster (for the demo where Java is absent):
+    /// creates the declared topics, prints `bootstrap=<host:port>`, serves until Ctrl-C.
+    /// Not a real broker: no compaction, nothing survives a restart.
+    MockKafka,
 }
 
 #[derive(Debug, clap::Args)]
@@ -204,6 +208,25 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn mock_kafka() -> anyhow::Result<()> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
+    for spec in Topics::resolve(&TopicOverrides::new()).specs() {
+        cluster.create_topic(&spec.name, spec.partitions, 1).with_context(|| format!("creating {}", spec.name))?;
+    }
+    println!("bootstrap={}", cluster.bootstrap_servers());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    drop(cluster);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match args.command {
@@ -218,6 +241,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::MockKafka => mock_kafka(),
         Command::Run(run_args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(run(&run_args)),
             Err(error) => Err(error.into()),
