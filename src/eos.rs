@@ -76,6 +76,41 @@ impl Outbox<'_> {
     }
 }
 
+impl Outbox<'_> {
+    /// Keeps an input record the processor cannot use: writes it to `rejected_topic` as a
+    /// `RejectedEvent` (original bytes, topic/partition/offset, reason, message) inside the
+    /// open transaction, so it is kept exactly once with the offsets that skip it.
+    pub fn reject(
+        &self,
+        rejected_topic: &str,
+        message: &BorrowedMessage<'_>,
+        reason: abm_schemas::RejectReason,
+        text: String,
+        event_id: Option<String>,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
+        let received_at =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let rejected = abm_schemas::RejectedEvent {
+            reason,
+            message: text,
+            source: abm_schemas::RejectSource {
+                transport: abm_schemas::Transport::Kafka,
+                write_key: None,
+                batch_index: None,
+                topic: Some(message.topic().to_owned()),
+                partition: Some(message.partition()),
+                offset: Some(message.offset()),
+            },
+            event_id,
+            received_at,
+            original: message.payload().unwrap_or_default().to_vec(),
+        };
+        let key = format!("kafka:{}", message.topic());
+        self.send(rejected_topic, &key, &abm_schemas::encode(&rejected)?, None)
+    }
+}
+
 /// Settings of one loop.
 #[derive(Debug, Clone)]
 pub struct EosSettings {

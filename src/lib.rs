@@ -24,6 +24,7 @@ pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod sim;
+pub mod tal;
 pub mod telemetry;
 pub mod testkit;
 pub mod topics;

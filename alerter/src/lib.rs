@@ -18,9 +18,10 @@ use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
+use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
 use abm::topics::{TopicOverrides, TopicRole, TopicSpec, Topics};
-use abm_schemas::{Account, Tier};
+use abm_schemas::Tier;
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
@@ -126,27 +127,19 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let tal: Arc<Tal> = Arc::new(Tal::default());
     {
         let (table, metrics) = (tal.clone(), metrics.clone());
-        let accounts = topics.name(TopicRole::Accounts).to_owned();
-        abm::kafka::follow_table(
-            &config.kafka,
-            "abm-alerter-tal",
-            &accounts,
-            context.shutdown.clone(),
-            move |key, value| {
-                match value.map(abm_schemas::decode::<Account>) {
-                    None => {
-                        table.remove(String::from_utf8_lossy(key).as_ref());
-                    }
-                    Some(Ok(account)) => {
-                        table.insert(account.account_id.clone(), account);
-                    }
-                    Some(Err(error)) => tracing::warn!(%error, "undecodable TAL record"),
+        abm::tal::follow(&config.kafka, &topics, "abm-alerter-tal", context.shutdown.clone(), move |change| {
+            match change {
+                TalChange::Upsert(account) => {
+                    table.insert(account.account_id.clone(), account);
                 }
-                metrics.tal_accounts.set(table.len() as i64);
-            },
-        )
-        .await
-        .context("loading the TAL")?;
+                TalChange::Remove(account_id) => {
+                    table.remove(&account_id);
+                }
+                TalChange::Undecodable => {}
+            }
+            metrics.tal_accounts.set(table.len() as i64);
+        })
+        .await?;
     }
 
     let listener = ops::bind(config.http.listen).await?;

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use abm::eos::{Outbox, Processor};
 use abm::kafka::KafkaConfig;
-use abm_schemas::{
-    Account, CrossingKind, RejectReason, RejectSource, RejectedEvent, SalesAlert, ScoreCrossing, Tier, Transport,
-};
+use abm_schemas::{Account, CrossingKind, RejectReason, SalesAlert, ScoreCrossing, Tier};
 use anyhow::Context as _;
 use dashmap::DashMap;
 use rdkafka::Message;
@@ -50,10 +48,6 @@ pub struct AlertProcessor {
     histories: DashMap<i32, PartitionHistory>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl AlertProcessor {
     pub fn new(
         policy: PolicyConfig,
@@ -64,35 +58,17 @@ impl AlertProcessor {
     ) -> AlertProcessor {
         AlertProcessor { policy, tal, topics, metrics, kafka, histories: DashMap::new() }
     }
-
-    fn reject(&self, message: &BorrowedMessage<'_>, text: String, out: &Outbox<'_>) -> anyhow::Result<()> {
-        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
-        self.metrics.suppressed.with_label_values(&["undecodable"]).inc();
-        let rejected = RejectedEvent {
-            reason: RejectReason::Other,
-            message: text,
-            source: RejectSource {
-                transport: Transport::Kafka,
-                write_key: None,
-                batch_index: None,
-                topic: Some(message.topic().to_owned()),
-                partition: Some(message.partition()),
-                offset: Some(message.offset()),
-            },
-            event_id: None,
-            received_at: now_ms(),
-            original: message.payload().unwrap_or_default().to_vec(),
-        };
-        let key = format!("kafka:{}", message.topic());
-        out.send(&self.topics.rejected, &key, &abm_schemas::encode(&rejected)?, None)
-    }
 }
 
 impl Processor for AlertProcessor {
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
         let crossing = match abm_schemas::decode::<ScoreCrossing>(message.payload().unwrap_or_default()) {
             Ok(crossing) => crossing,
-            Err(error) => return self.reject(message, format!("undecodable ScoreCrossing: {error}"), out),
+            Err(error) => {
+                self.metrics.suppressed.with_label_values(&["undecodable"]).inc();
+                let text = format!("undecodable ScoreCrossing: {error}");
+                return out.reject(&self.topics.rejected, message, RejectReason::Other, text, None);
+            }
         };
         self.metrics.crossings.with_label_values(&[crossing.kind.as_str()]).inc();
         let account = self.tal.get(&crossing.account_id).map(|a| a.clone());

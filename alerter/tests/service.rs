@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use abm::sim::Rng;
 use abm::testkit::{
     ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, read_all_bytes, run_to_exit, send,
     wait_for_status,
@@ -152,22 +153,10 @@ fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
     assert_eq!(tier_1, expected_tier_1);
 }
 
-/// SplitMix64 for reproducible streams and kill points.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
 #[test]
 fn kill_minus_nine_mid_stream_publishes_no_alert_twice_and_loses_none() {
     let alerter = Alerter::new("alerter-eos");
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     // 40 accounts, 40 crossings each, 0-30 h apart: some alert, some are in cooldown.
     let mut stream = Vec::new();
     for round in 0..40 {
@@ -215,7 +204,7 @@ fn kill_minus_nine_mid_stream_publishes_no_alert_twice_and_loses_none() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    let mut kill_rng = Rng(99);
+    let mut kill_rng = Rng::new(99);
     for _ in 0..4 {
         let process = alerter.start(&[]);
         std::thread::sleep(Duration::from_millis(200 + kill_rng.below(1200)));

@@ -25,9 +25,9 @@ use std::time::Duration;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
+use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
 use abm::topics::{TopicOverrides, TopicRole, Topics};
-use abm_schemas::Account;
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
@@ -102,21 +102,16 @@ pub async fn follow_tal(
     metrics: Metrics,
     shutdown: abm::CancellationToken,
 ) -> anyhow::Result<()> {
-    let topic = topics.name(TopicRole::Accounts).to_owned();
-    abm::kafka::follow_table(kafka, "abm-ingest-tal", &topic, shutdown, move |key, value| {
-        match value.map(abm_schemas::decode::<Account>) {
-            None => index.remove(&String::from_utf8_lossy(key)),
-            Some(Ok(account)) => index.upsert(&account),
-            Some(Err(error)) => {
-                metrics.tal_decode_errors.inc();
-                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable TAL record");
-            }
+    abm::tal::follow(kafka, topics, "abm-ingest-tal", shutdown, move |change| {
+        match change {
+            TalChange::Upsert(account) => index.upsert(&account),
+            TalChange::Remove(account_id) => index.remove(&account_id),
+            TalChange::Undecodable => metrics.tal_decode_errors.inc(),
         }
         metrics.tal_accounts.set(index.accounts() as i64);
         metrics.tal_domains.set(index.domains() as i64);
     })
     .await
-    .context("loading the TAL")
 }
 
 /// Runs ingest until `context.shutdown` is cancelled.

@@ -18,9 +18,9 @@ use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
+use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
 use abm::topics::{TopicOverrides, TopicRole, Topics};
-use abm_schemas::Account;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
@@ -91,31 +91,19 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let tiers: Arc<Tiers> = Arc::new(Tiers::default());
     {
         let (table, metrics) = (tiers.clone(), metrics.clone());
-        let accounts_topic = topics.name(TopicRole::Accounts).to_owned();
-        abm::kafka::follow_table(
-            &config.kafka,
-            "abm-scorer-tal",
-            &accounts_topic,
-            context.shutdown.clone(),
-            move |key, value| {
-                let key = String::from_utf8_lossy(key).into_owned();
-                match value.map(abm_schemas::decode::<Account>) {
-                    None => {
-                        table.remove(&key);
-                    }
-                    Some(Ok(account)) => {
-                        table.insert(account.account_id, account.tier);
-                    }
-                    Some(Err(error)) => {
-                        metrics.tal_decode_errors.inc();
-                        tracing::warn!(%error, key, "undecodable TAL record");
-                    }
+        abm::tal::follow(&config.kafka, &topics, "abm-scorer-tal", context.shutdown.clone(), move |change| {
+            match change {
+                TalChange::Upsert(account) => {
+                    table.insert(account.account_id, account.tier);
                 }
-                metrics.tal_accounts.set(table.len() as i64);
-            },
-        )
-        .await
-        .context("loading the TAL")?;
+                TalChange::Remove(account_id) => {
+                    table.remove(&account_id);
+                }
+                TalChange::Undecodable => metrics.tal_decode_errors.inc(),
+            }
+            metrics.tal_accounts.set(table.len() as i64);
+        })
+        .await?;
         tracing::info!(accounts = tiers.len(), "TAL loaded");
     }
 

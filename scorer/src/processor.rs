@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use abm::eos::{Outbox, Processor};
 use abm::kafka::KafkaConfig;
-use abm_schemas::{
-    AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, RejectSource, RejectedEvent, Tier, Transport,
-};
+use abm_schemas::{AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, Tier};
 use anyhow::Context as _;
 use dashmap::DashMap;
 use rdkafka::Message;
@@ -85,36 +83,6 @@ impl ScorerProcessor {
         self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn reject(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: RejectReason,
-        label: &str,
-        text: String,
-        event_id: Option<String>,
-        out: &Outbox<'_>,
-    ) -> anyhow::Result<()> {
-        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
-        self.metrics.rejected.with_label_values(&[label]).inc();
-        let rejected = RejectedEvent {
-            reason,
-            message: text,
-            source: RejectSource {
-                transport: Transport::Kafka,
-                write_key: None,
-                batch_index: None,
-                topic: Some(message.topic().to_owned()),
-                partition: Some(message.partition()),
-                offset: Some(message.offset()),
-            },
-            event_id,
-            received_at: now_ms(),
-            original: message.payload().unwrap_or_default().to_vec(),
-        };
-        let key = format!("kafka:{}", message.topic());
-        out.send(&self.topics.rejected, &key, &abm_schemas::encode(&rejected)?, None)
-    }
-
     fn account_score(&self, account_id: &str, state: &AccountScoreState) -> AccountScore {
         let view = self.engine.view(account_id, state, None);
         let mut top_rules = view.rule_points;
@@ -142,15 +110,17 @@ impl Processor for ScorerProcessor {
         let event = match abm_schemas::decode::<EngagementEvent>(payload) {
             Ok(event) => event,
             Err(error) => {
+                self.metrics.rejected.with_label_values(&["undecodable"]).inc();
                 let text = format!("undecodable EngagementEvent: {error}");
-                return self.reject(message, RejectReason::Other, "undecodable", text, None, out);
+                return out.reject(&self.topics.rejected, message, RejectReason::Other, text, None);
             }
         };
         let key = message.key().and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty());
         let Some(account_id) = event.account_id.clone().or_else(|| key.map(str::to_owned)) else {
             let id = Some(event.event_id.clone());
+            self.metrics.rejected.with_label_values(&["missing_field"]).inc();
             let text = "engagement event without account_id".to_owned();
-            return self.reject(message, RejectReason::MissingField, "missing_field", text, id, out);
+            return out.reject(&self.topics.rejected, message, RejectReason::MissingField, text, id);
         };
         let tier = self.tiers.get(&account_id).map_or(Tier::Untiered, |tier| *tier);
         let accounts = self.store.partition(partition);

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use abm::sim::Rng;
 use abm::testkit::{ServiceProcess, http_get, wait_for_status};
 use abm_schemas::{
     AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier,
@@ -139,20 +140,8 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     assert_eq!(json["events_applied"], 9);
 }
 
-/// SplitMix64, for a reproducible stream and kill schedule.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
-
 fn stream(count: usize, accounts: u64, seed: u64) -> Vec<EngagementEvent> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let paths = ["/", "/pricing", "/careers", "/docs"];
     (0..count)
         .map(|n| {
@@ -230,7 +219,7 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
             }
         })
     };
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for round in 0..5 {
         let scorer = start(&env);
         std::thread::sleep(Duration::from_millis(300 + rng.below(1500)));
