@@ -148,11 +148,14 @@ impl Processor for ScorerProcessor {
         let dirty = std::mem::take(&mut *self.dirty());
         for (partition, account_id) in &dirty {
             let accounts = self.store.partition(*partition);
-            let Some(state) = accounts.get(account_id).map(|state| state.clone()) else { continue };
-            let record: AccountState = state.to_record(account_id, &self.engine);
-            out.send(&self.topics.state, account_id, &abm_schemas::encode(&record)?, Some(*partition))?;
-            let score = self.account_score(account_id, &state);
-            out.send(&self.topics.scores, account_id, &abm_schemas::encode(&score)?, None)?;
+            // Encode under the shard's read guard (no await, no other map touched): no deep copy.
+            let (state_payload, score_payload) = {
+                let Some(state) = accounts.get(account_id) else { continue };
+                let record: AccountState = state.to_record(account_id, &self.engine);
+                (abm_schemas::encode(&record)?, abm_schemas::encode(&self.account_score(account_id, &state))?)
+            };
+            out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
+            out.send(&self.topics.scores, account_id, &score_payload, None)?;
         }
         self.metrics.state_records.inc_by(dirty.len() as u64);
         Ok(())
