@@ -16,6 +16,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Starts the delivery counters of a configured webhook at 0.
+    pub fn init_webhook(&self, endpoint: &str) {
+        for outcome in ["delivered", "retry", "failed", "circuit_open", "parked"] {
+            self.webhook.with_label_values(&[endpoint, outcome]);
+        }
+    }
+
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
         let metrics = Metrics {
             crossings: IntCounterVec::new(
@@ -55,6 +62,16 @@ impl Metrics {
             )?,
             tal_accounts: IntGauge::new("abm_alerter_tal_accounts", "Accounts on the TAL as read from abm.accounts.")?,
         };
+        // Every bounded label value starts at 0, so rates and alert rules see the series at once.
+        for kind in ["threshold", "hand_raiser"] {
+            metrics.crossings.with_label_values(&[kind]);
+            for tier in ["tier_1", "tier_2", "tier_3", "untiered"] {
+                metrics.alerts.with_label_values(&[kind, tier]);
+            }
+        }
+        for reason in ["cooldown", "duplicate", "undecodable"] {
+            metrics.suppressed.with_label_values(&[reason]);
+        }
         registry.register(Box::new(metrics.crossings.clone()))?;
         registry.register(Box::new(metrics.alerts.clone()))?;
         registry.register(Box::new(metrics.suppressed.clone()))?;

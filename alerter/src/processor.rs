@@ -114,6 +114,8 @@ impl Processor for AlertProcessor {
         )?;
         let mut count = 0;
         for (partition, histories) in rebuilt {
+            // Until librdkafka's statistics report it, the partition's lag is known to be 0+.
+            self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(0);
             count += histories.len();
             self.histories.insert(partition, histories);
         }
@@ -124,6 +126,7 @@ impl Processor for AlertProcessor {
     fn revoke(&self, partitions: &[i32]) {
         for partition in partitions {
             self.histories.remove(partition);
+            let _ = self.metrics.consumer_lag.remove_label_values(&[&partition.to_string()]);
         }
     }
 

@@ -163,6 +163,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(config: WebhookConfig, metrics: Metrics) -> anyhow::Result<Endpoint> {
         let client = reqwest::Client::builder().timeout(Duration::from_millis(config.timeout_ms)).build()?;
+        metrics.init_webhook(&config.name);
         Ok(Endpoint { config, client, circuit: Mutex::new(Circuit::default()), metrics })
     }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: makes sure a Kafka broker is running, then runs every test in the workspace.
+# The test command: makes sure a Kafka broker (and Prometheus's tools) are there, then runs
+# every test in the workspace.
 #
 #   deploy/local/test.sh [cargo test args...]
 #
@@ -9,6 +10,19 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
+
+# The ops tests check deploy/prometheus with promtool and scrape the services with a real
+# Prometheus: Debian's prometheus package has both.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian's prometheus package (promtool, prometheus) for the ops tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+  else
+    echo "test.sh: promtool and prometheus are needed: install Debian's prometheus package" >&2
+    exit 1
+  fi
+fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   deploy/local/kafka.sh start

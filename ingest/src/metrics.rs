@@ -76,6 +76,20 @@ impl Metrics {
                 "abm.accounts records that did not decode.",
             )?,
         };
+        // Every bounded label value starts at 0, so rates and alert rules see the series at once.
+        for transport in ["http", "kafka"] {
+            metrics.received.with_label_values(&[transport]);
+            metrics.deferred.with_label_values(&[transport]);
+            for destination in ["engaged", "unresolved"] {
+                metrics.accepted.with_label_values(&[transport, destination]);
+            }
+            for reason in crate::validate::REASONS {
+                metrics.rejected.with_label_values(&[transport, crate::validate::reason_code(reason)]);
+            }
+        }
+        for code in ["200", "400", "401", "413", "429", "503"] {
+            metrics.requests.with_label_values(&[code]);
+        }
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.received.clone()))?;
         registry.register(Box::new(metrics.accepted.clone()))?;

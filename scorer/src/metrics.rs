@@ -91,6 +91,15 @@ impl Metrics {
                 "abm.accounts records that did not decode.",
             )?,
         };
+        // Every bounded label value starts at 0, so rates and alert rules see the series at once.
+        for reason in ["undecodable", "missing_field"] {
+            metrics.rejected.with_label_values(&[reason]);
+        }
+        for kind in ["threshold", "hand_raiser"] {
+            for tier in ["tier_1", "tier_2", "tier_3", "untiered"] {
+                metrics.crossings.with_label_values(&[kind, tier]);
+            }
+        }
         registry.register(Box::new(metrics.events_applied.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
         registry.register(Box::new(metrics.rejected.clone()))?;

@@ -188,6 +188,8 @@ impl Processor for ScorerProcessor {
         )?;
         let mut count = 0;
         for (partition, accounts) in std::mem::take(&mut restored) {
+            // Until librdkafka's statistics report it, the partition's lag is known to be 0+.
+            self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(0);
             count += accounts.len();
             self.store.install(partition, accounts);
         }

@@ -1,0 +1,184 @@
+//! The operations files with real tools: `promtool` checks the scrape config and the alerting
+//! rules and runs their unit tests; every metric the rules and the Grafana dashboard use exists
+//! in some service's `/metrics`; a real Prometheus scrapes the three running services.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use abm::testkit::{ServiceProcess, TestTopics, free_port, http_get, unique, wait_for_status, workspace_binary};
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
+fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|path| path.exists());
+    found.unwrap_or_else(|| {
+        panic!("{name} not found: install Debian's `prometheus` package (deploy/local/test.sh does)")
+    })
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{command:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_accepts_the_config_and_rules_and_their_unit_tests_pass() {
+    let promtool = tool("promtool");
+    run(Command::new(&promtool).arg("check").arg("config").arg(deploy("prometheus/prometheus.yml")));
+    let rules = run(Command::new(&promtool).arg("check").arg("rules").arg(deploy("prometheus/rules.yml")));
+    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    let tests = run(Command::new(&promtool).arg("test").arg("rules").arg(deploy("prometheus/rules_test.yml")));
+    assert!(tests.contains("SUCCESS"), "{tests}");
+}
+
+/// `abm_*` metric names used in a text (PromQL in YAML or JSON), histogram suffixes removed.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (index, _) in text.match_indices("abm_") {
+        let name: String = text[index..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name).to_owned();
+        names.insert(base);
+    }
+    names
+}
+
+#[test]
+fn every_metric_of_the_rules_and_dashboard_exists_and_prometheus_scrapes_all_three_services() {
+    let topics = TestTopics::new("ops");
+    topics.create();
+    let prefix = topics.prefix.clone();
+    let ports = [free_port(), free_port(), free_port()];
+    // One webhook (to a dead port) so the webhook series exist.
+    let config = std::env::temp_dir().join(format!("{prefix}-alerter.toml"));
+    std::fs::write(
+        &config,
+        format!("[[alerter.webhooks]]\nname = \"dead\"\nurl = \"http://127.0.0.1:{}/\"\n", free_port()),
+    )
+    .expect("config");
+    let mut processes = Vec::new();
+    for (i, name) in ["ingest", "scorer", "alerter"].into_iter().enumerate() {
+        let mut env = topics.env();
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])));
+        let mut args = Vec::new();
+        match name {
+            "scorer" => {
+                env.push(("ABM_SCORER__GROUP_ID", format!("{prefix}-s")));
+                env.push(("ABM_SCORER__INSTANCE_ID", format!("{prefix}-s")));
+            }
+            "alerter" => {
+                env.push(("ABM_ALERTER__GROUP_ID", format!("{prefix}-a")));
+                env.push(("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-a")));
+                args = vec!["--config".to_owned(), config.display().to_string()];
+            }
+            _ => env.push(("ABM_INGEST__GROUP_ID", format!("{prefix}-i"))),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        processes.push(ServiceProcess::start(&workspace_binary(name), &args, &env));
+        wait_for_status(ports[i], "/readyz", 200, Duration::from_secs(60), name);
+    }
+
+    // Names every service exposes (HELP lines), once the consumer-lag gauges have appeared
+    // (librdkafka's statistics come every 5 s after the partitions are assigned).
+    let exposed = || -> BTreeSet<String> {
+        ports
+            .iter()
+            .flat_map(|port| {
+                http_get(*port, "/metrics")
+                    .map(|(_, body)| body)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|line| line.strip_prefix("# HELP ").and_then(|rest| rest.split(' ').next()).map(str::to_owned))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exposed().contains("abm_scorer_consumer_lag") || !exposed().contains("abm_alerter_consumer_lag") {
+        assert!(Instant::now() < deadline, "consumer lag gauges never appeared");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let exposed = exposed();
+    let rules = std::fs::read_to_string(deploy("prometheus/rules.yml")).expect("rules");
+    let dashboard = std::fs::read_to_string(deploy("grafana/abm-dashboard.json")).expect("dashboard");
+    let used: BTreeSet<String> = referenced(&rules).into_iter().chain(referenced(&dashboard)).collect();
+    assert!(used.len() > 15, "{used:?}");
+    let missing: Vec<&String> = used.iter().filter(|name| !exposed.contains(*name)).collect();
+    assert!(missing.is_empty(), "metrics used by rules or dashboard but exposed by no service: {missing:?}");
+
+    // A real Prometheus scrapes the three services.
+    let prometheus = tool("prometheus");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(unique("prometheus"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let scrape = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n{}",
+        ["ingest", "scorer", "alerter"]
+            .iter()
+            .zip(ports)
+            .map(|(name, p)| format!(
+                "  - job_name: abm-{name}\n    static_configs:\n      - targets: [\"127.0.0.1:{p}\"]\n"
+            ))
+            .collect::<String>()
+    );
+    std::fs::write(dir.join("prometheus.yml"), scrape).expect("config");
+    let mut server = ServiceProcess::start(
+        &prometheus,
+        &[
+            &format!("--config.file={}", dir.join("prometheus.yml").display()),
+            &format!("--storage.tsdb.path={}", dir.join("data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    let query = |q: &str| -> serde_json::Value {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace(' ', "%20").replace('{', "%7B").replace('}', "%7D").replace('"', "%22")
+        );
+        http_get(port, &path).and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query("up");
+        let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
+        let all_up = results.len() == 3 && results.iter().all(|r| r["value"][1] == "1");
+        if all_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "targets not all up in Prometheus: {up}\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for series in [
+        "abm_ingest_events_received_total",
+        "abm_scorer_snapshot_age_seconds",
+        "abm_scorer_consumer_lag",
+        "abm_alerter_alerts_total",
+        "abm_alerter_webhook_deliveries_total",
+        "process_resident_memory_bytes",
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let result = query(series);
+            if result["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Prometheus has no samples of {series}: {result}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    server.signal("TERM");
+    let _ = server.wait(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}
