@@ -182,3 +182,51 @@ fn every_metric_of_the_rules_and_dashboard_exists_and_prometheus_scrapes_all_thr
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
+
+#[test]
+fn the_compose_file_validates_with_docker_compose() {
+    let compose = tool("docker-compose");
+    run(Command::new(compose).arg("-f").arg(deploy("docker/compose.yaml")).arg("config").arg("-q"));
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let validate = tool("kubernetes-validate");
+    let files: Vec<PathBuf> = ["config.yaml", "ingest.yaml", "scorer.yaml", "alerter.yaml"]
+        .iter()
+        .map(|f| deploy(&format!("k8s/{f}")))
+        .collect();
+    let output = run(Command::new(validate).arg("--strict").args(&files));
+    assert_eq!(output.matches(" passed for resource ").count(), 11, "{output}");
+}
+
+#[test]
+fn the_service_configs_shipped_for_kubernetes_load_in_each_binary() {
+    let manifest = std::fs::read_to_string(deploy("k8s/config.yaml")).expect("config.yaml");
+    for service in ["ingest", "scorer", "alerter"] {
+        // The block under `<service>.toml: |`, indented by four spaces.
+        let start = manifest.find(&format!("{service}.toml: |")).expect("block");
+        let toml: String = manifest[start..]
+            .lines()
+            .skip(1)
+            .take_while(|line| line.starts_with("    "))
+            .map(|line| format!("{}\n", &line[4..]))
+            .collect();
+        let file = std::env::temp_dir().join(format!("{}-{service}.toml", unique("k8s")));
+        std::fs::write(&file, toml).expect("toml");
+        let output = Command::new(workspace_binary(service))
+            .args(["--config", &file.display().to_string(), "--print-config"])
+            .env("ABM_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "x")
+            .output()
+            .expect("runs");
+        let _ = std::fs::remove_file(&file);
+        assert!(output.status.success(), "{service}: {}", String::from_utf8_lossy(&output.stderr));
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            printed.contains("kafka-bootstrap.kafka.svc:9092")
+                && printed.contains("sasl_password = \"x\"")
+                && printed.contains("\"security.protocol\" = \"SASL_SSL\""),
+            "{printed}"
+        );
+    }
+}

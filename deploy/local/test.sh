@@ -11,17 +11,26 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-# The ops tests check deploy/prometheus with promtool and scrape the services with a real
-# Prometheus: Debian's prometheus package has both.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+# The ops tests validate deploy/ with real tools: promtool and prometheus (Debian's prometheus),
+# docker-compose (Debian's docker-compose), kubernetes-validate (PyPI, schemas bundled).
+missing=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing Debian's prometheus package (promtool, prometheus) for the ops tests" >&2
+    echo "test.sh: installing Debian's ${missing[*]} for the ops tests" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }
+    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
   else
-    echo "test.sh: promtool and prometheus are needed: install Debian's prometheus package" >&2
+    echo "test.sh: the ops tests need Debian's ${missing[*]}: install them" >&2
     exit 1
   fi
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "test.sh: installing kubernetes-validate (PyPI) for the ops tests" >&2
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.34.1 >/dev/null
+  hash -r
+  command -v kubernetes-validate >/dev/null || export PATH="$(python3 -m site --user-base)/bin:$PATH"
 fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
