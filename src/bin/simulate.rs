@@ -49,6 +49,8 @@ enum Command {
     },
     /// Send events to ingest: over HTTP (`POST /v1/events`) and to the raw topics.
     Run(RunArgs),
+    /// Send again the events recorded with `run --out FILE`, in order, on their channels.
+    Replay(ReplayArgs),
     /// Run librdkafka's in-process mock Kafka cluster (for the demo where Java is absent):
     /// creates the declared topics, prints `bootstrap=<host:port>`, serves until Ctrl-C.
     /// Not a real broker: no compaction, nothing survives a restart.
@@ -56,18 +58,19 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct ReplayArgs {
+    /// The NDJSON file written by `run --out`.
+    file: std::path::PathBuf,
     #[command(flatten)]
-    world: WorldArgs,
-    /// Number of events.
-    #[arg(long, default_value_t = 20_000)]
-    events: u64,
+    target: Target,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, clap::Args)]
+struct Target {
     /// Events per second (0 = as fast as possible).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// Days of event time the events cover, ending now.
-    #[arg(long, default_value_t = 30.0)]
-    span_days: f64,
     /// Ingest's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     ingest_url: String,
@@ -77,6 +80,20 @@ struct RunArgs {
     /// Kafka bootstrap servers (for the raw topics).
     #[arg(long, default_value = "127.0.0.1:9092")]
     bootstrap_servers: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    world: WorldArgs,
+    /// Number of events.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    #[command(flatten)]
+    target: Target,
+    /// Days of event time the events cover, ending now.
+    #[arg(long, default_value_t = 30.0)]
+    span_days: f64,
     /// Event id prefix: a new prefix gives new events with the same shape.
     #[arg(long, default_value = "sim")]
     id_prefix: String,
@@ -118,18 +135,42 @@ struct Counts {
 }
 
 async fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let RunArgs { world, events, rate, span_days, ingest_url, write_key, bootstrap_servers: bootstrap, id_prefix, out } =
-        args;
-    let (events, rate) = (*events, *rate);
-    let span_ms = (*span_days * 86_400_000.0) as i64;
-    let config = WorldConfig::new(world.seed, world.accounts, now_ms() - span_ms, span_ms);
-    let mut world = World::new(config, events, id_prefix);
+    let span_ms = (args.span_days * 86_400_000.0) as i64;
+    let config = WorldConfig::new(args.world.seed, args.world.accounts, now_ms() - span_ms, span_ms);
+    let mut world = World::new(config, args.events, &args.id_prefix);
+    let events = (0..args.events).map(move |_| world.next_event());
+    send_events(events, args.events, &args.target, args.out.as_deref()).await
+}
+
+async fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let events = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            serde_json::from_str::<SimEvent>(line).with_context(|| format!("{}:{}", args.file.display(), n + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let count = events.len() as u64;
+    send_events(events.into_iter(), count, &args.target, None).await
+}
+
+/// Sends `events` (HTTP in NDJSON batches, raw records to their topics) at the target rate.
+async fn send_events(
+    events: impl Iterator<Item = SimEvent>,
+    total: u64,
+    target: &Target,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let Target { rate, ingest_url, write_key, bootstrap_servers: bootstrap } = target;
+    let (events_total, rate) = (total, *rate);
     let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
     let topics = Topics::resolve(&TopicOverrides::new());
     let producer: FutureProducer = kafka.producer_config("abm-simulate").create().context("creating the producer")?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let url = format!("{}/v1/events", ingest_url.trim_end_matches('/'));
-    let mut log = match out.as_deref() {
+    let mut log = match out {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
@@ -142,8 +183,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut counts = Counts::default();
     let began = Instant::now();
     let mut last_report = Instant::now();
-    for n in 0..events {
-        let event: SimEvent = world.next_event();
+    for (n, event) in (0u64..).zip(events) {
         if let Some(log) = log.as_mut() {
             writeln!(log, "{}", serde_json::to_string(&event)?)?;
         }
@@ -163,7 +203,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
                 batch.push(event.json);
             }
         }
-        if batch.len() >= 50 || (n + 1 == events && !batch.is_empty()) {
+        if batch.len() >= 50 || (n + 1 == events_total && !batch.is_empty()) {
             // NDJSON: a malformed event breaks only its own line, as with real trackers.
             let body = std::mem::take(&mut batch).join("\n");
             let permit = in_flight.clone().acquire_owned().await?;
@@ -199,7 +239,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
         log.flush()?;
     }
     println!(
-        "simulate: sent {events} events in {:.1}s ({} over HTTP, {} to raw topics); intended: {:?}",
+        "simulate: sent {events_total} events in {:.1}s ({} over HTTP, {} to raw topics); intended: {:?}",
         began.elapsed().as_secs_f64(),
         counts.http,
         counts.raw,
@@ -242,6 +282,10 @@ fn main() -> ExitCode {
             }
         }
         Command::MockKafka => mock_kafka(),
+        Command::Replay(replay_args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(replay(&replay_args)),
+            Err(error) => Err(error.into()),
+        },
         Command::Run(run_args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(run(&run_args)),
             Err(error) => Err(error.into()),
