@@ -26,11 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# pip puts the command in the interpreter's scripts directory (pyenv: no shim until a rehash).
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 if ! command -v kubernetes-validate >/dev/null; then
   echo "test.sh: installing kubernetes-validate (PyPI) for the ops tests" >&2
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.34.1 >/dev/null
   hash -r
-  command -v kubernetes-validate >/dev/null || export PATH="$(python3 -m site --user-base)/bin:$PATH"
 fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
