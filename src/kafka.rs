@@ -6,9 +6,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::BorrowedMessage;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -164,38 +163,6 @@ impl KafkaConfig {
             }
         }
         Ok(created)
-    }
-}
-
-/// Feeds every message to `handle` until `shutdown` is cancelled, storing each message's offset
-/// once `handle` has returned (at-least-once), and commits the stored offsets before returning.
-/// Consumer errors are logged and retried by librdkafka; they never end the loop.
-pub async fn consume_until_shutdown<F>(consumer: &StreamConsumer, shutdown: &CancellationToken, mut handle: F)
-where
-    F: FnMut(&BorrowedMessage<'_>),
-{
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            received = consumer.recv() => match received {
-                Ok(message) => {
-                    handle(&message);
-                    if let Err(error) = consumer.store_offset_from_message(&message) {
-                        tracing::warn!(%error, "cannot store offset (partition revoked?)");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "Kafka consumer error"),
-            },
-        }
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing consumed since the last commit.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => {
-            tracing::warn!(%error, "final offset commit failed; the group resumes from the last commit")
-        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`eos`] — the exactly-once consume-process-produce loop (Kafka transactions).
 //! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
 //! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
+//! - [`tal`], [`sim`], [`testkit`] — the TAL follower, the simulated world, test support.
 //!
 //! Invariant: nothing here knows about scoring, events or alerts; the services know nothing
 //! about how config is layered or how metrics are served.

@@ -14,12 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use anyhow::Context as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
-
-use crate::kafka::{KafkaConfig, consume_until_shutdown};
-use crate::ops::{Health, HttpConfig};
+use crate::kafka::KafkaConfig;
+use crate::ops::Health;
 use crate::telemetry::LogConfig;
 use crate::topics::Topics;
 
@@ -127,40 +123,6 @@ pub async fn prepare_kafka(kafka: &KafkaConfig, topics: &Topics, client_id: &str
         }
     }
     Ok(())
-}
-
-/// A service that consumes topics in a group and serves its HTTP port.
-#[derive(Debug)]
-pub struct ConsumingService<'a> {
-    /// Used as the Kafka client id and in log lines.
-    pub name: &'a str,
-    pub kafka: &'a KafkaConfig,
-    pub http: &'a HttpConfig,
-    pub group_id: &'a str,
-    pub inputs: &'a [&'a str],
-    /// The service's own HTTP routes, merged with `/metrics`, `/healthz` and `/readyz`.
-    pub routes: axum::Router,
-}
-
-impl ConsumingService<'_> {
-    /// Subscribes, serves HTTP, reports ready, and feeds every message to `handle` until
-    /// shutdown; then commits the processed offsets and lets in-flight HTTP requests finish.
-    pub async fn run<F>(self, context: &Context, handle: F) -> anyhow::Result<()>
-    where
-        F: FnMut(&BorrowedMessage<'_>),
-    {
-        let consumer: StreamConsumer =
-            self.kafka.consumer_config(self.name, self.group_id).create().context("creating the Kafka consumer")?;
-        consumer.subscribe(self.inputs).with_context(|| format!("subscribing to {:?}", self.inputs))?;
-        let listener = crate::ops::bind(self.http.listen).await?;
-        tracing::info!(address = %listener.local_addr()?, inputs = ?self.inputs, "{} listening", self.name);
-        let app = crate::ops::router(context.registry.clone(), context.health.clone(), self.routes);
-        let server = tokio::spawn(crate::ops::serve(listener, app, context.shutdown.clone()));
-        context.health.set_ready();
-        consume_until_shutdown(&consumer, &context.shutdown, handle).await;
-        server.await.context("HTTP server task")?.context("HTTP server")?;
-        Ok(())
-    }
 }
 
 /// This machine's name (`HOSTNAME`, else `/etc/hostname`, else `local`): the default instance id.
