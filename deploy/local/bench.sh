@@ -3,7 +3,7 @@
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
 #   deploy/local/bench.sh            every benchmark
-#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer, scorer_state, latency
+#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer, scorer_state, latency, peer
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"

@@ -102,12 +102,79 @@ pub fn split_header(bytes: &[u8]) -> Result<(WriterId, &[u8]), DecodeError> {
     Ok((WriterId::Fingerprint(u64::from_le_bytes(fingerprint)), &bytes[SINGLE_OBJECT_HEADER_LEN..]))
 }
 
-/// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form.
+/// CRC-64-AVRO (Rabin) fingerprint of a schema's Parsing Canonical Form, as the Avro
+/// specification defines it (and Avro's Java implementation computes it).
+///
+/// apache-avro 0.22's own canonical form keeps `logicalType` attributes, which the specification
+/// strips, so its fingerprint differs from every other implementation for schemas with logical
+/// types. We strip them and hash the result ourselves.
 pub fn fingerprint(schema: &Schema) -> u64 {
+    rabin(strip_logical_types(&schema.canonical_form()).as_bytes())
+}
+
+/// The fingerprint apache-avro itself computes (logical types kept). Messages written with it
+/// by earlier builds stay readable.
+pub fn legacy_fingerprint(schema: &Schema) -> u64 {
     let bytes = schema.fingerprint::<Rabin>().bytes;
     let mut le = [0u8; 8];
     le.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(le)
+}
+
+/// A primitive written as an object (`{"type":"long"}`, which is what apache-avro leaves of
+/// `{"type":"long","logicalType":"timestamp-millis"}`) becomes the bare name (`"long"`), as the
+/// specification's Parsing Canonical Form has it. A `logicalType` still present is dropped too.
+fn strip_logical_types(canonical: &str) -> String {
+    const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
+    let mut out = String::with_capacity(canonical.len());
+    let mut rest = canonical;
+    'scan: while let Some(start) = rest.find("{\"type\":\"") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        for primitive in PRIMITIVES {
+            let head = format!("{{\"type\":\"{primitive}\"");
+            let Some(tail) = after.strip_prefix(head.as_str()) else { continue };
+            let end = if let Some(closing) = tail.strip_prefix('}') {
+                Some(tail.len() - closing.len())
+            } else if let Some(logical) = tail.strip_prefix(",\"logicalType\":\"") {
+                logical.find("\"}").filter(|i| !logical[..*i].contains('"')).map(|i| tail.len() - logical.len() + i + 2)
+            } else {
+                None
+            };
+            if let Some(end) = end {
+                out.push('"');
+                out.push_str(primitive);
+                out.push('"');
+                rest = &tail[end..];
+                continue 'scan;
+            }
+        }
+        out.push('{');
+        rest = &after[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// CRC-64-AVRO, the specification's 64-bit Rabin fingerprint.
+fn rabin(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: std::sync::LazyLock<[u64; 256]> = std::sync::LazyLock::new(|| {
+        let mut table = [0u64; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1));
+            }
+            *slot = fp;
+        }
+        table
+    });
+    let mut fp = EMPTY;
+    for byte in bytes {
+        fp = (fp >> 8) ^ TABLE[((fp ^ u64::from(*byte)) & 0xff) as usize];
+    }
+    fp
 }
 
 /// Encoder and decoder of one record type `T` with one reader schema.
@@ -122,6 +189,8 @@ pub struct Codec<T> {
     direct: GenericDatumReader<'static>,
     /// Decodes messages written with another known version, resolved to `schema`.
     resolving: HashMap<u64, GenericDatumReader<'static>>,
+    /// apache-avro's own (non-standard) fingerprint of `schema`, written by earlier builds.
+    legacy_fingerprint: u64,
     _record: PhantomData<fn() -> T>,
 }
 
@@ -173,7 +242,16 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
                 .map_err(|e| build_error(&what, e))?;
             resolving.insert(fingerprint(version), reader);
         }
-        Ok(Codec { fingerprint: fingerprint(schema), record, schema, writer, direct, resolving, _record: PhantomData })
+        Ok(Codec {
+            fingerprint: fingerprint(schema),
+            legacy_fingerprint: legacy_fingerprint(schema),
+            record,
+            schema,
+            writer,
+            direct,
+            resolving,
+            _record: PhantomData,
+        })
     }
 
     /// Full name of the record, e.g. `abm.Account`.
@@ -222,7 +300,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             record: self.record.clone(),
             detail: error.to_string(),
         };
-        let value = if fingerprint == self.fingerprint {
+        let value = if fingerprint == self.fingerprint || fingerprint == self.legacy_fingerprint {
             self.direct.read_deser::<T>(&mut datum).map_err(malformed)?
         } else if let Some(reader) = self.resolving.get(&fingerprint) {
             let value = reader.read_value(&mut datum).map_err(malformed)?;

@@ -397,3 +397,31 @@ proptest! {
         prop_assert_eq!(decode::<EngagementEvent>(&bytes).expect("decodes"), event);
     }
 }
+
+#[test]
+fn fingerprints_equal_the_avro_reference_implementation() {
+    // Computed with Avro's Java library (SchemaNormalization.parsingFingerprint64) from the same
+    // .avsc files: the single-object header is readable by the reference implementation.
+    let java = [
+        (Account::codec().fingerprint(), 0xa874_d922_837c_cbfd_u64),
+        (EngagementEvent::codec().fingerprint(), 0x08b5_1b7e_d0f8_ae37),
+        (RejectedEvent::codec().fingerprint(), 0xcc96_a5d1_55f6_c7d3),
+        (AccountScore::codec().fingerprint(), 0x2fb4_29f4_4d68_0893),
+        (ScoreCrossing::codec().fingerprint(), 0x4008_0d95_3d79_9800),
+        (SalesAlert::codec().fingerprint(), 0x041f_d87b_00ae_19c8),
+        (AccountState::codec().fingerprint(), 0xe03d_92fe_03b8_4a2a),
+    ];
+    for (ours, reference) in java {
+        assert_eq!(ours, reference, "{ours:016x} vs {reference:016x}");
+    }
+}
+
+#[test]
+fn messages_framed_with_apache_avros_legacy_fingerprint_still_decode() {
+    let event = full_event();
+    let mut bytes = encode(&event).expect("encodes");
+    let legacy = abm_schemas::codec::legacy_fingerprint(EngagementEvent::codec().schema());
+    assert_ne!(legacy, EngagementEvent::codec().fingerprint());
+    bytes[2..10].copy_from_slice(&legacy.to_le_bytes());
+    assert_eq!(decode::<EngagementEvent>(&bytes).expect("decodes"), event);
+}
