@@ -8,7 +8,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,25 +18,6 @@ use abm_schemas::{Account, Tier};
 
 const KEY: &str = "bench-key";
 const ACCOUNTS: usize = 1000;
-
-fn release_binary(name: &str) -> PathBuf {
-    // target/release/deps/ingest-<hash> → target/release/<name>
-    let exe = std::env::current_exe().expect("bench path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --release --bins` first", path.display());
-    path
-}
-
-/// CPU seconds (user + system) used so far by process `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -119,13 +99,13 @@ fn http_path(clients: usize, batch: usize, seconds: u64) {
     env.push(("ABM_INGEST__WRITE_KEYS__BENCH", KEY.into()));
     env.push(("ABM_INGEST__RAW_TOPICS", "false".into()));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
-    let ingest = ServiceProcess::start(&release_binary("ingest"), &[], &env);
+    let ingest = ServiceProcess::start(&abm::testkit::workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
     let next_id = Arc::new(AtomicU64::new(0));
     // Warm-up.
     client(port, batch, Instant::now() + Duration::from_secs(2), next_id.clone());
 
-    let cpu_before = cpu_seconds(ingest.pid());
+    let cpu_before = abm::testkit::cpu_seconds(ingest.pid());
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..clients)
@@ -136,7 +116,7 @@ fn http_path(clients: usize, batch: usize, seconds: u64) {
         .collect();
     let accepted: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
     let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(ingest.pid()) - cpu_before;
+    let cpu = abm::testkit::cpu_seconds(ingest.pid()) - cpu_before;
     let p50 = metric(port, "abm_ingest_produce_latency_seconds_sum", &[])
         / metric(port, "abm_ingest_produce_latency_seconds_count", &[]).max(1.0);
     println!(
@@ -163,17 +143,17 @@ fn raw_path(records: u64) {
     env.push(("ABM_INGEST__GROUP_ID", format!("{}-group", topics.prefix)));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
     let started = Instant::now();
-    let ingest = ServiceProcess::start(&release_binary("ingest"), &[], &env);
+    let ingest = ServiceProcess::start(&abm::testkit::workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
     let ready = started.elapsed().as_secs_f64();
-    let cpu_before = cpu_seconds(ingest.pid());
+    let cpu_before = abm::testkit::cpu_seconds(ingest.pid());
     let drain_started = Instant::now();
     while metric(port, "abm_ingest_events_received_total", &["transport=\"kafka\""]) < records as f64 {
         assert!(drain_started.elapsed() < Duration::from_secs(600), "raw path did not drain");
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = drain_started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(ingest.pid()) - cpu_before;
+    let cpu = abm::testkit::cpu_seconds(ingest.pid()) - cpu_before;
     println!(
         "ingest raw    records={records}: drained in {wall:.1}s = {:.0} events/s; ingest CPU {cpu:.1}s = {:.0} events per CPU-second (start-up {ready:.1}s not counted)",
         records as f64 / wall,

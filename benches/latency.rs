@@ -16,13 +16,6 @@ use abm::topics::TopicRole;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-fn release_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --release --bins` first", path.display());
-    path
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -55,7 +48,7 @@ fn main() {
         env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])));
         env.push(("ABM_LOG__LEVEL", "warn".into()));
         env.extend(extra);
-        processes.push(ServiceProcess::start(&release_binary(name), &[], &env));
+        processes.push(ServiceProcess::start(&abm::testkit::workspace_binary(name), &[], &env));
         wait_for_status(ports[i], "/readyz", 200, Duration::from_secs(60), name);
     }
 

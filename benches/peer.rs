@@ -22,13 +22,6 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const DAY: i64 = 86_400_000;
 
-fn release_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --release --bins` first", path.display());
-    path
-}
-
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -123,7 +116,7 @@ fn main() {
     env.push(("ABM_SCORER__INSTANCE_ID", format!("{}-s", topics.prefix)));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
     let started = Instant::now();
-    let scorer = ServiceProcess::start(&release_binary("scorer"), &[], &env);
+    let scorer = ServiceProcess::start(&abm::testkit::workspace_binary("scorer"), &[], &env);
     while metric(port, "abm_scorer_events_applied_total", &[]) + metric(port, "abm_scorer_duplicates_total", &[])
         < count as f64
         || metric(port, "abm_scorer_snapshot_age_seconds", &[]) > 0.0

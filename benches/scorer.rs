@@ -15,21 +15,6 @@ use abm::topics::TopicRole;
 use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-fn release_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --release --bins` first", path.display());
-    path
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
-    (fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0))
-        / 100.0
-}
-
 fn events(count: u64) -> impl Iterator<Item = EngagementEvent> {
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
         - 30 * 86_400_000;
@@ -85,9 +70,9 @@ fn main() {
         // Tuning under test, e.g. ABM_SCORER__COMMIT_INTERVAL_MS.
         env.push((Box::leak(key.into_boxed_str()), value));
     }
-    let scorer = ServiceProcess::start(&release_binary("scorer"), &[], &env);
+    let scorer = ServiceProcess::start(&abm::testkit::workspace_binary("scorer"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "scorer ready");
-    let cpu_before = cpu_seconds(scorer.pid());
+    let cpu_before = abm::testkit::cpu_seconds(scorer.pid());
     let started = Instant::now();
     let mut first = None;
     loop {
@@ -106,7 +91,7 @@ fn main() {
     // Start-up (restoring 6 empty partitions) is not throughput: time from the first applied event.
     let scoring = total - first.map_or(0.0, |f| f.as_secs_f64());
     let scorer_rate = count as f64 / scoring;
-    let cpu = cpu_seconds(scorer.pid()) - cpu_before;
+    let cpu = abm::testkit::cpu_seconds(scorer.pid()) - cpu_before;
     let transactions = metric(port, "abm_scorer_transactions_total", &[]);
     println!(
         "scorer bench: scorer applied and committed {count} in {scoring:.2}s = {scorer_rate:.0} events/s \

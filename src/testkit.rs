@@ -414,8 +414,8 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// A binary of this workspace, built by the same `cargo test` run (next to the test's own
-/// target directory).
+/// A binary of this workspace next to the running test or benchmark (same target directory and
+/// profile): built by the same `cargo test` run, or by `cargo build --release --bins` for benches.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
@@ -426,4 +426,12 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// CPU seconds (user + system) process `pid` has used so far (Linux `/proc`), for benchmarks.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
