@@ -11,6 +11,7 @@ import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.message.BinaryMessageDecoder;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
 import org.apache.kafka.streams.KafkaStreams;
@@ -35,7 +36,7 @@ import org.apache.kafka.streams.state.ValueAndTimestamp;
  *
  * Environment: PEER_BOOTSTRAP, PEER_APP_ID, PEER_INPUT, PEER_ACCOUNTS, PEER_CROSSINGS,
  * PEER_SCORES, PEER_SCHEMAS (the schemas/avro directory), PEER_COMMIT_MS (default 250),
- * PEER_STATE_DIR.
+ * PEER_STATE_DIR, PEER_INSTANCE_ID (static membership when set).
  */
 public final class ScoringApp {
     static String env(String name, String fallback) {
@@ -60,6 +61,12 @@ public final class ScoringApp {
         props.put(StreamsConfig.STATE_DIR_CONFIG, env("PEER_STATE_DIR", "/tmp/abm-streams-peer"));
         props.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
         props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 1);
+        // Static membership, like the scorer's: a restarted instance takes its partitions back at
+        // once instead of waiting for the dead member's session to time out.
+        String instance = env("PEER_INSTANCE_ID", "");
+        if (!instance.isEmpty()) {
+            props.put(StreamsConfig.consumerPrefix(ConsumerConfig.GROUP_INSTANCE_ID_CONFIG), instance);
+        }
 
         // Output topics (brokers here do not auto-create topics).
         try (org.apache.kafka.clients.admin.Admin admin = org.apache.kafka.clients.admin.Admin.create(
@@ -76,7 +83,10 @@ public final class ScoringApp {
         // The TAL: account id -> tier, from Avro Account records.
         builder.globalTable(env("PEER_ACCOUNTS", "abm.accounts"), Consumed.with(Serdes.String(), Serdes.ByteArray()),
             Materialized.<String, byte[], KeyValueStore<Bytes, byte[]>>as("tal"));
-        builder.addStateStore(Stores.keyValueStoreBuilder(Stores.persistentKeyValueStore("accounts"), Serdes.String(), Serdes.ByteArray()));
+        // Cached like a DSL aggregation's store: the changelog gets each account's latest state per
+        // commit, not one record per event.
+        builder.addStateStore(Stores.keyValueStoreBuilder(Stores.persistentKeyValueStore("accounts"), Serdes.String(), Serdes.ByteArray())
+            .withCachingEnabled());
 
         var outputs = builder.stream(env("PEER_INPUT", "abm.engagement"), Consumed.with(Serdes.String(), Serdes.ByteArray()))
             .process(() -> new Processor<String, byte[], String, String>() {
@@ -127,7 +137,12 @@ public final class ScoringApp {
             }, "accounts");
         outputs.filter((k, v) -> k.startsWith("c|")).selectKey((k, v) -> k.substring(2))
             .to(env("PEER_CROSSINGS", "abm.peer.score-crossings"), Produced.with(Serdes.String(), Serdes.String()));
+        // Latest score per account, coalesced per commit by a cached table (the usual idiom; its
+        // store needs no changelog: after a restore the next update is simply emitted).
         outputs.filter((k, v) -> k.startsWith("s|")).selectKey((k, v) -> k.substring(2))
+            .toTable(Materialized.<String, String, KeyValueStore<Bytes, byte[]>>as("scores")
+                .withKeySerde(Serdes.String()).withValueSerde(Serdes.String()).withCachingEnabled().withLoggingDisabled())
+            .toStream()
             .to(env("PEER_SCORES", "abm.peer.account-scores"), Produced.with(Serdes.String(), Serdes.String()));
 
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
