@@ -12,6 +12,7 @@
 //! `schemas/avro/history/` and listed in [`AvroRecord`]'s implementation, so messages already in
 //! Kafka stay readable.
 
+pub mod binary;
 pub mod codec;
 pub mod records;
 

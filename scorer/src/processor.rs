@@ -146,13 +146,15 @@ impl Processor for ScorerProcessor {
 
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
+        let mut state_payload = Vec::with_capacity(4096);
         for (partition, account_id) in &dirty {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
-            let (state_payload, score_payload) = {
+            let score_payload = {
                 let Some(state) = accounts.get(account_id) else { continue };
-                let record: AccountState = state.to_record(account_id, &self.engine);
-                (abm_schemas::encode(&record)?, abm_schemas::encode(&self.account_score(account_id, &state))?)
+                state_payload.clear();
+                state.encode_record_into(account_id, &self.engine, &mut state_payload);
+                abm_schemas::encode(&self.account_score(account_id, &state))?
             };
             out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
             out.send(&self.topics.scores, account_id, &score_payload, None)?;

@@ -278,6 +278,58 @@ impl AccountScoreState {
         }
     }
 
+    /// Appends exactly the single-object message `abm_schemas::encode(&self.to_record(..))`
+    /// would give, written straight from this state: no intermediate record, no string copies.
+    /// The commit path encodes every changed account's state, so this is the scorer's hottest
+    /// encoder; a property test holds it byte-equal to the codec.
+    pub fn encode_record_into(&self, account_id: &str, engine: &Engine, buffer: &mut Vec<u8>) {
+        use abm_schemas::AvroRecord as _;
+        let rule_name = |index: u16| engine.rules().get(index).name.as_str();
+        let mut w = abm_schemas::binary::Writer::single_object(buffer, AccountState::codec().fingerprint());
+        w.string(account_id);
+        w.symbol(tier_index(self.tier));
+        w.optional_long(self.as_of);
+        w.double(self.engagement);
+        w.array(self.rule_points.iter(), |w, (index, points)| {
+            w.string(rule_name(*index));
+            w.double(*points);
+        });
+        w.boolean(self.armed);
+        w.long(self.threshold_crossings as i64);
+        w.long(self.hand_raiser_crossings as i64);
+        w.array(self.contacts.iter(), |w, c| {
+            w.string(&c.key);
+            w.string(&c.persona);
+            w.optional_string(c.title.as_deref());
+            w.long(c.last_engaged_at);
+        });
+        w.array(self.window.iter(), |w, (t, kind)| {
+            w.symbol(*kind as usize);
+            w.long(*t);
+        });
+        w.array(self.caps.iter(), |w, cap| {
+            w.string(&cap.contact_key);
+            w.string(rule_name(cap.rule));
+            w.int(i32::try_from(cap.day).unwrap_or(i32::MAX));
+            w.int(i32::try_from(cap.count).unwrap_or(i32::MAX));
+        });
+        w.array(self.seen.iter(), |w, (id_hash, applied_at)| {
+            w.long(*id_hash);
+            w.long(*applied_at);
+        });
+        w.array(self.recent.iter(), |w, r| {
+            w.string(&r.event_id);
+            w.symbol(r.kind as usize);
+            w.long(r.occurred_at);
+            w.optional_string(r.rule.filter(|i| usize::from(*i) < engine.rules().len()).map(rule_name));
+            w.double(r.points);
+            w.optional_string(r.contact_id.as_deref());
+            w.string(&r.detail);
+        });
+        w.long(self.events_applied as i64);
+        w.long(self.duplicates as i64);
+    }
+
     /// Back from the Avro form. Rules that no longer exist in the config lose their breakdown
     /// line (their points stay in `E`) and their caps.
     pub fn from_record(record: &AccountState, engine: &Engine) -> AccountScoreState {
@@ -353,5 +405,15 @@ impl AccountScoreState {
             + self.caps.capacity() * size_of::<CapEntry>()
             + self.seen.capacity() * size_of::<(i64, i64)>()
             + self.recent.capacity() * size_of::<Recent>()
+    }
+}
+
+/// The index of `tier` among the `Tier` enum's symbols in the schema.
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Untiered => 0,
+        Tier::Tier1 => 1,
+        Tier::Tier2 => 2,
+        Tier::Tier3 => 3,
     }
 }
