@@ -9,7 +9,7 @@
 //! before any of its events is applied, so after a crash no event is counted twice or lost
 //! and `read_committed` readers see each crossing once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ pub struct LoopTopics {
     pub rejected: String,
 }
 
+/// Accounts changed in the open batch, per input partition.
+type Dirty = HashMap<i32, HashSet<String>>;
+
 /// Tiers from the TAL, kept current by the table reader.
 pub type Tiers = DashMap<String, Tier>;
 
@@ -47,7 +50,7 @@ pub struct ScorerProcessor {
     pub metrics: Metrics,
     pub kafka: KafkaConfig,
     /// (input partition, account) changed in the open batch.
-    dirty: Mutex<BTreeSet<(i32, String)>>,
+    dirty: Mutex<Dirty>,
     /// `events_applied` per kind, resolved once (no label hashing per event).
     applied_by_kind: Vec<prometheus::IntCounter>,
 }
@@ -74,12 +77,12 @@ impl ScorerProcessor {
             topics,
             metrics,
             kafka,
-            dirty: Mutex::new(BTreeSet::new()),
+            dirty: Mutex::new(Dirty::new()),
             applied_by_kind,
         }
     }
 
-    fn dirty(&self) -> std::sync::MutexGuard<'_, BTreeSet<(i32, String)>> {
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
         self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -124,9 +127,13 @@ impl Processor for ScorerProcessor {
         };
         let tier = self.tiers.get(&account_id).map_or(Tier::Untiered, |tier| *tier);
         let accounts = self.store.partition(partition);
-        let applied = {
-            let mut state = accounts.entry(account_id.clone()).or_default();
-            self.engine.apply(&account_id, &mut state, &event, tier)
+        // Look up by &str first: the owned key is built only for a new account.
+        let applied = match accounts.get_mut(account_id.as_str()) {
+            Some(mut state) => self.engine.apply(&account_id, &mut state, &event, tier),
+            None => {
+                let mut state = accounts.entry(account_id.clone()).or_default();
+                self.engine.apply(&account_id, &mut state, &event, tier)
+            }
         };
         match applied {
             Applied::Duplicate => self.metrics.duplicates.inc(),
@@ -138,7 +145,11 @@ impl Processor for ScorerProcessor {
                     self.metrics.crossings.with_label_values(&[crossing.kind.as_str(), crossing.tier.as_str()]).inc();
                     out.send(&self.topics.crossings, &account_id, &abm_schemas::encode(&crossing)?, None)?;
                 }
-                self.dirty().insert((partition, account_id));
+                let mut dirty = self.dirty();
+                let accounts = dirty.entry(partition).or_default();
+                if !accounts.contains(account_id.as_str()) {
+                    accounts.insert(account_id);
+                }
             }
         }
         Ok(())
@@ -147,7 +158,8 @@ impl Processor for ScorerProcessor {
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
         let mut state_payload = Vec::with_capacity(4096);
-        for (partition, account_id) in &dirty {
+        let mut written = 0;
+        for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
             let score_payload = {
@@ -158,8 +170,9 @@ impl Processor for ScorerProcessor {
             };
             out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
+            written += 1;
         }
-        self.metrics.state_records.inc_by(dirty.len() as u64);
+        self.metrics.state_records.inc_by(written);
         Ok(())
     }
 
@@ -207,7 +220,7 @@ impl Processor for ScorerProcessor {
             self.store.drop_partition(*partition);
             let _ = self.metrics.consumer_lag.remove_label_values(&[&partition.to_string()]);
         }
-        self.dirty().retain(|(partition, _)| !partitions.contains(partition));
+        self.dirty().retain(|partition, _| !partitions.contains(partition));
         self.metrics.accounts.set(self.store.account_count() as i64);
     }
 
