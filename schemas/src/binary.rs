@@ -1,7 +1,8 @@
-//! A minimal Avro binary writer for hot paths that encode straight from their own in-memory
-//! form, without building a record first (the scorer's changelog). The caller writes the
-//! fields in schema order; a test next to each such encoder must compare its bytes with
-//! [`crate::Codec::encode`] of the equivalent record.
+//! Minimal Avro binary writing and reading for hot paths. [`Writer`] encodes straight from a
+//! service's own in-memory form, without building a record first (the scorer's changelog);
+//! [`Reader`] backs the direct decoders of the busiest records ([`crate::decode`] tries them
+//! first and falls back to the codec, which reports every error). The fields go in schema
+//! order; a property test next to each must hold it equal to [`crate::Codec`].
 
 /// Appends Avro binary values to a buffer.
 #[derive(Debug)]
@@ -88,6 +89,74 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Reads Avro binary values from a datum. Every method returns `None` on anything the codec
+/// would not accept (truncation, overlong varints, bad UTF-8, out-of-range indexes), so that a
+/// direct decoder can give up and let the codec say what is wrong.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes }
+    }
+
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn long(&mut self) -> Option<i64> {
+        let mut n: u64 = 0;
+        for (i, byte) in self.bytes.iter().enumerate().take(10) {
+            if i == 9 && *byte > 1 {
+                return None; // more than 64 bits
+            }
+            n |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.bytes = &self.bytes[i + 1..];
+                return Some(((n >> 1) as i64) ^ -((n & 1) as i64));
+            }
+        }
+        None
+    }
+
+    pub fn double(&mut self) -> Option<f64> {
+        let (head, rest) = self.bytes.split_first_chunk::<8>()?;
+        self.bytes = rest;
+        Some(f64::from_le_bytes(*head))
+    }
+
+    pub fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.long()?).ok()?;
+        if len > self.bytes.len() {
+            return None;
+        }
+        let (text, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        String::from_utf8(text.to_vec()).ok()
+    }
+
+    /// An enum symbol's index, below `symbols`.
+    pub fn symbol(&mut self, symbols: usize) -> Option<usize> {
+        usize::try_from(self.long()?).ok().filter(|index| *index < symbols)
+    }
+
+    /// A `["null", T]` union: `Some(None)` for null, `Some(Some(_))` for a `T` read by `read`.
+    pub fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        match self.long()? {
+            0 => Some(None),
+            1 => read(self).map(Some),
+            _ => None,
+        }
+    }
+
+    pub fn optional_string(&mut self) -> Option<Option<String>> {
+        self.optional(Self::string)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Writer;
@@ -108,6 +177,39 @@ mod tests {
             Writer::new(&mut buffer).long(*value);
             assert_eq!(&buffer, bytes, "{value}");
         }
+    }
+
+    #[test]
+    fn the_reader_reads_what_the_writer_writes() {
+        let mut buffer = Vec::new();
+        let mut writer = Writer::new(&mut buffer);
+        for n in [0, -1, 1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
+            writer.long(n);
+        }
+        writer.double(-2.5);
+        writer.optional_string(Some("é"));
+        writer.optional_string(None);
+        writer.symbol(3);
+        let mut reader = super::Reader::new(&buffer);
+        for n in [0, -1, 1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
+            assert_eq!(reader.long(), Some(n));
+        }
+        assert_eq!(reader.double(), Some(-2.5));
+        assert_eq!(reader.optional_string(), Some(Some("é".to_owned())));
+        assert_eq!(reader.optional_string(), Some(None));
+        assert_eq!(reader.symbol(3), None, "index 3 of 3 symbols");
+        assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn the_reader_refuses_what_the_codec_would() {
+        assert_eq!(super::Reader::new(&[0x80]).long(), None, "truncated varint");
+        assert_eq!(super::Reader::new(&[0xff; 11]).long(), None, "more than 64 bits");
+        assert_eq!(super::Reader::new(&[4, b'a']).string(), None, "shorter than its length");
+        assert_eq!(super::Reader::new(&[3]).string(), None, "negative length");
+        assert_eq!(super::Reader::new(&[2, 0xff]).string(), None, "not UTF-8");
+        assert_eq!(super::Reader::new(&[4]).optional_string(), None, "union index 2");
+        assert_eq!(super::Reader::new(&[1, 2, 3]).double(), None, "short double");
     }
 
     #[test]

@@ -366,8 +366,133 @@ fn with_header<T: AvroRecord>(datum: &[u8]) -> Vec<u8> {
     bytes
 }
 
+fn text() -> impl Strategy<Value = String> {
+    ".{0,12}"
+}
+
+fn maybe_text() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(text())
+}
+
+/// Any `EngagementEvent`, every optional part present or not.
+fn any_event() -> impl Strategy<Value = EngagementEvent> {
+    let head = (text(), 0usize..EventKind::ALL.len(), any::<i64>(), any::<i64>(), text(), maybe_text(), maybe_text());
+    let contact = proptest::option::of(
+        (maybe_text(), maybe_text(), maybe_text(), maybe_text())
+            .prop_map(|(contact_id, email, title, persona)| Contact { contact_id, email, title, persona }),
+    );
+    let visit =
+        proptest::option::of((text(), maybe_text(), maybe_text()).prop_map(|(url, referrer, title)| WebVisit {
+            url,
+            referrer,
+            title,
+        }));
+    let ad =
+        proptest::option::of((text(), maybe_text(), maybe_text()).prop_map(|(channel, campaign, creative)| AdClick {
+            channel,
+            campaign,
+            creative,
+        }));
+    let email = proptest::option::of((0usize..7, maybe_text()).prop_map(|(action, campaign)| EmailEvent {
+        action: [
+            EmailAction::Other,
+            EmailAction::Delivered,
+            EmailAction::Open,
+            EmailAction::Click,
+            EmailAction::Reply,
+            EmailAction::Bounce,
+            EmailAction::Unsubscribe,
+        ][action],
+        campaign,
+    }));
+    let rest = (
+        proptest::option::of(text().prop_map(|form| DemoRequest { form })),
+        proptest::option::of(text().prop_map(|asset| ContentDownload { asset })),
+        proptest::option::of((text(), text()).prop_map(|(webinar_id, action)| Webinar { webinar_id, action })),
+        proptest::option::of(text().prop_map(|meeting_id| Meeting { meeting_id })),
+        proptest::option::of(
+            (text(), any::<f64>().prop_filter("NaN never equals itself", |x| !x.is_nan()))
+                .prop_map(|(topic, strength)| Intent { topic, strength }),
+        ),
+    );
+    (head, contact, visit, ad, email, rest).prop_map(
+        |(
+            (event_id, kind, occurred_at, received_at, source, account_id, domain),
+            contact,
+            web_visit,
+            ad_click,
+            email,
+            r,
+        )| {
+            EngagementEvent {
+                event_id,
+                kind: EventKind::ALL[kind],
+                occurred_at,
+                received_at,
+                source,
+                account_id,
+                domain,
+                contact,
+                web_visit,
+                ad_click,
+                email,
+                demo_request: r.0,
+                content_download: r.1,
+                webinar: r.2,
+                meeting: r.3,
+                intent: r.4,
+            }
+        },
+    )
+}
+
+/// The direct decoder (behind `decode`) and the codec agree: both fail, or both give the same
+/// event (compared by re-encoding, so that a NaN strength compares equal to itself).
+fn same_as_codec(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let direct = decode::<EngagementEvent>(bytes);
+    let codec = decode_with_codec::<EngagementEvent>(bytes);
+    match (direct, codec) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(encode(&a).expect("encodes"), encode(&b).expect("encodes")),
+        (Err(_), Err(_)) => {}
+        (a, b) => prop_assert!(false, "direct {a:?} vs codec {b:?}"),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_direct_engagement_event_decoder_equals_the_codec(event in any_event()) {
+        let bytes = encode(&event).expect("encodes");
+        prop_assert_eq!(decode::<EngagementEvent>(&bytes).expect("direct"), event.clone());
+        prop_assert_eq!(decode_with_codec::<EngagementEvent>(&bytes).expect("codec"), event);
+    }
+
+    /// Damaged messages: a byte changed, the message cut short, or bytes appended.
+    #[test]
+    fn the_direct_decoder_accepts_and_refuses_what_the_codec_does(
+        event in any_event(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        cut in any::<prop::sample::Index>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..4),
+    ) {
+        let bytes = encode(&event).expect("encodes");
+        let body = SINGLE_OBJECT_HEADER_LEN..bytes.len();
+        let mut changed = bytes.clone();
+        changed[body.start + at.index(body.len())] = byte;
+        same_as_codec(&changed)?;
+        same_as_codec(&bytes[..body.start + cut.index(body.len())])?;
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        same_as_codec(&longer)?;
+    }
+
+    #[test]
+    fn arbitrary_datums_decode_alike(datum in proptest::collection::vec(any::<u8>(), 0..96)) {
+        same_as_codec(&with_header::<EngagementEvent>(&datum))?;
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
