@@ -196,7 +196,12 @@ impl Engine {
         state.events_applied += 1;
         state.record_window_event(event.kind, t);
         state.remember(id_hash, as_of);
-        state.record_recent(self.recent_event(event, rule_index, points, contact_key), self.config.max_recent_events);
+        if state.keeps_recent(t, self.config.max_recent_events) {
+            state.record_recent(
+                self.recent_event(event, rule_index, points, contact_key),
+                self.config.max_recent_events,
+            );
+        }
         state.prune(as_of, self.dedup_window_ms, &self.config);
 
         let crossings = self.evaluate(account_id, state, event);
@@ -280,15 +285,15 @@ impl Engine {
             EventKind::Intent => event.intent.as_ref().map(|i| format!("{} ({:.2})", i.topic, i.strength)),
             EventKind::Unknown => None,
         };
-        state::Recent {
-            event_id: event.event_id.as_str().into(),
-            kind: event.kind,
-            occurred_at: event.occurred_at,
+        state::Recent::new(
+            &event.event_id,
+            contact.as_deref(),
+            detail.as_deref().unwrap_or_default(),
+            event.kind,
+            event.occurred_at,
             rule,
             points,
-            contact_id: contact.map(Into::into),
-            detail: detail.unwrap_or_default().into(),
-        }
+        )
     }
 
     /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.

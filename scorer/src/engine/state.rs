@@ -26,16 +26,61 @@ pub(crate) struct CapEntry {
     count: u32,
 }
 
-/// One of the last few events, for explanations.
+/// One of the last few events, for explanations. Its three strings share one allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Recent {
-    pub event_id: Box<str>,
+    /// The event id, then the contact id (if any), then the detail.
+    text: Box<str>,
+    id_end: u32,
+    /// Where the contact id ends; `None` when the event had no contact.
+    contact_end: Option<u32>,
     pub kind: EventKind,
-    pub occurred_at: i64,
     pub rule: Option<u16>,
+    pub occurred_at: i64,
     pub points: f64,
-    pub contact_id: Option<Box<str>>,
-    pub detail: Box<str>,
+}
+
+impl Recent {
+    pub(crate) fn new(
+        event_id: &str,
+        contact_id: Option<&str>,
+        detail: &str,
+        kind: EventKind,
+        occurred_at: i64,
+        rule: Option<u16>,
+        points: f64,
+    ) -> Recent {
+        let mut text = String::with_capacity(event_id.len() + contact_id.map_or(0, str::len) + detail.len());
+        text.push_str(event_id);
+        let id_end = text.len();
+        let contact_end = contact_id.map(|contact| {
+            text.push_str(contact);
+            text.len()
+        });
+        text.push_str(detail);
+        let offset = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Recent {
+            text: text.into_boxed_str(),
+            id_end: offset(id_end),
+            contact_end: contact_end.map(offset),
+            kind,
+            rule,
+            occurred_at,
+            points,
+        }
+    }
+
+    pub(crate) fn event_id(&self) -> &str {
+        &self.text[..self.id_end as usize]
+    }
+
+    pub(crate) fn contact_id(&self) -> Option<&str> {
+        self.contact_end.map(|end| &self.text[self.id_end as usize..end as usize])
+    }
+
+    pub(crate) fn detail(&self) -> &str {
+        &self.text[self.contact_end.unwrap_or(self.id_end) as usize..]
+    }
 }
 
 /// Everything the engine keeps about one account. All collections are bounded by
@@ -132,12 +177,25 @@ impl AccountScoreState {
         self.seen.push_back((id_hash, as_of));
     }
 
+    /// Whether an event at `occurred_at` would be among the `max` most recent kept.
+    pub(crate) fn keeps_recent(&self, occurred_at: i64, max: usize) -> bool {
+        self.recent.iter().take(max).any(|r| r.occurred_at <= occurred_at) || self.recent.len() < max
+    }
+
     pub(crate) fn record_recent(&mut self, recent: Recent, max: usize) {
+        self.recent.truncate(max);
         // Newest event time first; among equal times, the later applied first.
         let position =
             self.recent.iter().position(|r| r.occurred_at <= recent.occurred_at).unwrap_or(self.recent.len());
+        if position >= max {
+            return;
+        }
+        if self.recent.len() == max {
+            self.recent.pop();
+        }
+        // Exactly `max` slots, never the doubling growth of a push past capacity.
+        self.recent.reserve_exact(max - self.recent.len());
         self.recent.insert(position, recent);
-        self.recent.truncate(max);
     }
 
     /// Drops what fell out of every window, then enforces the size bounds.
@@ -216,7 +274,7 @@ impl AccountScoreState {
         self.recent
             .iter()
             .map(|r| RecentEvent {
-                event_id: r.event_id.to_string(),
+                event_id: r.event_id().to_owned(),
                 kind: r.kind,
                 occurred_at: r.occurred_at,
                 rule: r
@@ -224,8 +282,8 @@ impl AccountScoreState {
                     .filter(|i| usize::from(*i) < engine.rules().len())
                     .map(|i| engine.rules().get(i).name.clone()),
                 points: r.points,
-                contact_id: r.contact_id.as_deref().map(str::to_owned),
-                detail: r.detail.to_string(),
+                contact_id: r.contact_id().map(str::to_owned),
+                detail: r.detail().to_owned(),
             })
             .collect()
     }
@@ -318,13 +376,13 @@ impl AccountScoreState {
             w.long(*applied_at);
         });
         w.array(self.recent.iter(), |w, r| {
-            w.string(&r.event_id);
+            w.string(r.event_id());
             w.symbol(r.kind as usize);
             w.long(r.occurred_at);
             w.optional_string(r.rule.filter(|i| usize::from(*i) < engine.rules().len()).map(rule_name));
             w.double(r.points);
-            w.optional_string(r.contact_id.as_deref());
-            w.string(&r.detail);
+            w.optional_string(r.contact_id());
+            w.string(r.detail());
         });
         w.long(self.events_applied as i64);
         w.long(self.duplicates as i64);
@@ -369,14 +427,16 @@ impl AccountScoreState {
             recent: record
                 .recent_events
                 .iter()
-                .map(|r| Recent {
-                    event_id: r.event_id.as_str().into(),
-                    kind: r.kind,
-                    occurred_at: r.occurred_at,
-                    rule: r.rule.as_deref().and_then(rule_index),
-                    points: r.points,
-                    contact_id: r.contact_id.as_deref().map(Into::into),
-                    detail: r.detail.as_str().into(),
+                .map(|r| {
+                    Recent::new(
+                        &r.event_id,
+                        r.contact_id.as_deref(),
+                        &r.detail,
+                        r.kind,
+                        r.occurred_at,
+                        r.rule.as_deref().and_then(rule_index),
+                        r.points,
+                    )
                 })
                 .collect(),
             events_applied: u64::try_from(record.events_applied).unwrap_or(0),
@@ -393,11 +453,7 @@ impl AccountScoreState {
             .map(|c| c.key.len() + c.persona.len() + c.title.as_ref().map_or(0, |t| t.len()))
             .sum::<usize>()
             + self.caps.iter().map(|c| c.contact_key.len()).sum::<usize>()
-            + self
-                .recent
-                .iter()
-                .map(|r| r.event_id.len() + r.detail.len() + r.contact_id.as_ref().map_or(0, |c| c.len()))
-                .sum::<usize>();
+            + self.recent.iter().map(|r| r.text.len()).sum::<usize>();
         strings
             + self.rule_points.capacity() * size_of::<(u16, f64)>()
             + self.contacts.capacity() * size_of::<ContactEntry>()
