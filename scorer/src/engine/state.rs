@@ -18,12 +18,27 @@ pub struct ContactEntry {
     pub last_engaged_at: i64,
 }
 
+/// Events of (contact, rule) on one UTC day, for caps. The contact is kept as the FNV-1a 64
+/// hash of its key (no string per entry); in the Avro form that is `#` and 16 hex digits.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CapEntry {
-    contact_key: Box<str>,
-    rule: u16,
+    contact: i64,
     day: i64,
+    rule: u16,
     count: u32,
+}
+
+/// The Avro form of a cap entry's contact: `#` and the hash's 16 hex digits.
+fn cap_contact_text(hash: i64) -> String {
+    format!("#{:016x}", hash as u64)
+}
+
+/// Back from the Avro form; a contact key written in full (before hashing) is hashed now.
+fn cap_contact_hash(text: &str) -> i64 {
+    text.strip_prefix('#')
+        .filter(|hex| hex.len() == 16)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .map_or_else(|| super::event_id_hash(text), |hash| hash as i64)
 }
 
 /// One of the last few events, for explanations. Its three strings share one allocation.
@@ -132,13 +147,12 @@ impl Default for AccountScoreState {
 impl AccountScoreState {
     /// Counts one more event of (contact, rule) on `day` and returns the new count.
     pub(crate) fn count_for_cap(&mut self, contact_key: &str, rule: u16, day: i64) -> u32 {
-        if let Some(entry) =
-            self.caps.iter_mut().find(|e| e.rule == rule && e.day == day && &*e.contact_key == contact_key)
-        {
+        let contact = super::event_id_hash(contact_key);
+        if let Some(entry) = self.caps.iter_mut().find(|e| e.rule == rule && e.day == day && e.contact == contact) {
             entry.count += 1;
             return entry.count;
         }
-        self.caps.push(CapEntry { contact_key: contact_key.into(), rule, day, count: 1 });
+        self.caps.push(CapEntry { contact, rule, day, count: 1 });
         1
     }
 
@@ -319,7 +333,7 @@ impl AccountScoreState {
                 .caps
                 .iter()
                 .map(|cap| CapCount {
-                    contact_key: cap.contact_key.to_string(),
+                    contact_key: cap_contact_text(cap.contact),
                     rule: rule_name(cap.rule),
                     day: i32::try_from(cap.day).unwrap_or(i32::MAX),
                     count: i32::try_from(cap.count).unwrap_or(i32::MAX),
@@ -366,7 +380,7 @@ impl AccountScoreState {
             w.long(*t);
         });
         w.array(self.caps.iter(), |w, cap| {
-            w.string(&cap.contact_key);
+            w.string(&cap_contact_text(cap.contact));
             w.string(rule_name(cap.rule));
             w.int(i32::try_from(cap.day).unwrap_or(i32::MAX));
             w.int(i32::try_from(cap.count).unwrap_or(i32::MAX));
@@ -416,7 +430,7 @@ impl AccountScoreState {
                 .iter()
                 .filter_map(|cap| {
                     Some(CapEntry {
-                        contact_key: cap.contact_key.as_str().into(),
+                        contact: cap_contact_hash(&cap.contact_key),
                         rule: rule_index(&cap.rule)?,
                         day: i64::from(cap.day),
                         count: u32::try_from(cap.count).unwrap_or(0),
@@ -452,7 +466,6 @@ impl AccountScoreState {
             .iter()
             .map(|c| c.key.len() + c.persona.len() + c.title.as_ref().map_or(0, |t| t.len()))
             .sum::<usize>()
-            + self.caps.iter().map(|c| c.contact_key.len()).sum::<usize>()
             + self.recent.iter().map(|r| r.text.len()).sum::<usize>();
         strings
             + self.rule_points.capacity() * size_of::<(u16, f64)>()
@@ -471,5 +484,51 @@ fn tier_index(tier: Tier) -> usize {
         Tier::Tier1 => 1,
         Tier::Tier2 => 2,
         Tier::Tier3 => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
+
+    use super::{AccountScoreState, cap_contact_hash, cap_contact_text};
+    use crate::engine::{Applied, DAY_MS, Engine, ScoringConfig};
+
+    fn visit(id: &str, t: i64) -> EngagementEvent {
+        let mut event = EngagementEvent::new(id, EventKind::WebVisit, t, "test");
+        event.contact = Some(Contact { contact_id: Some("c-1".into()), ..Contact::default() });
+        event.web_visit = Some(WebVisit { url: "https://v.example/docs".into(), referrer: None, title: None });
+        event
+    }
+
+    #[test]
+    fn cap_contacts_round_trip_as_hashes_and_full_keys_are_hashed() {
+        let hash = crate::engine::event_id_hash("c-1");
+        assert_eq!(cap_contact_hash(&cap_contact_text(hash)), hash);
+        assert_eq!(cap_contact_text(hash).len(), 17);
+        assert_eq!(cap_contact_hash("c-1"), hash, "a key written in full");
+        assert_eq!(cap_contact_hash("#xyz"), crate::engine::event_id_hash("#xyz"), "not a hash: a key");
+    }
+
+    /// A changelog record written before the hashing (full contact keys) still caps the same
+    /// contact after a restore.
+    #[test]
+    fn caps_restored_from_full_contact_keys_still_apply() {
+        let engine = Engine::new(ScoringConfig::default()).expect("valid");
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS;
+        let mut state = AccountScoreState::default();
+        for n in 0..10 {
+            engine.apply("acc", &mut state, &visit(&format!("e{n}"), t0 + n), Tier::Tier1);
+        }
+        let mut record = state.to_record("acc", &engine);
+        for cap in &mut record.cap_counts {
+            assert!(cap.contact_key.starts_with('#'));
+            cap.contact_key = "c-1".into();
+        }
+        let mut restored = AccountScoreState::from_record(&record, &engine);
+        let eleventh = engine.apply("acc", &mut restored, &visit("e10", t0 + 10), Tier::Tier1);
+        assert!(matches!(eleventh, Applied::Scored { points, .. } if points == 0.0), "{eleventh:?}");
+        let original = engine.apply("acc", &mut state, &visit("e10", t0 + 10), Tier::Tier1);
+        assert_eq!(original, eleventh);
     }
 }
