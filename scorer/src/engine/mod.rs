@@ -188,7 +188,7 @@ impl Engine {
         if let (Some(key), Some(index)) = (&contact_key, rule_index)
             && self.rules.get(index).points > 0.0
         {
-            let title = contact.and_then(|c| c.title.clone());
+            let title = contact.and_then(|c| c.title.as_deref());
             state.engage_contact(key, &persona, title, t);
         }
 

@@ -9,13 +9,66 @@ use abm_schemas::{
 use super::config::ScoringConfig;
 use super::{BREADTH_WINDOW_MS, COUNT_WINDOWS_DAYS, DAY_MS, Engine, KindCounts};
 
+/// Up to `N` strings, each possibly absent, in one allocation: a state holds many short
+/// strings, and one heap block each (plus the allocator's overhead) cost more than the text.
+#[derive(Debug, Clone, PartialEq)]
+struct Packed<const N: usize> {
+    text: Box<str>,
+    /// Where each string ends in `text`; `u32::MAX` when absent.
+    ends: [u32; N],
+}
+
+impl<const N: usize> Packed<N> {
+    fn new(parts: [Option<&str>; N]) -> Packed<N> {
+        let mut text = String::with_capacity(parts.iter().flatten().map(|part| part.len()).sum());
+        let mut ends = [u32::MAX; N];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            if let Some(part) = part {
+                text.push_str(part);
+                *end = u32::try_from(text.len()).unwrap_or(u32::MAX - 1);
+            }
+        }
+        Packed { text: text.into_boxed_str(), ends }
+    }
+
+    fn get(&self, index: usize) -> Option<&str> {
+        let end = self.ends[index];
+        if end == u32::MAX {
+            return None;
+        }
+        let start = self.ends[..index].iter().rev().find(|e| **e != u32::MAX).map_or(0, |e| *e as usize);
+        self.text.get(start..end as usize)
+    }
+
+    fn text_len(&self) -> usize {
+        self.text.len()
+    }
+}
+
 /// A contact with a positive-scoring event (kept while inside the breadth window).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContactEntry {
-    pub key: Box<str>,
-    pub persona: Box<str>,
-    pub title: Option<Box<str>>,
+    /// Key, persona, title.
+    strings: Packed<3>,
     pub last_engaged_at: i64,
+}
+
+impl ContactEntry {
+    pub fn new(key: &str, persona: &str, title: Option<&str>, last_engaged_at: i64) -> ContactEntry {
+        ContactEntry { strings: Packed::new([Some(key), Some(persona), title]), last_engaged_at }
+    }
+
+    pub fn key(&self) -> &str {
+        self.strings.get(0).unwrap_or_default()
+    }
+
+    pub fn persona(&self) -> &str {
+        self.strings.get(1).unwrap_or_default()
+    }
+
+    pub fn title(&self) -> Option<&str> {
+        self.strings.get(2)
+    }
 }
 
 /// Events of (contact, rule) on one UTC day, for caps. The contact is kept as the FNV-1a 64
@@ -41,14 +94,11 @@ fn cap_contact_hash(text: &str) -> i64 {
         .map_or_else(|| super::event_id_hash(text), |hash| hash as i64)
 }
 
-/// One of the last few events, for explanations. Its three strings share one allocation.
+/// One of the last few events, for explanations.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Recent {
-    /// The event id, then the contact id (if any), then the detail.
-    text: Box<str>,
-    id_end: u32,
-    /// Where the contact id ends; `None` when the event had no contact.
-    contact_end: Option<u32>,
+    /// Event id, contact id, detail.
+    strings: Packed<3>,
     pub kind: EventKind,
     pub rule: Option<u16>,
     pub occurred_at: i64,
@@ -65,36 +115,19 @@ impl Recent {
         rule: Option<u16>,
         points: f64,
     ) -> Recent {
-        let mut text = String::with_capacity(event_id.len() + contact_id.map_or(0, str::len) + detail.len());
-        text.push_str(event_id);
-        let id_end = text.len();
-        let contact_end = contact_id.map(|contact| {
-            text.push_str(contact);
-            text.len()
-        });
-        text.push_str(detail);
-        let offset = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Recent {
-            text: text.into_boxed_str(),
-            id_end: offset(id_end),
-            contact_end: contact_end.map(offset),
-            kind,
-            rule,
-            occurred_at,
-            points,
-        }
+        Recent { strings: Packed::new([Some(event_id), contact_id, Some(detail)]), kind, rule, occurred_at, points }
     }
 
     pub(crate) fn event_id(&self) -> &str {
-        &self.text[..self.id_end as usize]
+        self.strings.get(0).unwrap_or_default()
     }
 
     pub(crate) fn contact_id(&self) -> Option<&str> {
-        self.contact_end.map(|end| &self.text[self.id_end as usize..end as usize])
+        self.strings.get(1)
     }
 
     pub(crate) fn detail(&self) -> &str {
-        &self.text[self.contact_end.unwrap_or(self.id_end) as usize..]
+        self.strings.get(2).unwrap_or_default()
     }
 }
 
@@ -163,23 +196,18 @@ impl AccountScoreState {
         }
     }
 
-    pub(crate) fn engage_contact(&mut self, key: &str, persona: &str, title: Option<String>, t: i64) {
-        match self.contacts.iter_mut().find(|c| &*c.key == key) {
+    pub(crate) fn engage_contact(&mut self, key: &str, persona: &str, title: Option<&str>, t: i64) {
+        match self.contacts.iter_mut().find(|c| c.key() == key) {
             Some(contact) => {
                 if t >= contact.last_engaged_at {
-                    contact.last_engaged_at = t;
-                    contact.persona = persona.into();
-                    if title.is_some() {
-                        contact.title = title.map(Into::into);
+                    let title = title.or(contact.title());
+                    if contact.persona() != persona || contact.title() != title {
+                        *contact = ContactEntry::new(key, persona, title, t);
                     }
+                    contact.last_engaged_at = t;
                 }
             }
-            None => self.contacts.push(ContactEntry {
-                key: key.into(),
-                persona: persona.into(),
-                title: title.map(Into::into),
-                last_engaged_at: t,
-            }),
+            None => self.contacts.push(ContactEntry::new(key, persona, title, t)),
         }
     }
 
@@ -216,7 +244,7 @@ impl AccountScoreState {
     pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) {
         self.contacts.retain(|c| c.last_engaged_at > as_of - BREADTH_WINDOW_MS);
         if self.contacts.len() > config.max_contacts {
-            self.contacts.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key.cmp(&b.key)));
+            self.contacts.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key().cmp(b.key())));
             self.contacts.truncate(config.max_contacts);
         }
         let longest = COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1] * DAY_MS;
@@ -273,9 +301,9 @@ impl AccountScoreState {
             .iter()
             .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
             .map(|c| EngagedContact {
-                contact_id: c.key.to_string(),
-                persona: c.persona.to_string(),
-                title: c.title.as_deref().map(str::to_owned),
+                contact_id: c.key().to_owned(),
+                persona: c.persona().to_owned(),
+                title: c.title().map(str::to_owned),
                 last_engaged_at: c.last_engaged_at,
             })
             .collect();
@@ -322,9 +350,9 @@ impl AccountScoreState {
                 .contacts
                 .iter()
                 .map(|c| EngagedContact {
-                    contact_id: c.key.to_string(),
-                    persona: c.persona.to_string(),
-                    title: c.title.as_deref().map(str::to_owned),
+                    contact_id: c.key().to_owned(),
+                    persona: c.persona().to_owned(),
+                    title: c.title().map(str::to_owned),
                     last_engaged_at: c.last_engaged_at,
                 })
                 .collect(),
@@ -370,9 +398,9 @@ impl AccountScoreState {
         w.long(self.threshold_crossings as i64);
         w.long(self.hand_raiser_crossings as i64);
         w.array(self.contacts.iter(), |w, c| {
-            w.string(&c.key);
-            w.string(&c.persona);
-            w.optional_string(c.title.as_deref());
+            w.string(c.key());
+            w.string(c.persona());
+            w.optional_string(c.title());
             w.long(c.last_engaged_at);
         });
         w.array(self.window.iter(), |w, (t, kind)| {
@@ -417,12 +445,7 @@ impl AccountScoreState {
             contacts: record
                 .contacts
                 .iter()
-                .map(|c| ContactEntry {
-                    key: c.contact_id.as_str().into(),
-                    persona: c.persona.as_str().into(),
-                    title: c.title.as_deref().map(Into::into),
-                    last_engaged_at: c.last_engaged_at,
-                })
+                .map(|c| ContactEntry::new(&c.contact_id, &c.persona, c.title.as_deref(), c.last_engaged_at))
                 .collect(),
             window: record.window_events.iter().map(|w| (w.occurred_at, w.kind)).collect(),
             caps: record
@@ -461,12 +484,8 @@ impl AccountScoreState {
     /// Approximate heap bytes held by this state (for the memory metric and benchmarks).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        let strings: usize = self
-            .contacts
-            .iter()
-            .map(|c| c.key.len() + c.persona.len() + c.title.as_ref().map_or(0, |t| t.len()))
-            .sum::<usize>()
-            + self.recent.iter().map(|r| r.text.len()).sum::<usize>();
+        let strings: usize = self.contacts.iter().map(|c| c.strings.text_len()).sum::<usize>()
+            + self.recent.iter().map(|r| r.strings.text_len()).sum::<usize>();
         strings
             + self.rule_points.capacity() * size_of::<(u16, f64)>()
             + self.contacts.capacity() * size_of::<ContactEntry>()
@@ -499,6 +518,17 @@ mod tests {
         event.contact = Some(Contact { contact_id: Some("c-1".into()), ..Contact::default() });
         event.web_visit = Some(WebVisit { url: "https://v.example/docs".into(), referrer: None, title: None });
         event
+    }
+
+    #[test]
+    fn packed_strings_keep_each_part_and_its_absence() {
+        let all = super::Packed::new([Some("id"), Some(""), Some("detail")]);
+        assert_eq!((all.get(0), all.get(1), all.get(2)), (Some("id"), Some(""), Some("detail")));
+        let gaps = super::Packed::new([None, Some("é"), None]);
+        assert_eq!((gaps.get(0), gaps.get(1), gaps.get(2)), (None, Some("é"), None));
+        let last = super::Packed::new([Some("a"), None, Some("bc")]);
+        assert_eq!((last.get(0), last.get(1), last.get(2)), (Some("a"), None, Some("bc")));
+        assert_eq!(last.text_len(), 3);
     }
 
     #[test]
