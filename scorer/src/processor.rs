@@ -131,7 +131,7 @@ impl Processor for ScorerProcessor {
         let applied = match accounts.get_mut(account_id.as_str()) {
             Some(mut state) => self.engine.apply(&account_id, &mut state, &event, tier),
             None => {
-                let mut state = accounts.entry(account_id.clone()).or_default();
+                let mut state = accounts.entry(account_id.as_str().into()).or_default();
                 self.engine.apply(&account_id, &mut state, &event, tier)
             }
         };
@@ -163,7 +163,7 @@ impl Processor for ScorerProcessor {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
             let score_payload = {
-                let Some(state) = accounts.get(account_id) else { continue };
+                let Some(state) = accounts.get(account_id.as_str()) else { continue };
                 state_payload.clear();
                 state.encode_record_into(account_id, &self.engine, &mut state_payload);
                 abm_schemas::encode(&self.account_score(account_id, &state))?
@@ -195,7 +195,7 @@ impl Processor for ScorerProcessor {
                     }
                     Some(payload) => {
                         let record: AccountState = abm_schemas::decode(payload).context("undecodable AccountState")?;
-                        accounts.insert(key.to_owned(), AccountScoreState::from_record(&record, &self.engine));
+                        accounts.insert(key.into(), Box::new(AccountScoreState::from_record(&record, &self.engine)));
                     }
                 }
                 Ok(())

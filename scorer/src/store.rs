@@ -12,8 +12,9 @@ use dashmap::DashMap;
 
 use crate::engine::AccountScoreState;
 
-/// The accounts of one input partition.
-pub type PartitionAccounts = DashMap<String, AccountScoreState>;
+/// The accounts of one input partition. Keys are boxed strings and states are boxed, so the
+/// table's slots stay small (24 bytes) and its unused slots cost little.
+pub type PartitionAccounts = DashMap<Box<str>, Box<AccountScoreState>>;
 
 #[derive(Debug, Default, Clone)]
 pub struct Store {
@@ -49,7 +50,7 @@ impl Store {
     /// A copy of one account's state, wherever it lives.
     pub fn get(&self, account_id: &str) -> Option<AccountScoreState> {
         let shards: Vec<Arc<PartitionAccounts>> = self.partitions.iter().map(|entry| entry.value().clone()).collect();
-        shards.iter().find_map(|accounts| accounts.get(account_id).map(|state| state.clone()))
+        shards.iter().find_map(|accounts| accounts.get(account_id).map(|state| state.as_ref().clone()))
     }
 
     /// Calls `visit` for every account (copying nothing); used by the leaderboard.
