@@ -93,9 +93,11 @@ fn main() {
     let scorer_rate = count as f64 / scoring;
     let cpu = abm::testkit::cpu_seconds(scorer.pid()) - cpu_before;
     let transactions = metric(port, "abm_scorer_transactions_total", &[]);
+    let committing = metric(port, "abm_scorer_snapshot_duration_seconds_sum", &[]);
     println!(
         "scorer bench: scorer applied and committed {count} in {scoring:.2}s = {scorer_rate:.0} events/s \
-         ({transactions:.0} transactions, scorer CPU {cpu:.1}s = {:.0} events per CPU-second)",
+         ({transactions:.0} transactions taking {committing:.2}s in all, scorer CPU {cpu:.1}s = {:.0} events per \
+         CPU-second)",
         count as f64 / cpu.max(0.001)
     );
     println!("scorer bench: scorer / bare consumer = {:.2}", scorer_rate / bare_rate);
