@@ -321,12 +321,15 @@ pub fn drain_kill_recover(root: &Path, count: u64, accounts: u64) -> SideBySide 
     let end = end_offset(&input);
     println!("peer side by side: pre-loaded {count} events for {accounts} accounts");
     let port = free_port();
-    let started = Instant::now();
-    let our_process = ours.start(&topics, port);
-    let our_drain = wait_committed(&ours.group(&topics), &input, end, started, &our_process);
-    let started = Instant::now();
-    let peer_process = peer.start(&topics, 0);
-    let peer_drain = wait_committed(&peer.group(&topics), &input, end, started, &peer_process);
+    // Each side alone, in turn, from its start until its group has committed up to `end`.
+    let run = |side: &Side, port: u16, end: i64| {
+        let started = Instant::now();
+        let process = side.start(&topics, port);
+        let progress = wait_committed(&side.group(&topics), &input, end, started, &process);
+        (process, progress)
+    };
+    let (our_process, our_drain) = run(&ours, port, end);
+    let (peer_process, peer_drain) = run(&peer, 0, end);
     let (our_rss_mib, peer_rss_mib) = (peak_rss_mib(our_process.pid()), peak_rss_mib(peer_process.pid()));
 
     our_process.signal("KILL");
@@ -338,12 +341,8 @@ pub fn drain_kill_recover(root: &Path, count: u64, accounts: u64) -> SideBySide 
     }
     flush(&kafka);
     let end = end_offset(&input);
-    let started = Instant::now();
-    let our_process = ours.start(&topics, port);
-    let our_recovery = wait_committed(&ours.group(&topics), &input, end, started, &our_process);
-    let started = Instant::now();
-    let peer_process = peer.start(&topics, 0);
-    let peer_recovery = wait_committed(&peer.group(&topics), &input, end, started, &peer_process);
+    let (our_process, our_recovery) = run(&ours, port, end);
+    let (peer_process, peer_recovery) = run(&peer, 0, end);
 
     let cross_check = cross_check(&topics, port);
     println!("peer side by side: cross-check after kill -9 and recovery: {}", cross_check.summary());

@@ -7,18 +7,6 @@
 use crate::binary::Reader;
 use crate::records::*;
 
-fn email_action(index: usize) -> EmailAction {
-    [
-        EmailAction::Other,
-        EmailAction::Delivered,
-        EmailAction::Open,
-        EmailAction::Click,
-        EmailAction::Reply,
-        EmailAction::Bounce,
-        EmailAction::Unsubscribe,
-    ][index]
-}
-
 /// `abm.EngagementEvent`, fields in schema order.
 pub(crate) fn engagement_event(datum: &[u8]) -> Option<EngagementEvent> {
     let r = &mut Reader::new(datum);
@@ -44,8 +32,12 @@ pub(crate) fn engagement_event(datum: &[u8]) -> Option<EngagementEvent> {
         ad_click: r.optional(|r| {
             Some(AdClick { channel: r.string()?, campaign: r.optional_string()?, creative: r.optional_string()? })
         })?,
-        email: r
-            .optional(|r| Some(EmailEvent { action: email_action(r.symbol(7)?), campaign: r.optional_string()? }))?,
+        email: r.optional(|r| {
+            Some(EmailEvent {
+                action: EmailAction::ALL[r.symbol(EmailAction::ALL.len())?],
+                campaign: r.optional_string()?,
+            })
+        })?,
         demo_request: r.optional(|r| Some(DemoRequest { form: r.string()? }))?,
         content_download: r.optional(|r| Some(ContentDownload { asset: r.string()? }))?,
         webinar: r.optional(|r| Some(Webinar { webinar_id: r.string()?, action: r.string()? }))?,

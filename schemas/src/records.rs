@@ -126,6 +126,19 @@ pub enum EmailAction {
     Unsubscribe,
 }
 
+impl EmailAction {
+    /// Every action, in schema order.
+    pub const ALL: [EmailAction; 7] = [
+        EmailAction::Other,
+        EmailAction::Delivered,
+        EmailAction::Open,
+        EmailAction::Click,
+        EmailAction::Reply,
+        EmailAction::Bounce,
+        EmailAction::Unsubscribe,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailEvent {
     pub action: EmailAction,

@@ -393,18 +393,10 @@ fn any_event() -> impl Strategy<Value = EngagementEvent> {
             campaign,
             creative,
         }));
-    let email = proptest::option::of((0usize..7, maybe_text()).prop_map(|(action, campaign)| EmailEvent {
-        action: [
-            EmailAction::Other,
-            EmailAction::Delivered,
-            EmailAction::Open,
-            EmailAction::Click,
-            EmailAction::Reply,
-            EmailAction::Bounce,
-            EmailAction::Unsubscribe,
-        ][action],
-        campaign,
-    }));
+    let email = proptest::option::of(
+        (0..EmailAction::ALL.len(), maybe_text())
+            .prop_map(|(action, campaign)| EmailEvent { action: EmailAction::ALL[action], campaign }),
+    );
     let rest = (
         proptest::option::of(text().prop_map(|form| DemoRequest { form })),
         proptest::option::of(text().prop_map(|asset| ContentDownload { asset })),
