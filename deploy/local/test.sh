@@ -12,17 +12,21 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
 # The ops tests validate deploy/ with real tools: promtool and prometheus (Debian's prometheus),
-# docker-compose (Debian's docker-compose), kubernetes-validate (PyPI, schemas bundled).
+# docker-compose (Debian's docker-compose), kubernetes-validate (PyPI, schemas bundled). The
+# broker's jars are fetched with Maven, and the Kafka Streams peer's cross-check test compiles
+# Java: a JDK 17 and Maven.
 missing=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing Debian's ${missing[*]} for the ops tests" >&2
+    echo "test.sh: installing Debian's ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
   else
-    echo "test.sh: the ops tests need Debian's ${missing[*]}: install them" >&2
+    echo "test.sh: the tests need Debian's ${missing[*]}: install them" >&2
     exit 1
   fi
 fi
