@@ -185,6 +185,7 @@ impl AccountScoreState {
             entry.count += 1;
             return entry.count;
         }
+        grow_gently(&mut self.caps);
         self.caps.push(CapEntry { contact, rule, day, count: 1 });
         1
     }
@@ -192,7 +193,10 @@ impl AccountScoreState {
     pub(crate) fn add_rule_points(&mut self, rule: u16, points: f64) {
         match self.rule_points.iter_mut().find(|(index, _)| *index == rule) {
             Some((_, total)) => *total += points,
-            None => self.rule_points.push((rule, points)),
+            None => {
+                grow_gently(&mut self.rule_points);
+                self.rule_points.push((rule, points));
+            }
         }
     }
 
@@ -207,15 +211,22 @@ impl AccountScoreState {
                     contact.last_engaged_at = t;
                 }
             }
-            None => self.contacts.push(ContactEntry::new(key, persona, title, t)),
+            None => {
+                grow_gently(&mut self.contacts);
+                self.contacts.push(ContactEntry::new(key, persona, title, t));
+            }
         }
     }
 
     pub(crate) fn record_window_event(&mut self, kind: EventKind, t: i64) {
+        grow_gently(&mut self.window);
         self.window.push((t, kind));
     }
 
     pub(crate) fn remember(&mut self, id_hash: i64, as_of: i64) {
+        if self.seen.len() == self.seen.capacity() {
+            self.seen.reserve_exact(growth(self.seen.len()));
+        }
         self.seen.push_back((id_hash, as_of));
     }
 
@@ -493,6 +504,19 @@ impl AccountScoreState {
             + self.caps.capacity() * size_of::<CapEntry>()
             + self.seen.capacity() * size_of::<(i64, i64)>()
             + self.recent.capacity() * size_of::<Recent>()
+    }
+}
+
+/// How many slots a full collection of `len` items gains: a quarter more (at least 2), not
+/// the doubling of `Vec::push`. States hold many small collections that grow by one item per
+/// event; doubling would leave a third of their memory unused on average.
+fn growth(len: usize) -> usize {
+    (len / 4).max(2)
+}
+
+fn grow_gently<T>(items: &mut Vec<T>) {
+    if items.len() == items.capacity() {
+        items.reserve_exact(growth(items.len()));
     }
 }
 
