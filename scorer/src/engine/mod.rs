@@ -155,7 +155,7 @@ impl Engine {
         let mut points = 0.0;
         if let Some(index) = rule_index {
             let rule = self.rules.get(index);
-            points = rule.points * self.persona_weight(&persona);
+            points = rule.points * self.persona_weight(persona);
             if let Some(cap) = rule.cap_per_contact_per_day {
                 let key = contact_key.as_deref().unwrap_or("anonymous");
                 if state.count_for_cap(key, index, t.div_euclid(DAY_MS)) > cap {
@@ -189,7 +189,7 @@ impl Engine {
             && self.rules.get(index).points > 0.0
         {
             let title = contact.and_then(|c| c.title.as_deref());
-            state.engage_contact(key, &persona, title, t);
+            state.engage_contact(key, persona, title, t);
         }
 
         state.tier = tier;

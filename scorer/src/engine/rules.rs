@@ -64,20 +64,53 @@ impl Rules {
     }
 
     /// The event's persona, else one mapped from its contact's title, else `unknown`.
-    pub fn persona(&self, event: &EngagementEvent) -> String {
+    pub fn persona<'a>(&'a self, event: &'a EngagementEvent) -> &'a str {
         let contact = event.contact.as_ref();
         if let Some(persona) = contact.and_then(|c| c.persona.as_deref()).filter(|p| !p.is_empty()) {
-            return persona.to_owned();
+            return persona;
         }
-        if let Some(title) = contact.and_then(|c| c.title.as_deref()) {
-            let title_words = words(title);
-            for (pattern, persona) in &self.title_personas {
-                if title_words.windows(pattern.len()).any(|window| window == pattern.as_slice()) {
-                    return persona.clone();
+        if let Some(title) = contact.and_then(|c| c.title.as_deref())
+            && let Some(persona) = self.title_persona(title)
+        {
+            return persona;
+        }
+        "unknown"
+    }
+
+    /// The persona of the first title pattern whose words appear, in order and adjacent, among
+    /// the title's words (compared lower-cased).
+    fn title_persona(&self, title: &str) -> Option<&str> {
+        // ASCII titles (nearly all) are split on the stack and compared without allocating.
+        const MAX_WORDS: usize = 24;
+        if title.is_ascii() {
+            let mut buffer = [""; MAX_WORDS];
+            let mut count = 0;
+            for word in title.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
+                if count == MAX_WORDS {
+                    count = usize::MAX;
+                    break;
                 }
+                buffer[count] = word;
+                count += 1;
+            }
+            if count != usize::MAX {
+                let title_words = &buffer[..count];
+                return self
+                    .title_personas
+                    .iter()
+                    .find(|(pattern, _)| {
+                        title_words.windows(pattern.len()).any(|window| {
+                            window.iter().zip(pattern).all(|(word, wanted)| word.eq_ignore_ascii_case(wanted))
+                        })
+                    })
+                    .map(|(_, persona)| persona.as_str());
             }
         }
-        "unknown".to_owned()
+        let title_words = words(title);
+        self.title_personas
+            .iter()
+            .find(|(pattern, _)| title_words.windows(pattern.len()).any(|window| window == pattern.as_slice()))
+            .map(|(_, persona)| persona.as_str())
     }
 }
 
@@ -156,12 +189,16 @@ mod tests {
             let mut event = EngagementEvent::new("e", EventKind::WebVisit, 0, "t");
             event.contact =
                 Some(Contact { persona: persona.map(Into::into), title: title.map(Into::into), ..Contact::default() });
-            rules.persona(&event)
+            rules.persona(&event).to_owned()
         };
         assert_eq!(with(Some("champion"), Some("CFO")), "champion");
         assert_eq!(with(None, Some("VP, Finance")), "economic_buyer");
         assert_eq!(with(None, Some("Director of Engineering")), "champion", "`cto` is not a word of Director");
         assert_eq!(with(None, Some("MVP Developer")), "unknown");
         assert_eq!(with(None, None), "unknown");
+        // Non-ASCII titles take the allocating path and match the same way.
+        assert_eq!(with(None, Some("Directeur Général, VP Finance")), "economic_buyer");
+        assert_eq!(with(None, Some("VP FINANCE")), "economic_buyer");
+        assert_eq!(with(None, Some("Ingénieur")), "unknown");
     }
 }
