@@ -133,8 +133,15 @@ fn matches(rule: &RuleConfig, event: &EngagementEvent) -> bool {
         }
     }
     if let Some(channel) = &rule.channel {
-        let event_channel = event.ad_click.as_ref().map(|ad| ad.channel.to_lowercase());
-        if event_channel.as_deref() != Some(channel.as_str()) {
+        // `channel` is lower-cased already; compare without allocating when ASCII.
+        let same = event.ad_click.as_ref().is_some_and(|ad| {
+            if ad.channel.is_ascii() {
+                ad.channel.eq_ignore_ascii_case(channel)
+            } else {
+                ad.channel.to_lowercase() == *channel
+            }
+        });
+        if !same {
             return false;
         }
     }
