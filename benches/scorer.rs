@@ -66,8 +66,11 @@ fn main() {
     env.push(("ABM_SCORER__GROUP_ID", format!("{}-scorer", topics.prefix)));
     env.push(("ABM_SCORER__INSTANCE_ID", format!("{}-scorer", topics.prefix)));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
-    for (key, value) in std::env::vars().filter(|(k, _)| k.starts_with("ABM_SCORER__")) {
-        // Tuning under test, e.g. ABM_SCORER__COMMIT_INTERVAL_MS.
+    for (key, value) in
+        std::env::vars().filter(|(k, _)| k.starts_with("ABM_SCORER__") || k.starts_with("ABM_KAFKA__LIBRDKAFKA__"))
+    {
+        // Tuning under test, e.g. ABM_SCORER__COMMIT_INTERVAL_MS or
+        // ABM_KAFKA__LIBRDKAFKA__COMPRESSION_TYPE.
         env.push((Box::leak(key.into_boxed_str()), value));
     }
     let scorer = ServiceProcess::start(&abm::testkit::workspace_binary("scorer"), &[], &env);
