@@ -2,8 +2,9 @@
 # Runs the benchmarks against the local Apache Kafka (or KAFKA_BOOTSTRAP_SERVERS) and prints
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
-#   deploy/local/bench.sh            every benchmark
-#   deploy/local/bench.sh ingest     one of: codec, ingest, scorer, scorer_state, latency, peer
+#   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, latency
+#   deploy/local/bench.sh ingest     one of those, or peer (side by side with the Kafka Streams
+#                                    peer: needs a JDK and Maven, ~6 minutes)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
