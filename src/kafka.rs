@@ -216,7 +216,7 @@ where
         .map_err(|e| anyhow::anyhow!("creating a reader for {topic}: {e}"))?;
     // Know the partitions' leaders before assigning: librdkafka otherwise waits for a timed
     // retry (500 ms) before it looks up where each partition starts.
-    reader.fetch_metadata(Some(topic), kafka.timeout()).map_err(|e| anyhow::anyhow!("metadata of {topic}: {e}"))?;
+    partitions_with_leaders(&reader, topic, kafka.timeout())?;
     let mut list = TopicPartitionList::new();
     for partition in partitions {
         list.add_partition_offset(topic, *partition, Offset::Beginning)?;
@@ -242,6 +242,35 @@ where
         }
     }
     Ok(())
+}
+
+/// The partitions of `topic` once the cluster's metadata knows the topic and a leader for each
+/// of them. A topic created a moment ago may not be in every broker's metadata yet: asked
+/// again every 100 ms until `timeout`.
+fn partitions_with_leaders<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaSetupError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| KafkaSetupError::Client(format!("metadata of {topic}: {e}")))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none());
+        if let Some(found) = found
+            && !found.partitions().is_empty()
+            && found.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+        {
+            return Ok(found.partitions().iter().map(|p| p.id()).collect());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaSetupError::Client(format!(
+                "topic {topic} does not exist or has partitions without a leader after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Reads every partition of `topic` from the beginning (e.g. a compacted table such as the
@@ -270,13 +299,7 @@ where
         .set("fetch.wait.max.ms", "100")
         .create_with_context(EndOfPartitionContext)
         .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), kafka.timeout())
-        .map_err(|e| KafkaSetupError::Client(format!("metadata of {topic}: {e}")))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    if partitions.is_empty() {
-        return Err(KafkaSetupError::Client(format!("topic {topic} does not exist")));
-    }
+    let partitions = partitions_with_leaders(&consumer, topic, kafka.timeout())?;
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {
         assignment

@@ -83,6 +83,21 @@ impl ServiceProcess {
         self.child.id()
     }
 
+    /// Waits until the service's `/readyz` on `port` answers 200; otherwise panics with what it
+    /// wrote to stderr (and whether it exited), so a failed start explains itself.
+    pub fn wait_ready(&mut self, port: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while http_get(port, "/readyz").map(|(status, _)| status) != Some(200) {
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "not ready on port {port} within {timeout:?} (exit status: {exited:?}); stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -59,8 +59,8 @@ fn start_ingest(topics: &TestTopics, port: u16, extra: &[(&'static str, String)]
     vars.push(("ABM_INGEST__WRITE_KEYS__SITE", KEY.into()));
     vars.push(("ABM_INGEST__GROUP_ID", format!("{}-ingest", topics.prefix)));
     vars.extend_from_slice(extra);
-    let process = ServiceProcess::start(Path::new(INGEST), &[], &vars);
-    wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest did not get ready");
+    let mut process = ServiceProcess::start(Path::new(INGEST), &[], &vars);
+    process.wait_ready(port, Duration::from_secs(60));
     process
 }
 
