@@ -419,7 +419,10 @@ impl AccountScoreState {
             w.long(*t);
         });
         w.array(self.caps.iter(), |w, cap| {
-            w.string(&cap_contact_text(cap.contact));
+            // The same text as `cap_contact_text`, formatted on the stack: no allocation per cap.
+            let mut text = [0u8; 17];
+            let _ = std::io::Write::write_fmt(&mut &mut text[..], format_args!("#{:016x}", cap.contact as u64));
+            w.string(std::str::from_utf8(&text).unwrap_or_default());
             w.string(rule_name(cap.rule));
             w.int(i32::try_from(cap.day).unwrap_or(i32::MAX));
             w.int(i32::try_from(cap.count).unwrap_or(i32::MAX));
