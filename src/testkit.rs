@@ -212,15 +212,66 @@ pub fn check_bad_config(binary: &str, service: &str) {
 }
 
 /// Topics of one test: every role of the declared list, renamed `<prefix>.<role>`, so tests
-/// running at once never share a topic.
+/// running at once never share a topic. When the last clone is dropped (the test ends, passing
+/// or panicking), every topic whose name starts with the prefix is deleted, including topics the
+/// services or the Kafka Streams peer created under it: the shared broker does not pile up
+/// partitions run after run (thousands of them make its start-up take minutes). Set
+/// `ABM_TEST_KEEP_TOPICS=1` to keep them for a post-mortem.
 #[derive(Debug, Clone)]
 pub struct TestTopics {
     pub prefix: String,
+    _cleanup: std::sync::Arc<DeleteOnDrop>,
+}
+
+/// Deletes the topics named `<prefix>.*` or `<prefix>-*` when dropped.
+#[derive(Debug)]
+struct DeleteOnDrop {
+    prefix: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if std::env::var_os("ABM_TEST_KEEP_TOPICS").is_some_and(|v| !v.is_empty() && v != "0") {
+            return;
+        }
+        let prefix = self.prefix.clone();
+        // A thread of its own: the drop may run inside a test's tokio runtime.
+        let deleted = std::thread::spawn(move || delete_topics_with_prefix(&bootstrap_servers(), &prefix)).join();
+        if let Ok(Err(error)) = deleted {
+            eprintln!("testkit: could not delete the topics of {}: {error}", self.prefix);
+        }
+    }
+}
+
+/// Deletes every topic whose name is `prefix` followed by `.` or `-`; returns how many.
+pub fn delete_topics_with_prefix(bootstrap: &str, prefix: &str) -> Result<usize, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let config = crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config("test-cleanup").create().map_err(|e| e.to_string())?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|name| name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(['.', '-'])))
+        .collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = runtime.block_on(admin.delete_topics(&refs, &options)).map_err(|e| e.to_string())?;
+    let failed: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|(t, e)| format!("{t}: {e}")).collect();
+    if failed.is_empty() { Ok(names.len()) } else { Err(failed.join(", ")) }
 }
 
 impl TestTopics {
     pub fn new(name: &str) -> TestTopics {
-        TestTopics { prefix: unique(name) }
+        let prefix = unique(name);
+        TestTopics { _cleanup: std::sync::Arc::new(DeleteOnDrop { prefix: prefix.clone() }), prefix }
     }
 
     pub fn name(&self, role: crate::topics::TopicRole) -> String {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
-use abm::testkit::{bootstrap_servers, unique};
+use abm::testkit::{TestTopics, bootstrap_servers, unique};
 use abm::topics::{TopicRole, TopicSpec};
 use abm_schemas::{EngagementEvent, EventKind, WebVisit};
 use rdkafka::Message;
@@ -29,7 +29,8 @@ fn event(n: usize) -> EngagementEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_framed_events_survive_a_real_topic() {
     let kafka = kafka();
-    let topic = unique("test.engagement");
+    let topics = TestTopics::new("avro-roundtrip");
+    let topic = topics.name(TopicRole::Engagement);
     let spec = TopicSpec {
         role: TopicRole::Engagement,
         name: topic.clone(),

@@ -14,7 +14,8 @@
 #   LOCAL_KAFKA_CONTROLLER_PORT  controller port (default PORT+1)
 #   LOCAL_KAFKA_CACHE            where jars and data live (default ~/.cache/abm)
 #   LOCAL_KAFKA_HEAP             JVM heap (default 768m)
-#   LOCAL_KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 120)
+#   LOCAL_KAFKA_START_TIMEOUT    seconds to wait while the broker shows no progress (default 120)
+#   LOCAL_KAFKA_START_LIMIT      seconds to wait at most, progress or not (default 900)
 #
 # Idempotent: `start` on a running broker says so and exits 0.
 set -euo pipefail
@@ -30,6 +31,7 @@ pidfile="$run/kafka.pid"
 logfile="$run/kafka.log"
 heap=${LOCAL_KAFKA_HEAP:-768m}
 start_timeout=${LOCAL_KAFKA_START_TIMEOUT:-120}
+start_limit=${LOCAL_KAFKA_START_LIMIT:-900}
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -131,6 +133,11 @@ start() {
     java_cmd kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$run/server.properties" \
       >"$run/format.log" 2>&1 || { cat "$run/format.log" >&2; die "formatting storage failed"; }
   fi
+  local partitions
+  partitions=$(find "$run/data" -mindepth 1 -maxdepth 1 -type d -name '*-[0-9]*' | wc -l)
+  if [ "$partitions" -gt 5000 ]; then
+    say "warning: $partitions partitions in $run/data make start-up slow; 'kafka.sh reset' deletes them"
+  fi
   say "starting Apache Kafka $kafka_version at 127.0.0.1:$port (controller $controller_port), log $logfile"
   nohup "${jvm[@]}" kafka.Kafka "$run/server.properties" >"$logfile" 2>&1 </dev/null &
   echo $! >"$pidfile"
@@ -138,22 +145,32 @@ start() {
 }
 
 wait_ready() {
-  local pid=$1 waited=0
-  while [ "$waited" -lt $((start_timeout * 4)) ]; do
+  # Waits until the port answers and the log says the server started. The time limit counts
+  # from the broker's last sign of progress (its log growing): a broker that is loading many
+  # partitions keeps writing and is given up to LOCAL_KAFKA_START_LIMIT in all; a silent
+  # one is given up on after LOCAL_KAFKA_START_TIMEOUT.
+  local pid=$1 ticks=0 idle=0 size=-1 now
+  while [ "$idle" -lt $((start_timeout * 4)) ] && [ "$ticks" -lt $((start_limit * 4)) ]; do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 40 "$logfile" >&2 || true
       rm -f "$pidfile"
       die "the broker exited during start-up (log above)"
     fi
     if port_answers "$port" && grep -q 'Kafka Server started' "$logfile" 2>/dev/null; then
-      say "ready at 127.0.0.1:$port after $((waited / 4))s"
+      say "ready at 127.0.0.1:$port after $((ticks / 4))s"
       return 0
     fi
+    now=$(stat -c %s "$logfile" 2>/dev/null || echo 0)
+    if [ "$now" != "$size" ]; then size=$now; idle=0; else idle=$((idle + 1)); fi
+    if [ $((ticks % 120)) -eq 119 ]; then say "still starting after $(((ticks + 1) / 4))s (log $logfile)"; fi
     sleep 0.25
-    waited=$((waited + 1))
+    ticks=$((ticks + 1))
   done
   tail -n 40 "$logfile" >&2 || true
-  die "the broker did not answer within ${start_timeout}s"
+  if [ "$idle" -ge $((start_timeout * 4)) ]; then
+    die "the broker did not answer and its log did not move for ${start_timeout}s"
+  fi
+  die "the broker did not answer within ${start_limit}s"
 }
 
 stop() {
@@ -191,5 +208,5 @@ case "${1:-}" in
   status) status ;;
   bootstrap) echo "127.0.0.1:$port" ;;
   reset) stop; rm -rf "$run"; say "deleted $run" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
