@@ -137,6 +137,19 @@ impl EmailAction {
         EmailAction::Bounce,
         EmailAction::Unsubscribe,
     ];
+
+    /// The action's name in lower case (as shown in explanations).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailAction::Other => "other",
+            EmailAction::Delivered => "delivered",
+            EmailAction::Open => "open",
+            EmailAction::Click => "click",
+            EmailAction::Reply => "reply",
+            EmailAction::Bounce => "bounce",
+            EmailAction::Unsubscribe => "unsubscribe",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,10 @@ use abm_schemas::{EmailAction, EventKind, Tier};
 use serde::{Deserialize, Serialize};
 
 /// One scoring rule. Every condition that is set must hold; the first matching rule wins.
+/// The largest `cap_per_contact_per_day`: the state counts a day's events per (contact, rule)
+/// in 16 bits.
+pub const MAX_CAP_PER_DAY: u32 = u16::MAX as u32 - 1;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
@@ -229,6 +233,12 @@ impl ScoringConfig {
                     "must be at least 1 (remove the rule instead)",
                 );
             }
+            if rule.cap_per_contact_per_day.is_some_and(|cap| cap > MAX_CAP_PER_DAY) {
+                return fail(
+                    &format!("rules[{index}].cap_per_contact_per_day"),
+                    &format!("must be at most {MAX_CAP_PER_DAY} (remove the cap instead)"),
+                );
+            }
         }
         for (persona, weight) in &self.persona_weights {
             if !weight.is_finite() {
@@ -239,5 +249,27 @@ impl ScoringConfig {
             return fail("max_*", "bounds must be at least 1");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_CAP_PER_DAY, ScoringConfig};
+
+    fn with_cap(cap: u32) -> Result<(), super::ScoringConfigError> {
+        let mut config = ScoringConfig::default();
+        config.rules[0].cap_per_contact_per_day = Some(cap);
+        config.validate()
+    }
+
+    #[test]
+    fn caps_must_fit_the_state_counters() {
+        assert!(with_cap(1).is_ok());
+        assert!(with_cap(MAX_CAP_PER_DAY).is_ok());
+        let zero = with_cap(0).expect_err("zero");
+        assert_eq!(zero.field, "rules[0].cap_per_contact_per_day");
+        let big = with_cap(MAX_CAP_PER_DAY + 1).expect_err("too big");
+        assert_eq!(big.field, "rules[0].cap_per_contact_per_day");
+        assert!(big.problem.contains("65534"), "{}", big.problem);
     }
 }

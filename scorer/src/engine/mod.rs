@@ -15,7 +15,7 @@ use abm_schemas::{
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, ContactEntry};
+pub use state::{AccountScoreState, Contact, ContactLog};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -197,10 +197,17 @@ impl Engine {
         state.record_window_event(event.kind, t);
         state.remember(id_hash, as_of);
         if state.keeps_recent(t, self.config.max_recent_events) {
-            state.record_recent(
-                self.recent_event(event, rule_index, points, contact_key),
-                self.config.max_recent_events,
-            );
+            let detail = recent_detail(event);
+            let recent = state::Recent {
+                event_id: &event.event_id,
+                contact_id: contact_key.as_deref(),
+                detail: &detail,
+                kind: event.kind,
+                rule: rule_index,
+                occurred_at: t,
+                points,
+            };
+            state.record_recent(&recent, self.config.max_recent_events);
         }
         state.prune(as_of, self.dedup_window_ms, &self.config);
 
@@ -264,38 +271,6 @@ impl Engine {
         }
     }
 
-    fn recent_event(
-        &self,
-        event: &EngagementEvent,
-        rule: Option<u16>,
-        points: f64,
-        contact: Option<String>,
-    ) -> state::Recent {
-        let detail = match event.kind {
-            EventKind::WebVisit => event.web_visit.as_ref().map(|v| url_path(&v.url).to_owned()),
-            EventKind::AdClick => event
-                .ad_click
-                .as_ref()
-                .map(|a| format!("{} {}", a.channel, a.campaign.as_deref().unwrap_or("")).trim_end().to_owned()),
-            EventKind::Email => event.email.as_ref().map(|e| format!("{:?}", e.action).to_lowercase()),
-            EventKind::DemoRequest => event.demo_request.as_ref().map(|d| format!("form {}", d.form)),
-            EventKind::ContentDownload => event.content_download.as_ref().map(|c| c.asset.clone()),
-            EventKind::Webinar => event.webinar.as_ref().map(|w| format!("{} {}", w.action, w.webinar_id)),
-            EventKind::Meeting => event.meeting.as_ref().map(|m| m.meeting_id.clone()),
-            EventKind::Intent => event.intent.as_ref().map(|i| format!("{} ({:.2})", i.topic, i.strength)),
-            EventKind::Unknown => None,
-        };
-        state::Recent::new(
-            &event.event_id,
-            contact.as_deref(),
-            detail.as_deref().unwrap_or_default(),
-            event.kind,
-            event.occurred_at,
-            rule,
-            points,
-        )
-    }
-
     /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.
     fn top_rules(&self, state: &AccountScoreState, factor: f64, limit: usize) -> Vec<RuleContribution> {
         let mut rules: Vec<RuleContribution> = state
@@ -349,6 +324,31 @@ impl Engine {
     pub fn score(&self, state: &AccountScoreState) -> f64 {
         state.as_of.map_or(0.0, |as_of| state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of)))
     }
+}
+
+/// What a recent event shows besides its kind: the URL path of a visit, the channel and
+/// campaign of an ad click, the email action, and so on.
+fn recent_detail(event: &EngagementEvent) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let detail = match event.kind {
+        EventKind::WebVisit => event.web_visit.as_ref().map(|v| Cow::Borrowed(url_path(&v.url))),
+        EventKind::AdClick => event.ad_click.as_ref().map(|a| match a.campaign.as_deref() {
+            Some(campaign) if !campaign.is_empty() => {
+                let mut text = format!("{} {campaign}", a.channel);
+                text.truncate(text.trim_end().len());
+                Cow::Owned(text)
+            }
+            _ => Cow::Borrowed(a.channel.trim_end()),
+        }),
+        EventKind::Email => event.email.as_ref().map(|e| Cow::Borrowed(e.action.as_str())),
+        EventKind::DemoRequest => event.demo_request.as_ref().map(|d| Cow::Owned(format!("form {}", d.form))),
+        EventKind::ContentDownload => event.content_download.as_ref().map(|c| Cow::Borrowed(c.asset.as_str())),
+        EventKind::Webinar => event.webinar.as_ref().map(|w| Cow::Owned(format!("{} {}", w.action, w.webinar_id))),
+        EventKind::Meeting => event.meeting.as_ref().map(|m| Cow::Borrowed(m.meeting_id.as_str())),
+        EventKind::Intent => event.intent.as_ref().map(|i| Cow::Owned(format!("{} ({:.2})", i.topic, i.strength))),
+        EventKind::Unknown => None,
+    };
+    detail.unwrap_or_default()
 }
 
 /// `<account_id>:<kind>:<sequence>`: a pure function of the account's log.

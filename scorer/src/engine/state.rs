@@ -9,76 +9,272 @@ use abm_schemas::{
 use super::config::ScoringConfig;
 use super::{BREADTH_WINDOW_MS, COUNT_WINDOWS_DAYS, DAY_MS, Engine, KindCounts};
 
-/// Up to `N` strings, each possibly absent, in one allocation: a state holds many short
-/// strings, and one heap block each (plus the allocator's overhead) cost more than the text.
-#[derive(Debug, Clone, PartialEq)]
-struct Packed<const N: usize> {
-    text: Box<str>,
-    /// Where each string ends in `text`; `u32::MAX` when absent.
-    ends: [u32; N],
+/// Reads the packed entries of [`ContactLog`] and [`RecentLog`]. Only their own writers
+/// produce the bytes, so a read that runs short ends the iteration instead of failing.
+#[derive(Debug, Clone, Copy)]
+struct Cursor<'a> {
+    rest: &'a [u8],
 }
 
-impl<const N: usize> Packed<N> {
-    fn new(parts: [Option<&str>; N]) -> Packed<N> {
-        let mut text = String::with_capacity(parts.iter().flatten().map(|part| part.len()).sum());
-        let mut ends = [u32::MAX; N];
-        for (end, part) in ends.iter_mut().zip(parts) {
-            if let Some(part) = part {
-                text.push_str(part);
-                *end = u32::try_from(text.len()).unwrap_or(u32::MAX - 1);
+impl<'a> Cursor<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.rest.split_at_checked(n)?;
+        self.rest = rest;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.bytes(N)?.try_into().ok()
+    }
+
+    fn varint(&mut self) -> Option<usize> {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let [byte] = self.array::<1>()?;
+            value |= usize::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
             }
+            shift += 7;
         }
-        Packed { text: text.into_boxed_str(), ends }
     }
 
-    fn get(&self, index: usize) -> Option<&str> {
-        let end = self.ends[index];
-        if end == u32::MAX {
-            return None;
-        }
-        let start = self.ends[..index].iter().rev().find(|e| **e != u32::MAX).map_or(0, |e| *e as usize);
-        self.text.get(start..end as usize)
+    fn str(&mut self) -> Option<&'a str> {
+        let len = self.varint()?;
+        std::str::from_utf8(self.bytes(len)?).ok()
     }
 
-    fn text_len(&self) -> usize {
-        self.text.len()
+    /// A string written with [`write_optional_str`].
+    fn optional_str(&mut self) -> Option<Option<&'a str>> {
+        match self.varint()? {
+            0 => Some(None),
+            n => Some(Some(std::str::from_utf8(self.bytes(n - 1)?).ok()?)),
+        }
     }
 }
 
-/// A contact with a positive-scoring event (kept while inside the breadth window).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContactEntry {
-    /// Key, persona, title.
-    strings: Packed<3>,
+fn varint_len(mut value: usize) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn str_len(text: &str) -> usize {
+    varint_len(text.len()) + text.len()
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    write_varint(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn optional_str_len(text: Option<&str>) -> usize {
+    text.map_or(1, |text| varint_len(text.len() + 1) + text.len())
+}
+
+/// The length plus one, then the bytes; a lone 0 for none.
+fn write_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
+    write_varint(out, text.map_or(0, |text| text.len() + 1));
+    out.extend_from_slice(text.unwrap_or_default().as_bytes());
+}
+
+/// A contact with a positive-scoring event (kept while inside the breadth window), as read
+/// from a [`ContactLog`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Contact<'a> {
+    pub key: &'a str,
+    pub persona: &'a str,
+    pub title: Option<&'a str>,
     pub last_engaged_at: i64,
 }
 
-impl ContactEntry {
-    pub fn new(key: &str, persona: &str, title: Option<&str>, last_engaged_at: i64) -> ContactEntry {
-        ContactEntry { strings: Packed::new([Some(key), Some(persona), title]), last_engaged_at }
+impl Contact<'_> {
+    fn encoded_len(&self) -> usize {
+        8 + str_len(self.key) + str_len(self.persona) + optional_str_len(self.title)
     }
 
-    pub fn key(&self) -> &str {
-        self.strings.get(0).unwrap_or_default()
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.last_engaged_at.to_le_bytes());
+        write_str(out, self.key);
+        write_str(out, self.persona);
+        write_optional_str(out, self.title);
     }
 
-    pub fn persona(&self) -> &str {
-        self.strings.get(1).unwrap_or_default()
-    }
-
-    pub fn title(&self) -> Option<&str> {
-        self.strings.get(2)
+    fn read<'a>(cursor: &mut Cursor<'a>) -> Option<Contact<'a>> {
+        let last_engaged_at = i64::from_le_bytes(cursor.array()?);
+        Some(Contact { last_engaged_at, key: cursor.str()?, persona: cursor.str()?, title: cursor.optional_str()? })
     }
 }
 
+/// An account's engaged contacts, in order of first engagement, packed in one allocation: a
+/// contact as a struct with its own string block costs about three times its text. An entry
+/// is the last engagement time (8 bytes, little-endian; updated in place), then the key and
+/// persona (LEB128 length, UTF-8) and the title (length plus one; 0 for none).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContactLog {
+    bytes: Box<[u8]>,
+}
+
+impl ContactLog {
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = Contact<'a>>) -> ContactLog {
+        let mut bytes = Vec::new();
+        for entry in entries {
+            entry.write(&mut bytes);
+        }
+        ContactLog { bytes: bytes.into_boxed_slice() }
+    }
+
+    pub fn iter(&self) -> PackedIter<'_, Contact<'_>> {
+        PackedIter::new(&self.bytes, Contact::read)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Records that `key` engaged at `t`: a new contact is appended; a known one moves its last
+    /// engagement forward (never back) and takes the newer persona and title (a missing title
+    /// keeps the old one).
+    fn engage(&mut self, key: &str, persona: &str, title: Option<&str>, t: i64) {
+        let mut cursor = Cursor { rest: &self.bytes };
+        loop {
+            let start = self.bytes.len() - cursor.rest.len();
+            let Some(contact) = Contact::read(&mut cursor) else { break };
+            if contact.key != key {
+                continue;
+            }
+            if t < contact.last_engaged_at {
+                return;
+            }
+            let title = title.or(contact.title);
+            if contact.persona == persona && contact.title == title {
+                if let Some(time) = self.bytes.get_mut(start..start + 8) {
+                    time.copy_from_slice(&t.to_le_bytes());
+                }
+                return;
+            }
+            let end = self.bytes.len() - cursor.rest.len();
+            let updated = Contact { key, persona, title, last_engaged_at: t };
+            let mut out = Vec::with_capacity(self.bytes.len() - (end - start) + updated.encoded_len());
+            out.extend_from_slice(&self.bytes[..start]);
+            updated.write(&mut out);
+            out.extend_from_slice(&self.bytes[end..]);
+            self.bytes = out.into_boxed_slice();
+            return;
+        }
+        let added = Contact { key, persona, title, last_engaged_at: t };
+        let mut out = Vec::with_capacity(self.bytes.len() + added.encoded_len());
+        out.extend_from_slice(&self.bytes);
+        added.write(&mut out);
+        self.bytes = out.into_boxed_slice();
+    }
+
+    /// Drops contacts last engaged at or before `oldest`, then keeps the `max` most recently
+    /// engaged (ties: the smaller key).
+    fn prune(&mut self, oldest: i64, max: usize) {
+        let mut count = 0;
+        let mut stale = false;
+        for contact in self.iter() {
+            count += 1;
+            stale |= contact.last_engaged_at <= oldest;
+        }
+        if !stale && count <= max {
+            return;
+        }
+        let mut kept: Vec<Contact<'_>> = self.iter().filter(|c| c.last_engaged_at > oldest).collect();
+        if kept.len() > max {
+            kept.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key.cmp(b.key)));
+            kept.truncate(max);
+        }
+        *self = ContactLog::from_entries(kept);
+    }
+}
+
+/// The entries of a packed log, in order. Counts them first, for the Avro writer's arrays.
+#[derive(Debug)]
+pub struct PackedIter<'a, T> {
+    cursor: Cursor<'a>,
+    read: fn(&mut Cursor<'a>) -> Option<T>,
+    count: usize,
+}
+
+impl<'a, T> PackedIter<'a, T> {
+    fn new(bytes: &'a [u8], read: fn(&mut Cursor<'a>) -> Option<T>) -> PackedIter<'a, T> {
+        let mut scan = Cursor { rest: bytes };
+        let mut count = 0;
+        while read(&mut scan).is_some() {
+            count += 1;
+        }
+        PackedIter { cursor: Cursor { rest: bytes }, read, count }
+    }
+}
+
+impl<T> Iterator for PackedIter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.count == 0 {
+            return None;
+        }
+        let entry = (self.read)(&mut self.cursor)?;
+        self.count -= 1;
+        Some(entry)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.count, Some(self.count))
+    }
+}
+
+impl<T> ExactSizeIterator for PackedIter<'_, T> {}
+
 /// Events of (contact, rule) on one UTC day, for caps. The contact is kept as the FNV-1a 64
 /// hash of its key (no string per entry); in the Avro form that is `#` and 16 hex digits.
+/// 16 bytes: the count saturates at `u16::MAX`, above any allowed cap
+/// ([`super::config::MAX_CAP_PER_DAY`]).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CapEntry {
     contact: i64,
-    day: i64,
+    day: i32,
     rule: u16,
-    count: u32,
+    count: u16,
+}
+
+/// An applied event's time and kind in 8 bytes: `t * 16 + kind`. Times within ±2^59 ms
+/// (18 million years) are kept exactly; beyond that they are clamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp(i64);
+
+impl Stamp {
+    const LIMIT: i64 = 1 << 59;
+
+    pub(crate) fn new(t: i64, kind: EventKind) -> Stamp {
+        Stamp(t.clamp(-Self::LIMIT, Self::LIMIT - 1) * 16 + kind as i64)
+    }
+
+    pub(crate) fn t(self) -> i64 {
+        self.0 >> 4
+    }
+
+    pub(crate) fn kind(self) -> EventKind {
+        kind_from_index((self.0 & 15) as usize)
+    }
+}
+
+/// The kind whose schema symbol index is `index` (`kind as usize` the other way).
+fn kind_from_index(index: usize) -> EventKind {
+    EventKind::ALL.get(index).copied().unwrap_or(EventKind::Unknown)
 }
 
 /// The Avro form of a cap entry's contact: `#` and the hash's 16 hex digits.
@@ -94,40 +290,109 @@ fn cap_contact_hash(text: &str) -> i64 {
         .map_or_else(|| super::event_id_hash(text), |hash| hash as i64)
 }
 
-/// One of the last few events, for explanations.
+/// One of the last few events, for explanations, as read from a [`RecentLog`].
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Recent {
-    /// Event id, contact id, detail.
-    strings: Packed<3>,
+pub(crate) struct Recent<'a> {
+    pub event_id: &'a str,
+    pub contact_id: Option<&'a str>,
+    pub detail: &'a str,
     pub kind: EventKind,
     pub rule: Option<u16>,
     pub occurred_at: i64,
     pub points: f64,
 }
 
-impl Recent {
-    pub(crate) fn new(
-        event_id: &str,
-        contact_id: Option<&str>,
-        detail: &str,
-        kind: EventKind,
-        occurred_at: i64,
-        rule: Option<u16>,
-        points: f64,
-    ) -> Recent {
-        Recent { strings: Packed::new([Some(event_id), contact_id, Some(detail)]), kind, rule, occurred_at, points }
+/// Bytes of an entry before its strings: time, points, rule, kind.
+const RECENT_FIXED: usize = 8 + 8 + 2 + 1;
+
+impl Recent<'_> {
+    fn encoded_len(&self) -> usize {
+        RECENT_FIXED + str_len(self.event_id) + optional_str_len(self.contact_id) + str_len(self.detail)
     }
 
-    pub(crate) fn event_id(&self) -> &str {
-        self.strings.get(0).unwrap_or_default()
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.occurred_at.to_le_bytes());
+        out.extend_from_slice(&self.points.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.rule.unwrap_or(u16::MAX).to_le_bytes());
+        out.push(self.kind as u8);
+        write_str(out, self.event_id);
+        write_optional_str(out, self.contact_id);
+        write_str(out, self.detail);
     }
 
-    pub(crate) fn contact_id(&self) -> Option<&str> {
-        self.strings.get(1)
+    fn read<'a>(cursor: &mut Cursor<'a>) -> Option<Recent<'a>> {
+        let occurred_at = i64::from_le_bytes(cursor.array()?);
+        let points = f64::from_bits(u64::from_le_bytes(cursor.array()?));
+        let rule = u16::from_le_bytes(cursor.array()?);
+        let [kind] = cursor.array()?;
+        Some(Recent {
+            event_id: cursor.str()?,
+            contact_id: cursor.optional_str()?,
+            detail: cursor.str()?,
+            kind: kind_from_index(usize::from(kind)),
+            rule: (rule != u16::MAX).then_some(rule),
+            occurred_at,
+            points,
+        })
+    }
+}
+
+/// The last few events, newest first, packed in one allocation: five events as five structs
+/// with a string block each cost about twice the bytes. An entry is the event time (8 bytes,
+/// little-endian), its points (the f64's 8 bytes), the rule index (2 bytes, `u16::MAX` for
+/// none), the kind (1 byte), then the event id, contact id and detail, each as a LEB128 length
+/// and the UTF-8 bytes (the contact's length is stored plus one; 0 means no contact). Only
+/// [`RecentLog::insert`] and [`RecentLog::from_entries`] write it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct RecentLog {
+    bytes: Box<[u8]>,
+}
+
+impl RecentLog {
+    pub(crate) fn from_entries<'a>(entries: impl Iterator<Item = Recent<'a>>) -> RecentLog {
+        let mut bytes = Vec::new();
+        for entry in entries {
+            entry.write(&mut bytes);
+        }
+        RecentLog { bytes: bytes.into_boxed_slice() }
     }
 
-    pub(crate) fn detail(&self) -> &str {
-        self.strings.get(2).unwrap_or_default()
+    pub(crate) fn iter(&self) -> PackedIter<'_, Recent<'_>> {
+        PackedIter::new(&self.bytes, Recent::read)
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Inserts `recent` by event time (newest first; among equal times, the later applied
+    /// first) and keeps at most `max` entries; an event older than all of `max` kept is left out.
+    pub(crate) fn insert(&mut self, recent: &Recent<'_>, max: usize) {
+        let mut out = Vec::with_capacity(self.bytes.len() + recent.encoded_len());
+        let mut rest: &[u8] = &self.bytes;
+        let (mut kept, mut inserted) = (0, false);
+        while kept < max {
+            let before = rest;
+            let mut reader = Cursor { rest };
+            let Some(entry) = Recent::read(&mut reader) else { break };
+            if !inserted && entry.occurred_at <= recent.occurred_at {
+                recent.write(&mut out);
+                inserted = true;
+                kept += 1;
+                if kept == max {
+                    break;
+                }
+            }
+            rest = reader.rest;
+            out.extend_from_slice(&before[..before.len() - rest.len()]);
+            kept += 1;
+        }
+        if !inserted && kept < max {
+            recent.write(&mut out);
+        }
+        if out.len() != self.bytes.len() || out[..] != self.bytes[..] {
+            self.bytes = out.into_boxed_slice();
+        }
     }
 }
 
@@ -144,13 +409,13 @@ pub struct AccountScoreState {
     pub armed: bool,
     pub threshold_crossings: u64,
     pub hand_raiser_crossings: u64,
-    pub contacts: Vec<ContactEntry>,
+    pub contacts: ContactLog,
     /// Kind and time of applied events in the 90-day window.
-    pub(crate) window: Vec<(i64, EventKind)>,
+    pub(crate) window: Vec<Stamp>,
     pub(crate) caps: Vec<CapEntry>,
     /// (event id hash, as-of when applied), in apply order.
     pub(crate) seen: VecDeque<(i64, i64)>,
-    pub(crate) recent: Vec<Recent>,
+    pub(crate) recent: RecentLog,
     pub events_applied: u64,
     pub duplicates: u64,
 }
@@ -166,11 +431,11 @@ impl Default for AccountScoreState {
             armed: true,
             threshold_crossings: 0,
             hand_raiser_crossings: 0,
-            contacts: Vec::new(),
+            contacts: ContactLog::default(),
             window: Vec::new(),
             caps: Vec::new(),
             seen: VecDeque::new(),
-            recent: Vec::new(),
+            recent: RecentLog::default(),
             events_applied: 0,
             duplicates: 0,
         }
@@ -181,9 +446,10 @@ impl AccountScoreState {
     /// Counts one more event of (contact, rule) on `day` and returns the new count.
     pub(crate) fn count_for_cap(&mut self, contact_key: &str, rule: u16, day: i64) -> u32 {
         let contact = super::event_id_hash(contact_key);
+        let day = day_number(day);
         if let Some(entry) = self.caps.iter_mut().find(|e| e.rule == rule && e.day == day && e.contact == contact) {
-            entry.count += 1;
-            return entry.count;
+            entry.count = entry.count.saturating_add(1);
+            return u32::from(entry.count);
         }
         grow_gently(&mut self.caps);
         self.caps.push(CapEntry { contact, rule, day, count: 1 });
@@ -201,26 +467,12 @@ impl AccountScoreState {
     }
 
     pub(crate) fn engage_contact(&mut self, key: &str, persona: &str, title: Option<&str>, t: i64) {
-        match self.contacts.iter_mut().find(|c| c.key() == key) {
-            Some(contact) => {
-                if t >= contact.last_engaged_at {
-                    let title = title.or(contact.title());
-                    if contact.persona() != persona || contact.title() != title {
-                        *contact = ContactEntry::new(key, persona, title, t);
-                    }
-                    contact.last_engaged_at = t;
-                }
-            }
-            None => {
-                grow_gently(&mut self.contacts);
-                self.contacts.push(ContactEntry::new(key, persona, title, t));
-            }
-        }
+        self.contacts.engage(key, persona, title, t);
     }
 
     pub(crate) fn record_window_event(&mut self, kind: EventKind, t: i64) {
         grow_gently(&mut self.window);
-        self.window.push((t, kind));
+        self.window.push(Stamp::new(t, kind));
     }
 
     pub(crate) fn remember(&mut self, id_hash: i64, as_of: i64) {
@@ -232,40 +484,31 @@ impl AccountScoreState {
 
     /// Whether an event at `occurred_at` would be among the `max` most recent kept.
     pub(crate) fn keeps_recent(&self, occurred_at: i64, max: usize) -> bool {
-        self.recent.iter().take(max).any(|r| r.occurred_at <= occurred_at) || self.recent.len() < max
+        let mut kept = 0;
+        for r in self.recent.iter().take(max) {
+            if r.occurred_at <= occurred_at {
+                return true;
+            }
+            kept += 1;
+        }
+        kept < max
     }
 
-    pub(crate) fn record_recent(&mut self, recent: Recent, max: usize) {
-        self.recent.truncate(max);
-        // Newest event time first; among equal times, the later applied first.
-        let position =
-            self.recent.iter().position(|r| r.occurred_at <= recent.occurred_at).unwrap_or(self.recent.len());
-        if position >= max {
-            return;
-        }
-        if self.recent.len() == max {
-            self.recent.pop();
-        }
-        // Exactly `max` slots, never the doubling growth of a push past capacity.
-        self.recent.reserve_exact(max - self.recent.len());
-        self.recent.insert(position, recent);
+    pub(crate) fn record_recent(&mut self, recent: &Recent<'_>, max: usize) {
+        self.recent.insert(recent, max);
     }
 
     /// Drops what fell out of every window, then enforces the size bounds.
     pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) {
-        self.contacts.retain(|c| c.last_engaged_at > as_of - BREADTH_WINDOW_MS);
-        if self.contacts.len() > config.max_contacts {
-            self.contacts.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key().cmp(b.key())));
-            self.contacts.truncate(config.max_contacts);
-        }
+        self.contacts.prune(as_of - BREADTH_WINDOW_MS, config.max_contacts);
         let longest = COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1] * DAY_MS;
-        self.window.retain(|(t, _)| *t > as_of - longest);
+        self.window.retain(|stamp| stamp.t() > as_of - longest);
         if self.window.len() > config.max_window_events {
-            self.window.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+            self.window.sort_by_key(|stamp| std::cmp::Reverse(stamp.t()));
             self.window.truncate(config.max_window_events);
         }
         let oldest_cap_day = as_of.div_euclid(DAY_MS) - COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1];
-        self.caps.retain(|cap| cap.day >= oldest_cap_day);
+        self.caps.retain(|cap| i64::from(cap.day) >= oldest_cap_day);
         while self.seen.front().is_some_and(|(_, applied_at)| *applied_at <= as_of - dedup_window_ms) {
             self.seen.pop_front();
         }
@@ -291,7 +534,7 @@ impl AccountScoreState {
             .filter_map(|kind| {
                 let count = |days: i64| {
                     let n =
-                        self.window.iter().filter(|(t, k)| k == kind && *t > at - days * DAY_MS && *t <= at).count();
+                        self.window.iter().filter(|s| s.kind() == *kind && s.t() > at - days * DAY_MS && s.t() <= at).count();
                     u32::try_from(n).unwrap_or(u32::MAX)
                 };
                 let counts = KindCounts {
@@ -312,9 +555,9 @@ impl AccountScoreState {
             .iter()
             .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
             .map(|c| EngagedContact {
-                contact_id: c.key().to_owned(),
-                persona: c.persona().to_owned(),
-                title: c.title().map(str::to_owned),
+                contact_id: c.key.to_owned(),
+                persona: c.persona.to_owned(),
+                title: c.title.map(str::to_owned),
                 last_engaged_at: c.last_engaged_at,
             })
             .collect();
@@ -327,7 +570,7 @@ impl AccountScoreState {
         self.recent
             .iter()
             .map(|r| RecentEvent {
-                event_id: r.event_id().to_owned(),
+                event_id: r.event_id.to_owned(),
                 kind: r.kind,
                 occurred_at: r.occurred_at,
                 rule: r
@@ -335,8 +578,8 @@ impl AccountScoreState {
                     .filter(|i| usize::from(*i) < engine.rules().len())
                     .map(|i| engine.rules().get(i).name.clone()),
                 points: r.points,
-                contact_id: r.contact_id().map(str::to_owned),
-                detail: r.detail().to_owned(),
+                contact_id: r.contact_id.map(str::to_owned),
+                detail: r.detail.to_owned(),
             })
             .collect()
     }
@@ -361,21 +604,21 @@ impl AccountScoreState {
                 .contacts
                 .iter()
                 .map(|c| EngagedContact {
-                    contact_id: c.key().to_owned(),
-                    persona: c.persona().to_owned(),
-                    title: c.title().map(str::to_owned),
+                    contact_id: c.key.to_owned(),
+                    persona: c.persona.to_owned(),
+                    title: c.title.map(str::to_owned),
                     last_engaged_at: c.last_engaged_at,
                 })
                 .collect(),
-            window_events: self.window.iter().map(|(t, kind)| WindowEvent { kind: *kind, occurred_at: *t }).collect(),
+            window_events: self.window.iter().map(|s| WindowEvent { kind: s.kind(), occurred_at: s.t() }).collect(),
             cap_counts: self
                 .caps
                 .iter()
                 .map(|cap| CapCount {
                     contact_key: cap_contact_text(cap.contact),
                     rule: rule_name(cap.rule),
-                    day: i32::try_from(cap.day).unwrap_or(i32::MAX),
-                    count: i32::try_from(cap.count).unwrap_or(i32::MAX),
+                    day: cap.day,
+                    count: i32::from(cap.count),
                 })
                 .collect(),
             seen_events: self
@@ -409,14 +652,14 @@ impl AccountScoreState {
         w.long(self.threshold_crossings as i64);
         w.long(self.hand_raiser_crossings as i64);
         w.array(self.contacts.iter(), |w, c| {
-            w.string(c.key());
-            w.string(c.persona());
-            w.optional_string(c.title());
+            w.string(c.key);
+            w.string(c.persona);
+            w.optional_string(c.title);
             w.long(c.last_engaged_at);
         });
-        w.array(self.window.iter(), |w, (t, kind)| {
-            w.symbol(*kind as usize);
-            w.long(*t);
+        w.array(self.window.iter(), |w, stamp| {
+            w.symbol(stamp.kind() as usize);
+            w.long(stamp.t());
         });
         w.array(self.caps.iter(), |w, cap| {
             // The same text as `cap_contact_text`, formatted on the stack: no allocation per cap.
@@ -424,21 +667,21 @@ impl AccountScoreState {
             let _ = std::io::Write::write_fmt(&mut &mut text[..], format_args!("#{:016x}", cap.contact as u64));
             w.string(std::str::from_utf8(&text).unwrap_or_default());
             w.string(rule_name(cap.rule));
-            w.int(i32::try_from(cap.day).unwrap_or(i32::MAX));
-            w.int(i32::try_from(cap.count).unwrap_or(i32::MAX));
+            w.int(cap.day);
+            w.int(i32::from(cap.count));
         });
         w.array(self.seen.iter(), |w, (id_hash, applied_at)| {
             w.long(*id_hash);
             w.long(*applied_at);
         });
         w.array(self.recent.iter(), |w, r| {
-            w.string(r.event_id());
+            w.string(r.event_id);
             w.symbol(r.kind as usize);
             w.long(r.occurred_at);
             w.optional_string(r.rule.filter(|i| usize::from(*i) < engine.rules().len()).map(rule_name));
             w.double(r.points);
-            w.optional_string(r.contact_id());
-            w.string(r.detail());
+            w.optional_string(r.contact_id);
+            w.string(r.detail);
         });
         w.long(self.events_applied as i64);
         w.long(self.duplicates as i64);
@@ -456,12 +699,13 @@ impl AccountScoreState {
             armed: record.armed,
             threshold_crossings: u64::try_from(record.threshold_crossings).unwrap_or(0),
             hand_raiser_crossings: u64::try_from(record.hand_raiser_crossings).unwrap_or(0),
-            contacts: record
-                .contacts
-                .iter()
-                .map(|c| ContactEntry::new(&c.contact_id, &c.persona, c.title.as_deref(), c.last_engaged_at))
-                .collect(),
-            window: record.window_events.iter().map(|w| (w.occurred_at, w.kind)).collect(),
+            contacts: ContactLog::from_entries(record.contacts.iter().map(|c| Contact {
+                key: &c.contact_id,
+                persona: &c.persona,
+                title: c.title.as_deref(),
+                last_engaged_at: c.last_engaged_at,
+            })),
+            window: record.window_events.iter().map(|w| Stamp::new(w.occurred_at, w.kind)).collect(),
             caps: record
                 .cap_counts
                 .iter()
@@ -469,27 +713,21 @@ impl AccountScoreState {
                     Some(CapEntry {
                         contact: cap_contact_hash(&cap.contact_key),
                         rule: rule_index(&cap.rule)?,
-                        day: i64::from(cap.day),
-                        count: u32::try_from(cap.count).unwrap_or(0),
+                        day: cap.day,
+                        count: u16::try_from(cap.count.max(0)).unwrap_or(u16::MAX),
                     })
                 })
                 .collect(),
             seen: record.seen_events.iter().map(|s| (s.id_hash, s.applied_at)).collect(),
-            recent: record
-                .recent_events
-                .iter()
-                .map(|r| {
-                    Recent::new(
-                        &r.event_id,
-                        r.contact_id.as_deref(),
-                        &r.detail,
-                        r.kind,
-                        r.occurred_at,
-                        r.rule.as_deref().and_then(rule_index),
-                        r.points,
-                    )
-                })
-                .collect(),
+            recent: RecentLog::from_entries(record.recent_events.iter().map(|r| Recent {
+                event_id: &r.event_id,
+                contact_id: r.contact_id.as_deref(),
+                detail: &r.detail,
+                kind: r.kind,
+                rule: r.rule.as_deref().and_then(rule_index),
+                occurred_at: r.occurred_at,
+                points: r.points,
+            })),
             events_applied: u64::try_from(record.events_applied).unwrap_or(0),
             duplicates: u64::try_from(record.duplicates).unwrap_or(0),
         }
@@ -498,16 +736,18 @@ impl AccountScoreState {
     /// Approximate heap bytes held by this state (for the memory metric and benchmarks).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        let strings: usize = self.contacts.iter().map(|c| c.strings.text_len()).sum::<usize>()
-            + self.recent.iter().map(|r| r.strings.text_len()).sum::<usize>();
-        strings
+        self.contacts.heap_bytes()
+            + self.recent.heap_bytes()
             + self.rule_points.capacity() * size_of::<(u16, f64)>()
-            + self.contacts.capacity() * size_of::<ContactEntry>()
-            + self.window.capacity() * size_of::<(i64, EventKind)>()
+            + self.window.capacity() * size_of::<Stamp>()
             + self.caps.capacity() * size_of::<CapEntry>()
             + self.seen.capacity() * size_of::<(i64, i64)>()
-            + self.recent.capacity() * size_of::<Recent>()
     }
+}
+
+/// A UTC day number as kept in cap entries (the Avro form's `int`); far-off days saturate.
+fn day_number(day: i64) -> i32 {
+    i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX })
 }
 
 /// How many slots a full collection of `len` items gains: a quarter more (at least 2), not
@@ -536,6 +776,7 @@ fn tier_index(tier: Tier) -> usize {
 #[cfg(test)]
 mod tests {
     use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
+    use proptest::prelude::*;
 
     use super::{AccountScoreState, cap_contact_hash, cap_contact_text};
     use crate::engine::{Applied, DAY_MS, Engine, ScoringConfig};
@@ -547,15 +788,205 @@ mod tests {
         event
     }
 
+    /// The old representation: a list of owned contacts, updated the obvious way.
+    #[derive(Debug, Clone, PartialEq)]
+    struct ModelContact {
+        key: String,
+        persona: String,
+        title: Option<String>,
+        last: i64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum ContactOp {
+        Engage { key: u8, persona: u8, title: Option<u8>, t: i64 },
+        Prune { oldest: i64, max: usize },
+    }
+
+    fn contact_op() -> impl Strategy<Value = ContactOp> {
+        prop_oneof![
+            4 => (0u8..6, 0u8..3, proptest::option::of(0u8..3), 0i64..40)
+                .prop_map(|(key, persona, title, t)| ContactOp::Engage { key, persona, title, t }),
+            1 => (0i64..40, 1usize..5).prop_map(|(oldest, max)| ContactOp::Prune { oldest, max }),
+        ]
+    }
+
+    proptest! {
+        /// The packed contacts behave exactly like a plain list of owned contacts.
+        #[test]
+        fn contact_log_matches_a_plain_list(ops in proptest::collection::vec(contact_op(), 0..40)) {
+            let keys = ["c-0", "c-1", "ü-2", "", "a-much-longer-contact-key-of-more-than-a-few-bytes@example.com", "c-5"];
+            let personas = ["economic_buyer", "champion", "unknown"];
+            let titles = ["VP Finance", "", "Директор"];
+            let mut log = super::ContactLog::default();
+            let mut model: Vec<ModelContact> = Vec::new();
+            for op in ops {
+                match op {
+                    ContactOp::Engage { key, persona, title, t } => {
+                        let (key, persona) = (keys[usize::from(key)], personas[usize::from(persona)]);
+                        let title = title.map(|i| titles[usize::from(i)]);
+                        match model.iter_mut().find(|c| c.key == key) {
+                            Some(c) if t >= c.last => {
+                                let title = title.map(str::to_owned).or(c.title.clone());
+                                *c = ModelContact { key: key.into(), persona: persona.into(), title, last: t };
+                            }
+                            Some(_) => {}
+                            None => model.push(ModelContact {
+                                key: key.into(),
+                                persona: persona.into(),
+                                title: title.map(Into::into),
+                                last: t,
+                            }),
+                        }
+                        log.engage(key, persona, title, t);
+                    }
+                    ContactOp::Prune { oldest, max } => {
+                        model.retain(|c| c.last > oldest);
+                        if model.len() > max {
+                            model.sort_by(|a, b| b.last.cmp(&a.last).then_with(|| a.key.cmp(&b.key)));
+                            model.truncate(max);
+                        }
+                        log.prune(oldest, max);
+                    }
+                }
+                let got: Vec<ModelContact> = log
+                    .iter()
+                    .map(|c| ModelContact {
+                        key: c.key.into(),
+                        persona: c.persona.into(),
+                        title: c.title.map(Into::into),
+                        last: c.last_engaged_at,
+                    })
+                    .collect();
+                prop_assert_eq!(&got, &model);
+                prop_assert_eq!(log.iter().len(), model.len());
+            }
+        }
+    }
+
+    /// An owned recent event, for the model below.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Owned {
+        id: String,
+        contact: Option<String>,
+        detail: String,
+        kind: EventKind,
+        rule: Option<u16>,
+        t: i64,
+        points: f64,
+    }
+
+    impl Owned {
+        fn borrow(&self) -> super::Recent<'_> {
+            super::Recent {
+                event_id: &self.id,
+                contact_id: self.contact.as_deref(),
+                detail: &self.detail,
+                kind: self.kind,
+                rule: self.rule,
+                occurred_at: self.t,
+                points: self.points,
+            }
+        }
+    }
+
+    fn owned(r: super::Recent<'_>) -> Owned {
+        Owned {
+            id: r.event_id.into(),
+            contact: r.contact_id.map(Into::into),
+            detail: r.detail.into(),
+            kind: r.kind,
+            rule: r.rule,
+            t: r.occurred_at,
+            points: r.points,
+        }
+    }
+
+    fn recent_strategy() -> impl Strategy<Value = Owned> {
+        (
+            ".{0,3}|[a-z0-9-]{120,200}",
+            proptest::option::of("\\PC{0,12}"),
+            "\\PC{0,20}",
+            0..EventKind::ALL.len(),
+            proptest::option::of(0u16..u16::MAX),
+            -3i64..3,
+            proptest::num::f64::ANY,
+        )
+            .prop_map(|(id, contact, detail, kind, rule, t, points)| Owned {
+                id,
+                contact,
+                detail,
+                kind: EventKind::ALL[kind],
+                rule,
+                t: 1_700_000_000_000 + t * 1000,
+                points,
+            })
+    }
+
+    proptest! {
+        /// The packed log keeps exactly what a plain list would: newest first, among equal
+        /// times the later applied first, at most `max`, every field (points bit for bit).
+        #[test]
+        fn recent_log_matches_a_plain_list(events in proptest::collection::vec(recent_strategy(), 0..20), max in 1usize..7) {
+            let mut log = super::RecentLog::default();
+            let mut model: Vec<Owned> = Vec::new();
+            for event in &events {
+                let position = model.iter().position(|r| r.t <= event.t).unwrap_or(model.len());
+                if position < max {
+                    model.insert(position, event.clone());
+                    model.truncate(max);
+                }
+                log.insert(&event.borrow(), max);
+                let got: Vec<Owned> = log.iter().map(owned).collect();
+                prop_assert_eq!(got.len(), model.len());
+                prop_assert_eq!(log.iter().len(), model.len());
+                for (got, want) in got.iter().zip(&model) {
+                    prop_assert_eq!(got.points.to_bits(), want.points.to_bits());
+                    prop_assert_eq!((&got.id, &got.contact, &got.detail, got.kind, got.rule, got.t),
+                        (&want.id, &want.contact, &want.detail, want.kind, want.rule, want.t));
+                }
+            }
+            let rebuilt = super::RecentLog::from_entries(log.iter());
+            prop_assert_eq!(rebuilt, log);
+        }
+    }
+
     #[test]
-    fn packed_strings_keep_each_part_and_its_absence() {
-        let all = super::Packed::new([Some("id"), Some(""), Some("detail")]);
-        assert_eq!((all.get(0), all.get(1), all.get(2)), (Some("id"), Some(""), Some("detail")));
-        let gaps = super::Packed::new([None, Some("é"), None]);
-        assert_eq!((gaps.get(0), gaps.get(1), gaps.get(2)), (None, Some("é"), None));
-        let last = super::Packed::new([Some("a"), None, Some("bc")]);
-        assert_eq!((last.get(0), last.get(1), last.get(2)), (Some("a"), None, Some("bc")));
-        assert_eq!(last.text_len(), 3);
+    fn stamps_keep_time_and_kind() {
+        for kind in EventKind::ALL {
+            assert_eq!(super::kind_from_index(kind as usize), kind);
+            for t in [0, 1, -1, 1_700_000_000_123, -86_400_001, (1 << 59) - 1, -(1 << 59)] {
+                let stamp = super::Stamp::new(t, kind);
+                assert_eq!((stamp.t(), stamp.kind()), (t, kind));
+            }
+            assert_eq!(super::Stamp::new(i64::MAX, kind).t(), (1 << 59) - 1, "clamped");
+            assert_eq!(super::Stamp::new(i64::MIN, kind).kind(), kind);
+        }
+        assert_eq!(std::mem::size_of::<super::Stamp>(), 8);
+        assert_eq!(std::mem::size_of::<super::CapEntry>(), 16);
+    }
+
+    #[test]
+    fn a_smaller_max_truncates_even_when_the_event_is_left_out() {
+        let make = |t: i64| Owned {
+            id: format!("e{t}"),
+            contact: None,
+            detail: String::new(),
+            kind: EventKind::Email,
+            rule: None,
+            t,
+            points: 1.0,
+        };
+        let mut log = super::RecentLog::default();
+        for t in 10..15 {
+            log.insert(&make(t).borrow(), 5);
+        }
+        assert_eq!(log.iter().map(|r| r.occurred_at).collect::<Vec<_>>(), [14, 13, 12, 11, 10]);
+        log.insert(&make(1).borrow(), 3);
+        assert_eq!(log.iter().map(|r| r.occurred_at).collect::<Vec<_>>(), [14, 13, 12]);
+        log.insert(&make(13).borrow(), 3);
+        let ids: Vec<String> = log.iter().map(|r| r.event_id.to_owned()).collect();
+        assert_eq!(ids, ["e14", "e13", "e13"]);
     }
 
     #[test]
