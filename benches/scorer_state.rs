@@ -63,7 +63,7 @@ fn build(engine: &Engine, store: &Store, accounts: usize) -> Duration {
         for event in history(account) {
             engine.apply(&id, &mut state, &event, Tier::Tier2);
         }
-        shard.insert(id.into(), Box::new(state));
+        shard.insert(id.as_str().into(), Box::new(state));
     }
     started.elapsed()
 }
@@ -97,7 +97,7 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
             let record = entry.value().to_record(entry.key(), engine);
             let payload = abm_schemas::encode(&record).expect("encodes");
             let mut message = rdkafka::producer::BaseRecord::to(&changelog)
-                .key(entry.key().as_ref())
+                .key(entry.key().as_str())
                 .payload(&payload)
                 .partition(partition);
             loop {
@@ -124,7 +124,7 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
     abm::kafka::read_to_end(&kafka, "bench-restore", &changelog, &partitions, |partition, key, value| {
         let record: abm_schemas::AccountState = abm_schemas::decode(value.unwrap_or_default())?;
         rebuilt[partition as usize]
-            .insert(String::from_utf8_lossy(key).into(), Box::new(AccountScoreState::from_record(&record, engine)));
+            .insert(String::from_utf8_lossy(key).as_ref().into(), Box::new(AccountScoreState::from_record(&record, engine)));
         Ok(())
     })
     .expect("restored");

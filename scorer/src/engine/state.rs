@@ -44,6 +44,13 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.bytes(len)?).ok()
     }
 
+    /// Steps over a string written with [`write_str`] (or, with `offset` 1, one written with
+    /// [`write_optional_str`]) without checking its bytes.
+    fn skip_str(&mut self, offset: usize) -> Option<()> {
+        let len = self.varint()?;
+        self.bytes(len.saturating_sub(offset)).map(drop)
+    }
+
     /// A string written with [`write_optional_str`].
     fn optional_str(&mut self) -> Option<Option<&'a str>> {
         match self.varint()? {
@@ -143,6 +150,19 @@ impl ContactLog {
         self.bytes.len()
     }
 
+    /// Every contact's last engagement time, without reading their strings (breadth is
+    /// evaluated after every event).
+    fn engagement_times(&self) -> impl Iterator<Item = i64> + '_ {
+        let mut cursor = Cursor { rest: &self.bytes };
+        std::iter::from_fn(move || {
+            let time = i64::from_le_bytes(cursor.array()?);
+            cursor.skip_str(0)?;
+            cursor.skip_str(0)?;
+            cursor.skip_str(1)?;
+            Some(time)
+        })
+    }
+
     /// Records that `key` engaged at `t`: a new contact is appended; a known one moves its last
     /// engagement forward (never back) and takes the newer persona and title (a missing title
     /// keeps the old one).
@@ -150,10 +170,21 @@ impl ContactLog {
         let mut cursor = Cursor { rest: &self.bytes };
         loop {
             let start = self.bytes.len() - cursor.rest.len();
-            let Some(contact) = Contact::read(&mut cursor) else { break };
-            if contact.key != key {
+            // Keys are compared as bytes; only the matching entry is read in full.
+            let Some(found) = cursor.array::<8>().and_then(|_| {
+                let len = cursor.varint()?;
+                let matches = cursor.bytes(len)? == key.as_bytes();
+                cursor.skip_str(0)?;
+                cursor.skip_str(1)?;
+                Some(matches)
+            }) else {
+                break;
+            };
+            if !found {
                 continue;
             }
+            let end = self.bytes.len() - cursor.rest.len();
+            let Some(contact) = Contact::read(&mut Cursor { rest: &self.bytes[start..end] }) else { break };
             if t < contact.last_engaged_at {
                 return;
             }
@@ -164,7 +195,6 @@ impl ContactLog {
                 }
                 return;
             }
-            let end = self.bytes.len() - cursor.rest.len();
             let updated = Contact { key, persona, title, last_engaged_at: t };
             let mut out = Vec::with_capacity(self.bytes.len() - (end - start) + updated.encoded_len());
             out.extend_from_slice(&self.bytes[..start]);
@@ -185,9 +215,9 @@ impl ContactLog {
     fn prune(&mut self, oldest: i64, max: usize) {
         let mut count = 0;
         let mut stale = false;
-        for contact in self.iter() {
+        for time in self.engagement_times() {
             count += 1;
-            stale |= contact.last_engaged_at <= oldest;
+            stale |= time <= oldest;
         }
         if !stale && count <= max {
             return;
@@ -519,11 +549,7 @@ impl AccountScoreState {
 
     /// `B` at `at`: distinct contacts engaged in `(at - 30 days, at]`.
     pub fn breadth_at(&self, at: i64) -> u32 {
-        let count = self
-            .contacts
-            .iter()
-            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
-            .count();
+        let count = self.contacts.engagement_times().filter(|t| *t > at - BREADTH_WINDOW_MS && *t <= at).count();
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
