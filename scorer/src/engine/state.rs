@@ -118,6 +118,15 @@ impl Contact<'_> {
         write_optional_str(out, self.title);
     }
 
+    /// Steps over one entry without checking its strings; returns its last engagement time.
+    fn skip(cursor: &mut Cursor<'_>) -> Option<i64> {
+        let time = i64::from_le_bytes(cursor.array()?);
+        cursor.skip_str(0)?;
+        cursor.skip_str(0)?;
+        cursor.skip_str(1)?;
+        Some(time)
+    }
+
     fn read<'a>(cursor: &mut Cursor<'a>) -> Option<Contact<'a>> {
         let last_engaged_at = i64::from_le_bytes(cursor.array()?);
         Some(Contact { last_engaged_at, key: cursor.str()?, persona: cursor.str()?, title: cursor.optional_str()? })
@@ -143,7 +152,7 @@ impl ContactLog {
     }
 
     pub fn iter(&self) -> PackedIter<'_, Contact<'_>> {
-        PackedIter::new(&self.bytes, Contact::read)
+        PackedIter::new(&self.bytes, Contact::read, Contact::skip)
     }
 
     fn heap_bytes(&self) -> usize {
@@ -154,13 +163,7 @@ impl ContactLog {
     /// evaluated after every event).
     fn engagement_times(&self) -> impl Iterator<Item = i64> + '_ {
         let mut cursor = Cursor { rest: &self.bytes };
-        std::iter::from_fn(move || {
-            let time = i64::from_le_bytes(cursor.array()?);
-            cursor.skip_str(0)?;
-            cursor.skip_str(0)?;
-            cursor.skip_str(1)?;
-            Some(time)
-        })
+        std::iter::from_fn(move || Contact::skip(&mut cursor))
     }
 
     /// Records that `key` engaged at `t`: a new contact is appended; a known one moves its last
@@ -240,10 +243,14 @@ pub struct PackedIter<'a, T> {
 }
 
 impl<'a, T> PackedIter<'a, T> {
-    fn new(bytes: &'a [u8], read: fn(&mut Cursor<'a>) -> Option<T>) -> PackedIter<'a, T> {
+    fn new(
+        bytes: &'a [u8],
+        read: fn(&mut Cursor<'a>) -> Option<T>,
+        skip: fn(&mut Cursor<'_>) -> Option<i64>,
+    ) -> PackedIter<'a, T> {
         let mut scan = Cursor { rest: bytes };
         let mut count = 0;
-        while read(&mut scan).is_some() {
+        while skip(&mut scan).is_some() {
             count += 1;
         }
         PackedIter { cursor: Cursor { rest: bytes }, read, count }
@@ -350,6 +357,16 @@ impl Recent<'_> {
         write_str(out, self.detail);
     }
 
+    /// Steps over one entry without checking its strings; returns its time.
+    fn skip(cursor: &mut Cursor<'_>) -> Option<i64> {
+        let time = i64::from_le_bytes(cursor.array()?);
+        cursor.bytes(RECENT_FIXED - 8)?;
+        cursor.skip_str(0)?;
+        cursor.skip_str(1)?;
+        cursor.skip_str(0)?;
+        Some(time)
+    }
+
     fn read<'a>(cursor: &mut Cursor<'a>) -> Option<Recent<'a>> {
         let occurred_at = i64::from_le_bytes(cursor.array()?);
         let points = f64::from_bits(u64::from_le_bytes(cursor.array()?));
@@ -388,7 +405,7 @@ impl RecentLog {
     }
 
     pub(crate) fn iter(&self) -> PackedIter<'_, Recent<'_>> {
-        PackedIter::new(&self.bytes, Recent::read)
+        PackedIter::new(&self.bytes, Recent::read, Recent::skip)
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
@@ -398,31 +415,49 @@ impl RecentLog {
     /// Inserts `recent` by event time (newest first; among equal times, the later applied
     /// first) and keeps at most `max` entries; an event older than all of `max` kept is left out.
     pub(crate) fn insert(&mut self, recent: &Recent<'_>, max: usize) {
-        let mut out = Vec::with_capacity(self.bytes.len() + recent.encoded_len());
-        let mut rest: &[u8] = &self.bytes;
-        let (mut kept, mut inserted) = (0, false);
-        while kept < max {
-            let before = rest;
-            let mut reader = Cursor { rest };
-            let Some(entry) = Recent::read(&mut reader) else { break };
-            if !inserted && entry.occurred_at <= recent.occurred_at {
-                recent.write(&mut out);
-                inserted = true;
-                kept += 1;
-                if kept == max {
+        // Where the new entry goes and where the kept entries end, from the entries' times
+        // alone; then the block is edited in place (it is reallocated only when it grows).
+        let total = self.bytes.len();
+        let mut cursor = Cursor { rest: &self.bytes };
+        let (mut position, mut kept_end, mut count) = (None, 0, 0);
+        while count < max {
+            let start = total - cursor.rest.len();
+            let Some(time) = Recent::skip(&mut cursor) else { break };
+            if position.is_none() && time <= recent.occurred_at {
+                position = Some(start);
+                count += 1;
+                if count == max {
                     break;
                 }
             }
-            rest = reader.rest;
-            out.extend_from_slice(&before[..before.len() - rest.len()]);
-            kept += 1;
+            kept_end = total - cursor.rest.len();
+            count += 1;
         }
-        if !inserted && kept < max {
-            recent.write(&mut out);
+        if position.is_none() && count < max {
+            position = Some(kept_end);
         }
-        if out.len() != self.bytes.len() || out[..] != self.bytes[..] {
-            self.bytes = out.into_boxed_slice();
+        let Some(position) = position else {
+            // Left out; a smaller `max` than before still drops the entries past it.
+            if kept_end < total {
+                self.bytes = self.bytes.get(..kept_end).unwrap_or_default().into();
+            }
+            return;
+        };
+        let mut bytes = std::mem::take(&mut self.bytes).into_vec();
+        bytes.truncate(kept_end);
+        let len = recent.encoded_len();
+        bytes.reserve_exact(len);
+        recent.write(&mut bytes);
+        if let Some(tail) = bytes.get_mut(position..) {
+            tail.rotate_right(len);
         }
+        self.bytes = bytes.into_boxed_slice();
+    }
+
+    /// The entries' times, newest first, without reading their strings.
+    fn times(&self) -> impl Iterator<Item = i64> + '_ {
+        let mut cursor = Cursor { rest: &self.bytes };
+        std::iter::from_fn(move || Recent::skip(&mut cursor))
     }
 }
 
@@ -515,8 +550,8 @@ impl AccountScoreState {
     /// Whether an event at `occurred_at` would be among the `max` most recent kept.
     pub(crate) fn keeps_recent(&self, occurred_at: i64, max: usize) -> bool {
         let mut kept = 0;
-        for r in self.recent.iter().take(max) {
-            if r.occurred_at <= occurred_at {
+        for time in self.recent.times().take(max) {
+            if time <= occurred_at {
                 return true;
             }
             kept += 1;
