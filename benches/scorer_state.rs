@@ -136,7 +136,18 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
 
 fn main() {
     let engine = Arc::new(Engine::new(ScoringConfig::default()).expect("valid"));
-    drop(memory(&engine, 100_000));
+    if let Some(accounts) = std::env::var("BENCH_MEMORY_ONLY").ok().and_then(|s| s.parse().ok()) {
+        memory(&engine, accounts);
+        return;
+    }
+    // Each size is measured in a fresh process: memory freed by an earlier measurement stays
+    // resident and would be reused, understating the later one.
+    let small = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(std::env::args_os().skip(1))
+        .env("BENCH_MEMORY_ONLY", "100000")
+        .status()
+        .expect("runs itself");
+    assert!(small.success(), "the 100k measurement failed: {small}");
     let large: usize = std::env::var("BENCH_ACCOUNTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let store = memory(&engine, large);
     restore(&engine, &store, large);
