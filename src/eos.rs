@@ -333,18 +333,20 @@ fn poll_loop<P: Processor>(
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
         }
-        let (due, started) = {
+        // One clock read per message for both the commit decision and the age gauge.
+        let (due, age) = {
             let batch = lock(&shared.batch);
+            let age = batch.started.map(|started| started.elapsed());
             let due = batch.open
                 && (batch.events >= settings.max_batch_events
-                    || batch.started.is_some_and(|started| started.elapsed() >= settings.commit_interval));
-            (due, batch.started)
+                    || age.is_some_and(|age| age >= settings.commit_interval));
+            (due, age)
         };
         if due {
             shared.commit(consumer)?;
             shared.processor.uncommitted_age(0.0);
         } else {
-            shared.processor.uncommitted_age(started.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+            shared.processor.uncommitted_age(age.map_or(0.0, |age| age.as_secs_f64()));
         }
     }
 }

@@ -86,22 +86,23 @@ impl ScorerProcessor {
         self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The published score at the state's own as-of time: what [`Engine::view`] gives for it,
+    /// without building the explanation's contacts, counts and recent events.
     fn account_score(&self, account_id: &str, state: &AccountScoreState) -> AccountScore {
-        let view = self.engine.view(account_id, state, None);
-        let mut top_rules = view.rule_points;
-        top_rules.truncate(self.engine.config().top_rules);
+        let breadth = state.breadth_at(state.as_of.unwrap_or(0));
+        let multiplier = self.engine.multiplier(breadth);
         AccountScore {
             account_id: account_id.to_owned(),
             tier: state.tier,
-            score: view.score,
-            engagement: view.engagement,
-            breadth: view.breadth as i32,
-            multiplier: view.multiplier,
-            threshold: view.threshold,
-            armed: view.armed,
-            as_of: view.as_of.unwrap_or(0),
+            score: state.engagement.max(0.0) * multiplier,
+            engagement: state.engagement,
+            breadth: breadth as i32,
+            multiplier,
+            threshold: self.engine.threshold(state.tier),
+            armed: state.armed,
+            as_of: state.as_of.unwrap_or(0),
             events_applied: state.events_applied as i64,
-            top_rules,
+            top_rules: self.engine.top_rules(state, 1.0, self.engine.config().top_rules),
         }
     }
 }

@@ -138,6 +138,17 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     let json = wait_for_account(&env, "acc-1", 10);
     assert!(close(json["engagement"].as_f64().expect("E"), 106.25), "{json}");
     assert_eq!(json["events_applied"], 9);
+    // The published score says what the API's explanation says at the same as-of.
+    assert_eq!(json["as_of"], last.as_of, "{json}");
+    assert!(close(json["score"].as_f64().expect("S"), last.score), "{json}");
+    assert!(close(json["multiplier"].as_f64().expect("m"), last.multiplier), "{json}");
+    assert_eq!(json["breadth"], last.breadth, "{json}");
+    assert_eq!(json["armed"], last.armed, "{json}");
+    assert!(close(json["threshold"].as_f64().expect("T"), last.threshold), "{json}");
+    let explained: Vec<&str> =
+        json["rule_points"].as_array().expect("rules").iter().filter_map(|r| r["rule"].as_str()).collect();
+    let published: Vec<&str> = last.top_rules.iter().map(|r| r.rule.as_str()).collect();
+    assert!(!published.is_empty() && explained.starts_with(&published), "{published:?} vs {explained:?}");
 }
 
 fn stream(count: usize, accounts: u64, seed: u64) -> Vec<EngagementEvent> {

@@ -272,7 +272,7 @@ impl Engine {
     }
 
     /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.
-    fn top_rules(&self, state: &AccountScoreState, factor: f64, limit: usize) -> Vec<RuleContribution> {
+    pub fn top_rules(&self, state: &AccountScoreState, factor: f64, limit: usize) -> Vec<RuleContribution> {
         let mut rules: Vec<RuleContribution> = state
             .rule_points
             .iter()
