@@ -111,7 +111,7 @@ impl Processor for ScorerProcessor {
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
         let partition = message.partition();
         let payload = message.payload().unwrap_or_default();
-        let event = match abm_schemas::decode::<EngagementEvent>(payload) {
+        let mut event = match abm_schemas::decode::<EngagementEvent>(payload) {
             Ok(event) => event,
             Err(error) => {
                 self.metrics.rejected.with_label_values(&["undecodable"]).inc();
@@ -120,7 +120,8 @@ impl Processor for ScorerProcessor {
             }
         };
         let key = message.key().and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty());
-        let Some(account_id) = event.account_id.clone().or_else(|| key.map(str::to_owned)) else {
+        // Moved out of the event (the engine takes the id as an argument): no copy per event.
+        let Some(account_id) = event.account_id.take().or_else(|| key.map(str::to_owned)) else {
             let id = Some(event.event_id.clone());
             self.metrics.rejected.with_label_values(&["missing_field"]).inc();
             let text = "engagement event without account_id".to_owned();

@@ -147,9 +147,11 @@ impl Engine {
         let rule_index = self.rules.first_match(event);
         let persona = self.rules.persona(event);
         let contact = event.contact.as_ref();
-        let contact_key: Option<String> = contact
-            .and_then(|c| c.contact_id.clone().filter(|id| !id.is_empty()))
-            .or_else(|| contact.and_then(|c| c.email.as_ref()).map(|email| email.to_lowercase()));
+        let contact_key: Option<std::borrow::Cow<'_, str>> = contact
+            .and_then(|c| c.contact_id.as_deref().filter(|id| !id.is_empty()).map(std::borrow::Cow::Borrowed))
+            .or_else(|| {
+                contact.and_then(|c| c.email.as_ref()).map(|email| std::borrow::Cow::Owned(email.to_lowercase()))
+            });
 
         // Points at the event's own time: the rule's points, persona-weighted, unless capped.
         let mut points = 0.0;
