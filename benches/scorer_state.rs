@@ -123,8 +123,10 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
     let started = Instant::now();
     abm::kafka::read_to_end(&kafka, "bench-restore", &changelog, &partitions, |partition, key, value| {
         let record: abm_schemas::AccountState = abm_schemas::decode(value.unwrap_or_default())?;
-        rebuilt[partition as usize]
-            .insert(String::from_utf8_lossy(key).as_ref().into(), Box::new(AccountScoreState::from_record(&record, engine)));
+        rebuilt[partition as usize].insert(
+            String::from_utf8_lossy(key).as_ref().into(),
+            Box::new(AccountScoreState::from_record(&record, engine)),
+        );
         Ok(())
     })
     .expect("restored");

@@ -5,13 +5,26 @@
 //! and at shutdown) one transaction commits, atomically, everything the processor wrote since
 //! the last one plus the input offsets it covers (`send_offsets_to_transaction`, as Kafka
 //! Streams' `exactly_once_v2`). Newly assigned partitions are paused inside the rebalance
-//! callback and resumed once the processor has restored their state, outside it.
+//! callback and resumed once the processor has restored their state, which happens on a thread
+//! of its own while the loop goes on polling and committing the other partitions (a long
+//! restore neither starves the consumer's poll nor holds a transaction open).
 //!
-//! A failed transaction ends the loop with an error: the processor's in-memory state may hold
-//! effects of the aborted batch, so the process stops and restarts from the last commit. A
-//! restarted instance with the same `transactional_id` fences its predecessor at once.
+//! Broker faults are ridden out. A transactional call that fails with a retriable error is
+//! retried; one that needs an abort (or any failure of the batch's writes) aborts the
+//! transaction and *rewinds* the batch's partitions: they are paused, sought back to the first
+//! offset of the batch, their in-memory state is dropped and restored from what is committed,
+//! and they resume. Nothing of an aborted batch is visible to `read_committed` readers, so the
+//! batch is simply done again. Only fatal errors (a fenced producer: another instance with the
+//! same `transactional_id` took over) and failures that persist past [`RETRY_LIMIT`] end the
+//! loop, with one clear error. A restarted instance with the same `transactional_id` fences its
+//! predecessor at once.
+//!
+//! The transaction timeout ([`TRANSACTION_TIMEOUT`], 10 s as in Kafka Streams) stays below the
+//! group's session timeout, so the open transaction of a member that died is aborted by the
+//! broker before its partitions' next owner restores them, and never hides committed changelog
+//! writes from that restore.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,16 +39,20 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaConfig;
+use crate::ops::Health;
 
-/// What the loop drives. All methods run on the loop's thread.
+/// What the loop drives. All methods but `restore` run on the loop's thread; `restore` runs on
+/// a thread of its own while `process` goes on for other partitions.
 pub trait Processor: Send + Sync + 'static {
     /// Handles one input message inside the open transaction, writing outputs to `out`.
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()>;
     /// Writes the batch's coalesced outputs (e.g. changed state) just before it commits.
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()>;
-    /// Rebuilds the state of newly assigned input partitions. May block; runs outside callbacks.
+    /// Rebuilds the state of newly assigned (or rewound) input partitions from what is
+    /// committed. May block; runs outside callbacks, on its own thread; retried on failure.
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<()>;
-    /// Drops the state of revoked partitions (after their last commit).
+    /// Drops the state of revoked partitions (after their last commit), or of partitions whose
+    /// batch was aborted (before they are restored again).
     fn revoke(&self, partitions: &[i32]);
     /// After each committed transaction.
     fn committed(&self, _duration: Duration) {}
@@ -43,6 +60,8 @@ pub trait Processor: Send + Sync + 'static {
     fn uncommitted_age(&self, _seconds: f64) {}
     /// Consumer lag of an input partition, from librdkafka's statistics.
     fn lag(&self, _partition: i32, _lag: i64) {}
+    /// After a transaction was aborted and its partitions rewound (`reason` says why).
+    fn aborted(&self, _reason: &str) {}
 }
 
 /// Writes records inside the open transaction.
@@ -124,6 +143,21 @@ pub struct EosSettings {
     pub max_batch_events: usize,
 }
 
+/// The transactional producer's `transaction.timeout.ms` unless the passthrough sets one; it
+/// must stay below the consumer's `session.timeout.ms` (librdkafka's default: 45 s).
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a failing transactional call (or restore) is retried before the loop gives up and
+/// ends the process: a broker that is down for this long is not a blip.
+pub const RETRY_LIMIT: Duration = Duration::from_secs(180);
+
+/// Transactions aborted in a row (no commit in between) before the loop gives up: a batch that
+/// fails every time for the same reason is not a broker fault.
+const ABORTS_IN_A_ROW_LIMIT: u32 = 10;
+
+/// Readiness waits under this name while assigned partitions are not restored yet.
+const RESTORING: &str = "restoring";
+
 #[derive(Debug, Default)]
 struct Batch {
     open: bool,
@@ -131,6 +165,40 @@ struct Batch {
     events: usize,
     /// Next offset to consume, per input partition.
     offsets: BTreeMap<i32, i64>,
+    /// Offset of the batch's first message, per input partition: where a rewind goes back to.
+    first_offsets: BTreeMap<i32, i64>,
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+enum Failure {
+    /// The batch must be aborted and done again.
+    Abort(String),
+    /// The producer cannot go on (fenced, or a fault that outlasted [`RETRY_LIMIT`]).
+    Fatal(String),
+}
+
+/// How to react to a failed transactional call.
+fn classify(error: &KafkaError) -> Reaction {
+    match error {
+        KafkaError::Transaction(error) if error.is_fatal() => Reaction::Fatal,
+        KafkaError::Transaction(error) if error.txn_requires_abort() => Reaction::Abort,
+        KafkaError::Transaction(error) if error.is_retriable() => Reaction::Retry,
+        _ => Reaction::Abort,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reaction {
+    Retry,
+    Abort,
+    Fatal,
+}
+
+/// A restore running on its own thread.
+struct RestoreJob {
+    partitions: Vec<i32>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
 struct Shared<P> {
@@ -138,9 +206,17 @@ struct Shared<P> {
     producer: ThreadedProducer<DefaultProducerContext>,
     input_topic: String,
     batch: Mutex<Batch>,
+    /// Assigned (or rewound) partitions, paused, waiting for their restore to start.
     to_restore: Mutex<Vec<i32>>,
+    /// Partitions whose restore is running now.
+    restoring: Mutex<Vec<i32>>,
+    /// Partitions revoked while their restore was running: what it installs is dropped.
+    revoked_while_restoring: Mutex<BTreeSet<i32>>,
     fatal: Mutex<Option<String>>,
+    /// Aborts since the last commit.
+    aborts_in_a_row: Mutex<u32>,
     timeout: Duration,
+    health: Health,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,40 +237,182 @@ impl<P: Processor> Shared<P> {
         Outbox { producer: &self.producer }
     }
 
-    fn handle(&self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    fn partition_list(&self, partitions: impl IntoIterator<Item = i32>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            list.add_partition(&self.input_topic, partition);
+        }
+        list
+    }
+
+    /// Readiness waits while any assigned partition is not restored.
+    fn update_readiness(&self) {
+        let pending: Vec<i32> = lock(&self.to_restore).iter().chain(lock(&self.restoring).iter()).copied().collect();
+        if pending.is_empty() {
+            self.health.done_waiting(RESTORING);
+        } else {
+            self.health.wait_for(RESTORING, format!("partitions {pending:?} of {}", self.input_topic));
+        }
+    }
+
+    fn handle<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), Failure> {
+        let partition = message.partition();
+        if lock(&self.to_restore).contains(&partition) || lock(&self.restoring).contains(&partition) {
+            // Fetched before the pause took effect: not processed before its state is restored.
+            // Sought back, so it is read again once the partition resumes.
+            let _ = consumer.seek(&self.input_topic, partition, Offset::Offset(message.offset()), self.timeout);
+            return Ok(());
+        }
         let mut batch = lock(&self.batch);
         if !batch.open {
-            self.producer.begin_transaction().context("beginning a transaction")?;
+            if let Err(error) = self.producer.begin_transaction() {
+                return Err(match classify(&error) {
+                    Reaction::Fatal => Failure::Fatal(format!("beginning a transaction: {error}")),
+                    _ => Failure::Abort(format!("beginning a transaction: {error}")),
+                });
+            }
             batch.open = true;
             batch.started = Some(Instant::now());
         }
-        batch.offsets.insert(message.partition(), message.offset() + 1);
+        batch.first_offsets.entry(partition).or_insert(message.offset());
+        batch.offsets.insert(partition, message.offset() + 1);
         batch.events += 1;
         drop(batch);
-        self.processor.process(message, &self.outbox())
+        self.processor.process(message, &self.outbox()).map_err(|error| Failure::Abort(format!("{error:#}")))
     }
 
-    /// Commits the open batch as one transaction; no-op when none is open.
+    /// Commits the open batch as one transaction (no-op when none is open). A batch that cannot
+    /// commit is aborted and its partitions rewound; only a fatal failure is an error.
     fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
         let mut batch = lock(&self.batch);
         if !batch.open {
             return Ok(());
         }
         let started = Instant::now();
-        self.processor.before_commit(&self.outbox())?;
+        match self.try_commit(&batch, consumer) {
+            Ok(()) => {
+                tracing::debug!(events = batch.events, took = ?started.elapsed(), "transaction committed");
+                *batch = Batch::default();
+                *lock(&self.aborts_in_a_row) = 0;
+                self.processor.committed(started.elapsed());
+                Ok(())
+            }
+            Err(Failure::Fatal(error)) => Err(anyhow!(error)),
+            Err(Failure::Abort(reason)) => {
+                let aborted = std::mem::take(&mut *batch);
+                drop(batch);
+                self.abort_and_rewind(consumer, aborted, &reason)
+            }
+        }
+    }
+
+    fn try_commit<C: ConsumerContext>(&self, batch: &Batch, consumer: &BaseConsumer<C>) -> Result<(), Failure> {
+        self.processor
+            .before_commit(&self.outbox())
+            .map_err(|error| Failure::Abort(format!("writing the batch's outputs: {error:#}")))?;
         let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &batch.offsets {
-            offsets.add_partition_offset(&self.input_topic, *partition, Offset::Offset(*offset))?;
+            offsets
+                .add_partition_offset(&self.input_topic, *partition, Offset::Offset(*offset))
+                .map_err(|error| Failure::Abort(format!("input offsets: {error}")))?;
         }
-        let group = consumer.group_metadata().ok_or_else(|| anyhow!("the consumer has no group metadata"))?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, self.timeout)
-            .context("adding input offsets to the transaction")?;
+        let group =
+            consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?;
+        self.retry("adding input offsets to the transaction", || {
+            self.producer.send_offsets_to_transaction(&offsets, &group, self.timeout)
+        })?;
         self.await_deliveries();
-        self.producer.commit_transaction(self.timeout).context("committing the transaction")?;
-        tracing::debug!(events = batch.events, took = ?started.elapsed(), "transaction committed");
-        *batch = Batch::default();
-        self.processor.committed(started.elapsed());
+        self.retry("committing the transaction", || self.producer.commit_transaction(self.timeout))
+    }
+
+    /// Calls `call` until it succeeds, retrying retriable errors for at most [`RETRY_LIMIT`].
+    fn retry(&self, what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), Failure> {
+        let deadline = Instant::now() + RETRY_LIMIT;
+        let mut warned = false;
+        loop {
+            let Err(error) = call() else { return Ok(()) };
+            match classify(&error) {
+                Reaction::Fatal => return Err(Failure::Fatal(format!("{what}: {error}"))),
+                Reaction::Abort => return Err(Failure::Abort(format!("{what}: {error}"))),
+                Reaction::Retry if Instant::now() >= deadline => {
+                    return Err(Failure::Fatal(format!("{what}: still failing after {RETRY_LIMIT:?}: {error}")));
+                }
+                Reaction::Retry => {
+                    if !warned {
+                        tracing::warn!(%error, "{what}: retrying until the broker answers");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Aborts the transaction of `aborted` and rewinds its partitions: paused, sought back to
+    /// the batch's first offsets, state dropped, queued for a restore from what is committed.
+    fn abort_and_rewind<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        aborted: Batch,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let in_a_row = {
+            let mut count = lock(&self.aborts_in_a_row);
+            *count += 1;
+            *count
+        };
+        tracing::warn!(
+            reason,
+            events = aborted.events,
+            partitions = ?aborted.first_offsets.keys().collect::<Vec<_>>(),
+            in_a_row,
+            "transaction aborted; rewinding its partitions to the last commit"
+        );
+        let deadline = Instant::now() + RETRY_LIMIT;
+        loop {
+            match self.producer.abort_transaction(self.timeout) {
+                Ok(()) => break,
+                Err(error) if classify(&error) == Reaction::Fatal => {
+                    return Err(anyhow!("aborting the transaction ({reason}): {error}"));
+                }
+                // Nothing to abort: the transaction was never begun on the broker's side.
+                Err(KafkaError::Transaction(error)) if error.code() == RDKafkaErrorCode::State => break,
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(anyhow!(
+                        "aborting the transaction ({reason}): still failing after {RETRY_LIMIT:?}: {error}"
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        let partitions: Vec<i32> = aborted.first_offsets.keys().copied().collect();
+        if !partitions.is_empty() {
+            let list = self.partition_list(partitions.iter().copied());
+            consumer.pause(&list).with_context(|| format!("pausing rewound partitions {partitions:?}"))?;
+            for (partition, offset) in &aborted.first_offsets {
+                consumer
+                    .seek(&self.input_topic, *partition, Offset::Offset(*offset), self.timeout)
+                    .with_context(|| format!("rewinding partition {partition} to offset {offset}"))?;
+            }
+            self.processor.revoke(&partitions);
+            let mut to_restore = lock(&self.to_restore);
+            for partition in partitions {
+                if !to_restore.contains(&partition) {
+                    to_restore.push(partition);
+                }
+            }
+        }
+        self.processor.aborted(reason);
+        self.update_readiness();
+        if in_a_row >= ABORTS_IN_A_ROW_LIMIT {
+            return Err(anyhow!("{in_a_row} transactions aborted in a row; the last because {reason}"));
+        }
+        // A pause that grows with each abort in a row, so a persisting fault is not hammered.
+        std::thread::sleep(Duration::from_millis(100 << in_a_row.min(6)));
         Ok(())
     }
 
@@ -208,18 +426,54 @@ impl<P: Processor> Shared<P> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
 
-    fn restore_pending<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
-        let pending: Vec<i32> = std::mem::take(&mut *lock(&self.to_restore));
-        if pending.is_empty() {
-            return Ok(());
+impl<P: Processor> Shared<P> {
+    /// Starts restoring the partitions waiting for it, on a thread of its own; retries until
+    /// [`RETRY_LIMIT`] (the broker may be down).
+    fn start_restore(&self, shutdown: &CancellationToken) -> anyhow::Result<Option<RestoreJob>> {
+        let partitions: Vec<i32> = std::mem::take(&mut *lock(&self.to_restore));
+        if partitions.is_empty() {
+            return Ok(None);
         }
-        self.processor.restore(&pending)?;
-        let mut list = TopicPartitionList::new();
-        for partition in &pending {
-            list.add_partition(&self.input_topic, *partition);
+        lock(&self.restoring).clone_from(&partitions);
+        let (processor, job_partitions, shutdown) = (self.processor.clone(), partitions.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new().name("restore".into()).spawn(move || {
+            let deadline = Instant::now() + RETRY_LIMIT;
+            loop {
+                match processor.restore(&job_partitions) {
+                    Ok(()) => return Ok(()),
+                    Err(error) if Instant::now() < deadline && !shutdown.is_cancelled() => {
+                        tracing::warn!(error = format!("{error:#}"), partitions = ?job_partitions, "restore failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        })?;
+        Ok(Some(RestoreJob { partitions, thread }))
+    }
+
+    /// Ends a finished restore: drops what it installed for partitions revoked meanwhile and
+    /// resumes the others (unless they were queued for another restore).
+    fn finish_restore<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, job: RestoreJob) -> anyhow::Result<()> {
+        let outcome = job.thread.join().map_err(|_| anyhow!("restoring partitions {:?} panicked", job.partitions))?;
+        outcome.with_context(|| format!("restoring partitions {:?}", job.partitions))?;
+        lock(&self.restoring).clear();
+        let revoked = std::mem::take(&mut *lock(&self.revoked_while_restoring));
+        let stale: Vec<i32> = job.partitions.iter().copied().filter(|p| revoked.contains(p)).collect();
+        if !stale.is_empty() {
+            self.processor.revoke(&stale);
         }
-        consumer.resume(&list).with_context(|| format!("resuming partitions {pending:?}"))?;
+        let queued = lock(&self.to_restore).clone();
+        let ready: Vec<i32> =
+            job.partitions.iter().copied().filter(|p| !revoked.contains(p) && !queued.contains(p)).collect();
+        if !ready.is_empty() {
+            consumer
+                .resume(&self.partition_list(ready.iter().copied()))
+                .with_context(|| format!("resuming partitions {ready:?}"))?;
+        }
+        self.update_readiness();
         Ok(())
     }
 }
@@ -244,21 +498,32 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else { return };
         let revoked = partition_ids(partitions);
+        let shared = &self.shared;
         if consumer.assignment_lost() {
-            // Someone else owns them already: the open batch must not commit.
-            self.shared.fail("partition assignment lost".into());
-        } else if let Err(error) = self.shared.commit(consumer) {
-            self.shared.fail(format!("commit before revoking {revoked:?}: {error:#}"));
+            // Someone else may own them already: the open batch must not commit.
+            let aborted = std::mem::take(&mut *lock(&shared.batch));
+            if aborted.open
+                && let Err(error) = shared.abort_and_rewind(consumer, aborted, "the partition assignment was lost")
+            {
+                shared.fail(format!("{error:#}"));
+            }
+        } else if let Err(error) = shared.commit(consumer) {
+            shared.fail(format!("commit before revoking {revoked:?}: {error:#}"));
         }
-        self.shared.processor.revoke(&revoked);
-        lock(&self.shared.to_restore).retain(|p| !revoked.contains(p));
-        tracing::info!(?revoked, "partitions revoked");
+        shared.processor.revoke(&revoked);
+        lock(&shared.to_restore).retain(|p| !revoked.contains(p));
+        let restoring = lock(&shared.restoring).clone();
+        lock(&shared.revoked_while_restoring).extend(revoked.iter().filter(|p| restoring.contains(p)));
+        shared.update_readiness();
+        tracing::info!(?revoked, lost = consumer.assignment_lost(), "partitions revoked");
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(partitions) = rebalance else { return };
         let assigned = partition_ids(partitions);
         if assigned.is_empty() {
+            // Joined with nothing (yet) to restore.
+            self.shared.update_readiness();
             return;
         }
         // Nothing is processed for a partition before its state is restored by the loop.
@@ -267,21 +532,30 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
         }
         tracing::info!(?assigned, "partitions assigned; restoring their state");
         lock(&self.shared.to_restore).extend(assigned);
+        self.shared.update_readiness();
     }
 }
 
 /// Runs the loop on the calling thread until `shutdown`; commits the last batch first.
+/// Readiness (`health`) waits while assigned partitions are being restored.
 pub fn run<P: Processor>(
     kafka: &KafkaConfig,
     settings: &EosSettings,
     processor: Arc<P>,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut producer_config = kafka.producer_config(&settings.client_id);
-    producer_config.set("transactional.id", &settings.transactional_id).set("transaction.timeout.ms", "60000");
+    producer_config.set("transactional.id", &settings.transactional_id);
+    if producer_config.get("transaction.timeout.ms").is_none() {
+        producer_config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string());
+    }
+    let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
+    check_timeouts(&producer_config, &consumer_config)?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         producer_config.create().context("creating the transactional producer")?;
     let timeout = kafka.timeout();
+    health.wait_for(RESTORING, format!("joining consumer group {}", settings.group_id));
     producer.init_transactions(timeout).context("initialising transactions (fences older instances)")?;
     let shared = Arc::new(Shared {
         processor,
@@ -289,10 +563,13 @@ pub fn run<P: Processor>(
         input_topic: settings.input_topic.clone(),
         batch: Mutex::new(Batch::default()),
         to_restore: Mutex::new(Vec::new()),
+        restoring: Mutex::new(Vec::new()),
+        revoked_while_restoring: Mutex::new(BTreeSet::new()),
         fatal: Mutex::new(None),
+        aborts_in_a_row: Mutex::new(0),
         timeout,
+        health: health.clone(),
     });
-    let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
     // Static membership (KIP-345): a restarted instance takes its old place in the group at
     // once instead of waiting for the dead member's session to time out.
     consumer_config
@@ -312,25 +589,66 @@ pub fn run<P: Processor>(
     result
 }
 
+/// The transaction timeout must stay below the session timeout: otherwise a dead member's open
+/// transaction can outlive its membership and hide committed writes from the next owner.
+fn check_timeouts(producer: &rdkafka::ClientConfig, consumer: &rdkafka::ClientConfig) -> anyhow::Result<()> {
+    let millis = |config: &rdkafka::ClientConfig, key: &str, default: u64| -> anyhow::Result<u64> {
+        config.get(key).map_or(Ok(default), |value| {
+            value.parse().map_err(|_| anyhow!("kafka.librdkafka.{key} = {value:?} is not a number of milliseconds"))
+        })
+    };
+    let transaction = millis(producer, "transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis() as u64)?;
+    let session = millis(consumer, "session.timeout.ms", 45_000)?;
+    anyhow::ensure!(
+        transaction < session,
+        "kafka.librdkafka: transaction.timeout.ms ({transaction}) must be below session.timeout.ms ({session}), \
+         or a dead instance's open transaction can hide committed state from the next owner of its partitions"
+    );
+    Ok(())
+}
+
 fn poll_loop<P: Processor>(
     shared: &Arc<Shared<P>>,
     consumer: &BaseConsumer<LoopContext<P>>,
     settings: &EosSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut restore: Option<RestoreJob> = None;
+    let mut last_consumer_warning: Option<Instant> = None;
     loop {
         if let Some(error) = lock(&shared.fatal).take() {
             return Err(anyhow!(error));
         }
-        shared.restore_pending(consumer)?;
+        if restore.as_ref().is_some_and(|job| job.thread.is_finished())
+            && let Some(job) = restore.take()
+        {
+            shared.finish_restore(consumer, job)?;
+        }
+        if restore.is_none() {
+            restore = shared.start_restore(shutdown)?;
+        }
         if shutdown.is_cancelled() {
             shared.commit(consumer).context("final commit")?;
             consumer.unsubscribe();
             return Ok(());
         }
         match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(message)) => shared.handle(&message)?,
-            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Some(Ok(message)) => match shared.handle(consumer, &message) {
+                Ok(()) => {}
+                Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
+                Err(Failure::Abort(reason)) => {
+                    drop(message);
+                    let aborted = std::mem::take(&mut *lock(&shared.batch));
+                    shared.abort_and_rewind(consumer, aborted, &reason)?;
+                    continue;
+                }
+            },
+            // While the broker is away this repeats every poll: one line every 10 s.
+            Some(Err(error)) if last_consumer_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) => {
+                tracing::warn!(%error, "consumer error");
+                last_consumer_warning = Some(Instant::now());
+            }
+            Some(Err(_)) => {}
             None => {}
         }
         // One clock read per message for both the commit decision and the age gauge.
@@ -351,19 +669,30 @@ fn poll_loop<P: Processor>(
     }
 }
 
+/// Cancels the token when dropped: whatever ends the loop's thread, a panic included, stops
+/// the rest of the service too instead of leaving it up with nothing processing.
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// [`run`] on a thread of its own, awaited without blocking the async runtime. Whatever ends
-/// the loop (shutdown or failure) cancels `shutdown`, so the rest of the service stops too.
+/// the loop (shutdown, failure or a panic) cancels `shutdown`, so the rest of the service
+/// stops too and the process exits (non-zero unless it was asked to stop).
 pub async fn run_on_thread<P: Processor>(
     kafka: KafkaConfig,
     settings: EosSettings,
     processor: Arc<P>,
+    health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let name = format!("{}-loop", settings.client_id);
     let thread = std::thread::Builder::new().name(name).spawn(move || {
-        let result = run(&kafka, &settings, processor, &shutdown);
-        shutdown.cancel();
-        result
+        let _cancel = CancelOnDrop(shutdown.clone());
+        run(&kafka, &settings, processor, &health, &shutdown)
     })?;
     tokio::task::spawn_blocking(move || thread.join())
         .await

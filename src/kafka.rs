@@ -51,6 +51,14 @@ pub enum KafkaSetupError {
         "cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)"
     )]
     Unreachable { servers: String, timeout_ms: u64, detail: String },
+    #[error(
+        "Kafka at {servers} refused the login: {detail} (check kafka.librdkafka sasl.mechanisms, sasl.username and sasl.password)"
+    )]
+    Authentication { servers: String, detail: String },
+    #[error(
+        "TLS handshake with Kafka at {servers} failed: {detail} (check kafka.librdkafka ssl.ca.location, and the client certificate for mTLS)"
+    )]
+    Tls { servers: String, detail: String },
     #[error("invalid Kafka client setting: {0}")]
     Client(String),
     #[error("cannot create topic {topic}: {detail}")]
@@ -122,22 +130,40 @@ impl KafkaConfig {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// Fails unless the cluster answers a metadata request within `connect_timeout_ms`.
+    /// Fails unless the cluster answers a metadata request within `connect_timeout_ms`. A
+    /// refused login (wrong SASL credentials) or a failed TLS handshake (an untrusted broker
+    /// certificate, a client certificate the broker refuses) fails at once, saying which.
     pub async fn check_reachable(&self, client_id: &str) -> Result<(), KafkaSetupError> {
-        let consumer: BaseConsumer = self
+        let context = StartupContext::default();
+        let consumer: BaseConsumer<StartupContext> = self
             .client_config(client_id)
-            .set("log_level", "3")
-            .create()
+            .create_with_context(context)
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let timeout = self.timeout();
-        let result = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-            .await
-            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
-        result.map_err(|e| KafkaSetupError::Unreachable {
-            servers: self.bootstrap_servers.clone(),
-            timeout_ms: self.connect_timeout_ms,
-            detail: e.to_string(),
+        let servers = self.bootstrap_servers.clone();
+        let timeout_ms = self.connect_timeout_ms;
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let result = consumer.fetch_metadata(None, Duration::from_millis(250));
+                if result.is_ok() {
+                    return Ok(());
+                }
+                if let Some(refusal) = consumer.context().refusal() {
+                    return Err(refusal.into_error(&servers));
+                }
+                if std::time::Instant::now() >= deadline {
+                    let detail = consumer
+                        .context()
+                        .last_error()
+                        .or_else(|| result.err().map(|e| e.to_string()))
+                        .unwrap_or_default();
+                    return Err(KafkaSetupError::Unreachable { servers, timeout_ms, detail });
+                }
+            }
         })
+        .await
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?
     }
 
     /// Creates the topics in `specs` that do not exist yet; returns the names it created.
@@ -170,6 +196,65 @@ impl KafkaConfig {
         Ok(created)
     }
 }
+
+/// Why the cluster turned a client away at start-up.
+#[derive(Debug, Clone)]
+enum Refusal {
+    Authentication(String),
+    Tls(String),
+}
+
+impl Refusal {
+    fn into_error(self, servers: &str) -> KafkaSetupError {
+        let servers = servers.to_owned();
+        match self {
+            Refusal::Authentication(detail) => KafkaSetupError::Authentication { servers, detail },
+            Refusal::Tls(detail) => KafkaSetupError::Tls { servers, detail },
+        }
+    }
+}
+
+/// Context of the start-up check: keeps librdkafka's errors (instead of logging each retry)
+/// so the check ends with one line that says what is wrong.
+#[derive(Debug, Default)]
+struct StartupContext {
+    refusal: std::sync::Mutex<Option<Refusal>>,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl StartupContext {
+    fn refusal(&self) -> Option<Refusal> {
+        self.refusal.lock().ok().and_then(|refusal| refusal.clone())
+    }
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|error| error.clone())
+    }
+}
+
+impl rdkafka::ClientContext for StartupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // Connection failures are reported through `error` as well; keep only the debug trail.
+        tracing::debug!(?level, fac, log_message, "librdkafka (start-up check)");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let refusal = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication) => Some(Refusal::Authentication(reason.to_owned())),
+            Some(RDKafkaErrorCode::SSL) => Some(Refusal::Tls(reason.to_owned())),
+            _ => None,
+        };
+        if let Some(refusal) = refusal
+            && let Ok(mut slot) = self.refusal.lock()
+        {
+            slot.get_or_insert(refusal);
+        }
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for StartupContext {}
 
 /// Client context for readers that ask for end-of-partition events: librdkafka also reports
 /// them as errors, which the default context would log at ERROR level.

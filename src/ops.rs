@@ -1,8 +1,9 @@
 //! The service's HTTP port: `/metrics`, `/healthz`, `/readyz` and the service's own routes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -36,14 +37,27 @@ const STOPPING: u8 = 2;
 /// Liveness and readiness of the process, shared by the service and its HTTP port.
 ///
 /// `/healthz` answers 200 while the process serves HTTP at all. `/readyz` answers 200 only
-/// between [`Health::set_ready`] and [`Health::set_stopping`]; load balancers and Kubernetes
-/// stop sending work as soon as shutdown starts, before the service drains.
+/// between [`Health::set_ready`] and [`Health::set_stopping`], and only while nothing is
+/// waited for ([`Health::wait_for`]: a loop restoring its partitions, say); load balancers and
+/// Kubernetes stop sending work as soon as shutdown starts, before the service drains.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     state: Arc<AtomicU8>,
+    /// What readiness waits for, by name, with a line for `/readyz`.
+    waiting: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 impl Health {
+    /// Readiness is 503 until [`Health::done_waiting`] with the same `name`.
+    pub fn wait_for(&self, name: &'static str, detail: impl Into<String>) {
+        self.waiting().insert(name, detail.into());
+    }
+    pub fn done_waiting(&self, name: &'static str) {
+        self.waiting().remove(name);
+    }
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
     pub fn set_ready(&self) {
         // Never go back from stopping to ready.
         let _ = self.state.compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
@@ -52,13 +66,21 @@ impl Health {
         self.state.store(STOPPING, Ordering::SeqCst);
     }
     pub fn is_ready(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == READY
+        self.state.load(Ordering::SeqCst) == READY && self.waiting().is_empty()
     }
-    fn describe(&self) -> &'static str {
+    fn describe(&self) -> String {
         match self.state.load(Ordering::SeqCst) {
-            STARTING => "starting",
-            READY => "ready",
-            _ => "stopping",
+            STARTING => "starting".into(),
+            READY => {
+                let waiting = self.waiting();
+                if waiting.is_empty() {
+                    "ready".into()
+                } else {
+                    let what: Vec<String> = waiting.iter().map(|(name, detail)| format!("{name}: {detail}")).collect();
+                    format!("waiting for {}", what.join("; "))
+                }
+            }
+            _ => "stopping".into(),
         }
     }
 }

@@ -72,7 +72,11 @@ where
         }
     };
     if args.print_config {
-        return match toml::to_string_pretty(&config) {
+        let printable = toml::Value::try_from(&config).map(|mut value| {
+            redact_secrets(&mut value);
+            value
+        });
+        return match printable.and_then(|value| toml::to_string_pretty(&value)) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -112,6 +116,43 @@ where
     }
 }
 
+/// The value printed in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a config key names a secret (passwords, tokens, private keys, write keys).
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('_', ".");
+    ["password", "secret", "token", "key.pem", "oauthbearer.config", "write.keys", "jaas", "url"]
+        .iter()
+        .any(|word| key.contains(word) && !key.ends_with("patterns"))
+}
+
+/// Replaces every secret in a config tree (see [`is_secret_key`]) by [`REDACTED`], so that
+/// `--print-config` can be pasted into a ticket.
+pub fn redact_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                if is_secret_key(key) {
+                    redact_all(value);
+                } else {
+                    redact_secrets(value);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+fn redact_all(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, value)| redact_all(value)),
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_all),
+        other => *other = toml::Value::String(REDACTED.into()),
+    }
+}
+
 /// Start-up steps every Kafka-facing service takes: check that the cluster answers, then
 /// create the declared topics that are missing (unless `kafka.create_topics = false`).
 pub async fn prepare_kafka(kafka: &KafkaConfig, topics: &Topics, client_id: &str) -> anyhow::Result<()> {
@@ -133,4 +174,34 @@ pub fn hostname() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "local".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_config_hides_every_secret() {
+        let mut value: toml::Value = toml::from_str(
+            r#"
+            [kafka.librdkafka]
+            "sasl.password" = "hunter2"
+            sasl_password = "hunter2"
+            "ssl.key.pem" = "-----BEGIN"
+            "sasl.username" = "abm"
+            [ingest.write_keys]
+            site = "wk_live_1"
+            [[alerter.webhooks]]
+            name = "slack"
+            token = "xoxb"
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        redact_secrets(&mut value);
+        let text = toml::to_string(&value).unwrap_or_default();
+        for secret in ["hunter2", "-----BEGIN", "wk_live_1", "xoxb"] {
+            assert!(!text.contains(secret), "{secret} printed in {text}");
+        }
+        assert!(text.contains("abm") && text.contains("slack"), "non-secrets kept: {text}");
+    }
 }

@@ -247,7 +247,8 @@ impl Drop for DeleteOnDrop {
 pub fn delete_topics_with_prefix(bootstrap: &str, prefix: &str) -> Result<usize, String> {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    let config = crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
+    let config =
+        crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
     let admin: AdminClient<DefaultClientContext> =
         config.client_config("test-cleanup").create().map_err(|e| e.to_string())?;
     let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(|e| e.to_string())?;

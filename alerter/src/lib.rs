@@ -157,13 +157,14 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         let group = format!("{}-webhook-{}", settings.group_id, hook.name);
         let consumer = webhook_consumer(&config.kafka, &group, hook.start_from, false)?;
         consumer.subscribe(&[&alerts_topic])?;
-        webhook_tasks.push(tokio::spawn(webhook::run_endpoint(
+        let task = tokio::spawn(webhook::run_endpoint(
             endpoint,
             consumer,
             parker.clone(),
             parked_topic.clone(),
             context.shutdown.clone(),
-        )));
+        ));
+        webhook_tasks.push(supervise(hook.name.clone(), task, context.shutdown.clone()));
     }
 
     let alert_topics = AlertTopics {
@@ -183,13 +184,44 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let processor =
         Arc::new(AlertProcessor::new(settings.policy.clone(), tal, alert_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
-    let loop_result = abm::eos::run_on_thread(config.kafka.clone(), eos, processor, context.shutdown.clone()).await;
+    let loop_result =
+        abm::eos::run_on_thread(config.kafka.clone(), eos, processor, context.health.clone(), context.shutdown.clone())
+            .await;
     context.health.set_stopping();
+    let mut webhook_failure = None;
     for task in webhook_tasks {
-        let _ = task.await;
+        if let Ok(Some(failure)) = task.await {
+            webhook_failure.get_or_insert(failure);
+        }
     }
     server.await.context("HTTP server task")?.context("HTTP server")?;
-    loop_result
+    loop_result?;
+    webhook_failure.map_or(Ok(()), |failure| Err(anyhow::anyhow!(failure)))
+}
+
+/// Watches a webhook delivery task: one that ends before shutdown (a panic) is never silent;
+/// it ends the process (non-zero) so the platform restarts it, and its alerts are delivered
+/// from the endpoint's committed offset.
+fn supervise(
+    endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: abm::CancellationToken,
+) -> tokio::task::JoinHandle<Option<String>> {
+    tokio::spawn(async move {
+        let outcome = task.await;
+        if shutdown.is_cancelled() && outcome.is_ok() {
+            return None;
+        }
+        let why = match outcome {
+            Err(error) if error.is_panic() => "panicked".to_owned(),
+            Err(error) => error.to_string(),
+            Ok(()) => "returned".to_owned(),
+        };
+        let failure = format!("the webhook delivery task of endpoint {endpoint:?} ended unexpectedly ({why})");
+        tracing::error!("{failure}; stopping the alerter");
+        shutdown.cancel();
+        Some(failure)
+    })
 }
 
 /// `alerter replay-parked --endpoint NAME`: delivers that endpoint's parked alerts once.

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub webhook: IntCounterVec,
     pub webhook_latency: HistogramVec,
     pub transactions: IntCounter,
+    pub transactions_aborted: IntCounter,
+    pub history_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub tal_accounts: IntGauge,
 }
@@ -56,6 +58,14 @@ impl Metrics {
                 &["endpoint"],
             )?,
             transactions: IntCounter::new("abm_alerter_transactions_total", "Transactions committed.")?,
+            transactions_aborted: IntCounter::new(
+                "abm_alerter_transactions_aborted_total",
+                "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
+            )?,
+            history_skipped: IntCounter::new(
+                "abm_alerter_history_skipped_total",
+                "abm.sales-alerts records that did not decode while rebuilding the alert history, skipped.",
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new("abm_alerter_consumer_lag", "Messages behind the end of each assigned crossings partition."),
                 &["partition"],
@@ -78,6 +88,8 @@ impl Metrics {
         registry.register(Box::new(metrics.webhook.clone()))?;
         registry.register(Box::new(metrics.webhook_latency.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
+        registry.register(Box::new(metrics.transactions_aborted.clone()))?;
+        registry.register(Box::new(metrics.history_skipped.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
         Ok(metrics)

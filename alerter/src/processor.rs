@@ -14,7 +14,6 @@ use std::time::Duration;
 use abm::eos::{Outbox, Processor};
 use abm::kafka::KafkaConfig;
 use abm_schemas::{Account, CrossingKind, RejectReason, SalesAlert, ScoreCrossing, Tier};
-use anyhow::Context as _;
 use dashmap::DashMap;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
@@ -105,7 +104,15 @@ impl Processor for AlertProcessor {
             partitions,
             |partition, _, value| {
                 let (Some(histories), Some(payload)) = (rebuilt.get_mut(&partition), value) else { return Ok(()) };
-                let alert: SalesAlert = abm_schemas::decode(payload).context("undecodable SalesAlert")?;
+                let alert: SalesAlert = match abm_schemas::decode(payload) {
+                    Ok(alert) => alert,
+                    // Counted and skipped: one bad record must not crash-loop the alerter.
+                    Err(error) => {
+                        self.metrics.history_skipped.inc();
+                        tracing::error!(partition, %error, "undecodable SalesAlert in the alert history; skipped");
+                        return Ok(());
+                    }
+                };
                 let history = histories.entry((alert.account_id.clone(), alert.kind)).or_default();
                 history.last_sequence = history.last_sequence.max(sequence_of(&alert.crossing_id).unwrap_or(0));
                 history.last_alert_as_of = Some(history.last_alert_as_of.map_or(alert.as_of, |t| t.max(alert.as_of)));
@@ -132,6 +139,10 @@ impl Processor for AlertProcessor {
 
     fn committed(&self, _duration: Duration) {
         self.metrics.transactions.inc();
+    }
+
+    fn aborted(&self, _reason: &str) {
+        self.metrics.transactions_aborted.inc();
     }
 
     fn lag(&self, partition: i32, lag: i64) {

@@ -254,7 +254,9 @@ pub async fn run_endpoint(
         let handled = match abm_schemas::decode::<SalesAlert>(payload) {
             Ok(alert) => match endpoint.deliver(&alert, true).await {
                 Ok(()) => true,
-                Err(reason) => park(&parker, &parked_topic, &name, payload, &reason, &endpoint.metrics).await,
+                Err(reason) => {
+                    park_until_done(&parker, &parked_topic, &name, payload, &reason, &endpoint, &shutdown).await
+                }
             },
             Err(error) => {
                 tracing::warn!(endpoint = %name, %error, "undecodable alert skipped by the webhook");
@@ -262,8 +264,8 @@ pub async fn run_endpoint(
             }
         };
         if !handled {
-            // Not delivered and not parked (Kafka down): stop here so the offset is not stored.
-            tracing::error!(endpoint = %name, "cannot park an undelivered alert; webhook task stops until restart");
+            // Not delivered and not parked before shutdown: the offset is not stored, so the
+            // alert is delivered after the restart.
             break;
         }
         if let Err(error) = consumer.store_offset_from_message(&message) {
@@ -271,6 +273,30 @@ pub async fn run_endpoint(
         }
     }
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
+}
+
+/// Parks an undelivered alert, retrying while Kafka does not take it (a broker outage) until it
+/// does or `shutdown`; false when it was not parked.
+async fn park_until_done(
+    parker: &FutureProducer,
+    topic: &str,
+    name: &str,
+    payload: &[u8],
+    reason: &str,
+    endpoint: &Endpoint,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        if park(parker, topic, name, payload, reason, &endpoint.metrics).await {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
 }
 
 async fn park(

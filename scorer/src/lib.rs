@@ -141,8 +141,14 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     };
     let processor = Arc::new(ScorerProcessor::new(engine, store, tiers, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
-    let loop_result =
-        abm::eos::run_on_thread(config.kafka.clone(), settings, processor, context.shutdown.clone()).await;
+    let loop_result = abm::eos::run_on_thread(
+        config.kafka.clone(),
+        settings,
+        processor,
+        context.health.clone(),
+        context.shutdown.clone(),
+    )
+    .await;
     context.health.set_stopping();
     server.await.context("HTTP server task")?.context("HTTP server")?;
     loop_result

@@ -12,7 +12,12 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub snapshot_age: Gauge,
     pub transactions: IntCounter,
+    pub transactions_aborted: IntCounter,
+    pub restore_skipped: IntCounter,
     pub state_records: IntCounter,
+    pub state_bytes: IntCounter,
+    pub state_trimmed: IntCounterVec,
+    pub state_oversized: IntCounter,
     pub restore_duration: Histogram,
     pub restored_accounts: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -56,9 +61,32 @@ impl Metrics {
                 "Age of the oldest state change not yet committed (snapshotted); 0 when everything is durable.",
             )?,
             transactions: IntCounter::new("abm_scorer_transactions_total", "Transactions committed.")?,
+            transactions_aborted: IntCounter::new(
+                "abm_scorer_transactions_aborted_total",
+                "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
+            )?,
+            restore_skipped: IntCounter::new(
+                "abm_scorer_restore_skipped_total",
+                "abm.scorer.state records that did not decode during a restore, skipped (the account restarts from its next good record, or empty).",
+            )?,
             state_records: IntCounter::new(
                 "abm_scorer_state_records_total",
                 "Account states written to the changelog.",
+            )?,
+            state_bytes: IntCounter::new(
+                "abm_scorer_state_bytes_total",
+                "Bytes of account states written to the changelog (record values).",
+            )?,
+            state_trimmed: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_state_trimmed_total",
+                    "Entries an account's state bounds dropped (not what aged out of a window), by structure: contacts, window_events, cap_counters, seen_ids, recent_events.",
+                ),
+                &["structure"],
+            )?,
+            state_oversized: IntCounter::new(
+                "abm_scorer_state_oversized_total",
+                "Account states over scoring.max_state_bytes even after shedding detail: not written to the changelog, kept in abm.rejected (reason oversized).",
             )?,
             restore_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -95,6 +123,9 @@ impl Metrics {
         for reason in ["undecodable", "missing_field"] {
             metrics.rejected.with_label_values(&[reason]);
         }
+        for structure in crate::engine::Trimmed::default().by_structure().map(|(name, _)| name) {
+            metrics.state_trimmed.with_label_values(&[structure]);
+        }
         for kind in ["threshold", "hand_raiser"] {
             for tier in ["tier_1", "tier_2", "tier_3", "untiered"] {
                 metrics.crossings.with_label_values(&[kind, tier]);
@@ -108,7 +139,12 @@ impl Metrics {
         registry.register(Box::new(metrics.commit_duration.clone()))?;
         registry.register(Box::new(metrics.snapshot_age.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
+        registry.register(Box::new(metrics.transactions_aborted.clone()))?;
+        registry.register(Box::new(metrics.restore_skipped.clone()))?;
         registry.register(Box::new(metrics.state_records.clone()))?;
+        registry.register(Box::new(metrics.state_bytes.clone()))?;
+        registry.register(Box::new(metrics.state_trimmed.clone()))?;
+        registry.register(Box::new(metrics.state_oversized.clone()))?;
         registry.register(Box::new(metrics.restore_duration.clone()))?;
         registry.register(Box::new(metrics.restored_accounts.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;

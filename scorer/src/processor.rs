@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use abm::eos::{Outbox, Processor};
 use abm::kafka::KafkaConfig;
 use abm_schemas::{AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, Tier};
-use anyhow::Context as _;
 use dashmap::DashMap;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
@@ -107,6 +106,70 @@ impl ScorerProcessor {
     }
 }
 
+impl ScorerProcessor {
+    fn count_trimmed(&self, trimmed: &crate::engine::Trimmed) {
+        for (structure, count) in trimmed.by_structure() {
+            if count > 0 {
+                self.metrics.state_trimmed.with_label_values(&[structure]).inc_by(count);
+            }
+        }
+    }
+
+    /// Sheds detail from an account's state until its encoding (in `payload`) fits
+    /// `max_state_bytes`; false when it cannot (the score-bearing part alone is too large).
+    fn shed_to_fit(&self, accounts: &PartitionAccounts, account_id: &str, payload: &mut Vec<u8>) -> bool {
+        let config = self.engine.config();
+        let Some(mut state) = accounts.get_mut(account_id) else { return false };
+        let mut trimmed = crate::engine::Trimmed::default();
+        let fits = loop {
+            match state.shed(config.saturating_breadth()) {
+                None => break false,
+                Some(shed) => trimmed.add(shed),
+            }
+            payload.clear();
+            state.encode_record_into(account_id, &self.engine, payload);
+            if payload.len() <= config.max_state_bytes {
+                break true;
+            }
+        };
+        self.count_trimmed(&trimmed);
+        tracing::warn!(account = account_id, bytes = payload.len(), fits, ?trimmed, "account state over scoring.max_state_bytes: detail shed");
+        fits
+    }
+
+    /// Keeps a state that cannot be written (its start, with the reason) in `abm.rejected`. The
+    /// account goes on in memory; after a restart it resumes from its last written state.
+    fn reject_oversized(&self, out: &Outbox<'_>, partition: i32, account_id: &str, payload: &[u8]) -> anyhow::Result<()> {
+        self.metrics.state_oversized.inc();
+        let max = self.engine.config().max_state_bytes;
+        let message = format!(
+            "account state of {account_id} is {} bytes, over scoring.max_state_bytes ({max}) after shedding detail; not written to the changelog (first {} bytes kept)",
+            payload.len(),
+            payload.len().min(KEPT_OVERSIZED_BYTES)
+        );
+        tracing::error!(account = account_id, bytes = payload.len(), max, "{message}");
+        let rejected = abm_schemas::RejectedEvent {
+            reason: RejectReason::Oversized,
+            message,
+            source: abm_schemas::RejectSource {
+                transport: abm_schemas::Transport::Kafka,
+                write_key: None,
+                batch_index: None,
+                topic: Some(self.topics.state.clone()),
+                partition: Some(partition),
+                offset: None,
+            },
+            event_id: None,
+            received_at: now_ms(),
+            original: payload.get(..KEPT_OVERSIZED_BYTES).unwrap_or(payload).to_vec(),
+        };
+        out.send(&self.topics.rejected, &format!("kafka:{}", self.topics.state), &abm_schemas::encode(&rejected)?, None)
+    }
+}
+
+/// How much of an oversized state `abm.rejected` keeps.
+const KEPT_OVERSIZED_BYTES: usize = 65_536;
+
 impl Processor for ScorerProcessor {
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
         let partition = message.partition();
@@ -139,8 +202,11 @@ impl Processor for ScorerProcessor {
         };
         match applied {
             Applied::Duplicate => self.metrics.duplicates.inc(),
-            Applied::Scored { crossings, .. } => {
+            Applied::Scored { crossings, trimmed, .. } => {
                 self.applied_by_kind[event.kind as usize].inc();
+                if !trimmed.is_empty() {
+                    self.count_trimmed(&trimmed);
+                }
                 let latency_ms = (now_ms() - event.received_at).max(0);
                 self.metrics.apply_latency.observe(latency_ms as f64 / 1000.0);
                 for crossing in crossings {
@@ -160,7 +226,8 @@ impl Processor for ScorerProcessor {
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
         let mut state_payload = Vec::with_capacity(4096);
-        let mut written = 0;
+        let (mut written, mut bytes) = (0, 0);
+        let max_bytes = self.engine.config().max_state_bytes;
         for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
@@ -170,11 +237,17 @@ impl Processor for ScorerProcessor {
                 state.encode_record_into(account_id, &self.engine, &mut state_payload);
                 abm_schemas::encode(&self.account_score(account_id, &state))?
             };
-            out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
+            if state_payload.len() > max_bytes && !self.shed_to_fit(&accounts, account_id, &mut state_payload) {
+                self.reject_oversized(out, *partition, account_id, &state_payload)?;
+            } else {
+                out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
+                written += 1;
+                bytes += state_payload.len() as u64;
+            }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
-            written += 1;
         }
         self.metrics.state_records.inc_by(written);
+        self.metrics.state_bytes.inc_by(bytes);
         Ok(())
     }
 
@@ -195,10 +268,17 @@ impl Processor for ScorerProcessor {
                     None => {
                         accounts.remove(key);
                     }
-                    Some(payload) => {
-                        let record: AccountState = abm_schemas::decode(payload).context("undecodable AccountState")?;
-                        accounts.insert(key.into(), Box::new(AccountScoreState::from_record(&record, &self.engine)));
-                    }
+                    Some(payload) => match abm_schemas::decode::<AccountState>(payload) {
+                        Ok(record) => {
+                            accounts
+                                .insert(key.into(), Box::new(AccountScoreState::from_record(&record, &self.engine)));
+                        }
+                        // Counted and skipped: one bad record must not crash-loop the scorer.
+                        Err(error) => {
+                            self.metrics.restore_skipped.inc();
+                            tracing::error!(partition, account = key, %error, "undecodable AccountState in the changelog; skipped");
+                        }
+                    },
                 }
                 Ok(())
             },
@@ -234,6 +314,10 @@ impl Processor for ScorerProcessor {
 
     fn uncommitted_age(&self, seconds: f64) {
         self.metrics.snapshot_age.set(seconds);
+    }
+
+    fn aborted(&self, _reason: &str) {
+        self.metrics.transactions_aborted.inc();
     }
 
     fn lag(&self, partition: i32, lag: i64) {

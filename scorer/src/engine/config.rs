@@ -115,6 +115,15 @@ pub struct ScoringConfig {
     /// Event ids are remembered while the account's as-of advanced less than this (default 7).
     pub dedup_window_days: f64,
     pub max_seen_events: usize,
+    /// Cap counters kept per account, one per (contact, capped rule, UTC day) (default 2048).
+    /// Beyond it the oldest days' counters go first, then the smallest: a contact whose counter
+    /// was dropped counts from 0 again that day.
+    pub max_cap_counters: usize,
+    /// Largest encoded account state written to the changelog, in bytes (default 262144; the
+    /// broker's default `message.max.bytes` is 1 MiB). A larger state sheds detail first
+    /// (recent events, remembered ids, window stamps, cap counters, contacts beyond the
+    /// breadth that saturates the multiplier); one that still does not fit is not written.
+    pub max_state_bytes: usize,
     /// Rules listed in explanations (default 5).
     pub top_rules: usize,
 }
@@ -173,8 +182,27 @@ impl Default for ScoringConfig {
             max_window_events: 512,
             dedup_window_days: 7.0,
             max_seen_events: 4096,
+            max_cap_counters: 2048,
+            max_state_bytes: 262_144,
             top_rules: 5,
         }
+    }
+}
+
+/// Bounds of `max_state_bytes`: room for a typical state, and under the broker's default
+/// `message.max.bytes` (1,048,588) with space for the record's key and headers.
+pub const MIN_STATE_BYTES: usize = 16_384;
+pub const MAX_STATE_BYTES: usize = 1_000_000;
+
+impl ScoringConfig {
+    /// The breadth at which the multiplier reaches `breadth_max` (at most `max_contacts`):
+    /// shedding contacts never goes below it, so the score is unchanged.
+    pub fn saturating_breadth(&self) -> usize {
+        if self.breadth_alpha <= 0.0 || self.breadth_max <= 1.0 {
+            return 1.min(self.max_contacts);
+        }
+        let breadth = (1.0 + (self.breadth_max - 1.0) / self.breadth_alpha).ceil();
+        (breadth.min(self.max_contacts as f64) as usize).max(1)
     }
 }
 
@@ -245,8 +273,15 @@ impl ScoringConfig {
                 return fail(&format!("persona_weights.{persona}"), "must be a finite number");
             }
         }
-        if self.max_seen_events == 0 || self.max_window_events == 0 || self.max_contacts == 0 {
+        if self.max_seen_events == 0 || self.max_window_events == 0 || self.max_contacts == 0 || self.max_cap_counters == 0
+        {
             return fail("max_*", "bounds must be at least 1");
+        }
+        if !(MIN_STATE_BYTES..=MAX_STATE_BYTES).contains(&self.max_state_bytes) {
+            return fail(
+                "max_state_bytes",
+                &format!("must be between {MIN_STATE_BYTES} and {MAX_STATE_BYTES} (under the broker's message.max.bytes)"),
+            );
         }
         Ok(())
     }

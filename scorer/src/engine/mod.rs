@@ -15,7 +15,7 @@ use abm_schemas::{
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, Contact, ContactLog};
+pub use state::{AccountScoreState, Contact, ContactLog, Trimmed};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -46,6 +46,8 @@ pub enum Applied {
         rule: Option<u16>,
         /// Crossings in emission order: threshold first, then hand-raiser.
         crossings: Vec<ScoreCrossing>,
+        /// What the state's bounds dropped to take this event (usually nothing).
+        trimmed: Trimmed,
     },
 }
 
@@ -211,10 +213,10 @@ impl Engine {
             };
             state.record_recent(&recent, self.config.max_recent_events);
         }
-        state.prune(as_of, self.dedup_window_ms, &self.config);
+        let trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
 
         let crossings = self.evaluate(account_id, state, event);
-        Applied::Scored { points, rule: rule_index, crossings }
+        Applied::Scored { points, rule: rule_index, crossings, trimmed }
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (PRODUCT.md's order).

@@ -214,8 +214,8 @@ impl ContactLog {
     }
 
     /// Drops contacts last engaged at or before `oldest`, then keeps the `max` most recently
-    /// engaged (ties: the smaller key).
-    fn prune(&mut self, oldest: i64, max: usize) {
+    /// engaged (ties: the smaller key). Returns how many the `max` bound dropped.
+    fn prune(&mut self, oldest: i64, max: usize) -> u64 {
         let mut count = 0;
         let mut stale = false;
         for time in self.engagement_times() {
@@ -223,14 +223,21 @@ impl ContactLog {
             stale |= time <= oldest;
         }
         if !stale && count <= max {
-            return;
+            return 0;
         }
         let mut kept: Vec<Contact<'_>> = self.iter().filter(|c| c.last_engaged_at > oldest).collect();
+        let mut dropped = 0;
         if kept.len() > max {
             kept.sort_by(|a, b| b.last_engaged_at.cmp(&a.last_engaged_at).then_with(|| a.key.cmp(b.key)));
+            dropped = (kept.len() - max) as u64;
             kept.truncate(max);
         }
         *self = ContactLog::from_entries(kept);
+        dropped
+    }
+
+    fn len(&self) -> usize {
+        self.engagement_times().count()
     }
 }
 
@@ -567,23 +574,62 @@ impl AccountScoreState {
         self.recent.insert(recent, max);
     }
 
-    /// Drops what fell out of every window, then enforces the size bounds.
-    pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) {
-        self.contacts.prune(as_of - BREADTH_WINDOW_MS, config.max_contacts);
+    /// Drops what fell out of every window, then enforces the count bounds; returns what the
+    /// bounds (not the windows) dropped.
+    pub(crate) fn prune(&mut self, as_of: i64, dedup_window_ms: i64, config: &ScoringConfig) -> Trimmed {
+        let mut trimmed = Trimmed {
+            contacts: self.contacts.prune(as_of - BREADTH_WINDOW_MS, config.max_contacts),
+            ..Trimmed::default()
+        };
         let longest = COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1] * DAY_MS;
         self.window.retain(|stamp| stamp.t() > as_of - longest);
-        if self.window.len() > config.max_window_events {
-            self.window.sort_by_key(|stamp| std::cmp::Reverse(stamp.t()));
-            self.window.truncate(config.max_window_events);
-        }
+        trimmed.window_events = drop_smallest(&mut self.window, config.max_window_events, |stamp| stamp.t());
         let oldest_cap_day = as_of.div_euclid(DAY_MS) - COUNT_WINDOWS_DAYS[COUNT_WINDOWS_DAYS.len() - 1];
         self.caps.retain(|cap| i64::from(cap.day) >= oldest_cap_day);
+        // Counters of older days go first (they matter only to late events), then the smallest.
+        trimmed.cap_counters =
+            drop_smallest(&mut self.caps, config.max_cap_counters, |cap| (cap.day, cap.count, cap.contact, cap.rule));
         while self.seen.front().is_some_and(|(_, applied_at)| *applied_at <= as_of - dedup_window_ms) {
             self.seen.pop_front();
         }
         while self.seen.len() > config.max_seen_events {
             self.seen.pop_front();
+            trimmed.seen_ids += 1;
         }
+        trimmed
+    }
+
+    /// Sheds about half of the least useful remaining detail, to bring the encoded state under
+    /// a byte bound: first the recent events (explanations only), then the remembered event
+    /// ids (duplicate detection reaches less far back), the window stamps (counts), the cap
+    /// counters, and last the engaged contacts, never below `min_contacts` (the breadth that
+    /// saturates the multiplier, so the score itself is kept). `None` when nothing is left to shed.
+    pub fn shed(&mut self, min_contacts: usize) -> Option<Trimmed> {
+        let mut trimmed = Trimmed::default();
+        let recent = self.recent.iter().len();
+        if recent > 1 {
+            let kept: Vec<Recent<'_>> = self.recent.iter().take(1).collect();
+            self.recent = RecentLog::from_entries(kept.into_iter());
+            trimmed.recent_events = (recent - 1) as u64;
+        } else if self.seen.len() > 1 {
+            let drop = self.seen.len() / 2;
+            self.seen.drain(..drop);
+            trimmed.seen_ids = drop as u64;
+        } else if self.window.len() > 1 {
+            let keep = self.window.len() - self.window.len() / 2;
+            trimmed.window_events = drop_smallest(&mut self.window, keep, |stamp| stamp.t());
+        } else if self.caps.len() > 1 {
+            let keep = self.caps.len() - self.caps.len() / 2;
+            trimmed.cap_counters = drop_smallest(&mut self.caps, keep, |cap| (cap.day, cap.count, cap.contact, cap.rule));
+        } else {
+            let contacts = self.contacts.len();
+            let keep = (contacts - contacts / 2).max(min_contacts);
+            if keep >= contacts {
+                return None;
+            }
+            trimmed.contacts = self.contacts.prune(i64::MIN, keep);
+        }
+        Some(trimmed)
     }
 
     /// `B` at `at`: distinct contacts engaged in `(at - 30 days, at]`.
@@ -598,8 +644,11 @@ impl AccountScoreState {
             .iter()
             .filter_map(|kind| {
                 let count = |days: i64| {
-                    let n =
-                        self.window.iter().filter(|s| s.kind() == *kind && s.t() > at - days * DAY_MS && s.t() <= at).count();
+                    let n = self
+                        .window
+                        .iter()
+                        .filter(|s| s.kind() == *kind && s.t() > at - days * DAY_MS && s.t() <= at)
+                        .count();
                     u32::try_from(n).unwrap_or(u32::MAX)
                 };
                 let counts = KindCounts {
@@ -811,6 +860,70 @@ impl AccountScoreState {
 }
 
 /// A UTC day number as kept in cap entries (the Avro form's `int`); far-off days saturate.
+/// Removes the entries with the smallest `key` until at most `max` are left (among equal keys,
+/// the later entries go first), keeping the others in their order; returns how many it
+/// removed. One pass when one entry is over, the steady state of a bound.
+fn drop_smallest<T, K: Ord>(items: &mut Vec<T>, max: usize, key: impl Fn(&T) -> K) -> u64 {
+    if items.len() <= max {
+        return 0;
+    }
+    let excess = items.len() - max;
+    if excess == 1 {
+        let smallest = items.iter().enumerate().min_by(|(i, a), (j, b)| key(a).cmp(&key(b)).then(j.cmp(i)));
+        if let Some(index) = smallest.map(|(index, _)| index) {
+            items.remove(index);
+        }
+        return 1;
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|i, j| key(&items[*i]).cmp(&key(&items[*j])).then(j.cmp(i)));
+    let mut doomed = vec![false; items.len()];
+    for index in order.into_iter().take(excess) {
+        doomed[index] = true;
+    }
+    let mut position = 0;
+    items.retain(|_| {
+        position += 1;
+        !doomed[position - 1]
+    });
+    excess as u64
+}
+
+/// What the state's bounds dropped (beyond what fell out of the time windows), by structure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub contacts: u64,
+    pub window_events: u64,
+    pub cap_counters: u64,
+    pub seen_ids: u64,
+    pub recent_events: u64,
+}
+
+impl Trimmed {
+    /// The structures with their counts, for metrics.
+    pub fn by_structure(&self) -> [(&'static str, u64); 5] {
+        [
+            ("contacts", self.contacts),
+            ("window_events", self.window_events),
+            ("cap_counters", self.cap_counters),
+            ("seen_ids", self.seen_ids),
+            ("recent_events", self.recent_events),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_structure().iter().all(|(_, count)| *count == 0)
+    }
+
+    pub fn add(&mut self, other: Trimmed) {
+        self.contacts += other.contacts;
+        self.window_events += other.window_events;
+        self.cap_counters += other.cap_counters;
+        self.seen_ids += other.seen_ids;
+        self.recent_events += other.recent_events;
+    }
+}
+
 fn day_number(day: i64) -> i32 {
     i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX })
 }
