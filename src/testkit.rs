@@ -445,11 +445,12 @@ impl PrivateBroker {
             .expect("kafka.sh runs")
     }
 
-    /// Starts a broker on a free pair of ports (client, controller).
+    /// Starts a broker on four free ports in a row (client, controller, SASL_SSL, mTLS).
     pub fn start() -> PrivateBroker {
         let port = loop {
             let port = free_port();
-            if port < 65_000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            // kafka.sh also binds port+1 (controller), port+2 (SASL_SSL) and port+3 (mTLS).
+            if port < 65_000 && (1..=3).all(|offset| TcpListener::bind(("127.0.0.1", port + offset)).is_ok()) {
                 break port;
             }
         };
