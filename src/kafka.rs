@@ -69,13 +69,7 @@ impl KafkaConfig {
     /// librdkafka settings for a client named `client_id`: bootstrap servers, then the
     /// passthrough settings (which win). Callers add their role's settings before creating.
     pub fn client_config(&self, client_id: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap_servers);
-        config.set("client.id", client_id);
-        for (key, value) in self.passthrough() {
-            config.set(key, value);
-        }
-        config
+        self.layer(ClientConfig::new(), client_id)
     }
 
     /// The passthrough settings with environment-style keys (`security_protocol`) turned into
@@ -118,9 +112,13 @@ impl KafkaConfig {
         self.layer(config, client_id)
     }
 
-    /// `role_defaults` overlaid with the connection settings and then the passthrough.
+    /// `role_defaults` overlaid with the connection settings and then the passthrough. Set
+    /// directly, never copied out of another `ClientConfig`: its `config_map` hides secrets
+    /// (`sasl.password` reads "[sanitized for safety]"), so a copy would carry a wrong password.
     fn layer(&self, mut role_defaults: ClientConfig, client_id: &str) -> ClientConfig {
-        for (key, value) in self.client_config(client_id).config_map() {
+        role_defaults.set("bootstrap.servers", &self.bootstrap_servers);
+        role_defaults.set("client.id", client_id);
+        for (key, value) in self.passthrough() {
             role_defaults.set(key, value);
         }
         role_defaults
@@ -135,8 +133,11 @@ impl KafkaConfig {
     /// certificate, a client certificate the broker refuses) fails at once, saying which.
     pub async fn check_reachable(&self, client_id: &str) -> Result<(), KafkaSetupError> {
         let context = StartupContext::default();
+        // A group id (never joined) routes librdkafka's log and error events to the consumer's
+        // queue, which the poll below serves; without one they wait on a queue nobody reads.
         let consumer: BaseConsumer<StartupContext> = self
             .client_config(client_id)
+            .set("group.id", format!("{client_id}-startup-check"))
             .create_with_context(context)
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         let timeout = self.timeout();
@@ -148,6 +149,11 @@ impl KafkaConfig {
                 let result = consumer.fetch_metadata(None, Duration::from_millis(250));
                 if result.is_ok() {
                     return Ok(());
+                }
+                // Serves librdkafka's error events, which come out of a poll (their reason text
+                // was logged a moment before, and the context kept it).
+                if let Some(Err(error)) = consumer.poll(Duration::from_millis(50)) {
+                    rdkafka::ClientContext::error(consumer.context().as_ref(), error, "");
                 }
                 if let Some(refusal) = consumer.context().refusal() {
                     return Err(refusal.into_error(&servers));
@@ -233,14 +239,23 @@ impl StartupContext {
 
 impl rdkafka::ClientContext for StartupContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        // Connection failures are reported through `error` as well; keep only the debug trail.
+        // Kept, not logged: the check ends with one line that says what went wrong.
         tracing::debug!(?level, fac, log_message, "librdkafka (start-up check)");
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Error as i32)
+            && let Ok(mut slot) = self.last_error.lock()
+        {
+            // "127.0.0.1:9094/bootstrap: SASL authentication error: ..." without the broker prefix.
+            let text = log_message.split_once(": ").map_or(log_message, |(_, rest)| rest);
+            *slot = Some(text.to_owned());
+        }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let reason =
+            if reason.is_empty() { self.last_error().unwrap_or_else(|| error.to_string()) } else { reason.to_owned() };
         let refusal = match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Authentication) => Some(Refusal::Authentication(reason.to_owned())),
-            Some(RDKafkaErrorCode::SSL) => Some(Refusal::Tls(reason.to_owned())),
+            Some(RDKafkaErrorCode::Authentication) => Some(Refusal::Authentication(reason.clone())),
+            Some(RDKafkaErrorCode::SSL) => Some(Refusal::Tls(reason.clone())),
             _ => None,
         };
         if let Some(refusal) = refusal
@@ -249,7 +264,7 @@ impl rdkafka::ClientContext for StartupContext {
             slot.get_or_insert(refusal);
         }
         if let Ok(mut slot) = self.last_error.lock() {
-            *slot = Some(reason.to_owned());
+            *slot = Some(reason);
         }
     }
 }
@@ -436,5 +451,14 @@ mod tests {
         assert_eq!(client.get("sasl.mechanisms"), Some("PLAIN"));
         assert_eq!(client.get("client.id"), Some("override"));
         assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn secrets_reach_every_role_s_client_config() {
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert("sasl_password".into(), "s3cret".into());
+        for client in [config.client_config("a"), config.consumer_config("b", "g"), config.producer_config("c")] {
+            assert_eq!(client.get("sasl.password"), Some("s3cret"));
+        }
     }
 }

@@ -14,6 +14,82 @@ pub fn bootstrap_servers() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The secured listeners of the broker under test (`deploy/local/kafka.sh` serves them): the
+/// SASL_SSL and mTLS addresses and the directory of its CA, client certificate and SCRAM
+/// password. From `KAFKA_SASL_BOOTSTRAP_SERVERS`, `KAFKA_SSL_BOOTSTRAP_SERVERS` and
+/// `KAFKA_TLS_DIR` (the test command sets them), else asked of `kafka.sh`.
+#[derive(Debug, Clone)]
+pub struct SecureListeners {
+    pub sasl_bootstrap: String,
+    pub ssl_bootstrap: String,
+    pub tls_dir: PathBuf,
+}
+
+impl SecureListeners {
+    pub fn of_broker_under_test() -> SecureListeners {
+        let ask = |variable: &str, command: &str| {
+            std::env::var(variable).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+                let output = Command::new("bash").arg(script).arg(command).output().expect("kafka.sh runs");
+                assert!(
+                    output.status.success(),
+                    "{variable} is not set and `kafka.sh {command}` failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                String::from_utf8_lossy(&output.stdout).trim().to_owned()
+            })
+        };
+        SecureListeners {
+            sasl_bootstrap: ask("KAFKA_SASL_BOOTSTRAP_SERVERS", "bootstrap-sasl"),
+            ssl_bootstrap: ask("KAFKA_SSL_BOOTSTRAP_SERVERS", "bootstrap-ssl"),
+            tls_dir: PathBuf::from(ask("KAFKA_TLS_DIR", "tls-dir")),
+        }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.tls_dir.join(name).display().to_string()
+    }
+
+    /// The SCRAM password of user `abm`.
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.tls_dir.join("sasl-password")).expect("sasl-password").trim().to_owned()
+    }
+
+    /// Service environment for SASL_SSL with SCRAM-SHA-512 as user `abm` (`password` given, so
+    /// a test can also pass a wrong one), trusting `ca` (a file of the TLS dir).
+    pub fn sasl_env(&self, password: &str, ca: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ABM_KAFKA__BOOTSTRAP_SERVERS", self.sasl_bootstrap.clone()),
+            ("ABM_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SASL_SSL".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_MECHANISMS", "SCRAM-SHA-512".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_USERNAME", "abm".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_PASSWORD", password.into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SSL_CA_LOCATION", self.file(ca)),
+        ]
+    }
+
+    /// Service environment for mTLS: the CA and the client certificate and key.
+    pub fn mtls_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ABM_KAFKA__BOOTSTRAP_SERVERS", self.ssl_bootstrap.clone()),
+            ("ABM_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SSL".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SSL_CA_LOCATION", self.file("ca.pem")),
+            ("ABM_KAFKA__LIBRDKAFKA__SSL_CERTIFICATE_LOCATION", self.file("client.pem")),
+            ("ABM_KAFKA__LIBRDKAFKA__SSL_KEY_LOCATION", self.file("client.key")),
+        ]
+    }
+}
+
+/// Replaces (or adds) `overrides` in a service environment.
+pub fn with_env(
+    mut env: Vec<(&'static str, String)>,
+    overrides: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    env.retain(|(key, _)| !overrides.iter().any(|(other, _)| other == key));
+    env.extend_from_slice(overrides);
+    env
+}
+
 /// A name no other test run uses (topics, groups).
 pub fn unique(prefix: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use abm::sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
 use abm::testkit::{
-    ServiceProcess, TestTopics, flush, free_port, http_get, metric, producer, read_all, run_to_exit, send_bytes,
-    unique, wait_for_status, workspace_binary,
+    SecureListeners, ServiceProcess, TestTopics, flush, free_port, http_get, metric, producer, read_all, run_to_exit,
+    send_bytes, unique, wait_for_status, with_env, workspace_binary,
 };
 use abm::topics::TopicRole;
 use abm_schemas::{EmailAction, EngagementEvent, EventKind, SalesAlert};
@@ -181,12 +181,26 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects() {
-    let topics = TestTopics::new("e2e");
+    run_world("e2e", 4000, &[]);
+}
+
+/// The same over a secured cluster: the three services talk to the broker only over SASL_SSL
+/// with SCRAM-SHA-512 (the client settings of deploy/k8s and deploy/docker); the test's own
+/// reads and writes use the plaintext listener.
+#[test]
+fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_scram_sha_512() {
+    let secure = SecureListeners::of_broker_under_test();
+    run_world("e2e-sasl", 1500, &secure.sasl_env(&secure.password(), "ca.pem"));
+}
+
+/// Runs a seeded world of `total` events through the three services (their Kafka settings
+/// overridden by `kafka_env`) and checks every score and alert.
+fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)]) {
+    let topics = TestTopics::new(name);
     topics.create();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let total = 4000;
     let config = WorldConfig::new(2024, 25, now - 30 * DAY, 30 * DAY - 60_000);
-    let mut world = World::new(config, total, &unique("e2e"));
+    let mut world = World::new(config, total as u64, &unique(name));
     let events: Vec<_> = (0..total).map(|_| world.next_event()).collect();
     let tiers: BTreeMap<String, u8> = world.accounts.iter().map(|a| (a.id.clone(), a.tier)).collect();
 
@@ -196,7 +210,7 @@ fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects(
     let (status, stderr) = run_to_exit(
         &workspace_binary("ingest"),
         &["import-tal", &csv.display().to_string()],
-        &topics.env(),
+        &with_env(topics.env(), kafka_env),
         Duration::from_secs(60),
     );
     assert!(status.success(), "{stderr}");
@@ -204,7 +218,7 @@ fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects(
     let ports: BTreeMap<&str, u16> =
         [("ingest", free_port()), ("scorer", free_port()), ("alerter", free_port())].into();
     let start = |name: &'static str, extra: &[(&'static str, String)]| {
-        let mut env = topics.env();
+        let mut env = with_env(topics.env(), kafka_env);
         env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[name])));
         env.extend_from_slice(extra);
         let process = ServiceProcess::start(&workspace_binary(name), &[], &env);

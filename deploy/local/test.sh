@@ -4,7 +4,9 @@
 #
 #   deploy/local/test.sh [cargo test args...]
 #
-# With KAFKA_BOOTSTRAP_SERVERS set, the tests use that broker. Otherwise this starts the local
+# With KAFKA_BOOTSTRAP_SERVERS set, the tests use that broker (and KAFKA_SASL_BOOTSTRAP_SERVERS,
+# KAFKA_SSL_BOOTSTRAP_SERVERS and KAFKA_TLS_DIR for its secured listeners, laid out as
+# kafka.sh's: user abm, ca.pem, client.pem, client.key, sasl-password). Otherwise this starts the local
 # Apache Kafka (deploy/local/kafka.sh: fetched from Maven Central on first use, then cached)
 # and leaves it running for the next run; `deploy/local/kafka.sh stop` stops it.
 set -euo pipefail
@@ -42,7 +44,11 @@ fi
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   deploy/local/kafka.sh start
   KAFKA_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap)
-  export KAFKA_BOOTSTRAP_SERVERS
+  # The secured listeners of the same broker (SASL_SSL/SCRAM and mTLS) and its CA and client files.
+  KAFKA_SASL_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap-sasl)
+  KAFKA_SSL_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap-ssl)
+  KAFKA_TLS_DIR=$(deploy/local/kafka.sh tls-dir)
+  export KAFKA_BOOTSTRAP_SERVERS KAFKA_SASL_BOOTSTRAP_SERVERS KAFKA_SSL_BOOTSTRAP_SERVERS KAFKA_TLS_DIR
 fi
 echo "test.sh: testing against Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
 exec cargo test --workspace "$@"

@@ -133,13 +133,25 @@ impl ScorerProcessor {
             }
         };
         self.count_trimmed(&trimmed);
-        tracing::warn!(account = account_id, bytes = payload.len(), fits, ?trimmed, "account state over scoring.max_state_bytes: detail shed");
+        tracing::warn!(
+            account = account_id,
+            bytes = payload.len(),
+            fits,
+            ?trimmed,
+            "account state over scoring.max_state_bytes: detail shed"
+        );
         fits
     }
 
     /// Keeps a state that cannot be written (its start, with the reason) in `abm.rejected`. The
     /// account goes on in memory; after a restart it resumes from its last written state.
-    fn reject_oversized(&self, out: &Outbox<'_>, partition: i32, account_id: &str, payload: &[u8]) -> anyhow::Result<()> {
+    fn reject_oversized(
+        &self,
+        out: &Outbox<'_>,
+        partition: i32,
+        account_id: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
         self.metrics.state_oversized.inc();
         let max = self.engine.config().max_state_bytes;
         let message = format!(

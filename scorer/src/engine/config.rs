@@ -273,14 +273,19 @@ impl ScoringConfig {
                 return fail(&format!("persona_weights.{persona}"), "must be a finite number");
             }
         }
-        if self.max_seen_events == 0 || self.max_window_events == 0 || self.max_contacts == 0 || self.max_cap_counters == 0
+        if self.max_seen_events == 0
+            || self.max_window_events == 0
+            || self.max_contacts == 0
+            || self.max_cap_counters == 0
         {
             return fail("max_*", "bounds must be at least 1");
         }
         if !(MIN_STATE_BYTES..=MAX_STATE_BYTES).contains(&self.max_state_bytes) {
             return fail(
                 "max_state_bytes",
-                &format!("must be between {MIN_STATE_BYTES} and {MAX_STATE_BYTES} (under the broker's message.max.bytes)"),
+                &format!(
+                    "must be between {MIN_STATE_BYTES} and {MAX_STATE_BYTES} (under the broker's message.max.bytes)"
+                ),
             );
         }
         Ok(())

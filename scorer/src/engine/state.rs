@@ -620,7 +620,8 @@ impl AccountScoreState {
             trimmed.window_events = drop_smallest(&mut self.window, keep, |stamp| stamp.t());
         } else if self.caps.len() > 1 {
             let keep = self.caps.len() - self.caps.len() / 2;
-            trimmed.cap_counters = drop_smallest(&mut self.caps, keep, |cap| (cap.day, cap.count, cap.contact, cap.rule));
+            trimmed.cap_counters =
+                drop_smallest(&mut self.caps, keep, |cap| (cap.day, cap.count, cap.contact, cap.rule));
         } else {
             let contacts = self.contacts.len();
             let keep = (contacts - contacts / 2).max(min_contacts);

@@ -1,0 +1,100 @@
+//! Secured Kafka against the real broker's SASL_SSL (SCRAM) and mTLS listeners: a service
+//! starts over mTLS, and a wrong password or an untrusted broker certificate ends start-up with
+//! one clear line and exit code 1 (the end-to-end run over SASL_SSL is in `end_to_end.rs`).
+
+use std::time::Duration;
+
+use abm::testkit::{
+    SecureListeners, ServiceProcess, TestTopics, free_port, run_to_exit, wait_for_status, with_env, workspace_binary,
+};
+
+/// Runs `service` with `kafka_env` until it exits; returns its exit code and stderr.
+fn start_up(service: &str, kafka_env: &[(&'static str, String)]) -> (Option<i32>, String) {
+    let topics = TestTopics::new("secure");
+    let mut env = with_env(topics.env(), kafka_env);
+    env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", free_port())));
+    env.push(("ABM_KAFKA__CONNECT_TIMEOUT_MS", "30000".into()));
+    let (status, stderr) = run_to_exit(&workspace_binary(service), &[], &env, Duration::from_secs(60));
+    (status.code(), stderr)
+}
+
+fn last_line(stderr: &str) -> &str {
+    stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default()
+}
+
+#[test]
+fn a_wrong_scram_password_ends_start_up_with_one_clear_line() {
+    let secure = SecureListeners::of_broker_under_test();
+    let wrong = format!("{}-wrong", secure.password());
+    for service in ["ingest", "scorer", "alerter"] {
+        let started = std::time::Instant::now();
+        let (code, stderr) = start_up(service, &secure.sasl_env(&wrong, "ca.pem"));
+        assert_eq!(code, Some(1), "{service}: {stderr}");
+        let line = last_line(&stderr);
+        assert!(
+            line.starts_with(&format!("{service}: error: Kafka at {} refused the login", secure.sasl_bootstrap)),
+            "{service}: {stderr}"
+        );
+        assert!(line.contains("sasl.password"), "the line says what to check: {line}");
+        assert_eq!(stderr.matches("refused the login").count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains(&wrong), "the password is never printed: {stderr}");
+        // Refused at once, not after the 30 s connect timeout.
+        assert!(started.elapsed() < Duration::from_secs(25), "{service} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn an_untrusted_broker_certificate_ends_start_up_with_one_clear_line() {
+    let secure = SecureListeners::of_broker_under_test();
+    let (code, stderr) = start_up("scorer", &secure.sasl_env(&secure.password(), "untrusted-ca.pem"));
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = last_line(&stderr);
+    assert!(
+        line.starts_with(&format!("scorer: error: TLS handshake with Kafka at {} failed", secure.sasl_bootstrap)),
+        "{stderr}"
+    );
+    assert!(line.contains("ssl.ca.location"), "{line}");
+    assert_eq!(stderr.matches("TLS handshake with Kafka").count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn a_client_without_a_certificate_is_refused_by_the_mtls_listener() {
+    let secure = SecureListeners::of_broker_under_test();
+    let mut env = secure.mtls_env();
+    env.retain(|(key, _)| !key.contains("CERTIFICATE_LOCATION") && !key.contains("KEY_LOCATION"));
+    let (code, stderr) = start_up("ingest", &env);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(last_line(&stderr).starts_with("ingest: error: "), "{stderr}");
+}
+
+#[test]
+fn a_service_runs_over_mtls_with_its_client_certificate() {
+    let secure = SecureListeners::of_broker_under_test();
+    let topics = TestTopics::new("mtls");
+    topics.create();
+    let port = free_port();
+    let mut env = with_env(topics.env(), &secure.mtls_env());
+    env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("ABM_INGEST__WRITE_KEYS__T", "mtls-key".into()));
+    let mut ingest = ServiceProcess::start(&workspace_binary("ingest"), &[], &env);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(60), &ingest.stderr());
+    // An event through the mTLS connection, acknowledged by the broker.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let event = format!(
+        r#"{{"event_id":"m1","kind":"web_visit","occurred_at":{now},"account_id":"acc-1","properties":{{"url":"https://x.example/pricing"}}}}"#
+    );
+    let (status, body) = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/events"))
+            .bearer_auth("mtls-key")
+            .body(event)
+            .send()
+            .await
+            .expect("posted");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 200, "{body}");
+    ingest.signal("TERM");
+    assert!(ingest.wait(Duration::from_secs(30)).success(), "{}", ingest.stderr());
+}
