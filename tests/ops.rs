@@ -216,7 +216,7 @@ fn the_service_configs_shipped_for_kubernetes_load_in_each_binary() {
         std::fs::write(&file, toml).expect("toml");
         let output = Command::new(workspace_binary(service))
             .args(["--config", &file.display().to_string(), "--print-config"])
-            .env("ABM_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "x")
+            .env("ABM_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "k8s-secret-value")
             .output()
             .expect("runs");
         let _ = std::fs::remove_file(&file);
@@ -224,7 +224,9 @@ fn the_service_configs_shipped_for_kubernetes_load_in_each_binary() {
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(
             printed.contains("kafka-bootstrap.kafka.svc:9092")
-                && printed.contains("sasl_password = \"x\"")
+                && printed.contains("sasl_password = \"<redacted>\"")
+                && !printed.contains("k8s-secret-value")
+                && printed.contains("\"ssl.ca.location\" = \"/etc/abm/kafka-ca/ca.pem\"")
                 && printed.contains("\"security.protocol\" = \"SASL_SSL\""),
             "{printed}"
         );
