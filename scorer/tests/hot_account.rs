@@ -61,8 +61,7 @@ fn thirty_five_thousand_distinct_contacts_stay_bounded_and_score_exactly() {
 
 #[test]
 fn caps_hold_exactly_within_the_counter_bound() {
-    let mut config = ScoringConfig::default();
-    config.max_cap_counters = 8;
+    let config = ScoringConfig { max_cap_counters: 8, ..ScoringConfig::default() };
     let engine = Engine::new(config).expect("valid");
     let mut state = AccountScoreState::default();
     // 8 contacts, 15 visits each on one day: exactly 10 score per contact (cap 10/day).
@@ -82,8 +81,7 @@ fn caps_hold_exactly_within_the_counter_bound() {
 
 #[test]
 fn older_days_cap_counters_go_first() {
-    let mut config = ScoringConfig::default();
-    config.max_cap_counters = 2;
+    let config = ScoringConfig { max_cap_counters: 2, ..ScoringConfig::default() };
     let engine = Engine::new(config).expect("valid");
     let mut state = AccountScoreState::default();
     // Day 0: contact a; day 1: contacts b and c. The bound (2) drops day 0's counter for a.
