@@ -547,15 +547,17 @@ pub fn run<P: Processor>(
 ) -> anyhow::Result<()> {
     let mut producer_config = kafka.producer_config(&settings.client_id);
     producer_config.set("transactional.id", &settings.transactional_id);
-    if producer_config.get("transaction.timeout.ms").is_none() {
-        producer_config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string());
-    }
     let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
+    if producer_config.get("transaction.timeout.ms").is_none() {
+        // 10 s, or less when the session timeout is set shorter: always below it.
+        let session = consumer_config.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(45_000);
+        let transaction = (TRANSACTION_TIMEOUT.as_millis() as u64).min(session.saturating_sub(1000)).max(1000);
+        producer_config.set("transaction.timeout.ms", transaction.to_string());
+    }
     check_timeouts(&producer_config, &consumer_config)?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         producer_config.create().context("creating the transactional producer")?;
     let timeout = kafka.timeout();
-    health.wait_for(RESTORING, format!("joining consumer group {}", settings.group_id));
     producer.init_transactions(timeout).context("initialising transactions (fences older instances)")?;
     let shared = Arc::new(Shared {
         processor,
