@@ -1,6 +1,6 @@
 //! End to end on the real broker: a seeded simulated world through ingest (HTTP and raw
 //! topics), the scorer and the alerter. Afterwards every account's score from the scorer's API
-//! equals a recomputation by an independent implementation written here (from PRODUCT.md's
+//! equals a recomputation by an independent implementation written here (from the README's
 //! rules, recomputing each score from scratch, not with the engine's code), and the published
 //! alerts equal the expected crossings after the cooldown.
 

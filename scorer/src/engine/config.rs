@@ -1,5 +1,5 @@
 //! `[scoring]`: rules, persona weights, decay, breadth, thresholds. Defaults follow the ABM
-//! playbooks in PRODUCT.md; every field is documented in the README's scoring section.
+//! ABM playbooks; every field is documented in the README's scoring section.
 
 use std::collections::BTreeMap;
 

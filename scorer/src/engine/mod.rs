@@ -2,7 +2,7 @@
 //!
 //! [`Engine::apply`] applies one event to an account's [`AccountScoreState`] and returns the
 //! crossings it caused; [`Engine::view`] explains a state at its as-of time or decayed to a
-//! later time. The semantics are PRODUCT.md's "Scoring semantics", restated in the README so
+//! later time. The semantics are the README's "Scoring semantics", written so
 //! anyone can recompute a score by hand.
 
 pub mod config;
@@ -219,7 +219,7 @@ impl Engine {
         Applied::Scored { points, rule: rule_index, crossings, trimmed }
     }
 
-    /// Threshold and hand-raiser evaluation after an applied event (PRODUCT.md's order).
+    /// Threshold and hand-raiser evaluation after an applied event (the README's order).
     fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> Vec<ScoreCrossing> {
         let mut crossings = Vec::new();
         let Some(as_of) = state.as_of else {

@@ -5,7 +5,7 @@ import java.util.List;
 import java.util.Locale;
 import org.apache.avro.generic.GenericRecord;
 
-/** PRODUCT.md's scoring semantics with the default rules, written independently of the Rust engine. */
+/** the README's scoring semantics with the default rules, written independently of the Rust engine. */
 final class Scoring {
     static final long DAY = 86_400_000L;
     static final double HALF_LIFE_MS = 14.0 * DAY;
