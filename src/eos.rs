@@ -201,17 +201,45 @@ struct RestoreJob {
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Partitions that are assigned but not processed yet, because their state is being restored.
+#[derive(Debug, Default)]
+struct Restores {
+    /// Assigned (or rewound) partitions, paused, waiting for their restore to start.
+    queued: Vec<i32>,
+    /// Partitions whose restore is running now.
+    running: Vec<i32>,
+    /// Partitions revoked while their restore was running: what it installs is dropped.
+    revoked_while_running: BTreeSet<i32>,
+}
+
+impl Restores {
+    fn queue(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for partition in partitions {
+            if !self.queued.contains(&partition) {
+                self.queued.push(partition);
+            }
+        }
+    }
+
+    fn revoke(&mut self, revoked: &[i32]) {
+        self.queued.retain(|p| !revoked.contains(p));
+        let running = &self.running;
+        self.revoked_while_running.extend(revoked.iter().filter(|p| running.contains(p)));
+    }
+
+    fn pending(&self) -> Vec<i32> {
+        self.queued.iter().chain(&self.running).copied().collect()
+    }
+}
+
 struct Shared<P> {
     processor: Arc<P>,
     producer: ThreadedProducer<DefaultProducerContext>,
     input_topic: String,
     batch: Mutex<Batch>,
-    /// Assigned (or rewound) partitions, paused, waiting for their restore to start.
-    to_restore: Mutex<Vec<i32>>,
-    /// Partitions whose restore is running now.
-    restoring: Mutex<Vec<i32>>,
-    /// Partitions revoked while their restore was running: what it installs is dropped.
-    revoked_while_restoring: Mutex<BTreeSet<i32>>,
+    restores: Mutex<Restores>,
+    /// Whether `restores` has a partition queued or running: read per message without a lock.
+    restores_pending: std::sync::atomic::AtomicBool,
     fatal: Mutex<Option<String>>,
     /// Aborts since the last commit.
     aborts_in_a_row: Mutex<u32>,
@@ -245,9 +273,11 @@ impl<P: Processor> Shared<P> {
         list
     }
 
-    /// Readiness waits while any assigned partition is not restored.
+    /// Readiness waits while any assigned partition is not restored. Called after every change
+    /// to `restores`.
     fn update_readiness(&self) {
-        let pending: Vec<i32> = lock(&self.to_restore).iter().chain(lock(&self.restoring).iter()).copied().collect();
+        let pending = lock(&self.restores).pending();
+        self.restores_pending.store(!pending.is_empty(), std::sync::atomic::Ordering::Release);
         if pending.is_empty() {
             self.health.done_waiting(RESTORING);
         } else {
@@ -261,7 +291,9 @@ impl<P: Processor> Shared<P> {
         message: &BorrowedMessage<'_>,
     ) -> Result<(), Failure> {
         let partition = message.partition();
-        if lock(&self.to_restore).contains(&partition) || lock(&self.restoring).contains(&partition) {
+        if self.restores_pending.load(std::sync::atomic::Ordering::Acquire)
+            && lock(&self.restores).pending().contains(&partition)
+        {
             // Fetched before the pause took effect: not processed before its state is restored.
             // Sought back, so it is read again once the partition resumes.
             let _ = consumer.seek(&self.input_topic, partition, Offset::Offset(message.offset()), self.timeout);
@@ -399,12 +431,7 @@ impl<P: Processor> Shared<P> {
                     .with_context(|| format!("rewinding partition {partition} to offset {offset}"))?;
             }
             self.processor.revoke(&partitions);
-            let mut to_restore = lock(&self.to_restore);
-            for partition in partitions {
-                if !to_restore.contains(&partition) {
-                    to_restore.push(partition);
-                }
-            }
+            lock(&self.restores).queue(partitions);
         }
         self.processor.aborted(reason);
         self.update_readiness();
@@ -432,11 +459,14 @@ impl<P: Processor> Shared<P> {
     /// Starts restoring the partitions waiting for it, on a thread of its own; retries until
     /// [`RETRY_LIMIT`] (the broker may be down).
     fn start_restore(&self, shutdown: &CancellationToken) -> anyhow::Result<Option<RestoreJob>> {
-        let partitions: Vec<i32> = std::mem::take(&mut *lock(&self.to_restore));
+        let partitions = {
+            let mut restores = lock(&self.restores);
+            restores.running = std::mem::take(&mut restores.queued);
+            restores.running.clone()
+        };
         if partitions.is_empty() {
             return Ok(None);
         }
-        lock(&self.restoring).clone_from(&partitions);
         let (processor, job_partitions, shutdown) = (self.processor.clone(), partitions.clone(), shutdown.clone());
         let thread = std::thread::Builder::new().name("restore".into()).spawn(move || {
             let deadline = Instant::now() + RETRY_LIMIT;
@@ -459,13 +489,15 @@ impl<P: Processor> Shared<P> {
     fn finish_restore<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, job: RestoreJob) -> anyhow::Result<()> {
         let outcome = job.thread.join().map_err(|_| anyhow!("restoring partitions {:?} panicked", job.partitions))?;
         outcome.with_context(|| format!("restoring partitions {:?}", job.partitions))?;
-        lock(&self.restoring).clear();
-        let revoked = std::mem::take(&mut *lock(&self.revoked_while_restoring));
+        let (revoked, queued) = {
+            let mut restores = lock(&self.restores);
+            restores.running.clear();
+            (std::mem::take(&mut restores.revoked_while_running), restores.queued.clone())
+        };
         let stale: Vec<i32> = job.partitions.iter().copied().filter(|p| revoked.contains(p)).collect();
         if !stale.is_empty() {
             self.processor.revoke(&stale);
         }
-        let queued = lock(&self.to_restore).clone();
         let ready: Vec<i32> =
             job.partitions.iter().copied().filter(|p| !revoked.contains(p) && !queued.contains(p)).collect();
         if !ready.is_empty() {
@@ -511,9 +543,7 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
             shared.fail(format!("commit before revoking {revoked:?}: {error:#}"));
         }
         shared.processor.revoke(&revoked);
-        lock(&shared.to_restore).retain(|p| !revoked.contains(p));
-        let restoring = lock(&shared.restoring).clone();
-        lock(&shared.revoked_while_restoring).extend(revoked.iter().filter(|p| restoring.contains(p)));
+        lock(&shared.restores).revoke(&revoked);
         shared.update_readiness();
         tracing::info!(?revoked, lost = consumer.assignment_lost(), "partitions revoked");
     }
@@ -531,7 +561,7 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
             self.shared.fail(format!("pausing assigned partitions: {error}"));
         }
         tracing::info!(?assigned, "partitions assigned; restoring their state");
-        lock(&self.shared.to_restore).extend(assigned);
+        lock(&self.shared.restores).queue(assigned);
         self.shared.update_readiness();
     }
 }
@@ -564,9 +594,8 @@ pub fn run<P: Processor>(
         producer,
         input_topic: settings.input_topic.clone(),
         batch: Mutex::new(Batch::default()),
-        to_restore: Mutex::new(Vec::new()),
-        restoring: Mutex::new(Vec::new()),
-        revoked_while_restoring: Mutex::new(BTreeSet::new()),
+        restores: Mutex::new(Restores::default()),
+        restores_pending: std::sync::atomic::AtomicBool::new(false),
         fatal: Mutex::new(None),
         aborts_in_a_row: Mutex::new(0),
         timeout,

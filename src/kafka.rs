@@ -247,15 +247,29 @@ impl rdkafka::ClientContext for StartupContext {
             // "127.0.0.1:9094/bootstrap: SASL authentication error: ..." without the broker prefix.
             let text = log_message.split_once(": ").map_or(log_message, |(_, rest)| rest);
             *slot = Some(text.to_owned());
+            drop(slot);
+            // A client certificate refused under TLS 1.3 arrives after the handshake, as a
+            // failed receive that carries the TLS alert, and only as this log line.
+            if is_tls_alert(text)
+                && let Ok(mut refusal) = self.refusal.lock()
+            {
+                refusal.get_or_insert(Refusal::Tls(text.to_owned()));
+            }
         }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        // "All brokers are down" follows every connection failure and says less than its cause.
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
         let reason =
             if reason.is_empty() { self.last_error().unwrap_or_else(|| error.to_string()) } else { reason.to_owned() };
-        let refusal = match error.rdkafka_error_code() {
+        let refusal = match code {
             Some(RDKafkaErrorCode::Authentication) => Some(Refusal::Authentication(reason.clone())),
             Some(RDKafkaErrorCode::SSL) => Some(Refusal::Tls(reason.clone())),
+            _ if is_tls_alert(&reason) => Some(Refusal::Tls(reason.clone())),
             _ => None,
         };
         if let Some(refusal) = refusal
@@ -270,6 +284,11 @@ impl rdkafka::ClientContext for StartupContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for StartupContext {}
+
+/// Whether librdkafka's text reports a TLS failure (OpenSSL's error strings).
+fn is_tls_alert(text: &str) -> bool {
+    text.contains("SSL alert") || text.contains("SSL routines") || text.contains("SSL handshake failed")
+}
 
 /// Client context for readers that ask for end-of-partition events: librdkafka also reports
 /// them as errors, which the default context would log at ERROR level.

@@ -119,12 +119,14 @@ where
 /// The value printed in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Whether a config key names a secret (passwords, tokens, private keys, write keys).
+/// Whether a config key names a secret: passwords, secrets, tokens, JAAS configs and webhook
+/// URLs (a word of the key, between dots or underscores), private keys in PEM, OAUTHBEARER
+/// configs and write keys.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('_', ".");
-    ["password", "secret", "token", "key.pem", "oauthbearer.config", "write.keys", "jaas", "url"]
-        .iter()
-        .any(|word| key.contains(word) && !key.ends_with("patterns"))
+    let words = ["password", "secret", "token", "jaas", "url"];
+    let phrases = ["key.pem", "oauthbearer.config", "write.keys"];
+    key.split('.').any(|word| words.contains(&word)) || phrases.iter().any(|phrase| key.contains(phrase))
 }
 
 /// Replaces every secret in a config tree (see [`is_secret_key`]) by [`REDACTED`], so that

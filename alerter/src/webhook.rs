@@ -254,9 +254,7 @@ pub async fn run_endpoint(
         let handled = match abm_schemas::decode::<SalesAlert>(payload) {
             Ok(alert) => match endpoint.deliver(&alert, true).await {
                 Ok(()) => true,
-                Err(reason) => {
-                    park_until_done(&parker, &parked_topic, &name, payload, &reason, &endpoint, &shutdown).await
-                }
+                Err(reason) => park_until_done(&parker, &parked_topic, payload, &reason, &endpoint, &shutdown).await,
             },
             Err(error) => {
                 tracing::warn!(endpoint = %name, %error, "undecodable alert skipped by the webhook");
@@ -280,7 +278,6 @@ pub async fn run_endpoint(
 async fn park_until_done(
     parker: &FutureProducer,
     topic: &str,
-    name: &str,
     payload: &[u8],
     reason: &str,
     endpoint: &Endpoint,
@@ -288,7 +285,7 @@ async fn park_until_done(
 ) -> bool {
     let mut pause = Duration::from_millis(500);
     loop {
-        if park(parker, topic, name, payload, reason, &endpoint.metrics).await {
+        if park(parker, topic, &endpoint.config.name, payload, reason, &endpoint.metrics).await {
             return true;
         }
         tokio::select! {
