@@ -64,6 +64,34 @@ pub trait Processor: Send + Sync + 'static {
     fn aborted(&self, _reason: &str) {}
 }
 
+/// Counter increments for work done inside the open transaction, applied to their counters only
+/// when it commits and dropped when it aborts: the work of an aborted batch is done again, and
+/// conservation counters (`engaged = applied + duplicates`, `crossings = alerts + suppressed`)
+/// must count it once. A processor adds here in `process`/`before_commit`, and calls
+/// [`StagedCounters::commit`] from `committed` and [`StagedCounters::discard`] from `aborted`.
+#[derive(Debug, Default)]
+pub struct StagedCounters {
+    staged: Mutex<Vec<(prometheus::IntCounter, u64)>>,
+}
+
+impl StagedCounters {
+    pub fn add(&self, counter: &prometheus::IntCounter, amount: u64) {
+        lock(&self.staged).push((counter.clone(), amount));
+    }
+
+    /// Applies every staged increment (the transaction committed).
+    pub fn commit(&self) {
+        for (counter, amount) in std::mem::take(&mut *lock(&self.staged)) {
+            counter.inc_by(amount);
+        }
+    }
+
+    /// Drops every staged increment (the transaction was aborted).
+    pub fn discard(&self) {
+        lock(&self.staged).clear();
+    }
+}
+
 /// Writes records inside the open transaction.
 pub struct Outbox<'a> {
     producer: &'a ThreadedProducer<DefaultProducerContext>,
@@ -404,23 +432,7 @@ impl<P: Processor> Shared<P> {
             in_a_row,
             "transaction aborted; rewinding its partitions to the last commit"
         );
-        let deadline = Instant::now() + RETRY_LIMIT;
-        loop {
-            match self.producer.abort_transaction(self.timeout) {
-                Ok(()) => break,
-                Err(error) if classify(&error) == Reaction::Fatal => {
-                    return Err(anyhow!("aborting the transaction ({reason}): {error}"));
-                }
-                // Nothing to abort: the transaction was never begun on the broker's side.
-                Err(KafkaError::Transaction(error)) if error.code() == RDKafkaErrorCode::State => break,
-                Err(error) if Instant::now() >= deadline => {
-                    return Err(anyhow!(
-                        "aborting the transaction ({reason}): still failing after {RETRY_LIMIT:?}: {error}"
-                    ));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        self.abort_transaction(reason)?;
         let partitions: Vec<i32> = aborted.first_offsets.keys().copied().collect();
         if !partitions.is_empty() {
             let list = self.partition_list(partitions.iter().copied());
@@ -440,6 +452,46 @@ impl<P: Processor> Shared<P> {
         }
         // A pause that grows with each abort in a row, so a persisting fault is not hammered.
         std::thread::sleep(Duration::from_millis(100 << in_a_row.min(6)));
+        Ok(())
+    }
+
+    /// Aborts the open transaction, retrying while the broker is away (at most [`RETRY_LIMIT`]).
+    fn abort_transaction(&self, reason: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RETRY_LIMIT;
+        loop {
+            match self.producer.abort_transaction(self.timeout) {
+                Ok(()) => return Ok(()),
+                Err(error) if classify(&error) == Reaction::Fatal => {
+                    return Err(anyhow!("aborting the transaction ({reason}): {error}"));
+                }
+                // Nothing to abort: the transaction was never begun on the broker's side.
+                Err(KafkaError::Transaction(error)) if error.code() == RDKafkaErrorCode::State => return Ok(()),
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(anyhow!(
+                        "aborting the transaction ({reason}): still failing after {RETRY_LIMIT:?}: {error}"
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Before the consumer is replaced: aborts the open batch and forgets its partitions' state
+    /// and every pending restore (the new consumer's assignment restores them again).
+    fn forget_consumer_work(&self, reason: &str) -> anyhow::Result<()> {
+        let aborted = std::mem::take(&mut *lock(&self.batch));
+        if aborted.open {
+            self.abort_transaction(reason)?;
+            let partitions: Vec<i32> = aborted.first_offsets.keys().copied().collect();
+            self.processor.revoke(&partitions);
+            self.processor.aborted(reason);
+        }
+        {
+            let mut restores = lock(&self.restores);
+            let pending = restores.pending();
+            restores.revoke(&pending);
+        }
+        self.update_readiness();
         Ok(())
     }
 
@@ -607,17 +659,46 @@ pub fn run<P: Processor>(
         .set("enable.auto.commit", "false")
         .set("statistics.interval.ms", "5000")
         .set("group.instance.id", &settings.transactional_id);
-    let consumer: BaseConsumer<LoopContext<P>> = consumer_config
-        .create_with_context(LoopContext { shared: shared.clone() })
-        .context("creating the Kafka consumer")?;
-    consumer.subscribe(&[&settings.input_topic]).with_context(|| format!("subscribing to {}", settings.input_topic))?;
-
-    let result = poll_loop(&shared, &consumer, settings, shutdown);
-    if result.is_err() {
-        // Leave without committing anything of the failed batch.
-        let _ = shared.producer.abort_transaction(timeout);
+    let mut restore = None;
+    let mut replaced = Vec::<Instant>::new();
+    loop {
+        let consumer: BaseConsumer<LoopContext<P>> = consumer_config
+            .create_with_context(LoopContext { shared: shared.clone() })
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&settings.input_topic])
+            .with_context(|| format!("subscribing to {}", settings.input_topic))?;
+        let why = match poll_loop(&shared, &consumer, settings, &mut restore, shutdown) {
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::ConsumerFailed(why)) => why,
+            Err(error) => {
+                // Leave without committing anything of the failed batch.
+                let _ = shared.producer.abort_transaction(timeout);
+                return Err(error);
+            }
+        };
+        // A consumer that failed fatally (e.g. fenced as a static member after its session
+        // timed out during a broker outage) is replaced; one that keeps failing ends the loop.
+        replaced.retain(|at| at.elapsed() < Duration::from_secs(600));
+        replaced.push(Instant::now());
+        if replaced.len() > CONSUMER_REPLACEMENTS_LIMIT {
+            let _ = shared.producer.abort_transaction(timeout);
+            return Err(anyhow!("the Kafka consumer failed {} times in 10 minutes; the last: {why}", replaced.len()));
+        }
+        tracing::warn!(reason = %why, "the Kafka consumer failed fatally; replacing it");
+        drop(consumer);
+        shared.forget_consumer_work(&why)?;
     }
-    result
+}
+
+/// Consumers replaced within 10 minutes before the loop gives up.
+const CONSUMER_REPLACEMENTS_LIMIT: usize = 5;
+
+/// Why [`poll_loop`] returned.
+enum Ended {
+    Shutdown,
+    /// The consumer cannot go on; a new one must replace it.
+    ConsumerFailed(String),
 }
 
 /// The transaction timeout must stay below the session timeout: otherwise a dead member's open
@@ -642,9 +723,9 @@ fn poll_loop<P: Processor>(
     shared: &Arc<Shared<P>>,
     consumer: &BaseConsumer<LoopContext<P>>,
     settings: &EosSettings,
+    restore: &mut Option<RestoreJob>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut restore: Option<RestoreJob> = None;
+) -> anyhow::Result<Ended> {
     let mut last_consumer_warning: Option<Instant> = None;
     loop {
         if let Some(error) = lock(&shared.fatal).take() {
@@ -656,12 +737,12 @@ fn poll_loop<P: Processor>(
             shared.finish_restore(consumer, job)?;
         }
         if restore.is_none() {
-            restore = shared.start_restore(shutdown)?;
+            *restore = shared.start_restore(shutdown)?;
         }
         if shutdown.is_cancelled() {
             shared.commit(consumer).context("final commit")?;
             consumer.unsubscribe();
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => match shared.handle(consumer, &message) {
@@ -674,6 +755,10 @@ fn poll_loop<P: Processor>(
                     continue;
                 }
             },
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let detail = consumer.client().fatal_error().map_or_else(|| code.to_string(), |(_, text)| text);
+                return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {detail}")));
+            }
             // While the broker is away this repeats every poll: one line every 10 s.
             Some(Err(error)) if last_consumer_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) => {
                 tracing::warn!(%error, "consumer error");

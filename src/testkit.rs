@@ -207,7 +207,10 @@ impl Drop for ServiceProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_file(&self.stderr_path);
+        // ABM_TEST_KEEP_LOGS=1 keeps the services' stderr files for a post-mortem.
+        if std::env::var_os("ABM_TEST_KEEP_LOGS").is_none_or(|v| v.is_empty() || v == "0") {
+            let _ = std::fs::remove_file(&self.stderr_path);
+        }
     }
 }
 
@@ -323,10 +326,8 @@ impl Drop for DeleteOnDrop {
 pub fn delete_topics_with_prefix(bootstrap: &str, prefix: &str) -> Result<usize, String> {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    let config =
-        crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
     let admin: AdminClient<DefaultClientContext> =
-        config.client_config("test-cleanup").create().map_err(|e| e.to_string())?;
+        kafka_at(bootstrap).client_config("test-cleanup").create().map_err(|e| e.to_string())?;
     let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let names: Vec<String> = metadata
         .topics()
@@ -391,21 +392,36 @@ impl TestTopics {
 
     /// Creates every topic now (services would create them too; tests often write first).
     pub fn create(&self) {
+        self.create_on(&bootstrap_servers());
+    }
+
+    /// Creates every topic on the broker at `bootstrap` (a [`PrivateBroker`], say).
+    pub fn create_on(&self, bootstrap: &str) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(kafka().ensure_topics("test", self.topics().specs())).expect("topics created");
+        runtime.block_on(kafka_at(bootstrap).ensure_topics("test", self.topics().specs())).expect("topics created");
     }
 }
 
 /// Client settings for the broker under test.
 pub fn kafka() -> crate::kafka::KafkaConfig {
-    crate::kafka::KafkaConfig { bootstrap_servers: bootstrap_servers(), ..crate::kafka::KafkaConfig::default() }
+    kafka_at(&bootstrap_servers())
+}
+
+/// Client settings for the broker at `bootstrap`.
+pub fn kafka_at(bootstrap: &str) -> crate::kafka::KafkaConfig {
+    crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() }
 }
 
 /// A producer for test input.
 pub type TestProducer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 
 pub fn producer() -> TestProducer {
-    kafka().producer_config("test-producer").create().expect("producer")
+    producer_to(&bootstrap_servers())
+}
+
+/// A producer for test input to the broker at `bootstrap`.
+pub fn producer_to(bootstrap: &str) -> TestProducer {
+    kafka_at(bootstrap).producer_config("test-producer").create().expect("producer")
 }
 
 /// Queues one record (waiting while the local queue is full).
@@ -443,9 +459,7 @@ pub fn read_all_bytes(topic: &str) -> Vec<(String, Vec<u8>)> {
 pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
-    let config =
-        crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() };
-    let consumer: BaseConsumer<crate::kafka::EndOfPartitionContext> = config
+    let consumer: BaseConsumer<crate::kafka::EndOfPartitionContext> = kafka_at(bootstrap)
         .client_config("test-reader")
         .set("group.id", unique("test-reader"))
         .set("enable.partition.eof", "true")
@@ -483,7 +497,12 @@ pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>
 
 /// Every record of `topic`, decoded.
 pub fn read_all<T: abm_schemas::AvroRecord>(topic: &str) -> Vec<(String, T)> {
-    read_all_bytes(topic)
+    read_all_from(&bootstrap_servers(), topic)
+}
+
+/// [`read_all`] from the broker at `bootstrap`.
+pub fn read_all_from<T: abm_schemas::AvroRecord>(bootstrap: &str, topic: &str) -> Vec<(String, T)> {
+    read_all_bytes_from(bootstrap, topic)
         .into_iter()
         .map(|(key, bytes)| (key, abm_schemas::decode::<T>(&bytes).expect("decodes")))
         .collect()

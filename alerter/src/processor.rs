@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use abm::eos::{Outbox, Processor};
+use abm::eos::{Outbox, Processor, StagedCounters};
 use abm::kafka::KafkaConfig;
 use abm_schemas::{Account, CrossingKind, RejectReason, SalesAlert, ScoreCrossing, Tier};
 use dashmap::DashMap;
@@ -45,6 +45,8 @@ pub struct AlertProcessor {
     pub metrics: Metrics,
     pub kafka: KafkaConfig,
     histories: DashMap<i32, PartitionHistory>,
+    /// Counts of the open transaction's work, applied when it commits.
+    staged: StagedCounters,
 }
 
 impl AlertProcessor {
@@ -55,7 +57,15 @@ impl AlertProcessor {
         metrics: Metrics,
         kafka: KafkaConfig,
     ) -> AlertProcessor {
-        AlertProcessor { policy, tal, topics, metrics, kafka, histories: DashMap::new() }
+        AlertProcessor {
+            policy,
+            tal,
+            topics,
+            metrics,
+            kafka,
+            histories: DashMap::new(),
+            staged: StagedCounters::default(),
+        }
     }
 }
 
@@ -64,12 +74,12 @@ impl Processor for AlertProcessor {
         let crossing = match abm_schemas::decode::<ScoreCrossing>(message.payload().unwrap_or_default()) {
             Ok(crossing) => crossing,
             Err(error) => {
-                self.metrics.suppressed.with_label_values(&["undecodable"]).inc();
+                self.staged.add(&self.metrics.suppressed.with_label_values(&["undecodable"]), 1);
                 let text = format!("undecodable ScoreCrossing: {error}");
                 return out.reject(&self.topics.rejected, message, RejectReason::Other, text, None);
             }
         };
-        self.metrics.crossings.with_label_values(&[crossing.kind.as_str()]).inc();
+        self.staged.add(&self.metrics.crossings.with_label_values(&[crossing.kind.as_str()]), 1);
         let account = self.tal.get(&crossing.account_id).map(|a| a.clone());
         let decision = {
             let mut histories = self.histories.entry(message.partition()).or_default();
@@ -77,15 +87,15 @@ impl Processor for AlertProcessor {
             decide(&self.policy, &crossing, account.as_ref(), history)
         };
         match decision {
-            Decision::Duplicate => self.metrics.suppressed.with_label_values(&["duplicate"]).inc(),
-            Decision::Cooldown => self.metrics.suppressed.with_label_values(&["cooldown"]).inc(),
+            Decision::Duplicate => self.staged.add(&self.metrics.suppressed.with_label_values(&["duplicate"]), 1),
+            Decision::Cooldown => self.staged.add(&self.metrics.suppressed.with_label_values(&["cooldown"]), 1),
             Decision::Alert(alert) => {
                 let payload = abm_schemas::encode(alert.as_ref())?;
                 out.send(&self.topics.alerts, &alert.account_id, &payload, Some(message.partition()))?;
                 if let Some(topic) = self.topics.by_tier.get(&alert.tier) {
                     out.send(topic, &alert.account_id, &payload, None)?;
                 }
-                self.metrics.alerts.with_label_values(&[alert.kind.as_str(), alert.tier.as_str()]).inc();
+                self.staged.add(&self.metrics.alerts.with_label_values(&[alert.kind.as_str(), alert.tier.as_str()]), 1);
             }
         }
         Ok(())
@@ -138,10 +148,12 @@ impl Processor for AlertProcessor {
     }
 
     fn committed(&self, _duration: Duration) {
+        self.staged.commit();
         self.metrics.transactions.inc();
     }
 
     fn aborted(&self, _reason: &str) {
+        self.staged.discard();
         self.metrics.transactions_aborted.inc();
     }
 

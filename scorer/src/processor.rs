@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm::eos::{Outbox, Processor};
+use abm::eos::{Outbox, Processor, StagedCounters};
 use abm::kafka::KafkaConfig;
 use abm_schemas::{AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, Tier};
 use dashmap::DashMap;
@@ -52,6 +52,8 @@ pub struct ScorerProcessor {
     dirty: Mutex<Dirty>,
     /// `events_applied` per kind, resolved once (no label hashing per event).
     applied_by_kind: Vec<prometheus::IntCounter>,
+    /// Counts of the open transaction's work, applied when it commits.
+    staged: StagedCounters,
 }
 
 fn now_ms() -> i64 {
@@ -78,6 +80,7 @@ impl ScorerProcessor {
             kafka,
             dirty: Mutex::new(Dirty::new()),
             applied_by_kind,
+            staged: StagedCounters::default(),
         }
     }
 
@@ -110,7 +113,7 @@ impl ScorerProcessor {
     fn count_trimmed(&self, trimmed: &crate::engine::Trimmed) {
         for (structure, count) in trimmed.by_structure() {
             if count > 0 {
-                self.metrics.state_trimmed.with_label_values(&[structure]).inc_by(count);
+                self.staged.add(&self.metrics.state_trimmed.with_label_values(&[structure]), count);
             }
         }
     }
@@ -152,7 +155,7 @@ impl ScorerProcessor {
         account_id: &str,
         payload: &[u8],
     ) -> anyhow::Result<()> {
-        self.metrics.state_oversized.inc();
+        self.staged.add(&self.metrics.state_oversized, 1);
         let max = self.engine.config().max_state_bytes;
         let message = format!(
             "account state of {account_id} is {} bytes, over scoring.max_state_bytes ({max}) after shedding detail; not written to the changelog (first {} bytes kept)",
@@ -189,7 +192,7 @@ impl Processor for ScorerProcessor {
         let mut event = match abm_schemas::decode::<EngagementEvent>(payload) {
             Ok(event) => event,
             Err(error) => {
-                self.metrics.rejected.with_label_values(&["undecodable"]).inc();
+                self.staged.add(&self.metrics.rejected.with_label_values(&["undecodable"]), 1);
                 let text = format!("undecodable EngagementEvent: {error}");
                 return out.reject(&self.topics.rejected, message, RejectReason::Other, text, None);
             }
@@ -198,7 +201,7 @@ impl Processor for ScorerProcessor {
         // Moved out of the event (the engine takes the id as an argument): no copy per event.
         let Some(account_id) = event.account_id.take().or_else(|| key.map(str::to_owned)) else {
             let id = Some(event.event_id.clone());
-            self.metrics.rejected.with_label_values(&["missing_field"]).inc();
+            self.staged.add(&self.metrics.rejected.with_label_values(&["missing_field"]), 1);
             let text = "engagement event without account_id".to_owned();
             return out.reject(&self.topics.rejected, message, RejectReason::MissingField, text, id);
         };
@@ -213,16 +216,18 @@ impl Processor for ScorerProcessor {
             }
         };
         match applied {
-            Applied::Duplicate => self.metrics.duplicates.inc(),
+            Applied::Duplicate => self.staged.add(&self.metrics.duplicates, 1),
             Applied::Scored { crossings, trimmed, .. } => {
-                self.applied_by_kind[event.kind as usize].inc();
+                self.staged.add(&self.applied_by_kind[event.kind as usize], 1);
                 if !trimmed.is_empty() {
                     self.count_trimmed(&trimmed);
                 }
                 let latency_ms = (now_ms() - event.received_at).max(0);
                 self.metrics.apply_latency.observe(latency_ms as f64 / 1000.0);
                 for crossing in crossings {
-                    self.metrics.crossings.with_label_values(&[crossing.kind.as_str(), crossing.tier.as_str()]).inc();
+                    let counter =
+                        self.metrics.crossings.with_label_values(&[crossing.kind.as_str(), crossing.tier.as_str()]);
+                    self.staged.add(&counter, 1);
                     out.send(&self.topics.crossings, &account_id, &abm_schemas::encode(&crossing)?, None)?;
                 }
                 let mut dirty = self.dirty();
@@ -258,8 +263,8 @@ impl Processor for ScorerProcessor {
             }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
         }
-        self.metrics.state_records.inc_by(written);
-        self.metrics.state_bytes.inc_by(bytes);
+        self.staged.add(&self.metrics.state_records, written);
+        self.staged.add(&self.metrics.state_bytes, bytes);
         Ok(())
     }
 
@@ -319,6 +324,7 @@ impl Processor for ScorerProcessor {
     }
 
     fn committed(&self, duration: Duration) {
+        self.staged.commit();
         self.metrics.commit_duration.observe(duration.as_secs_f64());
         self.metrics.transactions.inc();
         self.metrics.accounts.set(self.store.account_count() as i64);
@@ -329,6 +335,7 @@ impl Processor for ScorerProcessor {
     }
 
     fn aborted(&self, _reason: &str) {
+        self.staged.discard();
         self.metrics.transactions_aborted.inc();
     }
 
