@@ -238,6 +238,10 @@ struct Restores {
     running: Vec<i32>,
     /// Partitions revoked while their restore was running: what it installs is dropped.
     revoked_while_running: BTreeSet<i32>,
+    /// Where a partition resumes: the first offset of its aborted batch, or the first message
+    /// that arrived while it waited (the consumer's position moved past it). Sought just before
+    /// the partition resumes, so no fetch that raced the pause can move it.
+    resume_from: BTreeMap<i32, i64>,
 }
 
 impl Restores {
@@ -249,8 +253,15 @@ impl Restores {
         }
     }
 
+    /// Resume `partition` from `offset` unless an earlier offset is already noted.
+    fn resume_from(&mut self, partition: i32, offset: i64) {
+        let at = self.resume_from.entry(partition).or_insert(offset);
+        *at = (*at).min(offset);
+    }
+
     fn revoke(&mut self, revoked: &[i32]) {
         self.queued.retain(|p| !revoked.contains(p));
+        self.resume_from.retain(|p, _| !revoked.contains(p));
         let running = &self.running;
         self.revoked_while_running.extend(revoked.iter().filter(|p| running.contains(p)));
     }
@@ -313,19 +324,16 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    fn handle<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        message: &BorrowedMessage<'_>,
-    ) -> Result<(), Failure> {
+    fn handle(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
         let partition = message.partition();
-        if self.restores_pending.load(std::sync::atomic::Ordering::Acquire)
-            && lock(&self.restores).pending().contains(&partition)
-        {
-            // Fetched before the pause took effect: not processed before its state is restored.
-            // Sought back, so it is read again once the partition resumes.
-            let _ = consumer.seek(&self.input_topic, partition, Offset::Offset(message.offset()), self.timeout);
-            return Ok(());
+        if self.restores_pending.load(std::sync::atomic::Ordering::Acquire) {
+            let mut restores = lock(&self.restores);
+            if restores.pending().contains(&partition) {
+                // Fetched before the pause took effect: not processed before its state is
+                // restored; read again once the partition resumes.
+                restores.resume_from(partition, message.offset());
+                return Ok(());
+            }
         }
         let mut batch = lock(&self.batch);
         if !batch.open {
@@ -437,13 +445,12 @@ impl<P: Processor> Shared<P> {
         if !partitions.is_empty() {
             let list = self.partition_list(partitions.iter().copied());
             consumer.pause(&list).with_context(|| format!("pausing rewound partitions {partitions:?}"))?;
-            for (partition, offset) in &aborted.first_offsets {
-                consumer
-                    .seek(&self.input_topic, *partition, Offset::Offset(*offset), self.timeout)
-                    .with_context(|| format!("rewinding partition {partition} to offset {offset}"))?;
-            }
             self.processor.revoke(&partitions);
-            lock(&self.restores).queue(partitions);
+            let mut restores = lock(&self.restores);
+            for (partition, offset) in &aborted.first_offsets {
+                restores.resume_from(*partition, *offset);
+            }
+            restores.queue(partitions);
         }
         self.processor.aborted(reason);
         self.update_readiness();
@@ -541,10 +548,15 @@ impl<P: Processor> Shared<P> {
     fn finish_restore<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, job: RestoreJob) -> anyhow::Result<()> {
         let outcome = job.thread.join().map_err(|_| anyhow!("restoring partitions {:?} panicked", job.partitions))?;
         outcome.with_context(|| format!("restoring partitions {:?}", job.partitions))?;
-        let (revoked, queued) = {
+        let (revoked, queued, resume_from) = {
             let mut restores = lock(&self.restores);
             restores.running.clear();
-            (std::mem::take(&mut restores.revoked_while_running), restores.queued.clone())
+            let revoked = std::mem::take(&mut restores.revoked_while_running);
+            let queued = restores.queued.clone();
+            let ready = job.partitions.iter().filter(|p| !revoked.contains(p) && !queued.contains(p));
+            let resume_from: BTreeMap<i32, i64> =
+                ready.filter_map(|p| restores.resume_from.remove(p).map(|offset| (*p, offset))).collect();
+            (revoked, queued, resume_from)
         };
         let stale: Vec<i32> = job.partitions.iter().copied().filter(|p| revoked.contains(p)).collect();
         if !stale.is_empty() {
@@ -556,6 +568,13 @@ impl<P: Processor> Shared<P> {
             consumer
                 .resume(&self.partition_list(ready.iter().copied()))
                 .with_context(|| format!("resuming partitions {ready:?}"))?;
+        }
+        // Sought once resumed (a seek of a paused partition may not reach its fetcher); whatever
+        // was fetched from the old position is discarded by the seek.
+        for (partition, offset) in resume_from {
+            consumer
+                .seek(&self.input_topic, partition, Offset::Offset(offset), self.timeout)
+                .with_context(|| format!("rewinding partition {partition} to offset {offset}"))?;
         }
         self.update_readiness();
         Ok(())
@@ -745,7 +764,7 @@ fn poll_loop<P: Processor>(
             return Ok(Ended::Shutdown);
         }
         match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(message)) => match shared.handle(consumer, &message) {
+            Some(Ok(message)) => match shared.handle(&message) {
                 Ok(()) => {}
                 Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
                 Err(Failure::Abort(reason)) => {
@@ -755,17 +774,26 @@ fn poll_loop<P: Processor>(
                     continue;
                 }
             },
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                let detail = consumer.client().fatal_error().map_or_else(|| code.to_string(), |(_, text)| text);
-                return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {detail}")));
+            Some(Err(error)) => {
+                // A fatal error (e.g. fenced as a static member) may surface as any error, or
+                // only through the client's state: asked after every error.
+                if let Some((_, text)) = consumer.client().fatal_error() {
+                    return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {text}")));
+                }
+                if let KafkaError::MessageConsumptionFatal(code) = error {
+                    return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {code}")));
+                }
+                // While the broker is away this repeats every poll: one line every 10 s.
+                if last_consumer_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(%error, "consumer error");
+                    last_consumer_warning = Some(Instant::now());
+                }
             }
-            // While the broker is away this repeats every poll: one line every 10 s.
-            Some(Err(error)) if last_consumer_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) => {
-                tracing::warn!(%error, "consumer error");
-                last_consumer_warning = Some(Instant::now());
+            None => {
+                if let Some((_, text)) = consumer.client().fatal_error() {
+                    return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {text}")));
+                }
             }
-            Some(Err(_)) => {}
-            None => {}
         }
         // One clock read per message for both the commit decision and the age gauge.
         let (due, age) = {

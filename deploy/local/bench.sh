@@ -5,6 +5,9 @@
 #   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, latency
 #   deploy/local/bench.sh ingest     one of those, or peer (side by side with the Kafka Streams
 #                                    peer: needs a JDK and Maven, ~6 minutes)
+#   deploy/local/bench.sh outages    the broker-restart end-to-end run OUTAGE_RUNS times (default
+#                                    10): how often the pipeline rides out two broker restarts
+#                                    exactly (ABM_TEST_KEEP_LOGS=1 keeps the services' logs)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -20,6 +23,8 @@ benches=("$@")
 for bench in "${benches[@]}"; do
   case "$bench" in
     scorer_state) cargo bench -p scorer --bench scorer_state --quiet ;;
+    # The services' debug binaries next to the bench's own (see benches/outages.rs).
+    outages) cargo build --workspace --bins --quiet && cargo bench -p abm --bench outages --profile dev --quiet ;;
     *) cargo bench -p abm --bench "$bench" --quiet ;;
   esac
 done

@@ -1,6 +1,6 @@
 //! Helpers for the scorer's tests against the broker under test (on top of `abm::testkit`).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 
