@@ -144,3 +144,24 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn readiness_waits_for_everything_pending_and_never_returns_from_stopping() {
+        let health = Health::default();
+        assert!(!health.is_ready(), "starting");
+        health.set_ready();
+        assert!(health.is_ready());
+        health.wait_for("restoring", "partitions [0, 1] of abm.engagement");
+        assert!(!health.is_ready());
+        assert_eq!(health.describe(), "waiting for restoring: partitions [0, 1] of abm.engagement");
+        health.done_waiting("restoring");
+        assert!(health.is_ready());
+        health.set_stopping();
+        health.set_ready();
+        assert!(!health.is_ready(), "stopping is final");
+    }
+}
