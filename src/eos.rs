@@ -62,6 +62,8 @@ pub trait Processor: Send + Sync + 'static {
     fn lag(&self, _partition: i32, _lag: i64) {}
     /// After a transaction was aborted and its partitions rewound (`reason` says why).
     fn aborted(&self, _reason: &str) {}
+    /// After the transactional producer was replaced (it had failed fatally).
+    fn producer_replaced(&self) {}
 }
 
 /// Counter increments for work done inside the open transaction, applied to their counters only
@@ -97,6 +99,8 @@ pub struct Outbox<'a> {
     producer: &'a ThreadedProducer<DefaultProducerContext>,
 }
 
+type TxProducer = ThreadedProducer<DefaultProducerContext>;
+
 impl std::fmt::Debug for Outbox<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Outbox")
@@ -124,6 +128,24 @@ impl Outbox<'_> {
 }
 
 impl Outbox<'_> {
+    /// Queues a tombstone (a record with no value: deletes `key` from a compacted topic).
+    pub fn tombstone(&self, topic: &str, key: &str, partition: Option<i32>) -> anyhow::Result<()> {
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(anyhow!("producing a tombstone to {topic}: {error}")),
+            }
+        }
+    }
+
     /// Keeps an input record the processor cannot use: writes it to `rejected_topic` as a
     /// `RejectedEvent` (original bytes, topic/partition/offset, reason, message) inside the
     /// open transaction, so it is kept exactly once with the offsets that skip it.
@@ -202,14 +224,18 @@ struct Batch {
 enum Failure {
     /// The batch must be aborted and done again.
     Abort(String),
-    /// The producer cannot go on (fenced, or a fault that outlasted [`RETRY_LIMIT`]).
+    /// The producer failed fatally (librdkafka's word: fenced, an invalid transactional state,
+    /// e.g. after the coordinator timed the transaction out during an outage): it is replaced
+    /// and the batch done again.
+    Producer(String),
+    /// The loop cannot go on (a fault that outlasted [`RETRY_LIMIT`]).
     Fatal(String),
 }
 
 /// How to react to a failed transactional call.
 fn classify(error: &KafkaError) -> Reaction {
     match error {
-        KafkaError::Transaction(error) if error.is_fatal() => Reaction::Fatal,
+        KafkaError::Transaction(error) if error.is_fatal() => Reaction::ReplaceProducer,
         KafkaError::Transaction(error) if error.txn_requires_abort() => Reaction::Abort,
         KafkaError::Transaction(error) if error.is_retriable() => Reaction::Retry,
         _ => Reaction::Abort,
@@ -220,7 +246,7 @@ fn classify(error: &KafkaError) -> Reaction {
 enum Reaction {
     Retry,
     Abort,
-    Fatal,
+    ReplaceProducer,
 }
 
 /// A restore running on its own thread.
@@ -273,12 +299,20 @@ impl Restores {
 
 struct Shared<P> {
     processor: Arc<P>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Replaced when it fails fatally (see [`Failure::Producer`]); only the loop's thread
+    /// replaces it, so it is cloned out of the lock for each use.
+    producer: std::sync::RwLock<Arc<TxProducer>>,
+    /// What a replacement producer is made from.
+    producer_config: rdkafka::ClientConfig,
+    /// When producers were replaced (the last 10 minutes).
+    producers_replaced: Mutex<Vec<Instant>>,
     input_topic: String,
     batch: Mutex<Batch>,
     restores: Mutex<Restores>,
     /// Whether `restores` has a partition queued or running: read per message without a lock.
     restores_pending: std::sync::atomic::AtomicBool,
+    /// Whether the current consumer has had its first assignment (readiness waits until then).
+    assigned: std::sync::atomic::AtomicBool,
     fatal: Mutex<Option<String>>,
     /// Aborts since the last commit.
     aborts_in_a_row: Mutex<u32>,
@@ -300,8 +334,8 @@ impl<P: Processor> Shared<P> {
         lock(&self.fatal).get_or_insert(error);
     }
 
-    fn outbox(&self) -> Outbox<'_> {
-        Outbox { producer: &self.producer }
+    fn producer(&self) -> Arc<TxProducer> {
+        self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn partition_list(&self, partitions: impl IntoIterator<Item = i32>) -> TopicPartitionList {
@@ -317,7 +351,9 @@ impl<P: Processor> Shared<P> {
     fn update_readiness(&self) {
         let pending = lock(&self.restores).pending();
         self.restores_pending.store(!pending.is_empty(), std::sync::atomic::Ordering::Release);
-        if pending.is_empty() {
+        if !self.assigned.load(std::sync::atomic::Ordering::Acquire) {
+            self.health.wait_for(RESTORING, format!("joining the consumer group of {}", self.input_topic));
+        } else if pending.is_empty() {
             self.health.done_waiting(RESTORING);
         } else {
             self.health.wait_for(RESTORING, format!("partitions {pending:?} of {}", self.input_topic));
@@ -335,11 +371,12 @@ impl<P: Processor> Shared<P> {
                 return Ok(());
             }
         }
+        let producer = self.producer();
         let mut batch = lock(&self.batch);
         if !batch.open {
-            if let Err(error) = self.producer.begin_transaction() {
+            if let Err(error) = producer.begin_transaction() {
                 return Err(match classify(&error) {
-                    Reaction::Fatal => Failure::Fatal(format!("beginning a transaction: {error}")),
+                    Reaction::ReplaceProducer => Failure::Producer(format!("beginning a transaction: {error}")),
                     _ => Failure::Abort(format!("beginning a transaction: {error}")),
                 });
             }
@@ -350,7 +387,8 @@ impl<P: Processor> Shared<P> {
         batch.offsets.insert(partition, message.offset() + 1);
         batch.events += 1;
         drop(batch);
-        self.processor.process(message, &self.outbox()).map_err(|error| Failure::Abort(format!("{error:#}")))
+        let out = Outbox { producer: &producer };
+        self.processor.process(message, &out).map_err(|error| Failure::Abort(format!("{error:#}")))
     }
 
     /// Commits the open batch as one transaction (no-op when none is open). A batch that cannot
@@ -375,12 +413,19 @@ impl<P: Processor> Shared<P> {
                 drop(batch);
                 self.abort_and_rewind(consumer, aborted, &reason)
             }
+            Err(Failure::Producer(reason)) => {
+                let aborted = std::mem::take(&mut *batch);
+                drop(batch);
+                self.replace_producer(&reason)?;
+                self.abort_and_rewind(consumer, aborted, &reason)
+            }
         }
     }
 
     fn try_commit<C: ConsumerContext>(&self, batch: &Batch, consumer: &BaseConsumer<C>) -> Result<(), Failure> {
+        let producer = self.producer();
         self.processor
-            .before_commit(&self.outbox())
+            .before_commit(&Outbox { producer: &producer })
             .map_err(|error| Failure::Abort(format!("writing the batch's outputs: {error:#}")))?;
         let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &batch.offsets {
@@ -391,10 +436,10 @@ impl<P: Processor> Shared<P> {
         let group =
             consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?;
         self.retry("adding input offsets to the transaction", || {
-            self.producer.send_offsets_to_transaction(&offsets, &group, self.timeout)
+            producer.send_offsets_to_transaction(&offsets, &group, self.timeout)
         })?;
-        self.await_deliveries();
-        self.retry("committing the transaction", || self.producer.commit_transaction(self.timeout))
+        self.await_deliveries(&producer);
+        self.retry("committing the transaction", || producer.commit_transaction(self.timeout))
     }
 
     /// Calls `call` until it succeeds, retrying retriable errors for at most [`RETRY_LIMIT`].
@@ -404,7 +449,7 @@ impl<P: Processor> Shared<P> {
         loop {
             let Err(error) = call() else { return Ok(()) };
             match classify(&error) {
-                Reaction::Fatal => return Err(Failure::Fatal(format!("{what}: {error}"))),
+                Reaction::ReplaceProducer => return Err(Failure::Producer(format!("{what}: {error}"))),
                 Reaction::Abort => return Err(Failure::Abort(format!("{what}: {error}"))),
                 Reaction::Retry if Instant::now() >= deadline => {
                     return Err(Failure::Fatal(format!("{what}: still failing after {RETRY_LIMIT:?}: {error}")));
@@ -463,13 +508,14 @@ impl<P: Processor> Shared<P> {
     }
 
     /// Aborts the open transaction, retrying while the broker is away (at most [`RETRY_LIMIT`]).
+    /// A producer that fails fatally meanwhile is replaced, which aborts the transaction too.
     fn abort_transaction(&self, reason: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + RETRY_LIMIT;
         loop {
-            match self.producer.abort_transaction(self.timeout) {
+            match self.producer().abort_transaction(self.timeout) {
                 Ok(()) => return Ok(()),
-                Err(error) if classify(&error) == Reaction::Fatal => {
-                    return Err(anyhow!("aborting the transaction ({reason}): {error}"));
+                Err(error) if classify(&error) == Reaction::ReplaceProducer => {
+                    return self.replace_producer(&format!("aborting the transaction ({reason}): {error}"));
                 }
                 // Nothing to abort: the transaction was never begun on the broker's side.
                 Err(KafkaError::Transaction(error)) if error.code() == RDKafkaErrorCode::State => return Ok(()),
@@ -481,6 +527,44 @@ impl<P: Processor> Shared<P> {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+
+    /// Replaces a producer that failed fatally with a new one of the same `transactional.id`:
+    /// its `init_transactions` aborts whatever the old one left open (and fences it). The
+    /// caller rewinds the open batch's partitions as for an abort. librdkafka reports a
+    /// transaction the coordinator timed out during an outage as fatal (invalid state, or
+    /// fenced by the coordinator's epoch bump), which is why this is healed and not the end;
+    /// more than [`PRODUCER_REPLACEMENTS_LIMIT`] replacements in 10 minutes end the loop (two
+    /// instances sharing one `instance_id`, each fencing the other, look like this).
+    fn replace_producer(&self, reason: &str) -> anyhow::Result<()> {
+        let replaced = {
+            let mut replaced = lock(&self.producers_replaced);
+            replaced.retain(|at| at.elapsed() < Duration::from_secs(600));
+            replaced.push(Instant::now());
+            replaced.len()
+        };
+        anyhow::ensure!(
+            replaced <= PRODUCER_REPLACEMENTS_LIMIT,
+            "the transactional producer failed {replaced} times in 10 minutes (is another instance running with the \
+             same instance_id?); the last: {reason}"
+        );
+        tracing::warn!(reason, "the transactional producer failed fatally; replacing it");
+        let producer: TxProducer =
+            self.producer_config.create().context("creating a replacement transactional producer")?;
+        let deadline = Instant::now() + RETRY_LIMIT;
+        loop {
+            match producer.init_transactions(self.timeout) {
+                Ok(()) => break,
+                Err(error) if Instant::now() < deadline && classify(&error) != Reaction::ReplaceProducer => {
+                    tracing::warn!(%error, "initialising the replacement producer's transactions; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(error) => return Err(anyhow!("initialising the replacement producer's transactions: {error}")),
+            }
+        }
+        *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(producer);
+        self.processor.producer_replaced();
+        Ok(())
     }
 
     /// Before the consumer is replaced: aborts the open batch and forgets its partitions' state
@@ -498,6 +582,8 @@ impl<P: Processor> Shared<P> {
             let pending = restores.pending();
             restores.revoke(&pending);
         }
+        // The new consumer joins the group again: not ready until its assignment is restored.
+        self.assigned.store(false, std::sync::atomic::Ordering::Release);
         self.update_readiness();
         Ok(())
     }
@@ -506,9 +592,9 @@ impl<P: Processor> Shared<P> {
     /// acknowledged. `commit_transaction` flushes by itself, but rdkafka's flush waits for
     /// delivery reports in polls of up to 100 ms, and with a threaded producer its polling thread
     /// takes those reports first: every commit would then last at least 100 ms.
-    fn await_deliveries(&self) {
+    fn await_deliveries(&self, producer: &TxProducer) {
         let deadline = Instant::now() + self.timeout;
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -621,6 +707,7 @@ impl<P: Processor> ConsumerContext for LoopContext<P> {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(partitions) = rebalance else { return };
+        self.shared.assigned.store(true, std::sync::atomic::Ordering::Release);
         let assigned = partition_ids(partitions);
         if assigned.is_empty() {
             // Joined with nothing (yet) to restore.
@@ -656,22 +743,25 @@ pub fn run<P: Processor>(
         producer_config.set("transaction.timeout.ms", transaction.to_string());
     }
     check_timeouts(&producer_config, &consumer_config)?;
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        producer_config.create().context("creating the transactional producer")?;
+    let producer: TxProducer = producer_config.create().context("creating the transactional producer")?;
     let timeout = kafka.timeout();
     producer.init_transactions(timeout).context("initialising transactions (fences older instances)")?;
     let shared = Arc::new(Shared {
         processor,
-        producer,
+        producer: std::sync::RwLock::new(Arc::new(producer)),
+        producer_config,
+        producers_replaced: Mutex::new(Vec::new()),
         input_topic: settings.input_topic.clone(),
         batch: Mutex::new(Batch::default()),
         restores: Mutex::new(Restores::default()),
         restores_pending: std::sync::atomic::AtomicBool::new(false),
+        assigned: std::sync::atomic::AtomicBool::new(false),
         fatal: Mutex::new(None),
         aborts_in_a_row: Mutex::new(0),
         timeout,
         health: health.clone(),
     });
+    shared.update_readiness();
     // Static membership (KIP-345): a restarted instance takes its old place in the group at
     // once instead of waiting for the dead member's session to time out.
     consumer_config
@@ -692,7 +782,7 @@ pub fn run<P: Processor>(
             Ok(Ended::ConsumerFailed(why)) => why,
             Err(error) => {
                 // Leave without committing anything of the failed batch.
-                let _ = shared.producer.abort_transaction(timeout);
+                let _ = shared.producer().abort_transaction(timeout);
                 return Err(error);
             }
         };
@@ -701,7 +791,7 @@ pub fn run<P: Processor>(
         replaced.retain(|at| at.elapsed() < Duration::from_secs(600));
         replaced.push(Instant::now());
         if replaced.len() > CONSUMER_REPLACEMENTS_LIMIT {
-            let _ = shared.producer.abort_transaction(timeout);
+            let _ = shared.producer().abort_transaction(timeout);
             return Err(anyhow!("the Kafka consumer failed {} times in 10 minutes; the last: {why}", replaced.len()));
         }
         tracing::warn!(reason = %why, "the Kafka consumer failed fatally; replacing it");
@@ -712,6 +802,9 @@ pub fn run<P: Processor>(
 
 /// Consumers replaced within 10 minutes before the loop gives up.
 const CONSUMER_REPLACEMENTS_LIMIT: usize = 5;
+
+/// Producers replaced within 10 minutes before the loop gives up.
+const PRODUCER_REPLACEMENTS_LIMIT: usize = 5;
 
 /// Why [`poll_loop`] returned.
 enum Ended {
@@ -770,6 +863,13 @@ fn poll_loop<P: Processor>(
                 Err(Failure::Abort(reason)) => {
                     drop(message);
                     let aborted = std::mem::take(&mut *lock(&shared.batch));
+                    shared.abort_and_rewind(consumer, aborted, &reason)?;
+                    continue;
+                }
+                Err(Failure::Producer(reason)) => {
+                    drop(message);
+                    let aborted = std::mem::take(&mut *lock(&shared.batch));
+                    shared.replace_producer(&reason)?;
                     shared.abort_and_rewind(consumer, aborted, &reason)?;
                     continue;
                 }
@@ -833,6 +933,8 @@ pub async fn run_on_thread<P: Processor>(
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Not ready before the consumer joined its group and restored what it was assigned.
+    health.wait_for(RESTORING, format!("joining the consumer group of {}", settings.input_topic));
     let name = format!("{}-loop", settings.client_id);
     let thread = std::thread::Builder::new().name(name).spawn(move || {
         let _cancel = CancelOnDrop(shutdown.clone());

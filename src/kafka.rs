@@ -336,13 +336,14 @@ where
     // Know the partitions' leaders before assigning: librdkafka otherwise waits for a timed
     // retry (500 ms) before it looks up where each partition starts.
     partitions_with_leaders(&reader, topic, kafka.timeout())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    await_decided_transactions(kafka, client_id, &reader, topic, partitions, deadline)?;
     let mut list = TopicPartitionList::new();
     for partition in partitions {
         list.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
     reader.assign(&list)?;
     let mut unfinished: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
     while !unfinished.is_empty() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
@@ -359,6 +360,64 @@ where
             Some(Err(error)) => tracing::warn!(%error, topic, "reader error"),
             None => {}
         }
+    }
+    Ok(())
+}
+
+/// Waits until every transaction that has written to `partitions` of `topic` so far is
+/// decided: until each partition's last stable offset (LSO, what `read_committed` readers may
+/// read up to) reaches the high watermark it had when this was called.
+///
+/// A `read_committed` reader's end of partition is the LSO, and a transaction's commit only
+/// moves the LSO once the coordinator has written its markers, *after* `commit_transaction`
+/// returned (asynchronously; it can take seconds after a broker restart). Reading "to the end"
+/// before that misses a committed transaction whose input offsets are committed too: a restore
+/// would return the state before it while its input is never read again (its events lost from
+/// the state, and later copies of them taken for new events). Waiting for the high watermark
+/// to become stable closes that gap; an open transaction of a dead writer is decided within
+/// its transaction timeout.
+fn await_decided_transactions<C: rdkafka::consumer::ConsumerContext>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    reader: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    deadline: std::time::Instant,
+) -> anyhow::Result<()> {
+    // ListOffsets answers with the isolation level of the client that asks: the high watermark
+    // for a read_uncommitted one, the LSO for the read_committed reader.
+    let probe: BaseConsumer<EndOfPartitionContext> = kafka
+        .client_config(&format!("{client_id}-probe"))
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(EndOfPartitionContext)
+        .map_err(|e| anyhow::anyhow!("creating a reader for {topic}: {e}"))?;
+    let timeout = kafka.timeout();
+    let started = std::time::Instant::now();
+    let mut waited = false;
+    for partition in partitions {
+        let (_, high) = probe
+            .fetch_watermarks(topic, *partition, timeout)
+            .map_err(|e| anyhow::anyhow!("high watermark of {topic} [{partition}]: {e}"))?;
+        loop {
+            let (_, stable) = reader
+                .fetch_watermarks(topic, *partition, timeout)
+                .map_err(|e| anyhow::anyhow!("last stable offset of {topic} [{partition}]: {e}"))?;
+            if stable >= high {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{topic} [{partition}]: transactions still open after 10 minutes (last stable offset {stable}, high watermark {high})"
+            );
+            if !waited {
+                tracing::info!(topic, partition, stable, high, "waiting for open transactions to be decided before reading");
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if waited {
+        tracing::info!(topic, ?partitions, seconds = started.elapsed().as_secs_f64(), "open transactions decided");
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ use abm::topics::TopicRole;
 use abm_schemas::{EmailAction, EngagementEvent, EventKind, SalesAlert};
 
 const DAY: i64 = 86_400_000;
+/// `scoring.dedup_window_days` (the default) in ms.
+const DEDUP_WINDOW: i64 = 7 * DAY;
 const KEY: &str = "e2e-key";
 
 // ---- the independent implementation -----------------------------------------------------
@@ -111,14 +113,17 @@ struct Expected {
 }
 
 fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected {
-    let mut seen = BTreeSet::new();
+    // event id → the account's as-of when it was applied: a repeat is a duplicate while the
+    // as-of advanced less than the dedup window (7 days) since (README, "Duplicates").
+    let mut seen: HashMap<String, i64> = HashMap::new();
     let mut caps: HashMap<(String, i64), u32> = HashMap::new();
     let mut applied = Vec::new();
     let mut duplicates = 0;
     let (mut armed, mut thresholds, mut hands) = (true, 0, 0);
     let mut crossings = Vec::new();
     for event in log {
-        if !seen.insert(event.event_id.clone()) {
+        let as_of_before = applied.iter().map(|a: &Applied| a.t).max().unwrap_or(i64::MIN);
+        if seen.get(&event.event_id).is_some_and(|applied_at| *applied_at > as_of_before - DEDUP_WINDOW) {
             duplicates += 1;
             continue;
         }
@@ -137,6 +142,7 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected
         applied.push(Applied { t: event.occurred_at, points, contact, positive_rule: rule.is_some() && base > 0.0 });
         let (s, _, _) = score(&applied);
         let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+        seen.insert(event.event_id.clone(), as_of);
         if armed && s >= threshold {
             armed = false;
             thresholds += 1;

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub webhook_latency: HistogramVec,
     pub transactions: IntCounter,
     pub transactions_aborted: IntCounter,
+    pub producers_replaced: IntCounter,
     pub history_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub tal_accounts: IntGauge,
@@ -62,6 +63,10 @@ impl Metrics {
                 "abm_alerter_transactions_aborted_total",
                 "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
             )?,
+            producers_replaced: IntCounter::new(
+                "abm_alerter_producers_replaced_total",
+                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
+            )?,
             history_skipped: IntCounter::new(
                 "abm_alerter_history_skipped_total",
                 "abm.sales-alerts records that did not decode while rebuilding the alert history, skipped.",
@@ -89,6 +94,7 @@ impl Metrics {
         registry.register(Box::new(metrics.webhook_latency.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
         registry.register(Box::new(metrics.transactions_aborted.clone()))?;
+        registry.register(Box::new(metrics.producers_replaced.clone()))?;
         registry.register(Box::new(metrics.history_skipped.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;

@@ -157,6 +157,10 @@ impl Processor for AlertProcessor {
         self.metrics.transactions_aborted.inc();
     }
 
+    fn producer_replaced(&self) {
+        self.metrics.producers_replaced.inc();
+    }
+
     fn lag(&self, partition: i32, lag: i64) {
         self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
     }

@@ -302,6 +302,9 @@ fn validate_object(
     let mut event = EngagementEvent::new(event_id, kind, occurred_at, arrival.source);
     event.received_at = arrival.received_at;
     event.account_id = optional_string(object, "account_id", "")?.filter(|id| !id.is_empty());
+    if event.account_id.as_deref().is_some_and(|id| id.chars().any(char::is_control)) {
+        return Err(Rejection::new(RejectReason::InvalidField, "account_id: must not contain control characters"));
+    }
     event.domain = optional_string(object, "domain", "")?.map(|d| normalise_domain(&d)).filter(|d| !d.is_empty());
     event.contact = match object.get("contact") {
         None | Some(Value::Null) => None,

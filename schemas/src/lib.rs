@@ -86,4 +86,5 @@ avro_record!(RejectedEvent, "rejected_event.avsc");
 avro_record!(AccountScore, "account_score.avsc");
 avro_record!(ScoreCrossing, "score_crossing.avsc");
 avro_record!(SalesAlert, "sales_alert.avsc");
-avro_record!(AccountState, "account_state.avsc");
+avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc"]);
+avro_record!(AccountStateChunk, "account_state_chunk.avsc");

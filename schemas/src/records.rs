@@ -421,4 +421,40 @@ pub struct AccountState {
     pub recent_events: Vec<RecentEvent>,
     pub events_applied: i64,
     pub duplicates: i64,
+    /// Empty unless the state is split into [`AccountStateChunk`]s (a hot account's): then the
+    /// three arrays above are empty and are the listed chunks' arrays, concatenated in order.
+    #[serde(default)]
+    pub chunks: Vec<StateChunkRef>,
+}
+
+/// Which array of [`AccountState`] a chunk holds part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StateStructure {
+    /// A symbol this reader does not know.
+    #[default]
+    Unknown,
+    WindowEvents,
+    CapCounts,
+    SeenEvents,
+}
+
+/// One chunk of a split [`AccountState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateChunkRef {
+    pub structure: StateStructure,
+    /// The chunk's content hash.
+    pub id: i64,
+}
+
+/// Part of one array of a split [`AccountState`], in the same partition of `abm.scorer.state`.
+/// Its content never changes under its key; only the array `structure` names is non-empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountStateChunk {
+    pub account_id: String,
+    pub structure: StateStructure,
+    pub id: i64,
+    pub window_events: Vec<WindowEvent>,
+    pub cap_counts: Vec<CapCount>,
+    pub seen_events: Vec<SeenEvent>,
 }

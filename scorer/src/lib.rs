@@ -6,6 +6,7 @@
 //! - [`api`] — the query API (`/v1/accounts/...`).
 //! - [`metrics`] — `abm_scorer_*`.
 pub mod api;
+pub mod changelog;
 pub mod engine;
 pub mod metrics;
 pub mod processor;

@@ -13,11 +13,13 @@ pub struct Metrics {
     pub snapshot_age: Gauge,
     pub transactions: IntCounter,
     pub transactions_aborted: IntCounter,
+    pub producers_replaced: IntCounter,
     pub restore_skipped: IntCounter,
     pub state_records: IntCounter,
     pub state_bytes: IntCounter,
     pub state_trimmed: IntCounterVec,
     pub state_oversized: IntCounter,
+    pub split_accounts: IntGauge,
     pub restore_duration: Histogram,
     pub restored_accounts: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -65,6 +67,10 @@ impl Metrics {
                 "abm_scorer_transactions_aborted_total",
                 "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
             )?,
+            producers_replaced: IntCounter::new(
+                "abm_scorer_producers_replaced_total",
+                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
+            )?,
             restore_skipped: IntCounter::new(
                 "abm_scorer_restore_skipped_total",
                 "abm.scorer.state records that did not decode during a restore, skipped (the account restarts from its next good record, or empty).",
@@ -83,6 +89,10 @@ impl Metrics {
                     "Entries an account's state bounds dropped (not what aged out of a window), by structure: contacts, window_events, cap_counters, seen_ids, recent_events.",
                 ),
                 &["structure"],
+            )?,
+            split_accounts: IntGauge::new(
+                "abm_scorer_split_accounts",
+                "Accounts whose state is written split into a head and content-addressed chunks (hot accounts: more than 256 window, cap and seen entries).",
             )?,
             state_oversized: IntCounter::new(
                 "abm_scorer_state_oversized_total",
@@ -140,11 +150,13 @@ impl Metrics {
         registry.register(Box::new(metrics.snapshot_age.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
         registry.register(Box::new(metrics.transactions_aborted.clone()))?;
+        registry.register(Box::new(metrics.producers_replaced.clone()))?;
         registry.register(Box::new(metrics.restore_skipped.clone()))?;
         registry.register(Box::new(metrics.state_records.clone()))?;
         registry.register(Box::new(metrics.state_bytes.clone()))?;
         registry.register(Box::new(metrics.state_trimmed.clone()))?;
         registry.register(Box::new(metrics.state_oversized.clone()))?;
+        registry.register(Box::new(metrics.split_accounts.clone()))?;
         registry.register(Box::new(metrics.restore_duration.clone()))?;
         registry.register(Box::new(metrics.restored_accounts.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use abm::eos::{Outbox, Processor, StagedCounters};
 use abm::kafka::KafkaConfig;
-use abm_schemas::{AccountScore, AccountState, EngagementEvent, EventKind, RejectReason, Tier};
+use abm_schemas::{AccountScore, EngagementEvent, EventKind, RejectReason, Tier};
 use dashmap::DashMap;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
+use crate::changelog::{Restorer, SplitStates};
 use crate::engine::{AccountScoreState, Applied, Engine};
 use crate::metrics::Metrics;
 use crate::store::{PartitionAccounts, Store};
@@ -54,6 +55,8 @@ pub struct ScorerProcessor {
     applied_by_kind: Vec<prometheus::IntCounter>,
     /// Counts of the open transaction's work, applied when it commits.
     staged: StagedCounters,
+    /// What was last written for each split (hot) account.
+    split: Mutex<SplitStates>,
 }
 
 fn now_ms() -> i64 {
@@ -81,11 +84,16 @@ impl ScorerProcessor {
             dirty: Mutex::new(Dirty::new()),
             applied_by_kind,
             staged: StagedCounters::default(),
+            split: Mutex::new(SplitStates::default()),
         }
     }
 
     fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
         self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn split(&self) -> std::sync::MutexGuard<'_, SplitStates> {
+        self.split.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The published score at the state's own as-of time: what [`Engine::view`] gives for it,
@@ -205,6 +213,12 @@ impl Processor for ScorerProcessor {
             let text = "engagement event without account_id".to_owned();
             return out.reject(&self.topics.rejected, message, RejectReason::MissingField, text, id);
         };
+        if account_id.chars().any(char::is_control) {
+            let id = Some(event.event_id.clone());
+            self.staged.add(&self.metrics.rejected.with_label_values(&["invalid_field"]), 1);
+            let text = format!("account_id {:?} contains control characters", account_id.escape_debug().to_string());
+            return out.reject(&self.topics.rejected, message, RejectReason::InvalidField, text, id);
+        }
         let tier = self.tiers.get(&account_id).map_or(Tier::Untiered, |tier| *tier);
         let accounts = self.store.partition(partition);
         // Look up by &str first: the owned key is built only for a new account.
@@ -216,6 +230,8 @@ impl Processor for ScorerProcessor {
             }
         };
         match applied {
+            // The state changed too (its `duplicates` count): written like any other change,
+            // or a rewind to the last commit would forget the count.
             Applied::Duplicate => self.staged.add(&self.metrics.duplicates, 1),
             Applied::Scored { crossings, trimmed, .. } => {
                 self.staged.add(&self.applied_by_kind[event.kind as usize], 1);
@@ -230,12 +246,12 @@ impl Processor for ScorerProcessor {
                     self.staged.add(&counter, 1);
                     out.send(&self.topics.crossings, &account_id, &abm_schemas::encode(&crossing)?, None)?;
                 }
-                let mut dirty = self.dirty();
-                let accounts = dirty.entry(partition).or_default();
-                if !accounts.contains(account_id.as_str()) {
-                    accounts.insert(account_id);
-                }
             }
+        }
+        let mut dirty = self.dirty();
+        let accounts = dirty.entry(partition).or_default();
+        if !accounts.contains(account_id.as_str()) {
+            accounts.insert(account_id);
         }
         Ok(())
     }
@@ -243,8 +259,10 @@ impl Processor for ScorerProcessor {
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
         let mut state_payload = Vec::with_capacity(4096);
-        let (mut written, mut bytes) = (0, 0);
+        let mut scratch = Vec::new();
+        let mut written = crate::changelog::Written::default();
         let max_bytes = self.engine.config().max_state_bytes;
+        let mut split = self.split();
         for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
@@ -256,57 +274,59 @@ impl Processor for ScorerProcessor {
             };
             if state_payload.len() > max_bytes && !self.shed_to_fit(&accounts, account_id, &mut state_payload) {
                 self.reject_oversized(out, *partition, account_id, &state_payload)?;
-            } else {
-                out.send(&self.topics.state, account_id, &state_payload, Some(*partition))?;
-                written += 1;
-                bytes += state_payload.len() as u64;
+            } else if let Some(state) = accounts.get(account_id.as_str()) {
+                let topic = &self.topics.state;
+                let one = split.write(
+                    *partition,
+                    account_id,
+                    &state,
+                    &self.engine,
+                    &state_payload,
+                    &mut scratch,
+                    |key, value| match value {
+                        Some(payload) => out.send(topic, key, payload, Some(*partition)),
+                        None => out.tombstone(topic, key, Some(*partition)),
+                    },
+                )?;
+                written.records += one.records;
+                written.bytes += one.bytes;
+                written.tombstones += one.tombstones;
             }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
         }
-        self.staged.add(&self.metrics.state_records, written);
-        self.staged.add(&self.metrics.state_bytes, bytes);
+        self.staged.add(&self.metrics.state_records, written.records + written.tombstones);
+        self.staged.add(&self.metrics.state_bytes, written.bytes);
+        self.metrics.split_accounts.set(split.len() as i64);
         Ok(())
     }
 
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<()> {
         let started = Instant::now();
-        let mut restored: BTreeMap<i32, PartitionAccounts> =
-            partitions.iter().map(|p| (*p, PartitionAccounts::default())).collect();
+        let mut restored: BTreeMap<i32, Restorer> = partitions.iter().map(|p| (*p, Restorer::default())).collect();
         abm::kafka::read_to_end(
             &self.kafka,
             "abm-scorer-restore",
             &self.topics.state,
             partitions,
             |partition, key, value| {
-                let (Some(accounts), Ok(key)) = (restored.get(&partition), std::str::from_utf8(key)) else {
-                    return Ok(());
-                };
-                match value {
-                    None => {
-                        accounts.remove(key);
-                    }
-                    Some(payload) => match abm_schemas::decode::<AccountState>(payload) {
-                        Ok(record) => {
-                            accounts
-                                .insert(key.into(), Box::new(AccountScoreState::from_record(&record, &self.engine)));
-                        }
-                        // Counted and skipped: one bad record must not crash-loop the scorer.
-                        Err(error) => {
-                            self.metrics.restore_skipped.inc();
-                            tracing::error!(partition, account = key, %error, "undecodable AccountState in the changelog; skipped");
-                        }
-                    },
+                if let Some(restorer) = restored.get_mut(&partition) {
+                    restorer.record(key, value, &self.engine);
                 }
                 Ok(())
             },
         )?;
         let mut count = 0;
-        for (partition, accounts) in std::mem::take(&mut restored) {
+        for (partition, restorer) in std::mem::take(&mut restored) {
+            let (accounts, split, skipped) = restorer.finish(&self.engine);
+            // Counted and skipped: one bad record must not crash-loop the scorer.
+            self.metrics.restore_skipped.inc_by(skipped);
             // Until librdkafka's statistics report it, the partition's lag is known to be 0+.
             self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(0);
             count += accounts.len();
             self.store.install(partition, accounts);
+            self.split().restored(partition, split);
         }
+        self.metrics.split_accounts.set(self.split().len() as i64);
         self.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.restored_accounts.inc_by(count as u64);
         self.metrics.accounts.set(self.store.account_count() as i64);
@@ -315,7 +335,9 @@ impl Processor for ScorerProcessor {
     }
 
     fn revoke(&self, partitions: &[i32]) {
+        let mut split = self.split();
         for partition in partitions {
+            split.forget(*partition);
             self.store.drop_partition(*partition);
             let _ = self.metrics.consumer_lag.remove_label_values(&[&partition.to_string()]);
         }
@@ -337,6 +359,10 @@ impl Processor for ScorerProcessor {
     fn aborted(&self, _reason: &str) {
         self.staged.discard();
         self.metrics.transactions_aborted.inc();
+    }
+
+    fn producer_replaced(&self) {
+        self.metrics.producers_replaced.inc();
     }
 
     fn lag(&self, partition: i32, lag: i64) {

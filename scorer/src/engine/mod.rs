@@ -15,7 +15,7 @@ use abm_schemas::{
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, Contact, ContactLog, Trimmed};
+pub use state::{AccountScoreState, ChunkRef, Contact, ContactLog, Trimmed, join_chunk};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;

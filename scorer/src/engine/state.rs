@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 
 use abm_schemas::{
-    AccountState, CapCount, EngagedContact, EventKind, RecentEvent, RuleContribution, SeenEvent, Tier, WindowEvent,
+    AccountState, AccountStateChunk, CapCount, EngagedContact, EventKind, RecentEvent, RuleContribution, SeenEvent,
+    StateStructure, Tier, WindowEvent,
 };
 
 use super::config::ScoringConfig;
@@ -744,6 +745,7 @@ impl AccountScoreState {
             recent_events: self.recent_records(engine),
             events_applied: self.events_applied as i64,
             duplicates: self.duplicates as i64,
+            chunks: Vec::new(),
         }
     }
 
@@ -752,6 +754,17 @@ impl AccountScoreState {
     /// The commit path encodes every changed account's state, so this is the scorer's hottest
     /// encoder; a property test holds it byte-equal to the codec.
     pub fn encode_record_into(&self, account_id: &str, engine: &Engine, buffer: &mut Vec<u8>) {
+        self.encode_with(account_id, engine, buffer, None);
+    }
+
+    /// The head of a split state: the record [`encode_record_into`](Self::encode_record_into)
+    /// gives, with `window_events`, `cap_counts` and `seen_events` empty and `chunks` listing
+    /// where they are instead.
+    pub fn encode_head_into(&self, account_id: &str, engine: &Engine, chunks: &[ChunkRef], buffer: &mut Vec<u8>) {
+        self.encode_with(account_id, engine, buffer, Some(chunks));
+    }
+
+    fn encode_with(&self, account_id: &str, engine: &Engine, buffer: &mut Vec<u8>, split: Option<&[ChunkRef]>) {
         use abm_schemas::AvroRecord as _;
         let rule_name = |index: u16| engine.rules().get(index).name.as_str();
         let mut w = abm_schemas::binary::Writer::single_object(buffer, AccountState::codec().fingerprint());
@@ -772,23 +785,13 @@ impl AccountScoreState {
             w.optional_string(c.title);
             w.long(c.last_engaged_at);
         });
-        w.array(self.window.iter(), |w, stamp| {
-            w.symbol(stamp.kind() as usize);
-            w.long(stamp.t());
-        });
-        w.array(self.caps.iter(), |w, cap| {
-            // The same text as `cap_contact_text`, formatted on the stack: no allocation per cap.
-            let mut text = [0u8; 17];
-            let _ = std::io::Write::write_fmt(&mut &mut text[..], format_args!("#{:016x}", cap.contact as u64));
-            w.string(std::str::from_utf8(&text).unwrap_or_default());
-            w.string(rule_name(cap.rule));
-            w.int(cap.day);
-            w.int(i32::from(cap.count));
-        });
-        w.array(self.seen.iter(), |w, (id_hash, applied_at)| {
-            w.long(*id_hash);
-            w.long(*applied_at);
-        });
+        let (window, caps, seen) = match split {
+            None => (&self.window[..], &self.caps[..], self.seen.range(..)),
+            Some(_) => (&self.window[..0], &self.caps[..0], self.seen.range(0..0)),
+        };
+        w.array(window.iter(), write_stamp);
+        w.array(caps.iter(), |w, cap| write_cap(w, engine, cap));
+        w.array(seen, write_seen);
         w.array(self.recent.iter(), |w, r| {
             w.string(r.event_id);
             w.symbol(r.kind as usize);
@@ -800,6 +803,60 @@ impl AccountScoreState {
         });
         w.long(self.events_applied as i64);
         w.long(self.duplicates as i64);
+        w.array(split.unwrap_or_default().iter(), |w, chunk| {
+            w.symbol(chunk.structure as usize);
+            w.long(chunk.id as i64);
+        });
+    }
+
+    /// Entries of the structures a split state keeps in chunks (window, caps, seen ids).
+    pub fn split_entries(&self) -> usize {
+        self.window.len() + self.caps.len() + self.seen.len()
+    }
+
+    /// The chunks a split state is written as: each of the window, the caps and the seen ids
+    /// cut where an entry's boundary hash is `0 mod CHUNK_TARGET` (or at `CHUNK_MAX` entries),
+    /// so that a change touches only the chunk it is in and an append only the last one; each
+    /// chunk named by the hash of its content.
+    pub fn chunk_refs(&self) -> Vec<ChunkRef> {
+        let mut chunks = Vec::new();
+        cut_chunks(
+            StateStructure::WindowEvents,
+            self.window.iter().map(|stamp| (mix(stamp.0 as u64), [stamp.0 as u64, 0])),
+            &mut chunks,
+        );
+        cut_chunks(
+            StateStructure::CapCounts,
+            self.caps.iter().map(|cap| {
+                let key = (cap.contact as u64) ^ (u64::from(cap.rule) << 48) ^ u64::from(cap.day as u32);
+                (mix(key), [cap.contact as u64, (u64::from(cap.rule) << 48) | (u64::from(cap.day as u32) << 16) | u64::from(cap.count)])
+            }),
+            &mut chunks,
+        );
+        cut_chunks(
+            StateStructure::SeenEvents,
+            self.seen.iter().map(|(id_hash, applied_at)| (mix(*id_hash as u64), [*id_hash as u64, *applied_at as u64])),
+            &mut chunks,
+        );
+        chunks
+    }
+
+    /// One chunk of [`chunk_refs`](Self::chunk_refs) as an `AccountStateChunk` message.
+    pub fn encode_chunk_into(&self, account_id: &str, engine: &Engine, chunk: &ChunkRef, buffer: &mut Vec<u8>) {
+        use abm_schemas::AvroRecord as _;
+        let mut w = abm_schemas::binary::Writer::single_object(buffer, AccountStateChunk::codec().fingerprint());
+        w.string(account_id);
+        w.symbol(chunk.structure as usize);
+        w.long(chunk.id as i64);
+        let range = chunk.start..chunk.end;
+        let (window, caps, seen) = match chunk.structure {
+            StateStructure::WindowEvents => (&self.window[range], &self.caps[..0], self.seen.range(0..0)),
+            StateStructure::CapCounts => (&self.window[..0], &self.caps[range], self.seen.range(0..0)),
+            _ => (&self.window[..0], &self.caps[..0], self.seen.range(range)),
+        };
+        w.array(window.iter(), write_stamp);
+        w.array(caps.iter(), |w, cap| write_cap(w, engine, cap));
+        w.array(seen, write_seen);
     }
 
     /// Back from the Avro form. Rules that no longer exist in the config lose their breakdown
@@ -943,6 +1000,76 @@ fn grow_gently<T>(items: &mut Vec<T>) {
 }
 
 /// The index of `tier` among the `Tier` enum's symbols in the schema.
+/// A chunk of a split state: entries `start..end` of one structure, named by `id`, the hash of
+/// their content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub structure: StateStructure,
+    pub id: u64,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A chunk ends after an entry whose boundary hash is `0 mod CHUNK_TARGET` (chunks of 32
+/// entries on average), or at `CHUNK_MAX` entries.
+const CHUNK_TARGET: u64 = 32;
+const CHUNK_MAX: usize = 128;
+
+/// SplitMix64's finaliser: a fixed, well-mixing 64-bit hash step (the same in every process).
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Cuts `entries` (boundary hash, content words) into chunks of `structure`.
+fn cut_chunks(structure: StateStructure, entries: impl Iterator<Item = (u64, [u64; 2])>, out: &mut Vec<ChunkRef>) {
+    let seed = mix(structure as u64 + 1);
+    let (mut start, mut id, mut end) = (0, seed, 0);
+    for (index, (boundary, content)) in entries.enumerate() {
+        id = mix(mix(id ^ content[0]) ^ content[1]);
+        end = index + 1;
+        if boundary % CHUNK_TARGET == 0 || end - start == CHUNK_MAX {
+            out.push(ChunkRef { structure, id, start, end });
+            (start, id) = (end, seed);
+        }
+    }
+    if end > start {
+        out.push(ChunkRef { structure, id, start, end });
+    }
+}
+
+fn write_stamp(w: &mut abm_schemas::binary::Writer<'_>, stamp: &Stamp) {
+    w.symbol(stamp.kind() as usize);
+    w.long(stamp.t());
+}
+
+fn write_cap(w: &mut abm_schemas::binary::Writer<'_>, engine: &Engine, cap: &CapEntry) {
+    // The same text as `cap_contact_text`, formatted on the stack: no allocation per cap.
+    let mut text = [0u8; 17];
+    let _ = std::io::Write::write_fmt(&mut &mut text[..], format_args!("#{:016x}", cap.contact as u64));
+    w.string(std::str::from_utf8(&text).unwrap_or_default());
+    w.string(engine.rules().get(cap.rule).name.as_str());
+    w.int(cap.day);
+    w.int(i32::from(cap.count));
+}
+
+fn write_seen(w: &mut abm_schemas::binary::Writer<'_>, seen: &(i64, i64)) {
+    w.long(seen.0);
+    w.long(seen.1);
+}
+
+/// Appends a chunk's entries to the head of a split state (restore joins them in the head's
+/// order, then builds the state with `from_record`).
+pub fn join_chunk(head: &mut AccountState, chunk: &AccountStateChunk) {
+    match chunk.structure {
+        StateStructure::WindowEvents => head.window_events.extend_from_slice(&chunk.window_events),
+        StateStructure::CapCounts => head.cap_counts.extend_from_slice(&chunk.cap_counts),
+        StateStructure::SeenEvents => head.seen_events.extend_from_slice(&chunk.seen_events),
+        StateStructure::Unknown => {}
+    }
+}
+
 fn tier_index(tier: Tier) -> usize {
     match tier {
         Tier::Untiered => 0,
