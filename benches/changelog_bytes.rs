@@ -7,8 +7,9 @@
 //! The commit path in memory (no broker): events are applied with the scoring engine and every
 //! 100 ms of a steady stream one commit writes each changed account, exactly as the scorer's
 //! `before_commit` does (`SplitStates::write`). The hot account gets 20 events per commit from
-//! 500 contacts (about 200 events/s, 11,000 commits); the typical one an event every 30 commits
-//! from 3 contacts. Bytes are the records' values (keys and Kafka's framing are not counted).
+//! 500 contacts, 5 ms of event time apart (200 events/s for 11,000 commits); the typical one
+//! the history of `benches/scorer_state.rs`, 8 events from 3 contacts two days apart, one per
+//! commit. Bytes are the records' values (keys and Kafka's framing are not counted).
 
 use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::changelog::SplitStates;
@@ -36,19 +37,16 @@ struct Run {
     last_whole: usize,
 }
 
-fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, every: u64, contacts: u64) -> Run {
+fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, step_ms: i64, contacts: u64) -> Run {
     let mut state = AccountScoreState::default();
     let mut split = SplitStates::default();
     let (mut whole, mut scratch) = (Vec::new(), Vec::new());
     let mut out = Run { events: 0, whole_bytes: 0, split_bytes: 0, records: 0, last_whole: 0 };
-    for commit in 0..commits {
-        if commit % every != 0 {
-            continue;
-        }
-        let t = T0 + commit as i64 * 100;
-        for k in 0..events_per_commit {
+    for _ in 0..commits {
+        for _ in 0..events_per_commit {
             let n = out.events;
-            engine.apply(account, &mut state, &event(account, n, t + k as i64, (n * 7919) % contacts), Tier::Tier1);
+            let t = T0 + n as i64 * step_ms;
+            engine.apply(account, &mut state, &event(account, n, t, (n * 7919) % contacts), Tier::Tier1);
             out.events += 1;
         }
         whole.clear();
@@ -66,12 +64,12 @@ fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, eve
 
 fn main() {
     let engine = Engine::new(ScoringConfig::default()).expect("default config");
-    for (name, commits, per_commit, every, contacts) in
-        [("hot", 11_000, 20, 1, 500), ("typical", 11_000, 1, 30, 3)]
+    for (name, commits, per_commit, step_ms, contacts) in
+        [("hot", 11_000, 20, 5, 500), ("typical", 8, 1, 2 * 86_400_000, 3)]
     {
         let started = std::time::Instant::now();
-        let r = run(&engine, name, commits, per_commit, every, contacts);
-        let writes = commits / every;
+        let r = run(&engine, name, commits, per_commit, step_ms, contacts);
+        let writes = commits;
         println!(
             "changelog {name:>7}: {} events in {writes} commits; whole state {:.0} bytes/event ({:.0} bytes/commit, last {} bytes); written split {:.0} bytes/event ({:.0} bytes/commit, {:.1} records/commit); {:.1}x less ({:.1}s)",
             r.events,

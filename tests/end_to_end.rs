@@ -205,13 +205,16 @@ fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects(
 /// is restarted. Ingest answers 503 with `Retry-After` while it is away (the sender retries),
 /// the scorer and the alerter abort and rewind what they could not commit, and afterwards every
 /// score and alert must be what the independent implementation expects: no alert twice, none
-/// missing, no acknowledged event lost. Not yet exact every time, so it is not in the test
-/// command: `deploy/local/bench.sh outages` (benches/outages.rs, which includes this file) runs
-/// it repeatedly and counts the exact runs.
-#[allow(dead_code)]
+/// missing, no acknowledged event lost. `deploy/local/bench.sh outages` (benches/outages.rs,
+/// which includes this file) runs it repeatedly and counts the exact runs.
 pub fn run_with_two_broker_restarts() {
     let broker = PrivateBroker::start();
     run_world("e2e-outage", 3000, &[], Some(&broker));
+}
+
+#[test]
+fn the_pipeline_rides_out_two_broker_restarts_exactly() {
+    run_with_two_broker_restarts();
 }
 
 /// The same over a secured cluster: the three services talk to the broker only over SASL_SSL
