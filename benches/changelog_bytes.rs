@@ -40,7 +40,7 @@ struct Run {
 fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, step_ms: i64, contacts: u64) -> Run {
     let mut state = AccountScoreState::default();
     let mut split = SplitStates::default();
-    let (mut whole, mut scratch) = (Vec::new(), Vec::new());
+    let mut whole = Vec::new();
     let mut out = Run { events: 0, whole_bytes: 0, split_bytes: 0, records: 0, last_whole: 0 };
     for _ in 0..commits {
         for _ in 0..events_per_commit {
@@ -54,7 +54,7 @@ fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, ste
         out.whole_bytes += whole.len() as u64;
         out.last_whole = whole.len();
         let written = split
-            .write(0, account, &state, engine, &whole, &mut scratch, |_, _| Ok(()))
+            .write(0, account, &state, engine, &whole, |_, _| Ok(()))
             .expect("in memory");
         out.split_bytes += written.bytes;
         out.records += written.records + written.tombstones;

@@ -57,6 +57,7 @@ mod scorer_free {
                 .collect(),
             events_applied: 57,
             duplicates: 1,
+            chunks: vec![],
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use abm_schemas::{Contact, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
+use scorer::changelog::Restorer;
 use scorer::store::{PartitionAccounts, Store};
 
 const DAY: i64 = 86_400_000;
@@ -119,17 +120,22 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
 
     let kafka = abm::testkit::kafka();
     let partitions: Vec<i32> = (0..6).collect();
-    let rebuilt: Vec<PartitionAccounts> = partitions.iter().map(|_| PartitionAccounts::default()).collect();
+    // The scorer's own restore path: records through `changelog::Restorer`, joined at the end.
+    let mut restorers: Vec<Restorer> = partitions.iter().map(|_| Restorer::default()).collect();
     let started = Instant::now();
     abm::kafka::read_to_end(&kafka, "bench-restore", &changelog, &partitions, |partition, key, value| {
-        let record: abm_schemas::AccountState = abm_schemas::decode(value.unwrap_or_default())?;
-        rebuilt[partition as usize].insert(
-            String::from_utf8_lossy(key).as_ref().into(),
-            Box::new(AccountScoreState::from_record(&record, engine)),
-        );
+        restorers[partition as usize].record(key, value, engine);
         Ok(())
     })
     .expect("restored");
+    let rebuilt: Vec<PartitionAccounts> = restorers
+        .into_iter()
+        .map(|restorer| {
+            let scorer::changelog::Restored { accounts, skipped, .. } = restorer.finish(engine);
+            assert_eq!(skipped, 0);
+            accounts
+        })
+        .collect();
     let took = started.elapsed().as_secs_f64();
     let restored: usize = rebuilt.iter().map(|p| p.len()).sum();
     assert_eq!(restored, accounts);

@@ -57,7 +57,21 @@ pub struct Written {
 /// of the account need not repeat, and what it must delete.
 #[derive(Debug, Default)]
 pub struct SplitStates {
-    written: HashMap<i32, HashMap<String, Vec<(StateStructure, u64)>>>,
+    written: HashMap<i32, SplitChunks>,
+    /// Encoding buffer for heads and chunks.
+    scratch: Vec<u8>,
+}
+
+/// The chunks (structure, id) each split account of one partition was last written with.
+pub type SplitChunks = HashMap<String, Vec<(StateStructure, u64)>>;
+
+/// What a restore of one partition gives.
+#[derive(Debug)]
+pub struct Restored {
+    pub accounts: PartitionAccounts,
+    pub split: SplitChunks,
+    /// Records that did not decode, and chunks missing from the changelog.
+    pub skipped: u64,
 }
 
 impl SplitStates {
@@ -70,10 +84,10 @@ impl SplitStates {
         state: &AccountScoreState,
         engine: &Engine,
         full: &[u8],
-        scratch: &mut Vec<u8>,
         mut emit: impl FnMut(&str, Option<&[u8]>) -> anyhow::Result<()>,
     ) -> anyhow::Result<Written> {
         let mut written = Written::default();
+        let scratch = &mut self.scratch;
         let previous = self.written.get(&partition).and_then(|accounts| accounts.get(account_id));
         let entries = state.split_entries();
         let split = entries > SPLIT_ABOVE || (previous.is_some() && entries >= UNSPLIT_BELOW);
@@ -122,7 +136,7 @@ impl SplitStates {
     }
 
     /// Takes what a restore found for `partition`.
-    pub fn restored(&mut self, partition: i32, split: HashMap<String, Vec<(StateStructure, u64)>>) {
+    pub fn restored(&mut self, partition: i32, split: SplitChunks) {
         if split.is_empty() {
             self.written.remove(&partition);
         } else {
@@ -197,7 +211,7 @@ impl Restorer {
     }
 
     /// The restored accounts, and the chunks each split account was found with.
-    pub fn finish(mut self, engine: &Engine) -> (PartitionAccounts, HashMap<String, Vec<(StateStructure, u64)>>, u64) {
+    pub fn finish(mut self, engine: &Engine) -> Restored {
         let mut split = HashMap::with_capacity(self.heads.len());
         for (account_id, mut head) in std::mem::take(&mut self.heads) {
             let refs = std::mem::take(&mut head.chunks);
@@ -214,6 +228,6 @@ impl Restorer {
             self.accounts.insert(account_id.as_str().into(), Box::new(AccountScoreState::from_record(&head, engine)));
             split.insert(account_id, refs.iter().map(|c| (c.structure, c.id as u64)).collect());
         }
-        (self.accounts, split, self.skipped)
+        Restored { accounts: self.accounts, split, skipped: self.skipped }
     }
 }

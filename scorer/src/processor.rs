@@ -259,7 +259,6 @@ impl Processor for ScorerProcessor {
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
         let mut state_payload = Vec::with_capacity(4096);
-        let mut scratch = Vec::new();
         let mut written = crate::changelog::Written::default();
         let max_bytes = self.engine.config().max_state_bytes;
         let mut split = self.split();
@@ -282,7 +281,6 @@ impl Processor for ScorerProcessor {
                     &state,
                     &self.engine,
                     &state_payload,
-                    &mut scratch,
                     |key, value| match value {
                         Some(payload) => out.send(topic, key, payload, Some(*partition)),
                         None => out.tombstone(topic, key, Some(*partition)),
@@ -317,7 +315,7 @@ impl Processor for ScorerProcessor {
         )?;
         let mut count = 0;
         for (partition, restorer) in std::mem::take(&mut restored) {
-            let (accounts, split, skipped) = restorer.finish(&self.engine);
+            let crate::changelog::Restored { accounts, split, skipped } = restorer.finish(&self.engine);
             // Counted and skipped: one bad record must not crash-loop the scorer.
             self.metrics.restore_skipped.inc_by(skipped);
             // Until librdkafka's statistics report it, the partition's lag is known to be 0+.

@@ -2,7 +2,7 @@
 //! writes is proportional to the change, and a restore from the changelog, compacted or not,
 //! gives back exactly the state in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::changelog::{Restorer, SPLIT_ABOVE, SplitStates, is_chunk_key};
@@ -53,12 +53,11 @@ fn commit(
     log: &mut Log,
     accounts: &BTreeMap<String, AccountScoreState>,
 ) -> u64 {
-    let mut scratch = Vec::new();
     let mut bytes = 0;
     for (account, state) in accounts {
         let whole = full(engine, account, state);
         let written = split
-            .write(PARTITION, account, state, engine, &whole, &mut scratch, |key, value| {
+            .write(PARTITION, account, state, engine, &whole, |key, value| {
                 log.records.push((key.as_bytes().to_vec(), value.map(<[u8]>::to_vec)));
                 Ok(())
             })
@@ -73,12 +72,12 @@ fn check_restore<'a>(
     engine: &Engine,
     records: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     accounts: &BTreeMap<String, AccountScoreState>,
-) -> HashMap<String, Vec<(abm_schemas::StateStructure, u64)>> {
+) -> scorer::changelog::SplitChunks {
     let mut restorer = Restorer::default();
     for (key, value) in records {
         restorer.record(key, value, engine);
     }
-    let (restored, split, skipped) = restorer.finish(engine);
+    let scorer::changelog::Restored { accounts: restored, split, skipped } = restorer.finish(engine);
     assert_eq!(skipped, 0);
     assert_eq!(restored.len(), accounts.len());
     for (account, state) in accounts {
@@ -177,7 +176,7 @@ fn a_missing_chunk_is_counted_not_fatal() {
         restorer.record(key, value.as_deref(), &engine);
     }
     restorer.record(b"garbage", Some(b"not avro"), &engine);
-    let (restored, _, skipped) = restorer.finish(&engine);
+    let scorer::changelog::Restored { accounts: restored, skipped, .. } = restorer.finish(&engine);
     assert!(dropped);
     assert_eq!(skipped, 2, "the missing chunk and the undecodable record");
     assert!(restored.get("hot").is_some_and(|s| s.events_applied == 400));
