@@ -64,6 +64,11 @@ pub trait Processor: Send + Sync + 'static {
     fn aborted(&self, _reason: &str) {}
     /// After the transactional producer was replaced (it had failed fatally).
     fn producer_replaced(&self) {}
+    /// Seconds the loop has had input waiting without progress (0 while it progresses or has
+    /// nothing to do); about once a second.
+    fn stalled_seconds(&self, _seconds: f64) {}
+    /// After a stalled loop healed itself (its consumer replaced).
+    fn healed(&self) {}
 }
 
 /// Counter increments for work done inside the open transaction, applied to their counters only
@@ -191,7 +196,19 @@ pub struct EosSettings {
     pub input_topic: String,
     pub commit_interval: Duration,
     pub max_batch_events: usize,
+    /// How long the loop may have input waiting without making progress before it heals (its
+    /// consumer is replaced); a loop thread that does not come back from a call for twice this
+    /// (plus the Kafka timeout, twice) ends the process.
+    pub stall_after: Duration,
 }
+
+/// [`EosSettings::stall_after`] unless configured.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(20);
+
+/// Test-only fault injection: after this many messages the first consumer pauses all its
+/// partitions and never resumes them (a consumer that stops fetching), so tests can show the
+/// watchdog heals it. Unset in production.
+const FAULT_STALL_ENV: &str = "ABMTEST_FAULT_STALL_AFTER_MESSAGES";
 
 /// The transactional producer's `transaction.timeout.ms` unless the passthrough sets one; it
 /// must stay below the consumer's `session.timeout.ms` (librdkafka's default: 45 s).
@@ -297,6 +314,50 @@ impl Restores {
     }
 }
 
+/// What the watchdog knows of a loop's progress. Times are milliseconds since `started`.
+#[derive(Debug)]
+struct Watch {
+    started: Instant,
+    /// The last progress: a message handled, a transaction committed, a restore finished, or
+    /// a check that found nothing waiting.
+    progress_ms: std::sync::atomic::AtomicU64,
+    /// The loop thread's last round (or retry): a thread stuck in a call stops beating.
+    heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// The fetch position (`next_offset`) and locally queued messages of each input partition,
+    /// from librdkafka's statistics, and when they were reported.
+    fetch: Mutex<(u64, FetchPositions)>,
+}
+
+/// Per input partition: librdkafka's fetch position (`next_offset`) and messages queued locally.
+type FetchPositions = BTreeMap<i32, (i64, i64)>;
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            started: Instant::now(),
+            progress_ms: std::sync::atomic::AtomicU64::new(0),
+            heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
+            fetch: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn progressed(&self) {
+        self.progress_ms.store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn beat(&self) {
+        self.heartbeat_ms.store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn since(&self, at: &std::sync::atomic::AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(at.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
 struct Shared<P> {
     processor: Arc<P>,
     /// Replaced when it fails fatally (see [`Failure::Producer`]); only the loop's thread
@@ -318,6 +379,7 @@ struct Shared<P> {
     aborts_in_a_row: Mutex<u32>,
     timeout: Duration,
     health: Health,
+    watch: Arc<Watch>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -404,6 +466,7 @@ impl<P: Processor> Shared<P> {
                 tracing::debug!(events = batch.events, took = ?started.elapsed(), "transaction committed");
                 *batch = Batch::default();
                 *lock(&self.aborts_in_a_row) = 0;
+                self.watch.progressed();
                 self.processor.committed(started.elapsed());
                 Ok(())
             }
@@ -447,6 +510,7 @@ impl<P: Processor> Shared<P> {
         let deadline = Instant::now() + RETRY_LIMIT;
         let mut warned = false;
         loop {
+            self.watch.beat();
             let Err(error) = call() else { return Ok(()) };
             match classify(&error) {
                 Reaction::ReplaceProducer => return Err(Failure::Producer(format!("{what}: {error}"))),
@@ -512,6 +576,7 @@ impl<P: Processor> Shared<P> {
     fn abort_transaction(&self, reason: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + RETRY_LIMIT;
         loop {
+            self.watch.beat();
             match self.producer().abort_transaction(self.timeout) {
                 Ok(()) => return Ok(()),
                 Err(error) if classify(&error) == Reaction::ReplaceProducer => {
@@ -553,6 +618,7 @@ impl<P: Processor> Shared<P> {
             self.producer_config.create().context("creating a replacement transactional producer")?;
         let deadline = Instant::now() + RETRY_LIMIT;
         loop {
+            self.watch.beat();
             match producer.init_transactions(self.timeout) {
                 Ok(()) => break,
                 Err(error) if Instant::now() < deadline && classify(&error) != Reaction::ReplaceProducer => {
@@ -600,7 +666,52 @@ impl<P: Processor> Shared<P> {
     }
 }
 
+/// Readiness waits under this name while a loop has input but makes no progress.
+const STALLED: &str = "stalled";
+
 impl<P: Processor> Shared<P> {
+    /// The assigned partitions (not being restored) that have committed input the consumer has
+    /// not fetched or the loop has not taken: the last stable offset (asked of the broker) is
+    /// past the fetch position librdkafka reported after the last progress, or messages wait in
+    /// the local queue. `None` when that cannot be known now (no report since the last
+    /// progress, or the broker does not answer): a loop is never judged on stale knowledge.
+    fn input_waiting<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Option<Vec<i32>> {
+        let (reported_ms, fetch) = lock(&self.watch.fetch).clone();
+        if reported_ms <= self.watch.progress_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let assignment = consumer.assignment().ok()?;
+        let pending = lock(&self.restores).pending();
+        let mut waiting = Vec::new();
+        for partition in partition_ids(&assignment) {
+            if pending.contains(&partition) {
+                continue;
+            }
+            let (low, stable) = consumer.fetch_watermarks(&self.input_topic, partition, Duration::from_secs(2)).ok()?;
+            let fetched_to = match fetch.get(&partition) {
+                Some((_, queued)) if *queued > 0 => {
+                    waiting.push(partition);
+                    continue;
+                }
+                Some((next, _)) if *next >= 0 => *next,
+                // Not fetched yet: from the committed offset (or the start of the partition).
+                _ => {
+                    let committed = consumer.committed_offsets(self.partition_list([partition]), Duration::from_secs(2)).ok()?;
+                    committed
+                        .elements()
+                        .first()
+                        .and_then(|element| element.offset().to_raw())
+                        .filter(|offset| *offset >= 0)
+                        .unwrap_or(low)
+                }
+            };
+            if stable > fetched_to {
+                waiting.push(partition);
+            }
+        }
+        Some(waiting)
+    }
+
     /// Starts restoring the partitions waiting for it, on a thread of its own; retries until
     /// [`RETRY_LIMIT`] (the broker may be down).
     fn start_restore(&self, shutdown: &CancellationToken) -> anyhow::Result<Option<RestoreJob>> {
@@ -655,6 +766,7 @@ impl<P: Processor> Shared<P> {
                 .resume(&self.partition_list(ready.iter().copied()))
                 .with_context(|| format!("resuming partitions {ready:?}"))?;
         }
+        self.watch.progressed();
         // Sought once resumed (a seek of a paused partition may not reach its fetcher); whatever
         // was fetched from the old position is discarded by the seek.
         for (partition, offset) in resume_from {
@@ -674,11 +786,16 @@ struct LoopContext<P> {
 impl<P: Processor> ClientContext for LoopContext<P> {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.shared.input_topic) {
+            let mut fetch = BTreeMap::new();
             for (id, partition) in &topic.partitions {
                 if *id >= 0 && partition.consumer_lag >= 0 {
                     self.shared.processor.lag(*id, partition.consumer_lag);
                 }
+                if *id >= 0 {
+                    fetch.insert(*id, (partition.next_offset, partition.fetchq_cnt));
+                }
             }
+            *lock(&self.shared.watch.fetch) = (self.shared.watch.now_ms(), fetch);
         }
     }
 }
@@ -760,14 +877,21 @@ pub fn run<P: Processor>(
         aborts_in_a_row: Mutex::new(0),
         timeout,
         health: health.clone(),
+        watch: Arc::new(Watch::new()),
     });
     shared.update_readiness();
     // Static membership (KIP-345): a restarted instance takes its old place in the group at
     // once instead of waiting for the dead member's session to time out.
     consumer_config
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "5000")
+        // Often enough that the watchdog judges on fresh fetch positions (4 reports per bound).
+        .set("statistics.interval.ms", (settings.stall_after.as_millis() as u64 / 4).clamp(250, 5000).to_string())
         .set("group.instance.id", &settings.transactional_id);
+    let _watchdog = Watchdog::start(
+        shared.watch.clone(),
+        settings.stall_after * 2 + timeout * 2,
+        format!("{} loop on {}", settings.client_id, settings.input_topic),
+    )?;
     let mut restore = None;
     let mut replaced = Vec::<Instant>::new();
     loop {
@@ -777,7 +901,9 @@ pub fn run<P: Processor>(
         consumer
             .subscribe(&[&settings.input_topic])
             .with_context(|| format!("subscribing to {}", settings.input_topic))?;
-        let why = match poll_loop(&shared, &consumer, settings, &mut restore, shutdown) {
+        // The fault (tests only) hits the first consumer; its replacement works.
+        let fault = if replaced.is_empty() { fault_stall_after() } else { None };
+        let why = match poll_loop(&shared, &consumer, settings, &mut restore, shutdown, fault) {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::ConsumerFailed(why)) => why,
             Err(error) => {
@@ -794,10 +920,53 @@ pub fn run<P: Processor>(
             let _ = shared.producer().abort_transaction(timeout);
             return Err(anyhow!("the Kafka consumer failed {} times in 10 minutes; the last: {why}", replaced.len()));
         }
-        tracing::warn!(reason = %why, "the Kafka consumer failed fatally; replacing it");
+        tracing::warn!(reason = %why, "replacing the Kafka consumer");
+        shared.watch.beat();
         drop(consumer);
+        shared.watch.beat();
         shared.forget_consumer_work(&why)?;
     }
+}
+
+/// Ends the process when the loop thread stops beating for `limit`: it is stuck inside a call
+/// that does not return (a transactional call past its timeout, say), and only a restart by
+/// the platform heals that. Stops with the loop (dropped when `run` returns).
+struct Watchdog {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(watch: Arc<Watch>, limit: Duration, what: String) -> anyhow::Result<Watchdog> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        watch.beat();
+        std::thread::Builder::new().name("watchdog".into()).spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                let silent = watch.since(&watch.heartbeat_ms);
+                if silent > limit && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(
+                        "the {what} has not come back from a Kafka call for {:.0} s (limit {:.0} s); exiting so that the platform restarts it",
+                        silent.as_secs_f64(),
+                        limit.as_secs_f64()
+                    );
+                    std::process::exit(1);
+                }
+            }
+        })?;
+        Ok(Watchdog { stop })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// [`FAULT_STALL_ENV`], when set to a positive number.
+fn fault_stall_after() -> Option<u64> {
+    std::env::var(FAULT_STALL_ENV).ok().and_then(|value| value.parse().ok()).filter(|n| *n > 0)
 }
 
 /// Consumers replaced within 10 minutes before the loop gives up.
@@ -831,17 +1000,70 @@ fn check_timeouts(producer: &rdkafka::ClientConfig, consumer: &rdkafka::ClientCo
     Ok(())
 }
 
+/// Judges the loop's progress (about once a second): publishes the stalled seconds, turns
+/// readiness 503 while input waits without progress for half of `stall_after`, and returns why
+/// the consumer must be replaced once that lasts `stall_after`.
+fn check_progress<P: Processor, C: ConsumerContext>(
+    shared: &Shared<P>,
+    consumer: &BaseConsumer<C>,
+    stall_after: Duration,
+) -> Option<String> {
+    let since = shared.watch.since(&shared.watch.progress_ms);
+    if since < stall_after / 2 {
+        shared.processor.stalled_seconds(0.0);
+        shared.health.done_waiting(STALLED);
+        return None;
+    }
+    match shared.input_waiting(consumer) {
+        Some(waiting) if waiting.is_empty() => {
+            // Nothing to do is not a stall.
+            shared.watch.progressed();
+            shared.processor.stalled_seconds(0.0);
+            shared.health.done_waiting(STALLED);
+            None
+        }
+        Some(waiting) => {
+            shared.processor.stalled_seconds(since.as_secs_f64());
+            let why = format!(
+                "stalled: partitions {waiting:?} of {} have input but nothing was processed for {:.0} s",
+                shared.input_topic,
+                since.as_secs_f64()
+            );
+            shared.health.wait_for(STALLED, why.clone());
+            if since < stall_after {
+                return None;
+            }
+            shared.processor.healed();
+            shared.processor.stalled_seconds(0.0);
+            shared.health.done_waiting(STALLED);
+            Some(format!("{why}; healing by replacing the consumer"))
+        }
+        None => None,
+    }
+}
+
 fn poll_loop<P: Processor>(
     shared: &Arc<Shared<P>>,
     consumer: &BaseConsumer<LoopContext<P>>,
     settings: &EosSettings,
     restore: &mut Option<RestoreJob>,
     shutdown: &CancellationToken,
+    fault: Option<u64>,
 ) -> anyhow::Result<Ended> {
     let mut last_consumer_warning: Option<Instant> = None;
+    let mut last_check = Instant::now();
+    let mut fault = fault;
+    shared.watch.progressed();
     loop {
+        shared.watch.beat();
         if let Some(error) = lock(&shared.fatal).take() {
             return Err(anyhow!(error));
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            if let Some(why) = check_progress(shared, consumer, settings.stall_after) {
+                return Ok(Ended::ConsumerFailed(why));
+            }
         }
         if restore.as_ref().is_some_and(|job| job.thread.is_finished())
             && let Some(job) = restore.take()
@@ -858,7 +1080,19 @@ fn poll_loop<P: Processor>(
         }
         match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => match shared.handle(&message) {
-                Ok(()) => {}
+                Ok(()) => {
+                    shared.watch.progressed();
+                    if let Some(left) = fault.as_mut() {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            fault = None;
+                            tracing::warn!("{FAULT_STALL_ENV}: pausing every assigned partition (a consumer that stops fetching)");
+                            if let Ok(assignment) = consumer.assignment() {
+                                let _ = consumer.pause(&assignment);
+                            }
+                        }
+                    }
+                }
                 Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
                 Err(Failure::Abort(reason)) => {
                     drop(message);

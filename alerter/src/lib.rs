@@ -56,6 +56,9 @@ pub struct Settings {
     pub instance_id: String,
     /// Transaction interval (default 250 ms).
     pub commit_interval_ms: u64,
+    /// The loop heals (replaces its Kafka consumer) when crossings wait for it but it made no
+    /// progress for this long (default 20000 ms, at least 2000).
+    pub stall_after_ms: u64,
     #[serde(flatten)]
     pub policy: PolicyConfig,
     /// Optional topic per tier that also receives that tier's alerts, e.g. `tier_1 = "abm.sales-alerts.tier-1"`.
@@ -70,6 +73,7 @@ impl Default for Settings {
             group_id: "abm-alerter".into(),
             instance_id: format!("abm-alerter-{}", abm::service::hostname()),
             commit_interval_ms: 250,
+            stall_after_ms: 20_000,
             policy: PolicyConfig::default(),
             tier_topics: BTreeMap::new(),
             webhooks: Vec::new(),
@@ -180,6 +184,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         input_topic: alert_topics.crossings.clone(),
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         max_batch_events: 10_000,
+        stall_after: Duration::from_millis(settings.stall_after_ms.max(2000)),
     };
     let processor =
         Arc::new(AlertProcessor::new(settings.policy.clone(), tal, alert_topics, metrics, config.kafka.clone()));

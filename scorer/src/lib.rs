@@ -68,6 +68,9 @@ pub struct Settings {
     pub commit_interval_ms: u64,
     /// A transaction is also committed after this many events (default 100000).
     pub max_batch_events: usize,
+    /// The loop heals (replaces its Kafka consumer) when its input has events for it but it
+    /// made no progress for this long (default 20000 ms, at least 2000).
+    pub stall_after_ms: u64,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             instance_id: format!("abm-scorer-{}", abm::service::hostname()),
             commit_interval_ms: 250,
             max_batch_events: 100_000,
+            stall_after_ms: 20_000,
         }
     }
 }
@@ -139,6 +143,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         input_topic: loop_topics.engagement.clone(),
         commit_interval: Duration::from_millis(config.scorer.commit_interval_ms),
         max_batch_events: config.scorer.max_batch_events.max(1),
+        stall_after: Duration::from_millis(config.scorer.stall_after_ms.max(2000)),
     };
     let processor = Arc::new(ScorerProcessor::new(engine, store, tiers, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
