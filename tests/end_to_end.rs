@@ -198,7 +198,7 @@ fn wait_until(what: &str, timeout: Duration, service: &ServiceProcess, mut done:
 
 #[test]
 fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects() {
-    run_world("e2e", 4000, &[], None);
+    run_world("e2e", 4000, &[], Chaos::Calm);
 }
 
 /// The broker is stopped for 12 s and started again, twice, while the stream flows; no service
@@ -209,7 +209,16 @@ fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects(
 /// which includes this file) runs it repeatedly and counts the exact runs.
 pub fn run_with_two_broker_restarts() {
     let broker = PrivateBroker::start();
-    run_world("e2e-outage", 3000, &[], Some(&broker));
+    run_world("e2e-outage", 3000, &[], Chaos::BrokerRestarts(&broker));
+}
+
+/// Scale-out under load: while the stream flows, a second scorer and a second alerter join
+/// their groups, then a third scorer; the second pair leaves with SIGTERM and the third is
+/// killed with SIGKILL (its partitions come back after the session timeout, 10 s here). Every
+/// score and alert must equal what one instance alone gives.
+#[test]
+fn instances_join_and_leave_under_load_and_results_equal_one_instance() {
+    run_world("e2e-scale", 3000, &[], Chaos::ScaleOut);
 }
 
 #[test]
@@ -223,20 +232,45 @@ fn the_pipeline_rides_out_two_broker_restarts_exactly() {
 #[test]
 fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_scram_sha_512() {
     let secure = SecureListeners::of_broker_under_test();
-    run_world("e2e-sasl", 1500, &secure.sasl_env(&secure.password(), "ca.pem"), None);
+    run_world("e2e-sasl", 1500, &secure.sasl_env(&secure.password(), "ca.pem"), Chaos::Calm);
 }
 
 /// How long each broker outage of the outage run lasts.
 const OUTAGE: Duration = Duration::from_secs(12);
 
+/// What happens to the pipeline while the stream flows.
+#[derive(Debug, Clone, Copy)]
+enum Chaos<'a> {
+    Calm,
+    /// Everything runs on that broker, which is stopped for [`OUTAGE`] and started again, twice.
+    BrokerRestarts(&'a PrivateBroker),
+    /// Scorer and alerter instances join their groups one by one and leave again.
+    ScaleOut,
+}
+
+impl<'a> Chaos<'a> {
+    fn outages(self) -> Option<&'a PrivateBroker> {
+        match self {
+            Chaos::BrokerRestarts(broker) => Some(broker),
+            _ => None,
+        }
+    }
+}
+
 /// Runs a seeded world of `total` events through the three services (their Kafka settings
-/// overridden by `kafka_env`) and checks every score and alert. With `outages`, everything runs
-/// on that broker, which is stopped and restarted twice while the events are sent.
-fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], outages: Option<&PrivateBroker>) {
+/// overridden by `kafka_env`) and checks every score and alert, with `chaos` while the events
+/// are sent.
+fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], chaos: Chaos<'_>) {
+    let outages = chaos.outages();
+    let scale_out = matches!(chaos, Chaos::ScaleOut);
     let bootstrap = outages.map_or_else(abm::testkit::bootstrap_servers, PrivateBroker::bootstrap);
     let mut kafka_env = kafka_env.to_vec();
     if outages.is_some() {
         kafka_env.push(("ABM_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()));
+    }
+    if scale_out {
+        // A killed member's partitions move after the session timeout: 10 s instead of 45.
+        kafka_env.push(("ABM_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS", "10000".into()));
     }
     let kafka_env = kafka_env.as_slice();
     let topics = TestTopics::new(name);
@@ -260,11 +294,14 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
 
     let ports: BTreeMap<&str, u16> =
         [("ingest", free_port()), ("scorer", free_port()), ("alerter", free_port())].into();
-    let start = |name: &'static str, extra: &[(&'static str, String)]| {
+    let spawn = |binary: &'static str, port: u16, extra: &[(&'static str, String)]| {
         let mut env = with_env(topics.env(), kafka_env);
-        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[name])));
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
         env.extend_from_slice(extra);
-        let process = ServiceProcess::start(&workspace_binary(name), &[], &env);
+        ServiceProcess::start(&workspace_binary(binary), &[], &env)
+    };
+    let start = |name: &'static str, extra: &[(&'static str, String)]| {
+        let process = spawn(name, ports[name], extra);
         wait_for_status(ports[name], "/readyz", 200, Duration::from_secs(60), name);
         process
     };
@@ -318,8 +355,35 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
         }
     };
     let batches: Vec<&[abm::sim::SimEvent]> = events.chunks(50).collect();
+    // Scale-out: (scorer, alerter) instances 2 and scorer 3 join and leave during the stream.
+    let member = |service: &'static str, n: u32| {
+        let group = if service == "scorer" { "ABM_SCORER__GROUP_ID" } else { "ABM_ALERTER__GROUP_ID" };
+        let id = if service == "scorer" { "ABM_SCORER__INSTANCE_ID" } else { "ABM_ALERTER__INSTANCE_ID" };
+        let env = [(group, format!("{prefix}-{service}")), (id, format!("{prefix}-{service}-{n}"))];
+        spawn(service, free_port(), &env)
+    };
+    let mut joined: Vec<(&'static str, ServiceProcess)> = Vec::new();
+    let step = |index: usize, k: usize| scale_out && index == k * batches.len() / 6;
     std::thread::scope(|scope| {
         for (index, chunk) in batches.iter().enumerate() {
+            if step(index, 1) {
+                joined.push(("scorer-2", member("scorer", 2)));
+                joined.push(("alerter-2", member("alerter", 2)));
+            } else if step(index, 2) {
+                joined.push(("scorer-3", member("scorer", 3)));
+            } else if step(index, 3) {
+                for (name, process) in &joined {
+                    if name.ends_with("-2") {
+                        process.signal("TERM");
+                    }
+                }
+            } else if step(index, 4) {
+                for (name, process) in &joined {
+                    if *name == "scorer-3" {
+                        process.signal("KILL");
+                    }
+                }
+            }
             if let Some(broker) = outages
                 && (index == batches.len() / 3 || index == 2 * batches.len() / 3)
             {
@@ -344,6 +408,10 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
             if outages.is_some() {
                 // Spread the stream so both outages fall in the middle of it.
                 std::thread::sleep(Duration::from_millis(100));
+            } else if scale_out {
+                // Over about 30 s, so that each member joins, works and leaves while events
+                // flow (a rebalance takes a few seconds).
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
     });
@@ -390,15 +458,42 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
     } else {
         assert_eq!(rejected, intended_rejects, "bots and malformed events rejected");
     }
-    wait_until("the scorer to apply every engaged event", patience, &scorer, || {
-        m("scorer", "abm_scorer_events_applied_total", &[]) + m("scorer", "abm_scorer_duplicates_total", &[]) >= engaged
-    });
-    let crossings = m("scorer", "abm_scorer_crossings_total", &[]);
-    assert!(crossings > 5.0, "the world should cross thresholds: {crossings}");
-    wait_until("the alerter to read every crossing", patience, &alerter, || {
-        m("alerter", "abm_alerter_crossings_total", &[]) >= crossings
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    // The scorer's input log, per account, in partition order: what it saw, in the order it saw it.
+    let mut logs: BTreeMap<String, Vec<EngagementEvent>> = BTreeMap::new();
+    for (key, event) in read_all_from::<EngagementEvent>(&bootstrap, &engagement) {
+        logs.entry(key).or_default().push(event);
+    }
+    assert_eq!(logs.values().map(Vec::len).sum::<usize>() as f64, engaged);
+    if scale_out {
+        // Other instances did part of the work and are gone: the first instance, which holds
+        // every partition again, must answer for every event of every account.
+        let answered = |account: &str| {
+            http_get(ports["scorer"], &format!("/v1/accounts/{account}"))
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .map_or(0, |json| json["events_applied"].as_u64().unwrap_or(0) + json["duplicates"].as_u64().unwrap_or(0))
+        };
+        wait_until("scorer 1 to hold every partition again and answer for every event", patience, &scorer, || {
+            logs.iter().all(|(account, log)| answered(account) == log.len() as u64)
+        });
+        for (name, process) in &mut joined {
+            let status = process.wait(Duration::from_secs(60));
+            if name.ends_with("-2") {
+                assert!(status.success(), "{name} stops cleanly on SIGTERM: {status:?}\n{}", process.stderr());
+            }
+        }
+    } else {
+        wait_until("the scorer to apply every engaged event", patience, &scorer, || {
+            m("scorer", "abm_scorer_events_applied_total", &[]) + m("scorer", "abm_scorer_duplicates_total", &[])
+                >= engaged
+        });
+        let crossings = m("scorer", "abm_scorer_crossings_total", &[]);
+        assert!(crossings > 5.0, "the world should cross thresholds: {crossings}");
+        wait_until("the alerter to read every crossing", patience, &alerter, || {
+            m("alerter", "abm_alerter_crossings_total", &[]) >= crossings
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    }
     if outages.is_some() {
         eprintln!(
             "outages: {refused_while_away} batches refused with 503; transactions aborted and rewound: scorer {}, alerter {}",
@@ -407,12 +502,6 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
         );
     }
 
-    // The scorer's input log, per account, in partition order: what it saw, in the order it saw it.
-    let mut logs: BTreeMap<String, Vec<EngagementEvent>> = BTreeMap::new();
-    for (key, event) in read_all_from::<EngagementEvent>(&bootstrap, &engagement) {
-        logs.entry(key).or_default().push(event);
-    }
-    assert_eq!(logs.values().map(Vec::len).sum::<usize>() as f64, engaged);
     let mut expected_alert_ids = BTreeSet::new();
     for (account, log) in &logs {
         let threshold = match tiers.get(account) {
@@ -455,10 +544,21 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], out
         assert_eq!(json["duplicates"].as_u64(), Some(expected.duplicates as u64), "{}", story());
         expected_alert_ids.extend(expected_alerts(&expected.crossings));
     }
-    let alerts: Vec<String> = read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts))
-        .into_iter()
-        .map(|(_, alert)| alert.alert_id)
-        .collect();
+    assert!(expected_alert_ids.len() > 5, "the world should raise alerts: {}", expected_alert_ids.len());
+    let alert_ids = || -> Vec<String> {
+        read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts))
+            .into_iter()
+            .map(|(_, alert)| alert.alert_id)
+            .collect()
+    };
+    if scale_out {
+        // The alerters' work is not counted anywhere that survives them: wait on the topic.
+        wait_until("every expected alert in abm.sales-alerts", patience, &alerter, || {
+            alert_ids().len() >= expected_alert_ids.len()
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let alerts = alert_ids();
     let distinct: BTreeSet<String> = alerts.iter().cloned().collect();
     assert_eq!(distinct.len(), alerts.len(), "no alert twice");
     assert_eq!(distinct, expected_alert_ids, "alerts = expected crossings after the 24 h cooldown");
