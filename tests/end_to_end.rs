@@ -226,6 +226,23 @@ fn the_pipeline_rides_out_two_broker_restarts_exactly() {
     run_with_two_broker_restarts();
 }
 
+/// The broker stopped for 3-8 s and restarted three times at random moments, the first right
+/// after the services restored their partitions (when an alerter was seen to stop consuming
+/// for good before loops were watched); no service restarted. Every score and alert must be
+/// right, and no loop may be left stalled. The schedule is printed; `OUTAGE_SEED` repeats one.
+pub fn run_with_random_broker_restarts() {
+    let broker = PrivateBroker::start();
+    let seed = std::env::var("OUTAGE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    run_world("e2e-random-outage", 3000, &[], Chaos::RandomBrokerRestarts(&broker, seed));
+}
+
+#[test]
+fn the_pipeline_rides_out_broker_restarts_at_random_moments() {
+    run_with_random_broker_restarts();
+}
+
 /// The same over a secured cluster: the three services talk to the broker only over SASL_SSL
 /// with SCRAM-SHA-512 (the client settings of deploy/k8s and deploy/docker); the test's own
 /// reads and writes use the plaintext listener.
@@ -246,12 +263,43 @@ enum Chaos<'a> {
     BrokerRestarts(&'a PrivateBroker),
     /// Scorer and alerter instances join their groups one by one and leave again.
     ScaleOut,
+    /// Everything runs on that broker, stopped three times at moments drawn from the seed.
+    RandomBrokerRestarts(&'a PrivateBroker, u64),
+}
+
+/// SplitMix64: the random schedule of [`Chaos::RandomBrokerRestarts`] from its seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut x = *state;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// (batch index, outage) for each broker outage of `chaos` over `batches` batches.
+fn outage_schedule(chaos: Chaos<'_>, batches: usize) -> Vec<(usize, Duration)> {
+    match chaos {
+        Chaos::BrokerRestarts(_) => vec![(batches / 3, OUTAGE), (2 * batches / 3, OUTAGE)],
+        Chaos::RandomBrokerRestarts(_, seed) => {
+            let mut state = seed;
+            let mut at: Vec<usize> = vec![1];
+            while at.len() < 3 {
+                let index = batches / 4 + (next_random(&mut state) as usize) % (batches * 3 / 4);
+                if at.iter().all(|other| other.abs_diff(index) >= 3) {
+                    at.push(index);
+                }
+            }
+            at.sort_unstable();
+            at.into_iter().map(|index| (index, Duration::from_millis(3000 + next_random(&mut state) % 5001))).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 impl<'a> Chaos<'a> {
     fn outages(self) -> Option<&'a PrivateBroker> {
         match self {
-            Chaos::BrokerRestarts(broker) => Some(broker),
+            Chaos::BrokerRestarts(broker) | Chaos::RandomBrokerRestarts(broker, _) => Some(broker),
             _ => None,
         }
     }
@@ -310,20 +358,23 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         "ingest",
         &[("ABM_INGEST__WRITE_KEYS__E2E", KEY.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
     );
-    let scorer = start(
-        "scorer",
-        &[
-            ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
-            ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
-        ],
-    );
-    let alerter = start(
-        "alerter",
-        &[
-            ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
-            ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
-        ],
-    );
+    // ABM_TEST_STALL_AFTER_MS overrides the loops' stall bound (benches/outages.rs sets an
+    // hour to measure the loops as they were before they were watched).
+    let stall_after = std::env::var("ABM_TEST_STALL_AFTER_MS").ok();
+    let mut scorer_env = vec![
+        ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
+        ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
+    ];
+    let mut alerter_env = vec![
+        ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
+        ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
+    ];
+    if let Some(ms) = &stall_after {
+        scorer_env.push(("ABM_SCORER__STALL_AFTER_MS", ms.clone()));
+        alerter_env.push(("ABM_ALERTER__STALL_AFTER_MS", ms.clone()));
+    }
+    let scorer = start("scorer", &scorer_env);
+    let alerter = start("alerter", &alerter_env);
 
     // Send like the simulator: NDJSON batches over HTTP, single records to the raw topics. A
     // batch refused with 503 (the broker is away) is sent again after its Retry-After.
@@ -364,7 +415,12 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     };
     let mut joined: Vec<(&'static str, ServiceProcess)> = Vec::new();
     let step = |index: usize, k: usize| scale_out && index == k * batches.len() / 6;
+    let schedule = outage_schedule(chaos, batches.len());
+    if !schedule.is_empty() {
+        eprintln!("outages: {chaos:?}: at batches {schedule:?} of {}", batches.len());
+    }
     std::thread::scope(|scope| {
+        let mut resuming = None;
         for (index, chunk) in batches.iter().enumerate() {
             if step(index, 1) {
                 joined.push(("scorer-2", member("scorer", 2)));
@@ -385,13 +441,18 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
                 }
             }
             if let Some(broker) = outages
-                && (index == batches.len() / 3 || index == 2 * batches.len() / 3)
+                && let Some((_, outage)) = schedule.iter().find(|(at, _)| *at == index)
             {
+                // One outage at a time: the last one has ended before the next starts.
+                if let Some(resumed) = resuming.take() {
+                    let _ = std::thread::ScopedJoinHandle::join(resumed);
+                }
                 broker.stop();
-                scope.spawn(move || {
-                    std::thread::sleep(OUTAGE);
+                let outage = *outage;
+                resuming = Some(scope.spawn(move || {
+                    std::thread::sleep(outage);
                     broker.resume();
-                });
+                }));
             }
             let mut lines = Vec::new();
             for event in *chunk {
@@ -500,6 +561,14 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             m("scorer", "abm_scorer_transactions_aborted_total", &[]),
             m("alerter", "abm_alerter_transactions_aborted_total", &[]),
         );
+        eprintln!(
+            "outages: loops healed (consumer replaced after a stall): scorer {}, alerter {}",
+            m("scorer", "abm_scorer_loop_heals_total", &[]),
+            m("alerter", "abm_alerter_loop_heals_total", &[]),
+        );
+        // No loop is left stalled (one that stalls past its bound heals, and is counted).
+        assert_eq!(m("scorer", "abm_scorer_loop_stalled_seconds", &[]), 0.0, "{}", scorer.stderr());
+        assert_eq!(m("alerter", "abm_alerter_loop_stalled_seconds", &[]), 0.0, "{}", alerter.stderr());
     }
 
     let mut expected_alert_ids = BTreeSet::new();
