@@ -673,13 +673,25 @@ impl<P: Processor> Shared<P> {
     /// The assigned partitions (not being restored) that have committed input the consumer has
     /// not fetched or the loop has not taken: the last stable offset (asked of the broker) is
     /// past the fetch position librdkafka reported after the last progress, or messages wait in
-    /// the local queue. `None` when that cannot be known now (no report since the last
-    /// progress, or the broker does not answer): a loop is never judged on stale knowledge.
-    fn input_waiting<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Option<Vec<i32>> {
+    /// the local queue. A loop is never judged on stale knowledge (no report since the last
+    /// progress), nor while the broker does not answer.
+    fn input_waiting<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Judgement {
         let (reported_ms, fetch) = lock(&self.watch.fetch).clone();
         if reported_ms <= self.watch.progress_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
+            return Judgement::Stale;
         }
+        match self.partitions_waiting(consumer, &fetch) {
+            Some(waiting) if waiting.is_empty() => Judgement::Idle,
+            Some(waiting) => Judgement::Waiting(waiting),
+            None => Judgement::BrokerAway,
+        }
+    }
+
+    fn partitions_waiting<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        fetch: &FetchPositions,
+    ) -> Option<Vec<i32>> {
         let assignment = consumer.assignment().ok()?;
         let pending = lock(&self.restores).pending();
         let mut waiting = Vec::new();
@@ -1015,14 +1027,15 @@ fn check_progress<P: Processor, C: ConsumerContext>(
         return None;
     }
     match shared.input_waiting(consumer) {
-        Some(waiting) if waiting.is_empty() => {
-            // Nothing to do is not a stall.
+        // Nothing to do is not a stall; nor is a broker that does not answer: the clock starts
+        // again when it does (an outage is ridden out, not healed).
+        Judgement::Idle | Judgement::BrokerAway => {
             shared.watch.progressed();
             shared.processor.stalled_seconds(0.0);
             shared.health.done_waiting(STALLED);
             None
         }
-        Some(waiting) => {
+        Judgement::Waiting(waiting) => {
             shared.processor.stalled_seconds(since.as_secs_f64());
             let why = format!(
                 "stalled: partitions {waiting:?} of {} have input but nothing was processed for {:.0} s",
@@ -1038,8 +1051,20 @@ fn check_progress<P: Processor, C: ConsumerContext>(
             shared.health.done_waiting(STALLED);
             Some(format!("{why}; healing by replacing the consumer"))
         }
-        None => None,
+        Judgement::Stale => None,
     }
+}
+
+/// What a progress check found.
+enum Judgement {
+    /// Assigned partitions with input the loop has not taken.
+    Waiting(Vec<i32>),
+    /// Nothing waiting.
+    Idle,
+    /// No fetch report since the last progress: nothing can be said yet.
+    Stale,
+    /// The broker did not answer.
+    BrokerAway,
 }
 
 fn poll_loop<P: Processor>(
