@@ -36,7 +36,16 @@ fn promtool_accepts_the_config_and_rules_and_their_unit_tests_pass() {
     let promtool = tool("promtool");
     run(Command::new(&promtool).arg("check").arg("config").arg(deploy("prometheus/prometheus.yml")));
     let rules = run(Command::new(&promtool).arg("check").arg("rules").arg(deploy("prometheus/rules.yml")));
-    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    // Every alert in the file is a rule promtool found.
+    let text = std::fs::read_to_string(deploy("prometheus/rules.yml")).expect("rules.yml");
+    let alerts = text.lines().filter(|line| line.trim_start().starts_with("- alert:")).count();
+    assert!(alerts >= 9, "{alerts} alerts in rules.yml");
+    assert!(rules.contains(&format!("SUCCESS: {alerts} rules found")), "{rules}");
+    // ... and each has a unit test.
+    let unit_tests = std::fs::read_to_string(deploy("prometheus/rules_test.yml")).expect("rules_test.yml");
+    for name in text.lines().filter_map(|line| line.trim_start().strip_prefix("- alert:")).map(str::trim) {
+        assert!(unit_tests.contains(&format!("alertname: {name}")), "{name} has no test in rules_test.yml");
+    }
     let tests = run(Command::new(&promtool).arg("test").arg("rules").arg(deploy("prometheus/rules_test.yml")));
     assert!(tests.contains("SUCCESS"), "{tests}");
 }
