@@ -437,6 +437,9 @@ impl<P: Processor> Shared<P> {
         let mut batch = lock(&self.batch);
         if !batch.open {
             if let Err(error) = producer.begin_transaction() {
+                // This message is not processed: its partition is rewound to it with the
+                // (empty) batch, or the consumer's position would already be past it.
+                batch.first_offsets.entry(partition).or_insert(message.offset());
                 return Err(match classify(&error) {
                     Reaction::ReplaceProducer => Failure::Producer(format!("beginning a transaction: {error}")),
                     _ => Failure::Abort(format!("beginning a transaction: {error}")),
@@ -724,6 +727,30 @@ impl<P: Processor> Shared<P> {
         Some(waiting)
     }
 
+    /// The group's committed offsets of `partitions` (those it has), asked of the broker; empty
+    /// when it does not answer (the caller falls back on what it noted).
+    fn committed_offsets<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> BTreeMap<i32, i64> {
+        let list = self.partition_list(partitions);
+        if list.count() == 0 {
+            return BTreeMap::new();
+        }
+        match consumer.committed_offsets(list, self.timeout) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .filter_map(|e| Some((e.partition(), e.offset().to_raw().filter(|offset| *offset >= 0)?)))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "committed offsets unknown; resuming from the noted positions");
+                BTreeMap::new()
+            }
+        }
+    }
+
     /// Starts restoring the partitions waiting for it, on a thread of its own; retries until
     /// [`RETRY_LIMIT`] (the broker may be down).
     fn start_restore(&self, shutdown: &CancellationToken) -> anyhow::Result<Option<RestoreJob>> {
@@ -780,8 +807,13 @@ impl<P: Processor> Shared<P> {
         }
         self.watch.progressed();
         // Sought once resumed (a seek of a paused partition may not reach its fetcher); whatever
-        // was fetched from the old position is discarded by the seek.
-        for (partition, offset) in resume_from {
+        // was fetched from the old position is discarded by the seek. Where the group has a
+        // committed offset, that is where the restored state stands (both were committed in one
+        // transaction, and the restore read every decided one), so that is where the partition
+        // resumes; this holds even when a commit whose outcome was unknown did happen.
+        let committed = self.committed_offsets(consumer, resume_from.keys().copied());
+        for (partition, noted) in resume_from {
+            let offset = committed.get(&partition).copied().unwrap_or(noted);
             consumer
                 .seek(&self.input_topic, partition, Offset::Offset(offset), self.timeout)
                 .with_context(|| format!("rewinding partition {partition} to offset {offset}"))?;

@@ -208,6 +208,7 @@ fn a_simulated_world_scores_and_alerts_as_an_independent_implementation_expects(
 /// missing, no acknowledged event lost. `deploy/local/bench.sh outages` (benches/outages.rs,
 /// which includes this file) runs it repeatedly and counts the exact runs.
 pub fn run_with_two_broker_restarts() {
+    let _one_at_a_time = PRIVATE_BROKERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let broker = PrivateBroker::start();
     run_world("e2e-outage", 3000, &[], Chaos::BrokerRestarts(&broker));
 }
@@ -231,6 +232,7 @@ fn the_pipeline_rides_out_two_broker_restarts_exactly() {
 /// for good before loops were watched); no service restarted. Every score and alert must be
 /// right, and no loop may be left stalled. The schedule is printed; `OUTAGE_SEED` repeats one.
 pub fn run_with_random_broker_restarts() {
+    let _one_at_a_time = PRIVATE_BROKERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let broker = PrivateBroker::start();
     let seed = std::env::var("OUTAGE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -251,6 +253,10 @@ fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_scram_sha_512() {
     let secure = SecureListeners::of_broker_under_test();
     run_world("e2e-sasl", 1500, &secure.sasl_env(&secure.password(), "ca.pem"), Chaos::Calm);
 }
+
+/// The runs on a private broker take turns: two brokers and two pipelines at once on two cores
+/// would measure the machine, not the pipeline.
+static PRIVATE_BROKERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How long each broker outage of the outage run lasts.
 const OUTAGE: Duration = Duration::from_secs(12);
@@ -541,7 +547,11 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             let status = process.wait(Duration::from_secs(60));
             if name.ends_with("-2") {
                 assert!(status.success(), "{name} stops cleanly on SIGTERM: {status:?}\n{}", process.stderr());
+            } else {
+                assert!(!status.success(), "{name} was killed: {status:?}");
             }
+            // Each member really took part: it was given partitions while the stream flowed.
+            assert!(process.stderr().contains("partitions assigned"), "{name} never got a partition:\n{}", process.stderr());
         }
     } else {
         wait_until("the scorer to apply every engaged event", patience, &scorer, || {
