@@ -102,7 +102,7 @@ impl SplitStates {
             }
             return Ok(written);
         }
-        let chunks = state.chunk_refs();
+        let chunks = state.chunk_refs(engine);
         let before: HashSet<(StateStructure, u64)> = previous.into_iter().flatten().copied().collect();
         let mut now = HashSet::with_capacity(chunks.len());
         for chunk in &chunks {

@@ -817,8 +817,12 @@ impl AccountScoreState {
     /// The chunks a split state is written as: each of the window, the caps and the seen ids
     /// cut where an entry's boundary hash is `0 mod CHUNK_TARGET` (or at `CHUNK_MAX` entries),
     /// so that a change touches only the chunk it is in and an append only the last one; each
-    /// chunk named by the hash of its content.
-    pub fn chunk_refs(&self) -> Vec<ChunkRef> {
+    /// chunk named by the hash of its content as written (a cap's rule by its name, not its
+    /// index in the config, so a reordered config cannot give other content the same name).
+    pub fn chunk_refs(&self, engine: &Engine) -> Vec<ChunkRef> {
+        let rule_hashes: Vec<u64> =
+            (0..engine.rules().len()).map(|i| super::event_id_hash(&engine.rules().get(i as u16).name) as u64).collect();
+        let rule_hash = |rule: u16| rule_hashes.get(usize::from(rule)).copied().unwrap_or(u64::from(rule));
         let mut chunks = Vec::new();
         cut_chunks(
             StateStructure::WindowEvents,
@@ -828,8 +832,10 @@ impl AccountScoreState {
         cut_chunks(
             StateStructure::CapCounts,
             self.caps.iter().map(|cap| {
-                let key = (cap.contact as u64) ^ (u64::from(cap.rule) << 48) ^ u64::from(cap.day as u32);
-                (mix(key), [cap.contact as u64, (u64::from(cap.rule) << 48) | (u64::from(cap.day as u32) << 16) | u64::from(cap.count)])
+                let rule = rule_hash(cap.rule);
+                let key = (cap.contact as u64) ^ rule ^ u64::from(cap.day as u32);
+                let content = mix(rule ^ (u64::from(cap.day as u32) << 16) ^ u64::from(cap.count));
+                (mix(key), [cap.contact as u64, content])
             }),
             &mut chunks,
         );
