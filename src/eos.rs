@@ -62,13 +62,37 @@ pub trait Processor: Send + Sync + 'static {
     fn lag(&self, _partition: i32, _lag: i64) {}
     /// After a transaction was aborted and its partitions rewound (`reason` says why).
     fn aborted(&self, _reason: &str) {}
-    /// After the transactional producer was replaced (it had failed fatally).
-    fn producer_replaced(&self) {}
-    /// Seconds the loop has had input waiting without progress (0 while it progresses or has
-    /// nothing to do); about once a second.
-    fn stalled_seconds(&self, _seconds: f64) {}
-    /// After a stalled loop healed itself (its consumer replaced).
-    fn healed(&self) {}
+}
+
+/// The loop's own metrics, the same in every service that runs one (`abm_<service>_...`).
+#[derive(Debug, Clone)]
+pub struct LoopMetrics {
+    producers_replaced: prometheus::IntCounter,
+    stalled_seconds: prometheus::Gauge,
+    heals: prometheus::IntCounter,
+}
+
+impl LoopMetrics {
+    pub fn register(registry: &prometheus::Registry, service: &str) -> prometheus::Result<LoopMetrics> {
+        let metrics = LoopMetrics {
+            producers_replaced: prometheus::IntCounter::new(
+                format!("abm_{service}_producers_replaced_total"),
+                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
+            )?,
+            stalled_seconds: prometheus::Gauge::new(
+                format!("abm_{service}_loop_stalled_seconds"),
+                format!("Seconds the processing loop has had input waiting without making progress (0 while it progresses or has nothing to do); /readyz is 503 from half of {service}.stall_after_ms."),
+            )?,
+            heals: prometheus::IntCounter::new(
+                format!("abm_{service}_loop_heals_total"),
+                format!("Times the processing loop stalled with input waiting for {service}.stall_after_ms and healed by replacing its Kafka consumer."),
+            )?,
+        };
+        registry.register(Box::new(metrics.producers_replaced.clone()))?;
+        registry.register(Box::new(metrics.stalled_seconds.clone()))?;
+        registry.register(Box::new(metrics.heals.clone()))?;
+        Ok(metrics)
+    }
 }
 
 /// Counter increments for work done inside the open transaction, applied to their counters only
@@ -115,27 +139,16 @@ impl std::fmt::Debug for Outbox<'_> {
 impl Outbox<'_> {
     /// Queues a record (to `partition` if given, else by key), waiting while the queue is full.
     pub fn send(&self, topic: &str, key: &str, payload: &[u8], partition: Option<i32>) -> anyhow::Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
-        if let Some(partition) = partition {
-            record = record.partition(partition);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, _)) => return Err(anyhow!("producing to {topic}: {error}")),
-            }
-        }
+        self.write(topic, key, Some(payload), partition)
     }
-}
 
-impl Outbox<'_> {
-    /// Queues a tombstone (a record with no value: deletes `key` from a compacted topic).
-    pub fn tombstone(&self, topic: &str, key: &str, partition: Option<i32>) -> anyhow::Result<()> {
+    /// Queues a record with `value`, or a tombstone (`None`: deletes `key` from a compacted
+    /// topic), waiting while the queue is full.
+    pub fn write(&self, topic: &str, key: &str, value: Option<&[u8]>, partition: Option<i32>) -> anyhow::Result<()> {
         let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
@@ -146,11 +159,13 @@ impl Outbox<'_> {
                     record = returned;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((error, _)) => return Err(anyhow!("producing a tombstone to {topic}: {error}")),
+                Err((error, _)) => {
+                    let what = if value.is_some() { "" } else { "a tombstone " };
+                    return Err(anyhow!("producing {what}to {topic}: {error}"));
+                }
             }
         }
     }
-
     /// Keeps an input record the processor cannot use: writes it to `rejected_topic` as a
     /// `RejectedEvent` (original bytes, topic/partition/offset, reason, message) inside the
     /// open transaction, so it is kept exactly once with the offsets that skip it.
@@ -200,6 +215,7 @@ pub struct EosSettings {
     /// consumer is replaced); a loop thread that does not come back from a call for twice this
     /// (plus the Kafka timeout, twice) ends the process.
     pub stall_after: Duration,
+    pub metrics: LoopMetrics,
 }
 
 /// [`EosSettings::stall_after`] unless configured.
@@ -380,6 +396,7 @@ struct Shared<P> {
     timeout: Duration,
     health: Health,
     watch: Arc<Watch>,
+    metrics: LoopMetrics,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -632,7 +649,7 @@ impl<P: Processor> Shared<P> {
             }
         }
         *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(producer);
-        self.processor.producer_replaced();
+        self.metrics.producers_replaced.inc();
         Ok(())
     }
 
@@ -922,6 +939,7 @@ pub fn run<P: Processor>(
         timeout,
         health: health.clone(),
         watch: Arc::new(Watch::new()),
+        metrics: settings.metrics.clone(),
     });
     shared.update_readiness();
     // Static membership (KIP-345): a restarted instance takes its old place in the group at
@@ -1054,7 +1072,7 @@ fn check_progress<P: Processor, C: ConsumerContext>(
 ) -> Option<String> {
     let since = shared.watch.since(&shared.watch.progress_ms);
     if since < stall_after / 2 {
-        shared.processor.stalled_seconds(0.0);
+        shared.metrics.stalled_seconds.set(0.0);
         shared.health.done_waiting(STALLED);
         return None;
     }
@@ -1063,12 +1081,12 @@ fn check_progress<P: Processor, C: ConsumerContext>(
         // again when it does (an outage is ridden out, not healed).
         Judgement::Idle | Judgement::BrokerAway => {
             shared.watch.progressed();
-            shared.processor.stalled_seconds(0.0);
+            shared.metrics.stalled_seconds.set(0.0);
             shared.health.done_waiting(STALLED);
             None
         }
         Judgement::Waiting(waiting) => {
-            shared.processor.stalled_seconds(since.as_secs_f64());
+            shared.metrics.stalled_seconds.set(since.as_secs_f64());
             let why = format!(
                 "stalled: partitions {waiting:?} of {} have input but nothing was processed for {:.0} s",
                 shared.input_topic,
@@ -1078,8 +1096,8 @@ fn check_progress<P: Processor, C: ConsumerContext>(
             if since < stall_after {
                 return None;
             }
-            shared.processor.healed();
-            shared.processor.stalled_seconds(0.0);
+            shared.metrics.heals.inc();
+            shared.metrics.stalled_seconds.set(0.0);
             shared.health.done_waiting(STALLED);
             Some(format!("{why}; healing by replacing the consumer"))
         }

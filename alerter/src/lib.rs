@@ -185,6 +185,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         max_batch_events: 10_000,
         stall_after: Duration::from_millis(settings.stall_after_ms.max(2000)),
+        metrics: abm::eos::LoopMetrics::register(&context.registry, "alerter").context("registering metrics")?,
     };
     let processor =
         Arc::new(AlertProcessor::new(settings.policy.clone(), tal, alert_topics, metrics, config.kafka.clone()));

@@ -1,7 +1,7 @@
 //! The alerter's metrics (`abm_alerter_*`; labels are bounded: kinds, tiers, reasons and
 //! configured webhook names).
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -12,9 +12,6 @@ pub struct Metrics {
     pub webhook_latency: HistogramVec,
     pub transactions: IntCounter,
     pub transactions_aborted: IntCounter,
-    pub producers_replaced: IntCounter,
-    pub loop_stalled_seconds: Gauge,
-    pub loop_heals: IntCounter,
     pub history_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub tal_accounts: IntGauge,
@@ -65,18 +62,6 @@ impl Metrics {
                 "abm_alerter_transactions_aborted_total",
                 "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
             )?,
-            loop_stalled_seconds: Gauge::new(
-                "abm_alerter_loop_stalled_seconds",
-                "Seconds the processing loop has had input waiting without making progress (0 while it progresses or has nothing to do); /readyz is 503 from half of alerter.stall_after_ms.",
-            )?,
-            loop_heals: IntCounter::new(
-                "abm_alerter_loop_heals_total",
-                "Times the processing loop stalled with input waiting for alerter.stall_after_ms and healed by replacing its Kafka consumer.",
-            )?,
-            producers_replaced: IntCounter::new(
-                "abm_alerter_producers_replaced_total",
-                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
-            )?,
             history_skipped: IntCounter::new(
                 "abm_alerter_history_skipped_total",
                 "abm.sales-alerts records that did not decode while rebuilding the alert history, skipped.",
@@ -104,9 +89,6 @@ impl Metrics {
         registry.register(Box::new(metrics.webhook_latency.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
         registry.register(Box::new(metrics.transactions_aborted.clone()))?;
-        registry.register(Box::new(metrics.producers_replaced.clone()))?;
-        registry.register(Box::new(metrics.loop_stalled_seconds.clone()))?;
-        registry.register(Box::new(metrics.loop_heals.clone()))?;
         registry.register(Box::new(metrics.history_skipped.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;

@@ -157,18 +157,6 @@ impl Processor for AlertProcessor {
         self.metrics.transactions_aborted.inc();
     }
 
-    fn producer_replaced(&self) {
-        self.metrics.producers_replaced.inc();
-    }
-
-    fn stalled_seconds(&self, seconds: f64) {
-        self.metrics.loop_stalled_seconds.set(seconds);
-    }
-
-    fn healed(&self) {
-        self.metrics.loop_heals.inc();
-    }
-
     fn lag(&self, partition: i32, lag: i64) {
         self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
     }

@@ -144,6 +144,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(config.scorer.commit_interval_ms),
         max_batch_events: config.scorer.max_batch_events.max(1),
         stall_after: Duration::from_millis(config.scorer.stall_after_ms.max(2000)),
+        metrics: abm::eos::LoopMetrics::register(&context.registry, "scorer").context("registering metrics")?,
     };
     let processor = Arc::new(ScorerProcessor::new(engine, store, tiers, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();

@@ -13,9 +13,6 @@ pub struct Metrics {
     pub snapshot_age: Gauge,
     pub transactions: IntCounter,
     pub transactions_aborted: IntCounter,
-    pub producers_replaced: IntCounter,
-    pub loop_stalled_seconds: Gauge,
-    pub loop_heals: IntCounter,
     pub restore_skipped: IntCounter,
     pub state_records: IntCounter,
     pub state_bytes: IntCounter,
@@ -68,18 +65,6 @@ impl Metrics {
             transactions_aborted: IntCounter::new(
                 "abm_scorer_transactions_aborted_total",
                 "Transactions aborted (a broker fault, a lost assignment), their partitions rewound to the last commit and done again.",
-            )?,
-            loop_stalled_seconds: Gauge::new(
-                "abm_scorer_loop_stalled_seconds",
-                "Seconds the processing loop has had input waiting without making progress (0 while it progresses or has nothing to do); /readyz is 503 from half of scorer.stall_after_ms.",
-            )?,
-            loop_heals: IntCounter::new(
-                "abm_scorer_loop_heals_total",
-                "Times the processing loop stalled with input waiting for scorer.stall_after_ms and healed by replacing its Kafka consumer.",
-            )?,
-            producers_replaced: IntCounter::new(
-                "abm_scorer_producers_replaced_total",
-                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
             )?,
             restore_skipped: IntCounter::new(
                 "abm_scorer_restore_skipped_total",
@@ -160,9 +145,6 @@ impl Metrics {
         registry.register(Box::new(metrics.snapshot_age.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
         registry.register(Box::new(metrics.transactions_aborted.clone()))?;
-        registry.register(Box::new(metrics.producers_replaced.clone()))?;
-        registry.register(Box::new(metrics.loop_stalled_seconds.clone()))?;
-        registry.register(Box::new(metrics.loop_heals.clone()))?;
         registry.register(Box::new(metrics.restore_skipped.clone()))?;
         registry.register(Box::new(metrics.state_records.clone()))?;
         registry.register(Box::new(metrics.state_bytes.clone()))?;

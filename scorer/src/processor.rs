@@ -281,10 +281,7 @@ impl Processor for ScorerProcessor {
                     &state,
                     &self.engine,
                     &state_payload,
-                    |key, value| match value {
-                        Some(payload) => out.send(topic, key, payload, Some(*partition)),
-                        None => out.tombstone(topic, key, Some(*partition)),
-                    },
+                    |key, value| out.write(topic, key, value, Some(*partition)),
                 )?;
                 written.records += one.records;
                 written.bytes += one.bytes;
@@ -357,18 +354,6 @@ impl Processor for ScorerProcessor {
     fn aborted(&self, _reason: &str) {
         self.staged.discard();
         self.metrics.transactions_aborted.inc();
-    }
-
-    fn producer_replaced(&self) {
-        self.metrics.producers_replaced.inc();
-    }
-
-    fn stalled_seconds(&self, seconds: f64) {
-        self.metrics.loop_stalled_seconds.set(seconds);
-    }
-
-    fn healed(&self) {
-        self.metrics.loop_heals.inc();
     }
 
     fn lag(&self, partition: i32, lag: i64) {
