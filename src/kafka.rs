@@ -51,10 +51,8 @@ pub enum KafkaSetupError {
         "cannot reach Kafka at {servers} within {timeout_ms} ms ({detail}); is the broker running? (kafka.bootstrap_servers)"
     )]
     Unreachable { servers: String, timeout_ms: u64, detail: String },
-    #[error(
-        "Kafka at {servers} refused the login: {detail} (check kafka.librdkafka sasl.mechanisms, sasl.username and sasl.password)"
-    )]
-    Authentication { servers: String, detail: String },
+    #[error("Kafka at {servers} refused the login: {detail} (check kafka.librdkafka {settings})")]
+    Authentication { servers: String, detail: String, settings: &'static str },
     #[error(
         "TLS handshake with Kafka at {servers} failed: {detail} (check kafka.librdkafka ssl.ca.location, and the client certificate for mTLS)"
     )]
@@ -124,6 +122,55 @@ impl KafkaConfig {
         role_defaults
     }
 
+    /// librdkafka (2.12) aborts the process on a failed assertion when creating a client fails
+    /// after its OIDC token thread has started, as with a TLS file it cannot load. With
+    /// `sasl.oauthbearer.method = oidc`, the same settings are first tried on a client without
+    /// OIDC and without brokers (it connects nowhere), which fails with librdkafka's message.
+    fn preflight_oidc(&self, client_id: &str) -> Result<(), KafkaSetupError> {
+        let oidc =
+            self.passthrough().any(|(key, value)| key == "sasl.oauthbearer.method" && value.eq_ignore_ascii_case("oidc"));
+        if !oidc {
+            return Ok(());
+        }
+        let mut config = ClientConfig::new();
+        for (key, value) in self.passthrough().filter(|(key, _)| !key.starts_with("sasl.")) {
+            config.set(key, value);
+        }
+        config
+            .set("client.id", client_id)
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", "preflight")
+            .set("sasl.password", "preflight");
+        config.create::<rdkafka::producer::BaseProducer>().map(drop).map_err(|e| self.creation_error(&e))
+    }
+
+    /// A client that could not be created; a file setting librdkafka names (`ssl.ca.location
+    /// failed: ...`) is said with its value, which librdkafka leaves out.
+    fn creation_error(&self, error: &dyn std::fmt::Display) -> KafkaSetupError {
+        let mut text = error.to_string();
+        let files: Vec<String> = self
+            .passthrough()
+            .filter(|(key, _)| key.ends_with(".location") && text.contains(key.as_str()))
+            .map(|(key, value)| format!("kafka.librdkafka {key} = {value}"))
+            .collect();
+        if !files.is_empty() {
+            text = format!("{text} ({})", files.join(", "));
+        }
+        KafkaSetupError::Client(text)
+    }
+
+    /// The settings that make up the login, for an error that says what to check.
+    fn login_settings(&self) -> &'static str {
+        let oauth = self
+            .passthrough()
+            .any(|(key, value)| key.starts_with("sasl.mechanism") && value.trim().eq_ignore_ascii_case("OAUTHBEARER"));
+        if oauth {
+            "sasl.oauthbearer.method, sasl.oauthbearer.client.id, sasl.oauthbearer.client.secret and sasl.oauthbearer.token.endpoint.url"
+        } else {
+            "sasl.mechanisms, sasl.username and sasl.password"
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -132,6 +179,7 @@ impl KafkaConfig {
     /// refused login (wrong SASL credentials) or a failed TLS handshake (an untrusted broker
     /// certificate, a client certificate the broker refuses) fails at once, saying which.
     pub async fn check_reachable(&self, client_id: &str) -> Result<(), KafkaSetupError> {
+        self.preflight_oidc(client_id)?;
         let context = StartupContext::default();
         // A group id (never joined) routes librdkafka's log and error events to the consumer's
         // queue, which the poll below serves; without one they wait on a queue nobody reads.
@@ -139,10 +187,11 @@ impl KafkaConfig {
             .client_config(client_id)
             .set("group.id", format!("{client_id}-startup-check"))
             .create_with_context(context)
-            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+            .map_err(|e| self.creation_error(&e))?;
         let timeout = self.timeout();
         let servers = self.bootstrap_servers.clone();
         let timeout_ms = self.connect_timeout_ms;
+        let login_settings = self.login_settings();
         tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + timeout;
             loop {
@@ -156,7 +205,7 @@ impl KafkaConfig {
                     rdkafka::ClientContext::error(consumer.context().as_ref(), error, "");
                 }
                 if let Some(refusal) = consumer.context().refusal() {
-                    return Err(refusal.into_error(&servers));
+                    return Err(refusal.into_error(&servers, login_settings));
                 }
                 if std::time::Instant::now() >= deadline {
                     let detail = consumer
@@ -175,7 +224,7 @@ impl KafkaConfig {
     /// Creates the topics in `specs` that do not exist yet; returns the names it created.
     pub async fn ensure_topics(&self, client_id: &str, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaSetupError> {
         let admin: AdminClient<DefaultClientContext> =
-            self.client_config(client_id).create().map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+            self.client_config(client_id).create().map_err(|e| self.creation_error(&e))?;
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|spec| {
@@ -211,10 +260,12 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn into_error(self, servers: &str) -> KafkaSetupError {
+    fn into_error(self, servers: &str, login_settings: &'static str) -> KafkaSetupError {
         let servers = servers.to_owned();
         match self {
-            Refusal::Authentication(detail) => KafkaSetupError::Authentication { servers, detail },
+            Refusal::Authentication(detail) => {
+                KafkaSetupError::Authentication { servers, detail, settings: login_settings }
+            }
             Refusal::Tls(detail) => KafkaSetupError::Tls { servers, detail },
         }
     }

@@ -68,6 +68,22 @@ impl SecureListeners {
         ]
     }
 
+    /// Service environment for SASL_SSL with OAUTHBEARER: librdkafka fetches its tokens from
+    /// `endpoint` (an OIDC client-credentials grant), the broker checks them against its
+    /// issuer's keys.
+    pub fn oauth_env(&self, endpoint: &TokenEndpoint, client_secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ABM_KAFKA__BOOTSTRAP_SERVERS", self.sasl_bootstrap.clone()),
+            ("ABM_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SASL_SSL".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_MECHANISMS", "OAUTHBEARER".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_OAUTHBEARER_METHOD", "oidc".into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_OAUTHBEARER_CLIENT_ID", endpoint.client_id.clone()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_OAUTHBEARER_CLIENT_SECRET", client_secret.into()),
+            ("ABM_KAFKA__LIBRDKAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", endpoint.url.clone()),
+            ("ABM_KAFKA__LIBRDKAFKA__SSL_CA_LOCATION", self.file("ca.pem")),
+        ]
+    }
+
     /// Service environment for mTLS: the CA and the client certificate and key.
     pub fn mtls_env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -78,6 +94,104 @@ impl SecureListeners {
             ("ABM_KAFKA__LIBRDKAFKA__SSL_KEY_LOCATION", self.file("client.key")),
         ]
     }
+}
+
+/// A stand-in for an OIDC provider's token endpoint (the client-credentials grant, RFC 6749
+/// 4.4): a POST with client `client_id` and its secret in HTTP Basic auth gets a JWT that the
+/// broker under test accepts (`kafka.sh oauth-token`, signed with its issuer's key); anything
+/// else gets 401 `invalid_client`. Counts what it handed out and refused.
+#[derive(Debug)]
+pub struct TokenEndpoint {
+    pub url: String,
+    pub client_id: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenEndpoint {
+    pub fn start(secure: &SecureListeners, client_id: &str, client_secret: &str) -> TokenEndpoint {
+        use base64::Engine as _;
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("token endpoint binds");
+        let url = format!("http://{}/oauth2/token", listener.local_addr().expect("address"));
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"));
+        let expected = format!("authorization: basic {}", credentials.to_ascii_lowercase());
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (issued_here, refused_here, tls_dir) = (issued.clone(), refused.clone(), secure.tls_dir.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let request = read_http_request(&mut stream);
+                let head = request.to_ascii_lowercase();
+                let granted = head.starts_with("post ")
+                    && head.lines().any(|line| line.trim_end() == expected)
+                    && head.contains("grant_type=client_credentials");
+                let (status, body) = if granted {
+                    issued_here.fetch_add(1, Ordering::Relaxed);
+                    let token = oauth_token(&tls_dir);
+                    ("200 OK", format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#))
+                } else {
+                    refused_here.fetch_add(1, Ordering::Relaxed);
+                    ("401 Unauthorized", r#"{"error":"invalid_client"}"#.to_owned())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenEndpoint { url, client_id: client_id.to_owned(), issued, refused }
+    }
+
+    /// Tokens handed out so far.
+    pub fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests refused so far (wrong client or secret).
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One HTTP/1.1 request (head and a `Content-Length` body) as text.
+fn read_http_request(stream: &mut TcpStream) -> String {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut bytes = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if bytes.len() >= end + 4 + length {
+                return text.into_owned();
+            }
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// A JWT of the broker's issuer for subject `abm`: `kafka.sh oauth-token`, with the key of
+/// `tls_dir` (the broker under test's).
+fn oauth_token(tls_dir: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(["oauth-token", "abm", "3600"])
+        .env("KAFKA_TLS_DIR", tls_dir)
+        .output()
+        .expect("kafka.sh runs");
+    assert!(output.status.success(), "kafka.sh oauth-token failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// Replaces (or adds) `overrides` in a service environment.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use abm::sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
 use abm::testkit::{
-    PrivateBroker, SecureListeners, ServiceProcess, TestTopics, flush, free_port, http_get, metric, producer_to,
+    PrivateBroker, SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, flush, free_port, http_get, metric, producer_to,
     read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
 };
 use abm::topics::TopicRole;
@@ -252,6 +252,19 @@ fn the_pipeline_rides_out_broker_restarts_at_random_moments() {
 fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_scram_sha_512() {
     let secure = SecureListeners::of_broker_under_test();
     run_world("e2e-sasl", 1500, &secure.sasl_env(&secure.password(), "ca.pem"), Chaos::Calm);
+}
+
+/// The same with OAUTHBEARER: each service fetches its tokens from an OIDC token endpoint
+/// (client credentials) and the broker checks their signature, issuer, audience and expiry
+/// against its issuer's keys, as with Keycloak, Okta or Azure AD in front of a cluster.
+#[test]
+fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_oauthbearer_oidc_tokens() {
+    let secure = SecureListeners::of_broker_under_test();
+    let endpoint = TokenEndpoint::start(&secure, "abm-pipeline", "pipeline-secret");
+    run_world("e2e-oauth", 600, &secure.oauth_env(&endpoint, "pipeline-secret"), Chaos::Calm);
+    // ingest (import and service), the scorer and the alerter each logged in with a token.
+    assert!(endpoint.issued() >= 4, "tokens issued: {}", endpoint.issued());
+    assert_eq!(endpoint.refused(), 0);
 }
 
 /// The runs on a private broker take turns: two brokers and two pipelines at once on two cores

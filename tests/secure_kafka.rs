@@ -1,11 +1,13 @@
-//! Secured Kafka against the real broker's SASL_SSL (SCRAM) and mTLS listeners: a service
-//! starts over mTLS, and a wrong password or an untrusted broker certificate ends start-up with
-//! one clear line and exit code 1 (the end-to-end run over SASL_SSL is in `end_to_end.rs`).
+//! Secured Kafka against the real broker's SASL_SSL (SCRAM, OAUTHBEARER) and mTLS listeners: a
+//! service runs over mTLS and over SCRAM-SHA-256, and a wrong password, a wrong OAuth client
+//! secret or an untrusted broker certificate ends start-up with one clear line and exit code 1
+//! (the end-to-end runs over SASL_SSL, SCRAM-SHA-512 and OAUTHBEARER, are in `end_to_end.rs`).
 
 use std::time::Duration;
 
 use abm::testkit::{
-    SecureListeners, ServiceProcess, TestTopics, free_port, run_to_exit, wait_for_status, with_env, workspace_binary,
+    SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, free_port, run_to_exit, wait_for_status, with_env,
+    workspace_binary,
 };
 
 /// Runs `service` with `kafka_env` until it exits; returns its exit code and stderr.
@@ -47,6 +49,43 @@ fn a_wrong_scram_password_ends_start_up_with_one_clear_line() {
 }
 
 #[test]
+fn a_wrong_oauth_client_secret_ends_start_up_with_one_clear_line() {
+    let secure = SecureListeners::of_broker_under_test();
+    let endpoint = TokenEndpoint::start(&secure, "abm-scorer", "the-secret");
+    let (code, stderr) = start_up("scorer", &secure.oauth_env(&endpoint, "not-the-secret"));
+    let start = format!("scorer: error: Kafka at {} refused the login", secure.sasl_bootstrap);
+    assert_one_clear_line(code, &stderr, &start, "sasl.oauthbearer");
+    assert!(endpoint.refused() >= 1, "the token endpoint was asked");
+    assert_eq!(endpoint.issued(), 0);
+    assert!(!stderr.contains("not-the-secret"), "the secret is never printed: {stderr}");
+}
+
+/// librdkafka would abort on this (an assertion, exit 134) once its OIDC thread runs.
+#[test]
+fn with_oauth_a_ca_file_that_cannot_be_read_ends_start_up_with_one_clear_line() {
+    let secure = SecureListeners::of_broker_under_test();
+    let endpoint = TokenEndpoint::start(&secure, "abm-scorer", "the-secret");
+    let missing = secure.file("no-such-ca.pem");
+    let env = with_env(
+        secure.oauth_env(&endpoint, "the-secret"),
+        &[("ABM_KAFKA__LIBRDKAFKA__SSL_CA_LOCATION", missing.clone())],
+    );
+    let (code, stderr) = start_up("alerter", &env);
+    assert_one_clear_line(code, &stderr, "alerter: error: invalid Kafka client setting: ", "ssl.ca.location");
+    assert!(last_line(&stderr).contains(&missing), "names the file: {stderr}");
+}
+
+#[test]
+fn a_service_runs_over_sasl_ssl_with_scram_sha_256() {
+    let secure = SecureListeners::of_broker_under_test();
+    let env = with_env(
+        secure.sasl_env(&secure.password(), "ca.pem"),
+        &[("ABM_KAFKA__LIBRDKAFKA__SASL_MECHANISMS", "SCRAM-SHA-256".into())],
+    );
+    accepts_an_event_through_ingest("scram256", &env);
+}
+
+#[test]
 fn an_untrusted_broker_certificate_ends_start_up_with_one_clear_line() {
     let secure = SecureListeners::of_broker_under_test();
     let (code, stderr) = start_up("scorer", &secure.sasl_env(&secure.password(), "untrusted-ca.pem"));
@@ -66,16 +105,20 @@ fn a_client_without_a_certificate_is_refused_by_the_mtls_listener() {
 
 #[test]
 fn a_service_runs_over_mtls_with_its_client_certificate() {
-    let secure = SecureListeners::of_broker_under_test();
-    let topics = TestTopics::new("mtls");
+    accepts_an_event_through_ingest("mtls", &SecureListeners::of_broker_under_test().mtls_env());
+}
+
+/// Ingest, connected with `kafka_env`, answers ready and has an event acknowledged by the broker.
+fn accepts_an_event_through_ingest(name: &str, kafka_env: &[(&'static str, String)]) {
+    let topics = TestTopics::new(name);
     topics.create();
     let port = free_port();
-    let mut env = with_env(topics.env(), &secure.mtls_env());
+    let mut env = with_env(topics.env(), kafka_env);
     env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
-    env.push(("ABM_INGEST__WRITE_KEYS__T", "mtls-key".into()));
+    env.push(("ABM_INGEST__WRITE_KEYS__T", "secured-key".into()));
     let mut ingest = ServiceProcess::start(&workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), &ingest.stderr());
-    // An event through the mTLS connection, acknowledged by the broker.
+    // An event through the secured connection, acknowledged by the broker.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let event = format!(
@@ -84,7 +127,7 @@ fn a_service_runs_over_mtls_with_its_client_certificate() {
     let (status, body) = runtime.block_on(async {
         let response = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/v1/events"))
-            .bearer_auth("mtls-key")
+            .bearer_auth("secured-key")
             .body(event)
             .send()
             .await

@@ -12,15 +12,21 @@
 #   deploy/local/kafka.sh tls-dir        print the directory of the local CA and client files
 #   deploy/local/kafka.sh client-env     print `export ABM_KAFKA__...` lines for a service to use
 #                                        SASL_SSL/SCRAM-SHA-512 (they include the SCRAM password)
+#   deploy/local/kafka.sh oauth-token [SUBJECT [SECONDS]]
+#                                        print a JWT the SASL_SSL listener accepts for OAUTHBEARER
+#                                        (signed with the local issuer's key; default subject abm,
+#                                        valid 3600 s): what a test's token endpoint hands out
 #   deploy/local/kafka.sh reset          stop and delete this port's data directory (and its TLS dir)
 #
 # Listeners, all on 127.0.0.1: PLAINTEXT on PORT (also the inter-broker listener), CONTROLLER
-# on PORT+1, SASL_SSL on PORT+2 (SCRAM user `abm`) and SSL on PORT+3 (mTLS). The TLS dir is
+# on PORT+1, SASL_SSL on PORT+2 (SCRAM user `abm`, and OAUTHBEARER with JWTs of the local
+# issuer, checked against its JWKS as an OIDC provider's would be) and SSL on PORT+3 (mTLS). The TLS dir is
 # made once per data directory with openssl and keytool: ca.pem (the CA to trust), client.pem +
 # client.key (a client certificate the SSL listener accepts), untrusted-ca.pem (a CA that signed
 # nothing here), truststore.p12 + client.p12 (the same for JDK clients; password in
 # store-password), sasl-password (user abm's), client-sasl.properties + client-ssl.properties
-# (JDK client settings). Only `client-env` prints a secret.
+# (JDK client settings), oauth.key + jwks.json (the local token issuer's RSA key and its public
+# JWKS). Only `client-env` and `oauth-token` print a secret.
 #
 # Environment (all optional):
 #   LOCAL_KAFKA_PORT             PLAINTEXT client port (default 9092)
@@ -53,6 +59,11 @@ start_timeout=${LOCAL_KAFKA_START_TIMEOUT:-120}
 start_limit=${LOCAL_KAFKA_START_LIMIT:-900}
 scram_user=abm
 scram_mechanisms=(SCRAM-SHA-512 SCRAM-SHA-256)
+# What the broker requires of an OAUTHBEARER token besides its signature and expiry.
+oauth_issuer=https://abm-local-issuer.invalid
+oauth_audience=abm-local-kafka
+oauth_kid=abm-local-1
+sasl_mechanisms="SCRAM-SHA-512,SCRAM-SHA-256,OAUTHBEARER"
 listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$sasl_port,SSL://127.0.0.1:$ssl_port"
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
@@ -165,6 +176,45 @@ PROPS
   mv "$scratch" "$tls"
 }
 
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+
+# The local token issuer: an RSA key and its public JWKS (a file the broker reads, as it would
+# fetch an OIDC provider's). Separate from make_tls so TLS dirs made before it get it too.
+make_oauth() {
+  [ -f "$tls/jwks.json" ] && return 0
+  local modulus exponent
+  (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tls/oauth.key.new" 2>"$run/tls.log") \
+    || { cat "$run/tls.log" >&2; die "making the local token issuer's key failed (log above)"; }
+  modulus=$(openssl rsa -in "$tls/oauth.key.new" -noout -modulus | sed 's/^Modulus=//')
+  # The exponent openssl uses for new RSA keys: 65537, AQAB in base64url.
+  openssl rsa -in "$tls/oauth.key.new" -noout -text 2>/dev/null | grep -q 'publicExponent: 65537' \
+    || die "the local token issuer's key does not have exponent 65537"
+  exponent=AQAB
+  # shellcheck disable=SC2059 # the format is the modulus as \xNN escapes
+  modulus=$(printf "$(sed 's/../\\x&/g' <<<"$modulus")" | b64url)
+  printf '{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":"%s","n":"%s","e":"%s"}]}\n' \
+    "$oauth_kid" "$modulus" "$exponent" >"$tls/jwks.json.new"
+  mv "$tls/oauth.key.new" "$tls/oauth.key"
+  mv "$tls/jwks.json.new" "$tls/jwks.json"
+}
+
+# A JWT of the local issuer for SUBJECT, valid for SECONDS (RS256).
+oauth_token() {
+  local subject=${1:-abm} seconds=${2:-3600} now header payload signature
+  [[ $subject =~ ^[A-Za-z0-9._-]+$ ]] || die "oauth-token: the subject must be letters, digits, '.', '_' or '-'"
+  [[ $seconds =~ ^[0-9]+$ ]] || die "oauth-token: SECONDS must be a number"
+  # KAFKA_TLS_DIR: another broker's TLS dir laid out as this script's (its issuer's oauth.key).
+  local key="${KAFKA_TLS_DIR:-$tls}/oauth.key"
+  if [ -z "${KAFKA_TLS_DIR:-}" ]; then make_tls; make_oauth; fi
+  [ -f "$key" ] || die "oauth-token: no issuer key at $key"
+  now=$(date +%s)
+  header=$(printf '{"alg":"RS256","typ":"JWT","kid":"%s"}' "$oauth_kid" | b64url)
+  payload=$(printf '{"iss":"%s","aud":"%s","sub":"%s","iat":%d,"exp":%d,"scope":"kafka"}' \
+    "$oauth_issuer" "$oauth_audience" "$subject" "$now" "$((now + seconds))" | b64url)
+  signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$key" -binary | b64url)
+  printf '%s.%s.%s\n' "$header" "$payload" "$signature"
+}
+
 write_config() {
   mkdir -p "$run/data"
   local store_password
@@ -181,9 +231,14 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$control
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
-sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+sasl.enabled.mechanisms=$sasl_mechanisms
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+sasl.oauthbearer.jwks.endpoint.url=file://$tls/jwks.json
+sasl.oauthbearer.expected.issuer=$oauth_issuer
+sasl.oauthbearer.expected.audience=$oauth_audience
 listener.name.ssl.ssl.client.auth=required
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$tls/broker.p12
@@ -223,7 +278,9 @@ logger.apache.level = WARN
 EOF
 }
 
+# The broker reads the local issuer's JWKS from a file; Kafka 4 refuses any URL not allowed here.
 jvm=(java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+  -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="file://$tls/jwks.json"
   -Dlog4j2.configurationFile="$run/log4j2.properties" -cp "$libs/*")
 java_cmd() { "${jvm[@]}" "$@"; }
 # Short-lived admin tools: a small heap and no optimising JIT start faster.
@@ -279,7 +336,9 @@ port_taken() {
 start() {
   local pid p
   if pid=$(running_pid); then
-    if grep -qxF "listeners=$listeners" "$run/server.properties" 2>/dev/null && [ -f "$tls/.complete" ]; then
+    if grep -qxF "listeners=$listeners" "$run/server.properties" 2>/dev/null \
+      && grep -qxF "sasl.enabled.mechanisms=$sasl_mechanisms" "$run/server.properties" \
+      && [ -f "$tls/.complete" ] && [ -f "$tls/jwks.json" ]; then
       if all_ports_answer; then
         ensure_scram
         say "already running (pid $pid) at 127.0.0.1:$port (SASL_SSL $sasl_port, SSL $ssl_port)"
@@ -290,14 +349,14 @@ start() {
       ensure_scram
       return 0
     fi
-    # Started by an older kafka.sh (no secured listeners) or with other ports: restart it, unless
+    # Started by an older kafka.sh (other listeners or mechanisms) or with other ports: restart it, unless
     # a port it does not hold itself is taken by someone else.
     local serving
     serving=$(sed -n 's/^listeners=//p' "$run/server.properties" 2>/dev/null)
     for p in "$port" "$sasl_port" "$ssl_port"; do
       if port_answers "$p" && [[ ",$serving," != *":$p,"* ]]; then port_taken "$p"; fi
     done
-    say "broker pid $pid serves other listeners than $listeners (an older kafka.sh or other ports started it); restarting it"
+    say "broker pid $pid serves other listeners than $listeners or other SASL mechanisms than $sasl_mechanisms (an older kafka.sh or other ports started it); restarting it"
     stop
   fi
   for p in "$port" "$sasl_port" "$ssl_port"; do
@@ -305,6 +364,7 @@ start() {
   done
   fetch
   make_tls
+  make_oauth
   chmod 700 "$run" # the data and the TLS dir hold credentials
   write_config
   if [ ! -f "$run/data/meta.properties" ]; then
@@ -413,6 +473,7 @@ case "${1:-}" in
   bootstrap-ssl) echo "127.0.0.1:$ssl_port" ;;
   tls-dir) make_tls; echo "$tls" ;;
   client-env) client_env ;;
+  oauth-token) shift; oauth_token "$@" ;;
   reset) stop; rm -rf "$run"; say "deleted $run" ;;
-  *) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

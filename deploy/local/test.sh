@@ -6,7 +6,8 @@
 #
 # With KAFKA_BOOTSTRAP_SERVERS set, the tests use that broker (and KAFKA_SASL_BOOTSTRAP_SERVERS,
 # KAFKA_SSL_BOOTSTRAP_SERVERS and KAFKA_TLS_DIR for its secured listeners, laid out as
-# kafka.sh's: user abm, ca.pem, client.pem, client.key, sasl-password). Otherwise this starts the local
+# kafka.sh's: user abm, ca.pem, client.pem, client.key, sasl-password, and oauth.key, the key of
+# an OAUTHBEARER issuer the broker trusts with kafka.sh's issuer and audience). Otherwise this starts the local
 # Apache Kafka (deploy/local/kafka.sh: fetched from Maven Central on first use, then cached)
 # and leaves it running for the next run; `deploy/local/kafka.sh stop` stops it.
 set -euo pipefail
@@ -22,6 +23,10 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# What the build links: the system OpenSSL and libcurl (rdkafka's `ssl` and `curl` features).
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+pkg-config --exists libcurl 2>/dev/null || missing+=(libcurl4-openssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing Debian's ${missing[*]}" >&2
