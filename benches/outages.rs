@@ -1,5 +1,5 @@
 //! How often the whole pipeline rides out two broker restarts exactly: the end-to-end run of
-//! `tests/end_to_end.rs` on a private broker stopped for 12 s and restarted twice while the
+//! `tests/end_to_end.rs` on a private broker stopped for 12 s (`OUTAGE_SECONDS`) and restarted twice while the
 //! stream flows (no service restarted), `OUTAGE_RUNS` times (default 10). A run counts as exact
 //! when every score equals the independent recomputation, every expected alert is there once,
 //! and no acknowledged event is lost. `ABM_TEST_KEEP_LOGS=1` keeps the services' logs.
@@ -17,7 +17,9 @@ mod end_to_end;
 fn main() {
     let runs: usize = std::env::var("OUTAGE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let random = std::env::var("OUTAGE_KIND").is_ok_and(|kind| kind == "random");
-    let kind = if random { "three broker restarts of 3-8 s at random moments" } else { "two broker restarts of 12 s each" };
+    let seconds = std::env::var("OUTAGE_SECONDS").unwrap_or_else(|_| "12".into());
+    let fixed = format!("two broker restarts of {seconds} s each");
+    let kind = if random { "three broker restarts of 3-8 s at random moments" } else { fixed.as_str() };
     let watched = std::env::var("ABM_TEST_STALL_AFTER_MS").map_or_else(|_| "loops watched (stall_after 20 s)".to_owned(), |ms| format!("stall_after {ms} ms"));
     let mut exact = 0;
     for run in 1..=runs {

@@ -11,6 +11,8 @@
 //! - [`kafka`] — client configuration with a librdkafka passthrough (TLS/SASL), a start-up
 //!   reachability check, topic creation.
 //! - [`eos`] — the exactly-once consume-process-produce loop (Kafka transactions).
+//! - [`watch`] — the progress watch of the non-transactional consumer loops (a wedged
+//!   consumer is replaced).
 //! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
 //! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
 //! - [`tal`], [`sim`], [`testkit`] — the TAL follower, the simulated world, test support.
@@ -27,6 +29,7 @@ pub mod shutdown;
 pub mod sim;
 pub mod tal;
 pub mod telemetry;
+pub mod watch;
 pub mod testkit;
 pub mod topics;
 

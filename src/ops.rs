@@ -44,18 +44,18 @@ const STOPPING: u8 = 2;
 pub struct Health {
     state: Arc<AtomicU8>,
     /// What readiness waits for, by name, with a line for `/readyz`.
-    waiting: Arc<Mutex<BTreeMap<&'static str, String>>>,
+    waiting: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Health {
     /// Readiness is 503 until [`Health::done_waiting`] with the same `name`.
-    pub fn wait_for(&self, name: &'static str, detail: impl Into<String>) {
-        self.waiting().insert(name, detail.into());
+    pub fn wait_for(&self, name: impl Into<String>, detail: impl Into<String>) {
+        self.waiting().insert(name.into(), detail.into());
     }
-    pub fn done_waiting(&self, name: &'static str) {
+    pub fn done_waiting(&self, name: &str) {
         self.waiting().remove(name);
     }
-    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     pub fn set_ready(&self) {

@@ -56,8 +56,8 @@ pub struct Settings {
     pub instance_id: String,
     /// Transaction interval (default 250 ms).
     pub commit_interval_ms: u64,
-    /// The loop heals (replaces its Kafka consumer) when crossings wait for it but it made no
-    /// progress for this long (default 20000 ms, at least 2000).
+    /// The loop and each webhook task heal (replace their Kafka consumer) when input waits for
+    /// them but they made no progress for this long (default 20000 ms, at least 2000).
     pub stall_after_ms: u64,
     #[serde(flatten)]
     pub policy: PolicyConfig,
@@ -159,11 +159,24 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     for hook in &settings.webhooks {
         let endpoint = Arc::new(Endpoint::new(hook.clone(), metrics.clone())?);
         let group = format!("{}-webhook-{}", settings.group_id, hook.name);
-        let consumer = webhook_consumer(&config.kafka, &group, hook.start_from, false)?;
-        consumer.subscribe(&[&alerts_topic])?;
+        let (kafka, topic, start_from) = (config.kafka.clone(), alerts_topic.clone(), hook.start_from);
+        let subscribe = move || -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
+            let consumer = webhook_consumer(&kafka, &group, start_from, false)?;
+            consumer.subscribe(&[&topic]).with_context(|| format!("subscribing to {topic}"))?;
+            Ok(consumer)
+        };
+        let watch = abm::watch::StreamWatch::new(
+            format!("webhook {}", hook.name),
+            Duration::from_millis(settings.stall_after_ms.max(2000)),
+            hook.start_from == StartFrom::Earliest,
+            metrics.webhook_stalled_seconds.with_label_values(&[&hook.name]),
+            metrics.webhook_heals.with_label_values(&[&hook.name]),
+            context.health.clone(),
+        );
         let task = tokio::spawn(webhook::run_endpoint(
             endpoint,
-            consumer,
+            subscribe,
+            watch,
             parker.clone(),
             parked_topic.clone(),
             context.shutdown.clone(),
@@ -210,18 +223,19 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 /// from the endpoint's committed offset.
 fn supervise(
     endpoint: String,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
     shutdown: abm::CancellationToken,
 ) -> tokio::task::JoinHandle<Option<String>> {
     tokio::spawn(async move {
         let outcome = task.await;
-        if shutdown.is_cancelled() && outcome.is_ok() {
+        if shutdown.is_cancelled() && matches!(outcome, Ok(Ok(()))) {
             return None;
         }
         let why = match outcome {
             Err(error) if error.is_panic() => "panicked".to_owned(),
             Err(error) => error.to_string(),
-            Ok(()) => "returned".to_owned(),
+            Ok(Err(error)) => format!("{error:#}"),
+            Ok(Ok(())) => "returned".to_owned(),
         };
         let failure = format!("the webhook delivery task of endpoint {endpoint:?} ended unexpectedly ({why})");
         tracing::error!("{failure}; stopping the alerter");

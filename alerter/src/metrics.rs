@@ -10,6 +10,8 @@ pub struct Metrics {
     pub suppressed: IntCounterVec,
     pub webhook: IntCounterVec,
     pub webhook_latency: HistogramVec,
+    pub webhook_stalled_seconds: prometheus::GaugeVec,
+    pub webhook_heals: IntCounterVec,
     pub transactions: IntCounter,
     pub transactions_aborted: IntCounter,
     pub history_skipped: IntCounter,
@@ -23,6 +25,8 @@ impl Metrics {
         for outcome in ["delivered", "retry", "failed", "circuit_open", "parked"] {
             self.webhook.with_label_values(&[endpoint, outcome]);
         }
+        self.webhook_stalled_seconds.with_label_values(&[endpoint]);
+        self.webhook_heals.with_label_values(&[endpoint]);
     }
 
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
@@ -57,6 +61,20 @@ impl Metrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
                 &["endpoint"],
             )?,
+            webhook_stalled_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "abm_alerter_webhook_stalled_seconds",
+                    "Seconds a webhook delivery task has had alerts waiting without taking any (0 while it progresses or has nothing to do); /readyz is 503 from half of alerter.stall_after_ms.",
+                ),
+                &["endpoint"],
+            )?,
+            webhook_heals: IntCounterVec::new(
+                Opts::new(
+                    "abm_alerter_webhook_heals_total",
+                    "Times a webhook delivery task's alerts waited alerter.stall_after_ms untaken and its Kafka consumer was replaced.",
+                ),
+                &["endpoint"],
+            )?,
             transactions: IntCounter::new("abm_alerter_transactions_total", "Transactions committed.")?,
             transactions_aborted: IntCounter::new(
                 "abm_alerter_transactions_aborted_total",
@@ -87,6 +105,8 @@ impl Metrics {
         registry.register(Box::new(metrics.suppressed.clone()))?;
         registry.register(Box::new(metrics.webhook.clone()))?;
         registry.register(Box::new(metrics.webhook_latency.clone()))?;
+        registry.register(Box::new(metrics.webhook_stalled_seconds.clone()))?;
+        registry.register(Box::new(metrics.webhook_heals.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;
         registry.register(Box::new(metrics.transactions_aborted.clone()))?;
         registry.register(Box::new(metrics.history_skipped.clone()))?;

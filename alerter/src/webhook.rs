@@ -230,26 +230,52 @@ impl Endpoint {
     }
 }
 
-/// Delivers every new alert to `endpoint` until `shutdown`, parking what it cannot deliver.
+/// Delivers every new alert to `endpoint` until `shutdown`, parking what it cannot deliver,
+/// reading with consumers made by `subscribe`. The task is watched: a consumer that stops
+/// handing out alerts while its partitions have some is replaced (see [`abm::watch`]); the
+/// task fails when that happens too often or a consumer cannot be made.
 pub async fn run_endpoint(
     endpoint: std::sync::Arc<Endpoint>,
-    consumer: StreamConsumer,
+    subscribe: impl Fn() -> anyhow::Result<StreamConsumer> + Send,
+    mut watch: abm::watch::StreamWatch,
     parker: FutureProducer,
     parked_topic: String,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let name = endpoint.config.name.clone();
+    let mut consumer = subscribe()?;
+    let mut fault = abm::watch::fault_after(WEBHOOK_FAULT_ENV);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let message = tokio::select! {
+        let mut heal = None;
+        let received = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                heal = tokio::task::block_in_place(|| watch.check(&consumer, false));
+                None
+            }
             received = consumer.recv() => match received {
-                Ok(message) => message,
+                Ok(message) => Some(message.detach()),
                 Err(error) => {
                     tracing::warn!(endpoint = %name, %error, "webhook consumer error");
-                    continue;
+                    None
                 }
             },
         };
+        if let Some(why) = heal {
+            watch.replacing(&why)?;
+            // Every handled alert's offset is stored: commit them, then read on from there.
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::warn!(endpoint = %name, %error, "committing webhook offsets before replacing the consumer");
+            }
+            drop(consumer);
+            consumer = subscribe()?;
+            continue;
+        }
+        let Some(message) = received else { continue };
+        watch.progressed();
+        abm::watch::inject_fault(&mut fault, &consumer);
         let payload = message.payload().unwrap_or_default();
         let handled = match abm_schemas::decode::<SalesAlert>(payload) {
             Ok(alert) => match endpoint.deliver(&alert, true).await {
@@ -266,12 +292,18 @@ pub async fn run_endpoint(
             // alert is delivered after the restart.
             break;
         }
-        if let Err(error) = consumer.store_offset_from_message(&message) {
+        watch.progressed();
+        if let Err(error) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
             tracing::warn!(endpoint = %name, %error, "cannot store webhook offset");
         }
     }
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(())
 }
+
+/// Test-only fault injection: after this many alerts the endpoint's first consumer pauses its
+/// partitions for good (a consumer that stops fetching), which the watch must heal.
+const WEBHOOK_FAULT_ENV: &str = "ABMTEST_FAULT_WEBHOOK_STALL_AFTER_MESSAGES";
 
 /// Parks an undelivered alert, retrying while Kafka does not take it (a broker outage) until it
 /// does or `shutdown`; false when it was not parked.

@@ -389,3 +389,58 @@ fn failing_and_hanging_webhooks_are_retried_parked_and_replayed_once_without_blo
     assert_eq!(receiver.delivered_to("/fail").len(), 10, "a second replay delivers nothing again");
     let _ = std::fs::remove_file(&config);
 }
+
+/// A webhook task whose consumer stops fetching (the failure reported against librdkafka after
+/// broker restarts, injected: its partitions paused for good after 5 alerts) is noticed by its
+/// watch and healed by a new consumer: every alert is delivered, each once.
+#[test]
+fn a_webhook_consumer_that_stops_fetching_is_replaced_and_every_alert_is_delivered_once() {
+    let receiver = Receiver::start();
+    let alerter = Alerter::new("alerter-webhook-stall");
+    let config = std::env::temp_dir().join(format!("{}.toml", alerter.topics.prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "[alerter]\nstall_after_ms = 3000\n\n[[alerter.webhooks]]\nname = \"sdr\"\nurl = \"http://127.0.0.1:{}/sdr\"\nstart_from = \"earliest\"\n",
+            receiver.port
+        ),
+    )
+    .expect("config");
+    let config_path = config.display().to_string();
+    let mut env = alerter.env();
+    env.push(("ABMTEST_FAULT_WEBHOOK_STALL_AFTER_MESSAGES", "5".into()));
+    let process = ServiceProcess::start(Path::new(ALERTER), &["--config", &config_path], &env);
+    wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
+
+    // Crossings keep arriving after the fault: the paused consumer leaves their alerts waiting.
+    let kafka = producer();
+    let expected: BTreeSet<String> = (0..20).map(|i| format!("stall-{i}:hand_raiser:1")).collect();
+    for wave in 0..4 {
+        for i in wave * 5..(wave + 1) * 5 {
+            let c = crossing(&format!("stall-{i}"), CrossingKind::HandRaiser, 1, T0);
+            send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, &c);
+        }
+        flush(&kafka);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    alerter.wait_for_alerts(20, &process);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while receiver.delivered_to("/sdr").len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 delivered\n{}",
+            receiver.delivered_to("/sdr").len(),
+            process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let delivered = receiver.delivered_to("/sdr");
+    assert_eq!(delivered.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(delivered.len(), 20, "each alert once: {delivered:?}");
+    assert_eq!(metric(alerter.port, "abm_alerter_webhook_heals_total", &["endpoint=\"sdr\""]), 1.0, "{}", process.stderr());
+    assert_eq!(metric(alerter.port, "abm_alerter_webhook_stalled_seconds", &["endpoint=\"sdr\""]), 0.0);
+    assert!(process.stderr().contains("have input but nothing was taken"), "{}", process.stderr());
+    wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
+    let _ = std::fs::remove_file(&config);
+}

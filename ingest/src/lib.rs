@@ -72,6 +72,10 @@ pub struct Settings {
     pub produce_timeout_ms: u64,
     /// Normalise the raw topics (default true).
     pub raw_topics: bool,
+    /// How long the raw-topic normaliser may have input waiting without taking any before its
+    /// Kafka consumer is replaced (default 20000 ms, at least 2000); `/readyz` is 503 from half
+    /// of it.
+    pub stall_after_ms: u64,
     pub validation: ValidationConfig,
 }
 
@@ -83,6 +87,7 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             produce_timeout_ms: 5_000,
             raw_topics: true,
+            stall_after_ms: 20_000,
             validation: ValidationConfig::default(),
         }
     }
@@ -155,13 +160,22 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
 
     let normaliser = if settings.raw_topics {
-        let consumer: StreamConsumer = config
-            .kafka
-            .consumer_config("abm-ingest", &settings.group_id)
-            .create()
-            .context("creating the raw-topic consumer")?;
-        let inputs: Vec<&str> = RAW_TOPICS.iter().map(|role| topics.name(*role)).collect();
-        consumer.subscribe(&inputs).with_context(|| format!("subscribing to {inputs:?}"))?;
+        let consumer_config = config.kafka.consumer_config("abm-ingest", &settings.group_id);
+        let inputs: Vec<String> = RAW_TOPICS.iter().map(|role| topics.name(*role).to_owned()).collect();
+        let subscribe = move || -> anyhow::Result<StreamConsumer> {
+            let consumer: StreamConsumer = consumer_config.create().context("creating the raw-topic consumer")?;
+            let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            consumer.subscribe(&names).with_context(|| format!("subscribing to {inputs:?}"))?;
+            Ok(consumer)
+        };
+        let watch = abm::watch::StreamWatch::new(
+            "raw-topic normaliser",
+            Duration::from_millis(settings.stall_after_ms.max(2000)),
+            true,
+            metrics.raw_stalled_seconds.clone(),
+            metrics.raw_heals.clone(),
+            context.health.clone(),
+        );
         let normaliser = Arc::new(raw::Normaliser {
             validation: settings.validation.clone(),
             tal,
@@ -169,18 +183,40 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             metrics,
             kinds: raw::Normaliser::kinds_for(&topics, &RAW_TOPICS),
         });
-        Some(tokio::spawn(normaliser.run(consumer, context.shutdown.clone())))
+        let task = tokio::spawn(normaliser.run(subscribe, watch, context.shutdown.clone()));
+        Some(supervise_normaliser(task, context.shutdown.clone()))
     } else {
         None
     };
     context.health.set_ready();
 
     server.await.context("HTTP server task")?.context("HTTP server")?;
-    if let Some(normaliser) = normaliser {
-        normaliser.await.context("raw-topic normaliser")?;
-    }
     sink.flush(Duration::from_millis(settings.produce_timeout_ms));
+    if let Some(normaliser) = normaliser {
+        normaliser.await.context("raw-topic normaliser task")??;
+    }
     Ok(())
+}
+
+/// Watches the raw-topic normaliser: one that fails or ends before shutdown (a panic) is never
+/// silent; it stops ingest (non-zero) so the platform restarts it, and the raw records are
+/// read again from the group's committed offsets.
+fn supervise_normaliser(
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    shutdown: abm::CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let failure = match task.await {
+            Ok(Ok(())) if shutdown.is_cancelled() => return Ok(()),
+            Ok(Ok(())) => anyhow::anyhow!("the raw-topic normaliser ended unexpectedly"),
+            Ok(Err(error)) => error.context("raw-topic normaliser"),
+            Err(error) if error.is_panic() => anyhow::anyhow!("the raw-topic normaliser panicked"),
+            Err(error) => anyhow::anyhow!("the raw-topic normaliser: {error}"),
+        };
+        tracing::error!("{failure:#}; stopping ingest");
+        shutdown.cancel();
+        Err(failure)
+    })
 }
 
 /// `ingest import-tal`: validates the CSV, then writes every account and waits for Kafka.

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub tal_accounts: IntGauge,
     pub tal_domains: IntGauge,
     pub tal_decode_errors: prometheus::IntCounter,
+    pub raw_stalled_seconds: prometheus::Gauge,
+    pub raw_heals: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -75,6 +77,14 @@ impl Metrics {
                 "abm_ingest_tal_decode_errors_total",
                 "abm.accounts records that did not decode.",
             )?,
+            raw_stalled_seconds: prometheus::Gauge::new(
+                "abm_ingest_raw_loop_stalled_seconds",
+                "Seconds the raw-topic normaliser has had input waiting without taking any (0 while it progresses or has nothing to do); /readyz is 503 from half of ingest.stall_after_ms.",
+            )?,
+            raw_heals: prometheus::IntCounter::new(
+                "abm_ingest_raw_loop_heals_total",
+                "Times the raw-topic normaliser's input waited ingest.stall_after_ms untaken and its Kafka consumer was replaced.",
+            )?,
         };
         // Every bounded label value starts at 0, so rates and alert rules see the series at once.
         for transport in ["http", "kafka"] {
@@ -100,6 +110,8 @@ impl Metrics {
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
         registry.register(Box::new(metrics.tal_domains.clone()))?;
+        registry.register(Box::new(metrics.raw_stalled_seconds.clone()))?;
+        registry.register(Box::new(metrics.raw_heals.clone()))?;
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
         Ok(metrics)
     }

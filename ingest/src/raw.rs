@@ -2,7 +2,9 @@
 //! resolution as HTTP. A record's offset is stored only after all its outputs are
 //! acknowledged; offsets are stored in arrival order, so a commit never skips an unwritten
 //! record. A write that fails is retried with exponential backoff until it succeeds or the
-//! service stops (then the record is read again after restart): nothing is dropped.
+//! service stops (then the record is read again after restart): nothing is dropped. The loop
+//! is watched ([`abm::watch`]): a consumer that stops handing out records while its partitions
+//! have input is replaced (its stored offsets committed first; the new one resumes there).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
+
+use abm::watch::StreamWatch;
 
 use crate::metrics::Metrics;
 use crate::pipeline::{prepare, split};
@@ -97,23 +101,42 @@ impl Normaliser {
         written
     }
 
-    /// Runs until `shutdown`; commits the stored offsets before returning.
-    pub async fn run(self: Arc<Self>, consumer: StreamConsumer, shutdown: CancellationToken) {
+    /// Runs until `shutdown` on consumers made by `subscribe` (subscribed to the raw topics);
+    /// commits the stored offsets before returning. Fails when a consumer cannot be made, or
+    /// when consumers had to be replaced too often (see [`StreamWatch::replacing`]).
+    pub async fn run(
+        self: Arc<Self>,
+        subscribe: impl Fn() -> anyhow::Result<StreamConsumer> + Send,
+        mut watch: StreamWatch,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut consumer = subscribe()?;
         let mut pending: FuturesOrdered<BoxFuture<'static, (String, i32, i64, bool)>> = FuturesOrdered::new();
         // After a record that could not be written, no later offset may be stored.
         let mut stalled = false;
+        let mut fault = abm::watch::fault_after(RAW_FAULT_ENV);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let mut heal = None;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some((topic, partition, offset, written)) = pending.next(), if !pending.is_empty() => {
+                    watch.progressed();
                     stalled |= !written;
                     if !stalled && let Err(error) = consumer.store_offset(&topic, partition, offset) {
                         tracing::warn!(%error, topic, partition, offset, "cannot store offset");
                     }
                 }
+                _ = tick.tick() => {
+                    let busy = !pending.is_empty();
+                    heal = tokio::task::block_in_place(|| watch.check(&consumer, busy));
+                }
                 received = consumer.recv(), if pending.len() < MAX_IN_FLIGHT => match received {
                     Ok(message) => {
+                        watch.progressed();
+                        abm::watch::inject_fault(&mut fault, &consumer);
                         let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
                         let payload = message.payload().unwrap_or_default().to_vec();
                         let this = self.clone();
@@ -129,6 +152,16 @@ impl Normaliser {
                     Err(error) => tracing::warn!(%error, "raw topic consumer error"),
                 },
             }
+            if let Some(why) = heal {
+                // Nothing is in flight (a check while writes are pending never heals): every
+                // offset that may be stored is stored, and committed before the swap.
+                watch.replacing(&why)?;
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::warn!(%error, "committing the raw-topic offsets before replacing the consumer");
+                }
+                drop(consumer);
+                consumer = subscribe()?;
+            }
         }
         // Finish what was read (each write is bounded by the producer's message timeout).
         while let Some((topic, partition, offset, written)) = pending.next().await {
@@ -140,5 +173,10 @@ impl Normaliser {
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final offset commit");
         }
+        Ok(())
     }
 }
+
+/// Test-only fault injection: after this many records the first consumer pauses its partitions
+/// for good (a consumer that stops fetching), which the watch must heal.
+const RAW_FAULT_ENV: &str = "ABMTEST_FAULT_RAW_STALL_AFTER_MESSAGES";

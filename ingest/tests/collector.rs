@@ -352,6 +352,57 @@ fn with_the_broker_down_the_collector_answers_503_and_retried_events_arrive_afte
 }
 
 /// Event ids in `topic` on the broker at `bootstrap`.
+/// A raw-topic consumer that stops fetching (the failure reported against librdkafka after
+/// broker restarts, injected: its partitions paused for good after 50 records) is noticed by
+/// the normaliser's watch and healed by a new consumer: every record is normalised, each once.
+#[test]
+fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_taken_once() {
+    let topics = TestTopics::new("ingest-raw-stall");
+    topics.create();
+    let kafka = producer();
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &tal_account());
+    flush(&kafka);
+    let port = free_port();
+    let ingest = start_ingest(
+        &topics,
+        port,
+        &[
+            ("ABM_INGEST__STALL_AFTER_MS", "3000".into()),
+            ("ABMTEST_FAULT_RAW_STALL_AFTER_MESSAGES", "50".into()),
+        ],
+    );
+    // Records keep arriving after the fault: the paused consumer leaves them waiting.
+    let raw_topic = topics.name(TopicRole::RawWebVisits);
+    let now = now_ms();
+    let ids: BTreeSet<String> = (0..200).map(|n| format!("raw-stall-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let json = format!(
+            r#"{{"event_id":"{id}","kind":"web_visit","occurred_at":{now},"domain":"acme.example","properties":{{"url":"https://v.example/p{n}"}}}}"#
+        );
+        send_bytes(&kafka, &raw_topic, "tracker", json.as_bytes());
+        if n % 50 == 49 {
+            flush(&kafka);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    }
+    flush(&kafka);
+    let received = || metric(port, "abm_ingest_events_received_total", &["transport=\"kafka\""]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while received() < ids.len() as f64 {
+        assert!(Instant::now() < deadline, "{} of {} raw records taken\n{}", received(), ids.len(), ingest.stderr());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(received(), ids.len() as f64, "each record once\n{}", ingest.stderr());
+    assert_eq!(metric(port, "abm_ingest_raw_loop_heals_total", &[]), 1.0, "{}", ingest.stderr());
+    assert_eq!(metric(port, "abm_ingest_raw_loop_stalled_seconds", &[]), 0.0);
+    assert!(ingest.stderr().contains("have input but nothing was taken"), "{}", ingest.stderr());
+    let engaged: BTreeSet<String> =
+        read_ids(&abm::testkit::bootstrap_servers(), &topics.name(TopicRole::Engagement)).into_iter().collect();
+    assert_eq!(engaged, ids);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
+}
+
 fn read_ids(bootstrap: &str, topic: &str) -> Vec<String> {
     abm::testkit::read_all_bytes_from(bootstrap, topic)
         .into_iter()
