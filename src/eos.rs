@@ -719,6 +719,8 @@ impl<P: Processor> Shared<P> {
             if pending.contains(&partition) {
                 continue;
             }
+            // Each query may take its whole timeout: the thread is alive meanwhile.
+            self.watch.beat();
             let (low, stable) = consumer.fetch_watermarks(&self.input_topic, partition, Duration::from_secs(2)).ok()?;
             let fetched_to = match fetch.get(&partition) {
                 Some((_, queued)) if *queued > 0 => {

@@ -114,6 +114,9 @@ impl KafkaConfig {
     /// directly, never copied out of another `ClientConfig`: its `config_map` hides secrets
     /// (`sasl.password` reads "[sanitized for safety]"), so a copy would carry a wrong password.
     fn layer(&self, mut role_defaults: ClientConfig, client_id: &str) -> ClientConfig {
+        // librdkafka backs off reconnecting up to 10 s: a client can lie idle that long after a
+        // broker came back. 1 s, as Kafka's Java client does.
+        role_defaults.set("reconnect.backoff.max.ms", "1000");
         role_defaults.set("bootstrap.servers", &self.bootstrap_servers);
         role_defaults.set("client.id", client_id);
         for (key, value) in self.passthrough() {

@@ -15,18 +15,48 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// `[http]` section.
+/// `[http]` section: the port and its limits. Everything reachable over HTTP is treated as
+/// hostile: a client gets bounded time to send its headers and its body, and bounded room.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the service's HTTP port (default per service: ingest `0.0.0.0:8080`,
     /// scorer `0.0.0.0:8081`, alerter `0.0.0.0:8082`). Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Time a client has to send a request's headers, counted from the connection's start or
+    /// the end of its previous response: also the longest a kept-alive connection may sit idle
+    /// (default 10000 ms). A client too slow, or silent, is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a whole request body, counted from its headers (default
+    /// 30000 ms); after it the request is answered 408 (a body read so far is not kept).
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most (default 1024); a connection beyond it is closed at once and
+    /// counted in `abm_http_connections_refused_total`.
+    pub max_connections: usize,
+    /// Requests handled at once at most (default 256); one beyond it is answered 503 with
+    /// `Retry-After: 1` and counted in `abm_http_requests_shed_total`.
+    pub max_concurrent_requests: usize,
+    /// On shutdown, how long requests in flight may take to finish before their connections
+    /// are closed (default 10000 ms).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 0)) }
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_read_timeout_ms.max(1))
     }
 }
 
@@ -140,9 +170,111 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on http.listen = {address}: {e}"))
 }
 
-/// Serves `app` until `shutdown` is cancelled, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+/// The HTTP port's own metrics (`abm_http_*`).
+#[derive(Debug, Clone)]
+struct PortMetrics {
+    open: prometheus::IntGauge,
+    refused: prometheus::IntCounter,
+    shed: prometheus::IntCounter,
+}
+
+impl PortMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<PortMetrics> {
+        let metrics = PortMetrics {
+            open: prometheus::IntGauge::new("abm_http_connections_open", "HTTP connections open.")?,
+            refused: prometheus::IntCounter::new(
+                "abm_http_connections_refused_total",
+                "HTTP connections closed at once because http.max_connections were open.",
+            )?,
+            shed: prometheus::IntCounter::new(
+                "abm_http_requests_shed_total",
+                "HTTP requests answered 503 because http.max_concurrent_requests were in flight.",
+            )?,
+        };
+        registry.register(Box::new(metrics.open.clone()))?;
+        registry.register(Box::new(metrics.refused.clone()))?;
+        registry.register(Box::new(metrics.shed.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// The client's address, in each request's extensions (per-client limits read it).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves `app` on `listener` within the limits of `config` until `shutdown` is cancelled;
+/// then stops accepting, lets requests in flight finish for `shutdown_grace_ms`, and closes
+/// what is left. HTTP/1.1 with keep-alive.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: HttpConfig,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    let metrics = PortMetrics::register(&registry).map_err(std::io::Error::other)?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let requests = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests.max(1)));
+    let header_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms.max(1));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.refused.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, requests, shed) = (app.clone(), requests.clone(), metrics.shed.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let (app, permit) = (app.clone(), requests.clone().try_acquire_owned());
+            request.extensions_mut().insert(ClientAddr(peer));
+            let shed = shed.clone();
+            async move {
+                let Ok(_permit) = permit else {
+                    shed.inc();
+                    let mut response = (StatusCode::SERVICE_UNAVAILABLE, "busy: too many requests in flight; retry\n").into_response();
+                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                    return Ok::<_, std::convert::Infallible>(response);
+                };
+                app.oneshot(request.map(axum::body::Body::new)).await
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        let open = metrics.open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            // Errors here are the client's (a timeout, a reset, a malformed request).
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "HTTP connection ended");
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace_ms = config.shutdown_grace_ms, "HTTP requests still in flight after the shutdown grace; closing them");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,16 +2,22 @@
 //!
 //! Answers only after Kafka acknowledged every record of the batch (accepted events and the
 //! rejected ones, which are kept). Status codes:
-//! - 200 — processed; `results` says per event `accepted` (with destination) or `rejected`
-//!   (with reason and message). At least one event was accepted, or the batch was empty.
+//! - 200 — processed: counts (`accepted`, `rejected`, `engaged`, `unresolved`), and the first
+//!   `ingest.max_reported_problems` rejected events (`problems`: index, event id, reason,
+//!   message, each cut to a bounded length) with `problems_omitted` for the rest, so the answer
+//!   stays small whatever the batch. At least one event was accepted, or the batch was empty.
 //! - 400 — processed, but every event was rejected (all kept in `abm.rejected`).
 //! - 401 — missing or unknown write key.
-//! - 413 — body over `ingest.max_body_bytes` (kept, truncated, as `oversized`).
+//! - 403 — a browser key used from an origin it does not allow.
+//! - 429 with `Retry-After` — a browser key's rate limit (per key or per client address).
+//! - 408 — the body did not arrive within `http.body_read_timeout_ms` (nothing processed).
+//! - 413 — body over `ingest.max_body_bytes`, or more events than `ingest.max_batch_events`
+//!   (kept, truncated, as `oversized`).
 //! - 429 / 503 with `Retry-After` — the producer queue is full / Kafka did not acknowledge in
 //!   time: nothing of the batch is acknowledged, retry it (repeats are absorbed by `event_id`).
 
-use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use abm_schemas::{RejectSource, Transport};
@@ -19,13 +25,15 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use abm::ops::ClientAddr;
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use crate::keys::{BrowserKeyConfig, Keys, Scope};
 use crate::metrics::Metrics;
 use crate::pipeline::{Item, prepare, split};
 use crate::resolve::TalIndex;
@@ -35,9 +43,17 @@ use crate::validate::{Arrival, ValidationConfig};
 /// Shared by all requests.
 #[derive(Debug)]
 pub struct Collector {
-    /// name → secret.
-    pub write_keys: BTreeMap<String, String>,
+    pub keys: Keys,
+    /// Lower-case name of the header with the client's address (`ingest.client_address_header`);
+    /// empty: the connection's peer.
+    pub client_address_header: String,
     pub max_body_bytes: usize,
+    /// Events per batch at most (`ingest.max_batch_events`).
+    pub max_batch_events: usize,
+    /// Rejected events described in an answer at most (`ingest.max_reported_problems`).
+    pub max_reported_problems: usize,
+    /// Time a request body may take to arrive (`http.body_read_timeout_ms`).
+    pub body_read_timeout: std::time::Duration,
     pub validation: ValidationConfig,
     pub tal: Arc<TalIndex>,
     pub sink: Sink,
@@ -45,7 +61,7 @@ pub struct Collector {
 }
 
 pub fn routes(collector: Arc<Collector>) -> Router {
-    Router::new().route("/v1/events", post(collect)).with_state(collector)
+    Router::new().route("/v1/events", post(collect).options(preflight)).with_state(collector)
 }
 
 fn now_ms() -> i64 {
@@ -66,25 +82,83 @@ fn answer(
     response
 }
 
-/// The name of the write key the request carries: `Authorization: Bearer <key>`, Basic with
-/// the key as user name and any password (as Segment's trackers send it), or a `write_key`
-/// query parameter (browsers' `sendBeacon` cannot set headers; browser keys are public).
-fn authenticate<'a>(collector: &'a Collector, headers: &HeaderMap, query: Option<&str>) -> Option<&'a str> {
-    let from_query = query.and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("write_key="))
-            .map(|key| key.replace("%2B", "+").replace("%3D", "="))
-    });
-    let key = match (headers.get(header::AUTHORIZATION), from_query) {
+/// The write key the request carries, by name, with its scope: `Authorization: Bearer <key>`,
+/// Basic with the key as user name and any password (as Segment's trackers send it), or a
+/// `write_key` query parameter (browsers' `sendBeacon` cannot set headers; browser keys are
+/// public), decoded like any URL-encoded value (the tracker sends `encodeURIComponent(key)`).
+fn authenticate<'a>(collector: &'a Collector, headers: &HeaderMap, query: Option<&str>) -> Option<(&'a str, Scope<'a>)> {
+    let key = match (headers.get(header::AUTHORIZATION), query_key(query)) {
         (Some(value), _) => header_key(value.to_str().ok()?)?,
         (None, Some(key)) => key,
         (None, None) => return None,
     };
-    collector
-        .write_keys
+    collector.keys.find(&key)
+}
+
+fn query_key(query: Option<&str>) -> Option<String> {
+    query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(name, _)| name == "write_key").map(|(_, key)| key.into_owned())
+    })
+}
+
+/// The request's `Origin`, when a browser key allows it; `Err(origin)` when it does not.
+fn allowed_origin<'h>(config: &BrowserKeyConfig, headers: &'h HeaderMap) -> Result<Option<&'h str>, String> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(None) };
+    let origin = origin.to_str().map_err(|_| "<not text>".to_owned())?;
+    if config.origins.is_empty() || config.origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+        Ok(Some(origin))
+    } else {
+        Err(origin.to_owned())
+    }
+}
+
+/// The client's address: the configured header's last entry (added by the trusted proxy), else
+/// the connection's peer.
+fn client_address(collector: &Collector, headers: &HeaderMap, extensions: &Extensions) -> IpAddr {
+    let peer = extensions.get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |client| client.0.ip());
+    if collector.client_address_header.is_empty() {
+        return peer;
+    }
+    headers
+        .get_all(collector.client_address_header.as_str())
         .iter()
-        .find(|(_, secret)| !secret.is_empty() && secret.as_bytes() == key.as_bytes())
-        .map(|(name, _)| name.as_str())
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .last()
+        .unwrap_or(peer)
+}
+
+/// `OPTIONS /v1/events`: the CORS preflight of a browser that sends with headers (fetch with
+/// `Content-Type: application/json`, say). Allowed for a browser key's allowed origins.
+async fn preflight(State(collector): State<Arc<Collector>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let browser = query_key(query.as_deref()).and_then(|key| match collector.keys.find(&key) {
+        Some((_, Scope::Browser { config, .. })) => Some(config),
+        _ => None,
+    });
+    let origin = browser.map(|config| allowed_origin(config, &headers));
+    match origin {
+        Some(Ok(Some(origin))) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let h = response.headers_mut();
+            if let Ok(origin) = HeaderValue::from_str(origin) {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            }
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type, content-encoding, authorization"),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            response
+        }
+        _ => (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "no CORS for this request: a browser key (?write_key=) and one of its allowed origins are needed" })),
+        )
+            .into_response(),
+    }
 }
 
 fn header_key(value: &str) -> Option<String> {
@@ -118,7 +192,8 @@ async fn read_limited(body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8
 
 fn gunzip(bytes: &[u8], limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String> {
     let mut decoded = Vec::new();
-    let mut reader = flate2::read::GzDecoder::new(bytes).take(limit as u64 + 1);
+    // Every member of a multi-member gzip stream (RFC 1952 2.2: concatenated members are one file).
+    let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
     reader.read_to_end(&mut decoded).map_err(|e| format!("the gzip body cannot be decompressed: {e}"))?;
     if decoded.len() > limit {
         decoded.truncate(limit);
@@ -131,11 +206,15 @@ async fn collect(
     State(collector): State<Arc<Collector>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Response {
-    let Some(key_name) = authenticate(&collector, &headers, query.as_deref()) else {
-        let hint =
-            if collector.write_keys.is_empty() { " (no write keys are configured: set ingest.write_keys)" } else { "" };
+    let Some((key_name, scope)) = authenticate(&collector, &headers, query.as_deref()) else {
+        let hint = if collector.keys.is_empty() {
+            " (no write keys are configured: set ingest.write_keys or ingest.browser_keys)"
+        } else {
+            ""
+        };
         return answer(
             &collector,
             StatusCode::UNAUTHORIZED,
@@ -143,6 +222,44 @@ async fn collect(
             None,
         );
     };
+    let mut cors_origin = None;
+    if let Scope::Browser { name, config } = scope {
+        match allowed_origin(config, &headers) {
+            Ok(origin) => cors_origin = origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
+            Err(origin) => {
+                let error = format!("origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)");
+                return answer(&collector, StatusCode::FORBIDDEN, json!({ "error": error }), None);
+            }
+        }
+        if let Err(wait) = collector.keys.admit(name, config, client_address(&collector, &headers, &extensions)) {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            collector.metrics.rate_limited.with_label_values(&[name]).inc();
+            let mut response = answer(
+                &collector,
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({ "error": format!("rate limit of browser key {name:?}: retry after {seconds} s"), "retry_after_seconds": seconds }),
+                None,
+            );
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return with_cors(response, cors_origin);
+        }
+    }
+    with_cors(receive(&collector, key_name, scope, &headers, body).await, cors_origin)
+}
+
+/// Lets the page's script read the answer (and tells caches it depends on the origin).
+fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
+    if let Some(origin) = origin {
+        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Reads, validates, writes and answers for an authenticated request.
+async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, headers: &HeaderMap, body: Body) -> Response {
     let received_at = now_ms();
     let source_name = format!("http:{key_name}");
     let reject_source = RejectSource {
@@ -153,16 +270,23 @@ async fn collect(
         partition: None,
         offset: None,
     };
-    let arrival = Arrival { source: &source_name, received_at, default_kind: None };
+    let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
     let limit = collector.max_body_bytes;
     let gzipped = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
 
-    let read = match read_limited(body, limit).await {
-        Ok(read) => read,
-        Err(message) => return answer(&collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
+    let read = match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(message)) => return answer(&collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
+        Err(_) => {
+            let message = format!(
+                "the request body did not arrive within {} ms (http.body_read_timeout_ms); nothing of it was processed",
+                collector.body_read_timeout.as_millis()
+            );
+            return answer(&collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None);
+        }
     };
     let body = match read {
         Ok(bytes) if gzipped => match gunzip(&bytes, limit) {
@@ -188,8 +312,55 @@ async fn collect(
         }
     };
     let items = split(&bytes);
+    if items.len() > collector.max_batch_events {
+        let message = format!(
+            "the batch has {} events, more than {} (ingest.max_batch_events); send smaller batches",
+            items.len(),
+            collector.max_batch_events
+        );
+        let whole = Item { raw: &bytes, framing_error: None };
+        return oversized(&collector, &whole, &arrival, &reject_source, message).await;
+    }
     collector.metrics.batch_size.observe(items.len() as f64);
     finish(&collector, &items, &arrival, &reject_source, None).await
+}
+
+/// Longest event id and message an answer repeats (an event's own text is not echoed whole).
+const MAX_ECHOED_CHARS: usize = 200;
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHOED_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The answer's body: counts, and the first `max_problems` rejected events.
+fn summary(prepared: &crate::pipeline::Prepared, max_problems: usize) -> serde_json::Value {
+    use crate::pipeline::Destination;
+    let accepted = prepared.accepted();
+    let rejected = prepared.results.len() - accepted;
+    let problems: Vec<serde_json::Value> = prepared
+        .results
+        .iter()
+        .filter(|result| result.status == "rejected")
+        .take(max_problems)
+        .map(|result| {
+            let mut problem = json!({ "index": result.index, "reason": result.reason, "message": result.message.as_deref().map(cut) });
+            if let Some(id) = &result.event_id {
+                problem["event_id"] = json!(cut(id));
+            }
+            problem
+        })
+        .collect();
+    json!({
+        "accepted": accepted,
+        "rejected": rejected,
+        "engaged": prepared.count(Destination::Engaged),
+        "unresolved": prepared.count(Destination::Unresolved),
+        "problems_omitted": rejected - problems.len(),
+        "problems": problems,
+    })
 }
 
 async fn oversized(
@@ -268,5 +439,5 @@ async fn finish(
     let rejected = prepared.results.len() - accepted;
     let status =
         status_override.unwrap_or(if accepted == 0 && rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK });
-    answer(collector, status, json!({ "accepted": accepted, "rejected": rejected, "results": prepared.results }), None)
+    answer(collector, status, summary(&prepared, collector.max_reported_problems), None)
 }

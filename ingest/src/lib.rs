@@ -5,11 +5,13 @@
 //! - [`pipeline`] — a body or raw record to the records to write and a result per event.
 //! - [`sink`] — writing to Kafka and waiting for the acknowledgements.
 //! - [`http`] — `POST /v1/events`, the tracker collector.
+//! - [`keys`] — server and browser write keys, a browser key's scope and rate limits.
 //! - [`raw`] — the raw-topic normaliser.
 //! - [`tal_import`] — the `import-tal` command's CSV parser.
 //! - [`metrics`] — `abm_ingest_*`, with the conservation counters.
 
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod pipeline;
 pub mod raw;
@@ -62,11 +64,22 @@ pub struct Config {
 pub struct Settings {
     /// Consumer group of the raw-topic normaliser (default `abm-ingest`).
     pub group_id: String,
-    /// Write keys for `POST /v1/events`: name = secret. The name is recorded as the source.
-    /// Empty (the default) refuses every request with 401.
+    /// Server write keys for `POST /v1/events` (trusted sources, the whole event format):
+    /// name = secret. The name is recorded as the source. With no browser keys either (the
+    /// default), every request is refused with 401.
     pub write_keys: BTreeMap<String, String>,
+    /// Browser write keys (public: they ship in web pages), each with its scope and limits.
+    pub browser_keys: BTreeMap<String, keys::BrowserKeyConfig>,
+    /// A header that carries the client's address when ingest runs behind a proxy or load
+    /// balancer it trusts (for example `x-forwarded-for`: the last address in it is used, the
+    /// one the proxy added). Empty (the default): the connection's peer address.
+    pub client_address_header: String,
     /// Largest request body, after gzip decompression (default 1048576).
     pub max_body_bytes: usize,
+    /// Most events in one batch (default 5000); a larger batch is answered 413 and kept.
+    pub max_batch_events: usize,
+    /// Most rejected events an answer describes one by one (default 50; the rest are counted).
+    pub max_reported_problems: usize,
     /// How long Kafka may take to acknowledge a write before the batch is answered 503
     /// (default 5000 ms; librdkafka's `message.timeout.ms`).
     pub produce_timeout_ms: u64,
@@ -84,7 +97,11 @@ impl Default for Settings {
         Settings {
             group_id: "abm-ingest".into(),
             write_keys: BTreeMap::new(),
+            browser_keys: BTreeMap::new(),
+            client_address_header: String::new(),
             max_body_bytes: 1024 * 1024,
+            max_batch_events: 5_000,
+            max_reported_problems: 50,
             produce_timeout_ms: 5_000,
             raw_topics: true,
             stall_after_ms: 20_000,
@@ -122,11 +139,12 @@ pub async fn follow_tal(
 /// Runs ingest until `context.shutdown` is cancelled.
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
+    let settings = &config.ingest;
+    let keys = keys::Keys::new(settings.write_keys.clone(), settings.browser_keys.clone()).map_err(anyhow::Error::msg)?;
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
-    let settings = &config.ingest;
-    if settings.write_keys.is_empty() {
-        tracing::warn!("no ingest.write_keys configured: POST /v1/events answers 401 to everyone");
+    if keys.is_empty() {
+        tracing::warn!("no ingest.write_keys or ingest.browser_keys configured: POST /v1/events answers 401 to everyone");
     }
 
     let tal = Arc::new(TalIndex::new(&settings.validation.free_mail_domains));
@@ -147,8 +165,12 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     );
 
     let collector = Arc::new(http::Collector {
-        write_keys: settings.write_keys.clone(),
+        keys,
+        client_address_header: settings.client_address_header.to_ascii_lowercase(),
         max_body_bytes: settings.max_body_bytes,
+        max_batch_events: settings.max_batch_events.max(1),
+        max_reported_problems: settings.max_reported_problems,
+        body_read_timeout: config.http.body_read_timeout(),
         validation: settings.validation.clone(),
         tal: tal.clone(),
         sink: sink.clone(),
@@ -157,7 +179,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
     let app = ops::router(context.registry.clone(), context.health.clone(), http::routes(collector));
-    let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
+    let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
 
     let normaliser = if settings.raw_topics {
         let consumer_config = config.kafka.consumer_config("abm-ingest", &settings.group_id);

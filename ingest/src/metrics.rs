@@ -20,6 +20,7 @@ pub struct Metrics {
     pub tal_accounts: IntGauge,
     pub tal_domains: IntGauge,
     pub tal_decode_errors: prometheus::IntCounter,
+    pub rate_limited: IntCounterVec,
     pub raw_stalled_seconds: prometheus::Gauge,
     pub raw_heals: prometheus::IntCounter,
 }
@@ -77,6 +78,13 @@ impl Metrics {
                 "abm_ingest_tal_decode_errors_total",
                 "abm.accounts records that did not decode.",
             )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "abm_ingest_rate_limited_total",
+                    "Requests of a browser key answered 429 (its rate limit per key or per client address), by key name.",
+                ),
+                &["key"],
+            )?,
             raw_stalled_seconds: prometheus::Gauge::new(
                 "abm_ingest_raw_loop_stalled_seconds",
                 "Seconds the raw-topic normaliser has had input waiting without taking any (0 while it progresses or has nothing to do); /readyz is 503 from half of ingest.stall_after_ms.",
@@ -110,6 +118,7 @@ impl Metrics {
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
         registry.register(Box::new(metrics.tal_domains.clone()))?;
+        registry.register(Box::new(metrics.rate_limited.clone()))?;
         registry.register(Box::new(metrics.raw_stalled_seconds.clone()))?;
         registry.register(Box::new(metrics.raw_heals.clone()))?;
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;

@@ -64,6 +64,8 @@ impl Normaliser {
             source: &source_name,
             received_at: now_ms(),
             default_kind: self.kinds.get(&topic).copied().flatten(),
+            // The raw topics are written by trusted producers (ACLs decide who).
+            scope: crate::keys::Scope::Server,
         };
         let source = RejectSource {
             transport: Transport::Kafka,

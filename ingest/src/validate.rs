@@ -106,7 +106,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Rejection {
         Rejection { reason, message: message.into(), event_id: None }
     }
 }
@@ -119,6 +119,8 @@ pub struct Arrival<'a> {
     pub received_at: i64,
     /// The kind to assume when the event has none (raw topics are per kind).
     pub default_kind: Option<EventKind>,
+    /// What the sender may send (a browser key's scope is narrower).
+    pub scope: crate::keys::Scope<'a>,
 }
 
 /// Reason codes as spelled in metrics and API responses.
@@ -134,11 +136,12 @@ pub fn reason_code(reason: RejectReason) -> &'static str {
         RejectReason::TooOld => "too_old",
         RejectReason::Oversized => "oversized",
         RejectReason::Bot => "bot",
+        RejectReason::NotAllowed => "not_allowed",
     }
 }
 
 /// Every reason code ingest can give, for docs and tests.
-pub const REASONS: [RejectReason; 9] = [
+pub const REASONS: [RejectReason; 10] = [
     RejectReason::MalformedJson,
     RejectReason::UnknownKind,
     RejectReason::MissingField,
@@ -148,6 +151,7 @@ pub const REASONS: [RejectReason; 9] = [
     RejectReason::TooOld,
     RejectReason::Oversized,
     RejectReason::Bot,
+    RejectReason::NotAllowed,
 ];
 
 fn parse_kind(text: &str) -> Option<EventKind> {
@@ -233,7 +237,11 @@ pub fn validate(raw: &[u8], arrival: &Arrival<'_>, config: &ValidationConfig) ->
             ));
         }
     };
-    validate_object(&object, &event_id, arrival, config).map_err(|mut rejection| {
+    let event = validate_object(&object, &event_id, arrival, config).and_then(|event| {
+        arrival.scope.allows(&event)?;
+        Ok(event)
+    });
+    event.map_err(|mut rejection| {
         rejection.event_id = Some(event_id.clone());
         rejection
     })
@@ -428,7 +436,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     fn arrival() -> Arrival<'static> {
-        Arrival { source: "http:test", received_at: NOW, default_kind: None }
+        Arrival { source: "http:test", received_at: NOW, default_kind: None, scope: crate::keys::Scope::Server }
     }
 
     fn check(json: &str) -> Result<EngagementEvent, Rejection> {
@@ -527,7 +535,12 @@ mod tests {
     #[test]
     fn raw_topics_supply_the_kind() {
         let arrival =
-            Arrival { source: "kafka:abm.raw.ad-clicks", received_at: NOW, default_kind: Some(EventKind::AdClick) };
+            Arrival {
+                source: "kafka:abm.raw.ad-clicks",
+                received_at: NOW,
+                default_kind: Some(EventKind::AdClick),
+                scope: crate::keys::Scope::Server,
+            };
         let event = validate(
             format!(r#"{{"occurred_at":{NOW},"properties":{{"channel":"LinkedIn"}}}}"#).as_bytes(),
             &arrival,

@@ -82,7 +82,7 @@ macro_rules! avro_record {
 
 avro_record!(Account, "account.avsc");
 avro_record!(EngagementEvent, "engagement_event.avsc", direct: direct::engagement_event);
-avro_record!(RejectedEvent, "rejected_event.avsc");
+avro_record!(RejectedEvent, "rejected_event.avsc", history: ["rejected_event.v1.avsc"]);
 avro_record!(AccountScore, "account_score.avsc");
 avro_record!(ScoreCrossing, "score_crossing.avsc");
 avro_record!(SalesAlert, "sales_alert.avsc");

@@ -247,6 +247,8 @@ pub enum RejectReason {
     TooOld,
     Oversized,
     Bot,
+    /// Valid, but not allowed for the write key that sent it (a browser key's scope).
+    NotAllowed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -127,7 +127,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         context.health.clone(),
         api::routes(engine.clone(), store.clone(), tiers.clone()),
     );
-    let server = tokio::spawn(ops::serve(listener, app, context.shutdown.clone()));
+    let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
 
     let loop_topics = LoopTopics {
         engagement: topics.name(TopicRole::Engagement).to_owned(),
