@@ -229,6 +229,37 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// One HTTP/1.1 request (`Connection: close`): status, headers (lower-cased names) and body.
+/// Status 0 when the server closed the connection without answering.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("writes");
+    // A 413 may close the connection before the whole body is sent.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned())).collect();
+    (status, headers, body.to_owned())
+}
+
 /// Polls `path` until it answers `status`, or panics after `timeout` with `context`.
 pub fn wait_for_status(port: u16, path: &str, status: u16, timeout: Duration, context: &str) -> String {
     let deadline = Instant::now() + timeout;

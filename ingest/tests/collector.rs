@@ -2,8 +2,7 @@
 //! valid lost, counters balanced; gzip, NDJSON, auth and size limits; the broker going away.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,26 +26,7 @@ fn post(port: u16, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<St
 }
 
 fn post_to(port: u16, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<String, String>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut request =
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("writes");
-    // A 413 may close the connection before the whole body is sent.
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned())).collect();
-    (status, headers, body.to_owned())
+    abm::testkit::http_request(port, "POST", path, body, headers)
 }
 
 fn bearer() -> Vec<(&'static str, String)> {

@@ -4,7 +4,7 @@
  *   <script>
  *     window.abmConfig = {
  *       endpoint: "https://collect.example.com",   // ingest's HTTP port
- *       writeKey: "site-public-key",                 // an ingest.write_keys secret (browser keys are public)
+ *       writeKey: "site-public-key",                 // an ingest.browser_keys key (public by nature)
  *       domain: "acme.com",                          // optional: the visitor's company domain, if known
  *       contact: { id: "crm-123", email: "jane@acme.com" } // optional: the identified visitor
  *     };
@@ -12,7 +12,9 @@
  *   <script src="abm-tracker.js" async></script>
  *
  * It sends a web_visit on load and exposes window.abm.track(kind, properties) for the rest,
- * e.g. abm.track("demo_request", { form: "contact-sales" }). Events carry an event_id (so
+ * e.g. abm.track("content_download", { asset: "pricing.pdf" }): each kind must be in the
+ * browser key's `kinds`, and a browser key never sends account_id or contact.persona (ingest
+ * rejects them as not_allowed; accounts are resolved from the email or the domain). Events carry an event_id (so
  * retries are absorbed), occurred_at and sent_at (so ingest corrects the browser's clock), and
  * the user agent (so bots are filtered). It uses navigator.sendBeacon, which survives page
  * unloads and needs no CORS preflight, and falls back to fetch with keepalive.

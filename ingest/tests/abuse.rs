@@ -1,0 +1,256 @@
+//! The public edge under attack, over real HTTP against the real broker: junk and huge batches
+//! get bounded answers, slow clients are cut off, connections are bounded, a browser key cannot
+//! forge kinds or accounts nor exceed its rate, and what is acknowledged is kept.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
+use abm::topics::TopicRole;
+use abm_schemas::{Account, EngagementEvent, RejectReason, RejectedEvent, Tier};
+
+const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
+const SERVER_KEY: &str = "server-secret";
+/// A browser key with the characters `encodeURIComponent` escapes.
+const BROWSER_KEY: &str = "pub/key+with=odd&chars";
+const ORIGIN: &str = "https://www.vendor.example";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Ingest {
+    topics: TestTopics,
+    port: u16,
+    process: ServiceProcess,
+}
+
+/// Ingest with a server key and browser key `site` (its extra settings in `browser`, TOML).
+fn start(name: &str, extra: &[(&'static str, String)], browser: &str) -> Ingest {
+    let topics = TestTopics::new(name);
+    topics.create();
+    let kafka = producer();
+    let account = Account {
+        account_id: "acme".into(),
+        name: "Acme".into(),
+        domains: vec!["acme.example".into()],
+        tier: Tier::Tier1,
+        owner: "sdr@vendor.example".into(),
+        industry: None,
+        employees: None,
+        updated_at: 0,
+    };
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &account);
+    flush(&kafka);
+    let port = free_port();
+    let mut vars = topics.env();
+    vars.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+    vars.push(("ABM_INGEST__GROUP_ID", format!("{}-ingest", topics.prefix)));
+    vars.extend_from_slice(extra);
+    let config = std::env::temp_dir().join(format!("{}.toml", topics.prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "[ingest.write_keys]\nbackend = \"{SERVER_KEY}\"\n\n[ingest.browser_keys.site]\nkey = \"{BROWSER_KEY}\"\norigins = [\"{ORIGIN}\"]\n{browser}\n"
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let mut process = ServiceProcess::start(Path::new(INGEST), &["--config", &config], &vars);
+    process.wait_ready(port, Duration::from_secs(60));
+    Ingest { topics, port, process }
+}
+
+fn server_auth() -> Vec<(&'static str, String)> {
+    vec![("Authorization", format!("Bearer {SERVER_KEY}"))]
+}
+
+fn browser_path() -> String {
+    let encoded: String = form_urlencoded::byte_serialize(BROWSER_KEY.as_bytes()).collect();
+    format!("/v1/events?write_key={encoded}")
+}
+
+fn visit(id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","kind":"web_visit","occurred_at":{},"domain":"acme.example","properties":{{"url":"https://v.example/pricing"}}}}"#,
+        now_ms()
+    )
+}
+
+#[test]
+fn junk_and_huge_batches_get_bounded_answers_and_are_kept() {
+    let ingest = start("abuse-junk", &[("ABM_INGEST__MAX_BATCH_EVENTS", "1000".into())], "");
+    // 1 MiB of junk lines: 400 with 50 problems and a count, not one result per line.
+    let line = "x".repeat(63);
+    let lines = (1024 * 1024 - 1) / 64;
+    let body = format!("{line}\n").repeat(lines);
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    // More lines than the batch cap: the whole body is refused (and kept) as oversized.
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("ingest.max_batch_events"), "{answer}");
+    // Under the cap: every event answered for, the answer a few KB.
+    let body = format!("{line}\n").repeat(900);
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.len() < 20_000, "the answer is bounded: {} bytes", answer.len());
+    let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(json["rejected"], 900);
+    assert_eq!(json["problems"].as_array().map(Vec::len), Some(50));
+    assert_eq!(json["problems_omitted"], 850);
+    assert_eq!(json["problems"][0]["reason"], "malformed_json");
+    // A good batch: counts by destination.
+    let body = format!("[{},{}]", visit("good-1"), visit("good-2"));
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    assert_eq!(status, 200, "{answer}");
+    let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!((json["accepted"].as_u64(), json["engaged"].as_u64()), (Some(2), Some(2)), "{answer}");
+    // Everything answered for is kept: 900 junk lines and the oversized body.
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    let count = |reason: RejectReason| rejected.iter().filter(|(_, r)| r.reason == reason).count();
+    assert_eq!(count(RejectReason::MalformedJson), 900);
+    assert_eq!(count(RejectReason::Oversized), 1);
+    assert_eq!(metric(ingest.port, "abm_ingest_events_received_total", &[]), 903.0);
+}
+
+#[test]
+fn every_member_of_a_multi_member_gzip_body_is_read() {
+    let ingest = start("abuse-gzip", &[], "");
+    let member = |text: String| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).expect("gzip");
+        gz.finish().expect("gzip")
+    };
+    let mut body = member(format!("{}\n", visit("gz-1")));
+    body.extend(member(format!("{}\n", visit("gz-2"))));
+    let mut headers = server_auth();
+    headers.push(("Content-Encoding", "gzip".into()));
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", &body, &headers);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""accepted":2"#), "both members: {answer}");
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
+    let ingest = start(
+        "abuse-slow",
+        &[
+            ("ABM_HTTP__HEADER_READ_TIMEOUT_MS", "1000".into()),
+            ("ABM_HTTP__BODY_READ_TIMEOUT_MS", "1000".into()),
+            ("ABM_HTTP__MAX_CONNECTIONS", "8".into()),
+        ],
+        "",
+    );
+    let closed_within = |mut stream: TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).expect("timeout");
+        let started = Instant::now();
+        let mut buffer = [0_u8; 1024];
+        let mut answer = Vec::new();
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => return Some((started.elapsed(), String::from_utf8_lossy(&answer).into_owned())),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Some((started.elapsed(), String::from_utf8_lossy(&answer).into_owned()));
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    // Slowloris: headers never finished.
+    let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
+    stream.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").expect("writes");
+    let (after, _) = closed_within(stream, Duration::from_secs(10)).expect("the server closes a slow header");
+    assert!(after < Duration::from_secs(5), "{after:?}");
+    // Idle: connected, nothing sent.
+    let stream = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
+    assert!(closed_within(stream, Duration::from_secs(10)).is_some(), "an idle connection is closed");
+    // A body that never finishes: 408.
+    let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
+    let head = format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVER_KEY}\r\nContent-Length: 1000\r\n\r\n[");
+    stream.write_all(head.as_bytes()).expect("writes");
+    let (_, answer) = closed_within(stream, Duration::from_secs(10)).expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // More connections than allowed: the extra ones are closed at once, the service still serves.
+    let held: Vec<TcpStream> =
+        (0..8).map(|_| TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let extra = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
+    let (after, answer) = closed_within(extra, Duration::from_secs(5)).expect("closed at once");
+    assert!(after < Duration::from_secs(1) && answer.is_empty(), "{after:?} {answer}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(metric(ingest.port, "abm_http_connections_refused_total", &[]) >= 1.0);
+    let (status, _, _) = http_request(ingest.port, "POST", "/v1/events", visit("after").as_bytes(), &server_auth());
+    assert_eq!(status, 200, "serves again once connections closed");
+}
+
+#[test]
+fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
+    let ingest = start("abuse-browser", &[], "client_requests_per_second = 1\nclient_burst = 6");
+    let from_site = vec![("Origin", ORIGIN.to_owned())];
+    // The key, URL-encoded as the tracker sends it, works; its visit is accepted.
+    let (status, headers, answer) =
+        http_request(ingest.port, "POST", &browser_path(), visit("b-visit").as_bytes(), &from_site);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers.get("access-control-allow-origin").map(String::as_str), Some(ORIGIN));
+    // Forged: a demo request, an explicit account, a persona. Each rejected as not_allowed, kept.
+    let now = now_ms();
+    let forged = [
+        format!(r#"{{"event_id":"b-demo","kind":"demo_request","occurred_at":{now},"domain":"acme.example","properties":{{"form":"contact-sales"}}}}"#),
+        format!(r#"{{"event_id":"b-account","kind":"web_visit","occurred_at":{now},"account_id":"evil-{now}","properties":{{"url":"https://v.example/"}}}}"#),
+        format!(r#"{{"event_id":"b-persona","kind":"web_visit","occurred_at":{now},"domain":"acme.example","contact":{{"email":"x@acme.example","persona":"economic_buyer"}},"properties":{{"url":"https://v.example/"}}}}"#),
+    ];
+    let body = format!("[{}]", forged.join(","));
+    let (status, _, answer) = http_request(ingest.port, "POST", &browser_path(), body.as_bytes(), &from_site);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer.matches("not_allowed").count(), 3, "{answer}");
+    // The same through the server key: accepted (trusted sources keep the whole format).
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""accepted":3"#), "{answer}");
+    // Another origin: 403. The CORS preflight: allowed for the site, refused for others.
+    let elsewhere = vec![("Origin", "https://evil.example".to_owned())];
+    let (status, _, _) = http_request(ingest.port, "POST", &browser_path(), visit("b-evil").as_bytes(), &elsewhere);
+    assert_eq!(status, 403);
+    let mut preflight = from_site.clone();
+    preflight.push(("Access-Control-Request-Method", "POST".into()));
+    let (status, headers, _) = http_request(ingest.port, "OPTIONS", &browser_path(), b"", &preflight);
+    assert_eq!(status, 204);
+    assert_eq!(headers.get("access-control-allow-origin").map(String::as_str), Some(ORIGIN));
+    let (status, _, _) = http_request(ingest.port, "OPTIONS", &browser_path(), b"", &elsewhere);
+    assert_eq!(status, 403);
+    // Flood from one client: 429 with Retry-After once the burst is spent.
+    let mut limited = None;
+    for n in 0..20 {
+        let (status, headers, _) =
+            http_request(ingest.port, "POST", &browser_path(), visit(&format!("b-flood-{n}")).as_bytes(), &from_site);
+        if status == 429 {
+            limited = headers.get("retry-after").cloned();
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let retry_after: u64 = limited.expect("rate limited").parse().expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert!(metric(ingest.port, "abm_ingest_rate_limited_total", &["key=\"site\""]) >= 1.0);
+
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    let refused: BTreeSet<String> = rejected
+        .iter()
+        .filter(|(_, r)| r.reason == RejectReason::NotAllowed)
+        .filter_map(|(_, r)| r.event_id.clone())
+        .collect();
+    assert_eq!(refused, ["b-account", "b-demo", "b-persona"].map(String::from).into());
+    // No account was created from the browser: nothing engaged for the forged id.
+    let engaged = read_all::<EngagementEvent>(&ingest.topics.name(TopicRole::Engagement));
+    let browser_accounts: BTreeSet<&str> = engaged
+        .iter()
+        .filter(|(_, e)| e.source == "http:site")
+        .map(|(key, _)| key.as_str())
+        .collect();
+    assert_eq!(browser_accounts, ["acme"].into(), "browser events resolve by domain only");
+    drop(ingest.process);
+}
