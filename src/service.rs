@@ -119,12 +119,15 @@ where
 /// The value printed in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Whether a config key names a secret: passwords, secrets, tokens, JAAS configs and webhook
-/// URLs (a word of the key, between dots or underscores), private keys in PEM, OAUTHBEARER
-/// configs and write keys.
+/// Whether a config key names a secret: passwords, secrets, tokens, JAAS configs, webhook
+/// URLs and headers (a word of the key, between dots or underscores), a field named `key` (a
+/// browser key), private keys in PEM, OAUTHBEARER configs and write keys.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('_', ".");
-    let words = ["password", "secret", "token", "jaas", "url"];
+    if key == "key" {
+        return true;
+    }
+    let words = ["password", "secret", "token", "tokens", "jaas", "url", "headers"];
     let phrases = ["key.pem", "oauthbearer.config", "write.keys"];
     key.split('.').any(|word| words.contains(&word)) || phrases.iter().any(|phrase| key.contains(phrase))
 }

@@ -602,7 +602,17 @@ pub fn read_all_bytes(topic: &str) -> Vec<(String, Vec<u8>)> {
 
 /// [`read_all_bytes`] from the broker at `bootstrap`.
 pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>)> {
+    read_all_records_from(bootstrap, topic).into_iter().map(|(key, value, _)| (key, value)).collect()
+}
+
+/// Every record of `topic` with its headers (name, value as text): (key, value, headers).
+pub fn read_all_with_headers(topic: &str) -> Vec<(String, Vec<u8>, Vec<(String, String)>)> {
+    read_all_records_from(&bootstrap_servers(), topic)
+}
+
+fn read_all_records_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>, Vec<(String, String)>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers as _;
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: BaseConsumer<crate::kafka::EndOfPartitionContext> = kafka_at(bootstrap)
         .client_config("test-reader")
@@ -629,6 +639,12 @@ pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>
             Some(Ok(message)) => records.push((
                 String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
                 message.payload().unwrap_or_default().to_vec(),
+                message.headers().map_or_else(Vec::new, |headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                }),
             )),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
                 open.remove(&partition);

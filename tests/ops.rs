@@ -241,3 +241,32 @@ fn the_service_configs_shipped_for_kubernetes_load_in_each_binary() {
         );
     }
 }
+
+/// `--print-config` of each service, given every kind of secret, shows none of them.
+#[test]
+fn print_config_shows_no_secret() {
+    let secrets = [
+        ("ingest", "[ingest.write_keys]\ncrm = \"SECRET-write-key\"\n[ingest.browser_keys.site]\nkey = \"SECRET-browser-key\"\norigins = [\"https://www.vendor.example\"]\n"),
+        ("scorer", "[kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"SECRET-oauth\"\n\"ssl.key.password\" = \"SECRET-key-password\"\n"),
+        ("alerter", "[[alerter.webhooks]]\nname = \"slack\"\nurl = \"https://hooks.slack.com/services/SECRET-slack\"\n[alerter.webhooks.headers]\nAuthorization = \"Bearer SECRET-header\"\n"),
+    ];
+    for (service, toml) in secrets {
+        let file = std::env::temp_dir().join(format!("{}-{service}.toml", unique("secrets")));
+        std::fs::write(&file, toml).expect("toml");
+        let output = Command::new(workspace_binary(service))
+            .args(["--config", &file.display().to_string(), "--print-config"])
+            .env("ABM_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "SECRET-sasl")
+            .output()
+            .expect("runs");
+        let _ = std::fs::remove_file(&file);
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{service}: {printed}");
+        assert!(!printed.contains("SECRET"), "{service} printed a secret:\n{printed}");
+        assert!(printed.matches("<redacted>").count() >= 2, "{service}: {printed}");
+        // What is not secret is still shown.
+        assert!(printed.contains("bootstrap_servers"), "{printed}");
+        if service == "ingest" {
+            assert!(printed.contains("https://www.vendor.example") && printed.contains("web_visit"), "{printed}");
+        }
+    }
+}

@@ -47,8 +47,8 @@ pub enum StartFrom {
     Earliest,
 }
 
-/// One `[[alerter.webhooks]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// One `[[alerter.webhooks]]` entry. Its `Debug` leaves out the URL and the header values.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Unique name (metrics label, parked-topic key, consumer group suffix).
@@ -76,6 +76,18 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub start_from: StartFrom,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &abm::service::REDACTED)
+            .field("format", &self.format)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -183,7 +195,9 @@ impl Endpoint {
             }
             Ok(response) => Err(AttemptError::Permanent(format!("HTTP {}", response.status()))),
             Err(error) if error.is_timeout() => Err(AttemptError::Retryable("timed out".into())),
-            Err(error) => Err(AttemptError::Retryable(error.to_string())),
+            // Without the URL: a webhook URL is a secret (Slack's carry their token), and this
+            // text goes to logs and into parked alerts' headers.
+            Err(error) => Err(AttemptError::Retryable(error.without_url().to_string())),
         }
     }
 

@@ -444,3 +444,46 @@ fn a_webhook_consumer_that_stops_fetching_is_replaced_and_every_alert_is_deliver
     wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
     let _ = std::fs::remove_file(&config);
 }
+
+/// A webhook URL is a secret (Slack's carry their token): when delivery fails, neither the log
+/// nor the parked alert's `reason` header shows it, nor the headers configured for it
+/// (`--print-config` is checked in `tests/ops.rs`).
+#[test]
+fn a_failing_webhook_never_shows_its_url_or_headers_in_logs_or_parked_alerts() {
+    let alerter = Alerter::new("alerter-webhook-secret");
+    let secret = "T0000-B0000-XXXXsecretXXXX";
+    let config = std::env::temp_dir().join(format!("{}.toml", alerter.topics.prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "[[alerter.webhooks]]\nname = \"slack\"\nurl = \"http://127.0.0.1:{}/services/{secret}\"\nformat = \"slack\"\n\
+             timeout_ms = 300\nmax_retries = 1\nbackoff_ms = 20\nstart_from = \"earliest\"\n\
+             [alerter.webhooks.headers]\nAuthorization = \"Bearer header-{secret}\"\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    let kafka = producer();
+    let c = crossing("acc-secret", CrossingKind::HandRaiser, 1, T0);
+    send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, &c);
+    flush(&kafka);
+    let mut env = alerter.env();
+    env.push(("RUST_LOG", "debug".into()));
+    let process = ServiceProcess::start(Path::new(ALERTER), &["--config", &config.display().to_string()], &env);
+    wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let parked = loop {
+        let parked = abm::testkit::read_all_with_headers(&alerter.topic(TopicRole::ParkedAlerts));
+        if !parked.is_empty() {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "nothing parked\n{}", process.stderr());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let reason = parked[0].2.iter().find(|(name, _)| name == "reason").map(|(_, v)| v.clone()).expect("reason");
+    assert!(!reason.is_empty() && !reason.contains(secret), "{reason}");
+    let log = process.stderr();
+    assert!(log.contains("webhook attempt failed"), "the debug log says what failed: {log}");
+    assert!(!log.contains(secret), "{log}");
+    let _ = std::fs::remove_file(&config);
+}

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate::Rejection;
 
-/// `[ingest.browser_keys.<name>]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// `[ingest.browser_keys.<name>]`. Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserKeyConfig {
     /// The key as the tracker sends it (`?write_key=`); public by nature.
@@ -46,6 +46,16 @@ pub struct BrowserKeyConfig {
     pub client_requests_per_second: f64,
     #[serde(default = "default_client_burst")]
     pub client_burst: f64,
+}
+
+impl std::fmt::Debug for BrowserKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserKeyConfig")
+            .field("key", &abm::service::REDACTED)
+            .field("kinds", &self.kinds)
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_kinds() -> Vec<EventKind> {
@@ -159,13 +169,21 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
-/// The write keys of ingest, and the rate limits of its browser keys.
-#[derive(Debug)]
+/// The write keys of ingest, and the rate limits of its browser keys. Its `Debug` shows names.
 pub struct Keys {
     pub server: BTreeMap<String, String>,
     pub browser: BTreeMap<String, BrowserKeyConfig>,
     per_key: RateLimiter<String>,
     per_client: RateLimiter<(String, IpAddr)>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("server", &self.server.keys().collect::<Vec<_>>())
+            .field("browser", &self.browser.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Client addresses tracked per browser key at most (their buckets).
