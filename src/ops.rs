@@ -39,6 +39,15 @@ pub struct HttpConfig {
     /// On shutdown, how long requests in flight may take to finish before their connections
     /// are closed (default 10000 ms).
     pub shutdown_grace_ms: u64,
+    /// Bearer tokens for the service's data API (the scorer's `/v1/accounts`, which returns
+    /// contacts' emails and titles): name = token. A request needs `Authorization: Bearer
+    /// <token>`; with none configured the API answers 401 to everyone (unless `api_open`).
+    pub api_tokens: std::collections::BTreeMap<String, String>,
+    /// Serve the data API without a token (default false): for a laptop or a closed network.
+    pub api_open: bool,
+    /// Ask for a token on `/metrics`, `/healthz` and `/readyz` too (default false: probes and
+    /// Prometheus usually reach them without one).
+    pub protect_ops: bool,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +59,9 @@ impl Default for HttpConfig {
             max_connections: 1024,
             max_concurrent_requests: 256,
             shutdown_grace_ms: 10_000,
+            api_tokens: std::collections::BTreeMap::new(),
+            api_open: false,
+            protect_ops: false,
         }
     }
 }
@@ -155,14 +167,58 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     (status, format!("{}\n", state.health.describe())).into_response()
 }
 
-/// The ops routes merged with the service's own `routes`.
-pub fn router(registry: Registry, health: Health, routes: Router) -> Router {
+/// The ops routes (behind a token when `http.protect_ops`) merged with the service's own
+/// `routes` (which protect themselves as they need: see [`protect`]).
+pub fn router(registry: Registry, health: Health, routes: Router, config: &HttpConfig) -> Router {
     let ops = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(OpsState { registry, health });
+    let ops = if config.protect_ops { require_token(ops, config) } else { ops };
     ops.merge(routes)
+}
+
+/// `routes` behind a bearer token of `http.api_tokens`, unless `http.api_open`.
+pub fn protect(routes: Router, config: &HttpConfig) -> Router {
+    if config.api_open { routes } else { require_token(routes, config) }
+}
+
+fn require_token(routes: Router, config: &HttpConfig) -> Router {
+    let tokens: Arc<Vec<String>> =
+        Arc::new(config.api_tokens.values().filter(|token| !token.is_empty()).cloned().collect());
+    routes.route_layer(axum::middleware::from_fn_with_state(tokens, check_token))
+}
+
+async fn check_token(
+    State(tokens): State<Arc<Vec<String>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Every token is compared, each in constant time.
+    let mut allowed = false;
+    if let Some(presented) = presented {
+        for token in tokens.iter() {
+            allowed |= bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), presented.as_bytes()));
+        }
+    }
+    if allowed {
+        return next.run(request).await;
+    }
+    let error = if tokens.is_empty() {
+        "this API needs a token and none is configured: set http.api_tokens.<name> (or http.api_open = true on a closed network)"
+    } else {
+        "missing or unknown token: send Authorization: Bearer <one of http.api_tokens>"
+    };
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({ "error": error }))).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// Binds the HTTP port; errors name the address.

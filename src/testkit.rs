@@ -217,11 +217,15 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// The data-API token every service started by [`ServiceProcess::start`] accepts, and that
+/// [`http_get`] sends.
+pub const TEST_API_TOKEN: &str = "testkit-api-token";
+
 /// `GET http://127.0.0.1:port/path`: status code and body, or `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TEST_API_TOKEN}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -230,7 +234,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// One HTTP/1.1 request (`Connection: close`): status, headers (lower-cased names) and body.
-/// Status 0 when the server closed the connection without answering.
+/// Status 0 when nothing listens or the server closed the connection without answering.
 pub fn http_request(
     port: u16,
     method: &str,
@@ -238,7 +242,9 @@ pub fn http_request(
     body: &[u8],
     headers: &[(&str, String)],
 ) -> (u16, std::collections::BTreeMap<String, String>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, std::collections::BTreeMap::new(), String::new());
+    };
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -283,7 +289,8 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts `binary` with `args` and the extra `env` (on top of a cleaned environment: no
-    /// inherited `ABM_` variables).
+    /// inherited `ABM_` variables), and the API token [`TEST_API_TOKEN`] unless `env` sets
+    /// API tokens itself.
     pub fn start(binary: &Path, args: &[&str], env: &[(&str, String)]) -> ServiceProcess {
         let stderr_path = std::env::temp_dir().join(format!("{}.stderr", unique("abm-service")));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
@@ -293,6 +300,9 @@ impl ServiceProcess {
             command.env_remove(key);
         }
         command.env("RUST_LOG", "info");
+        if !env.iter().any(|(key, _)| key.starts_with("ABM_HTTP__API_")) {
+            command.env("ABM_HTTP__API_TOKENS__TESTKIT", TEST_API_TOKEN);
+        }
         for (key, value) in env {
             command.env(key, value);
         }

@@ -148,7 +148,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, webhooks = settings.webhooks.len(), "alerter listening");
-    let app = ops::router(context.registry.clone(), context.health.clone(), axum::Router::new());
+    let app = ops::router(context.registry.clone(), context.health.clone(), axum::Router::new(), &config.http);
     let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
 
     // Webhooks: one task and consumer group per endpoint, off the Kafka path.

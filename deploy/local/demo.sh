@@ -86,6 +86,8 @@ for service in ingest scorer alerter; do
   # Each service accepts only its own ABM_ keys: the write key goes to ingest alone.
   extra=()
   [ "$service" = ingest ] && extra=(ABM_INGEST__WRITE_KEYS__DEMO=demo-write-key)
+  # The scorer's query API answers only with a token (it returns contacts' emails).
+  [ "$service" = scorer ] && extra=(ABM_HTTP__API_TOKENS__DEMO=demo-api-token)
   env "${extra[@]}" ABM_HTTP__LISTEN="127.0.0.1:$(port_of $service)" "$bin/$service" >"$logs/$service.log" 2>&1 &
   pids+=($!)
 done
@@ -138,7 +140,7 @@ done
 wait "$sim" || { cat "$logs/simulate.log"; exit 1; }
 tail -n 1 "$logs/simulate.log"
 say "6. the top accounts by score (scorer API: GET /v1/accounts?top=5)"
-curl -fs "http://127.0.0.1:8081/v1/accounts?top=5" | python3 -c '
+curl -fs -H "Authorization: Bearer demo-api-token" "http://127.0.0.1:8081/v1/accounts?top=5" | python3 -c '
 import json, sys
 for a in json.load(sys.stdin)["accounts"]:
     print("  {:<12} {:<9} score now {:9.1f}  armed={}".format(a["account_id"], a["tier"], a["score_now"], a["armed"]))

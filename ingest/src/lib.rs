@@ -178,7 +178,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     });
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
-    let app = ops::router(context.registry.clone(), context.health.clone(), http::routes(collector));
+    // /v1/events has its own keys (write keys), not the API tokens.
+    let app = ops::router(context.registry.clone(), context.health.clone(), http::routes(collector), &config.http);
     let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
 
     let normaliser = if settings.raw_topics {

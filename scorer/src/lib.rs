@@ -125,7 +125,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let app = ops::router(
         context.registry.clone(),
         context.health.clone(),
-        api::routes(engine.clone(), store.clone(), tiers.clone()),
+        ops::protect(api::routes(engine.clone(), store.clone(), tiers.clone()), &config.http),
+        &config.http,
     );
     let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
 

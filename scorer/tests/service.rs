@@ -340,3 +340,51 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     }
     drop(b);
 }
+
+/// The query API returns personal data (contacts' emails and titles): it answers only with a
+/// token of `http.api_tokens`; `/metrics`, `/healthz` and `/readyz` stay open unless
+/// `http.protect_ops`; with no token configured the API answers 401 to everyone.
+#[test]
+fn the_query_api_needs_a_token_and_the_probes_do_not() {
+    let get = |port: u16, path: &str, token: Option<&str>| {
+        let headers: Vec<(&str, String)> =
+            token.map(|t| vec![("Authorization", format!("Bearer {t}"))]).unwrap_or_default();
+        let (status, headers, body) = abm::testkit::http_request(port, "GET", path, b"", &headers);
+        (status, headers.get("www-authenticate").cloned(), body)
+    };
+    for (protect_ops, tokens) in [(false, true), (true, true), (false, false)] {
+        let env = Env::new("api-auth");
+        env.create_topics();
+        let mut vars = env.vars();
+        if tokens {
+            vars.push(("ABM_HTTP__API_TOKENS__DASHBOARD", "dash-token".into()));
+        } else {
+            vars.push(("ABM_HTTP__API_OPEN", "false".into()));
+        }
+        vars.push(("ABM_HTTP__PROTECT_OPS", protect_ops.to_string()));
+        let scorer = ServiceProcess::start(Path::new(SCORER), &[], &vars);
+        let token = if tokens { Some("dash-token") } else { None };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(env.port, "/readyz", token.filter(|_| protect_ops)).0 != 200 {
+            assert!(Instant::now() < deadline, "not ready\n{}", scorer.stderr());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (status, challenge, body) = get(env.port, "/v1/accounts?top=5", None);
+        assert_eq!((status, challenge.as_deref()), (401, Some("Bearer")), "{body}");
+        let (status, _, _) = get(env.port, "/v1/accounts/acme", Some("not-the-token"));
+        assert_eq!(status, 401);
+        if tokens {
+            let (status, _, body) = get(env.port, "/v1/accounts?top=5", Some("dash-token"));
+            assert_eq!(status, 200, "{body}");
+            let (status, _, _) = get(env.port, "/v1/accounts/nobody", Some("dash-token"));
+            assert_eq!(status, 404, "authorised, and unknown");
+        } else {
+            let (_, _, body) = get(env.port, "/v1/accounts?top=5", None);
+            assert!(body.contains("http.api_tokens"), "says what to configure: {body}");
+        }
+        let (status, _, _) = get(env.port, "/metrics", None);
+        assert_eq!(status, if protect_ops { 401 } else { 200 }, "protect_ops = {protect_ops}");
+        let (status, _, _) = get(env.port, "/healthz", None);
+        assert_eq!(status, if protect_ops { 401 } else { 200 });
+    }
+}
