@@ -615,12 +615,15 @@ pub fn read_all_bytes_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>
     read_all_records_from(bootstrap, topic).into_iter().map(|(key, value, _)| (key, value)).collect()
 }
 
-/// Every record of `topic` with its headers (name, value as text): (key, value, headers).
-pub fn read_all_with_headers(topic: &str) -> Vec<(String, Vec<u8>, Vec<(String, String)>)> {
+/// A record as read back: key, value, headers (name, value as text).
+pub type ReadRecord = (String, Vec<u8>, Vec<(String, String)>);
+
+/// Every record of `topic` with its headers.
+pub fn read_all_with_headers(topic: &str) -> Vec<ReadRecord> {
     read_all_records_from(&bootstrap_servers(), topic)
 }
 
-fn read_all_records_from(bootstrap: &str, topic: &str) -> Vec<(String, Vec<u8>, Vec<(String, String)>)> {
+fn read_all_records_from(bootstrap: &str, topic: &str) -> Vec<ReadRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers as _;
     use rdkafka::{Message, Offset, TopicPartitionList};

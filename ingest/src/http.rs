@@ -125,7 +125,7 @@ fn client_address(collector: &Collector, headers: &HeaderMap, extensions: &Exten
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .last()
+        .next_back()
         .unwrap_or(peer)
 }
 
@@ -279,13 +279,13 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
 
     let read = match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
         Ok(Ok(read)) => read,
-        Ok(Err(message)) => return answer(&collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
+        Ok(Err(message)) => return answer(collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
         Err(_) => {
             let message = format!(
                 "the request body did not arrive within {} ms (http.body_read_timeout_ms); nothing of it was processed",
                 collector.body_read_timeout.as_millis()
             );
-            return answer(&collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None);
+            return answer(collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None);
         }
     };
     let body = match read {
@@ -294,7 +294,7 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
             Err(message) => {
                 // Keep the undecodable body like any malformed input.
                 let items = [Item { raw: &bytes, framing_error: Some(message.clone()) }];
-                return finish(&collector, &items, &arrival, &reject_source, Some(StatusCode::BAD_REQUEST)).await;
+                return finish(collector, &items, &arrival, &reject_source, Some(StatusCode::BAD_REQUEST)).await;
             }
         },
         other => other,
@@ -308,7 +308,7 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
                 if gzipped { " after decompression" } else { "" }
             );
             let items = [Item { raw: &head, framing_error: None }];
-            return oversized(&collector, &items[0], &arrival, &reject_source, message).await;
+            return oversized(collector, &items[0], &arrival, &reject_source, message).await;
         }
     };
     let items = split(&bytes);
@@ -319,10 +319,10 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
             collector.max_batch_events
         );
         let whole = Item { raw: &bytes, framing_error: None };
-        return oversized(&collector, &whole, &arrival, &reject_source, message).await;
+        return oversized(collector, &whole, &arrival, &reject_source, message).await;
     }
     collector.metrics.batch_size.observe(items.len() as f64);
-    finish(&collector, &items, &arrival, &reject_source, None).await
+    finish(collector, &items, &arrival, &reject_source, None).await
 }
 
 /// Longest event id and message an answer repeats (an event's own text is not echoed whole).
