@@ -966,7 +966,7 @@ pub fn run<P: Processor>(
             .subscribe(&[&settings.input_topic])
             .with_context(|| format!("subscribing to {}", settings.input_topic))?;
         // The fault (tests only) hits the first consumer; its replacement works.
-        let fault = if replaced.is_empty() { fault_stall_after() } else { None };
+        let fault = if replaced.is_empty() { crate::watch::fault_after(FAULT_STALL_ENV) } else { None };
         let why = match poll_loop(&shared, &consumer, settings, &mut restore, shutdown, fault) {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::ConsumerFailed(why)) => why,
@@ -1028,10 +1028,6 @@ impl Drop for Watchdog {
     }
 }
 
-/// [`FAULT_STALL_ENV`], when set to a positive number.
-fn fault_stall_after() -> Option<u64> {
-    std::env::var(FAULT_STALL_ENV).ok().and_then(|value| value.parse().ok()).filter(|n| *n > 0)
-}
 
 /// Consumers replaced within 10 minutes before the loop gives up.
 const CONSUMER_REPLACEMENTS_LIMIT: usize = 5;

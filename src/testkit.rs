@@ -217,6 +217,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// Account `acme` (domain `acme.example`, tier 1) for a test's TAL.
+pub fn acme_account() -> abm_schemas::Account {
+    abm_schemas::Account {
+        account_id: "acme".into(),
+        name: "Acme".into(),
+        domains: vec!["acme.example".into()],
+        tier: abm_schemas::Tier::Tier1,
+        owner: "sdr@vendor.example".into(),
+        industry: None,
+        employees: None,
+        updated_at: 0,
+    }
+}
+
 /// The data-API token every service started by [`ServiceProcess::start`] accepts, and that
 /// [`http_get`] sends.
 pub const TEST_API_TOKEN: &str = "testkit-api-token";

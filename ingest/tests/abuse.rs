@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
 use abm::topics::TopicRole;
-use abm_schemas::{Account, EngagementEvent, RejectReason, RejectedEvent, Tier};
+use abm_schemas::{EngagementEvent, RejectReason, RejectedEvent};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 const SERVER_KEY: &str = "server-secret";
@@ -33,17 +33,7 @@ fn start(name: &str, extra: &[(&'static str, String)], browser: &str) -> Ingest 
     let topics = TestTopics::new(name);
     topics.create();
     let kafka = producer();
-    let account = Account {
-        account_id: "acme".into(),
-        name: "Acme".into(),
-        domains: vec!["acme.example".into()],
-        tier: Tier::Tier1,
-        owner: "sdr@vendor.example".into(),
-        industry: None,
-        employees: None,
-        updated_at: 0,
-    };
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &account);
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let mut vars = topics.env();

@@ -11,7 +11,7 @@ use abm::testkit::{
     wait_for_status,
 };
 use abm::topics::TopicRole;
-use abm_schemas::{Account, EngagementEvent, RejectedEvent, Tier, Transport};
+use abm_schemas::{EngagementEvent, RejectedEvent, Transport};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 const KEY: &str = "test-secret";
@@ -42,19 +42,6 @@ fn start_ingest(topics: &TestTopics, port: u16, extra: &[(&'static str, String)]
     let mut process = ServiceProcess::start(Path::new(INGEST), &[], &vars);
     process.wait_ready(port, Duration::from_secs(60));
     process
-}
-
-fn tal_account() -> Account {
-    Account {
-        account_id: "acme".into(),
-        name: "Acme".into(),
-        domains: vec!["acme.example".into()],
-        tier: Tier::Tier1,
-        owner: "sdr@vendor.example".into(),
-        industry: None,
-        employees: None,
-        updated_at: 0,
-    }
 }
 
 /// One bad event per reason code (the code is the map key), as JSON text.
@@ -129,7 +116,7 @@ fn every_reason_code_over_http_and_raw_topics_is_kept_and_nothing_valid_is_lost(
     let topics = TestTopics::new("ingest-reasons");
     topics.create();
     let kafka = producer();
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &tal_account());
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let _ingest = start_ingest(&topics, port, &[]);
@@ -340,7 +327,7 @@ fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_take
     let topics = TestTopics::new("ingest-raw-stall");
     topics.create();
     let kafka = producer();
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &tal_account());
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let ingest = start_ingest(
