@@ -337,6 +337,10 @@ struct Watch {
     /// The last progress: a message handled, a transaction committed, a restore finished, or
     /// a check that found nothing waiting.
     progress_ms: std::sync::atomic::AtomicU64,
+    /// The last replacement of the consumer (`u64::MAX`: none yet). It does not count as
+    /// progress (the stalled-seconds gauge goes on rising through heals that do not help), but
+    /// the replacement gets its own `stall_after` before the next heal.
+    replaced_ms: std::sync::atomic::AtomicU64,
     /// The loop thread's last round (or retry): a thread stuck in a call stops beating.
     heartbeat_ms: std::sync::atomic::AtomicU64,
     /// The fetch position (`next_offset`) and locally queued messages of each input partition,
@@ -352,6 +356,7 @@ impl Watch {
         Watch {
             started: Instant::now(),
             progress_ms: std::sync::atomic::AtomicU64::new(0),
+            replaced_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(0),
             fetch: Mutex::new((0, BTreeMap::new())),
         }
@@ -363,6 +368,23 @@ impl Watch {
 
     fn progressed(&self) {
         self.progress_ms.store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn replaced(&self) {
+        self.replaced_ms.store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A replaced consumer is still within its first `stall_after`.
+    fn rejoining(&self, stall_after: Duration) -> bool {
+        let at = self.replaced_ms.load(std::sync::atomic::Ordering::Relaxed);
+        at != u64::MAX && self.since(&self.replaced_ms) < stall_after
+    }
+
+    /// What fetch reports must be newer than to be judged on: the last progress or replacement.
+    fn judged_from_ms(&self) -> u64 {
+        let replaced = self.replaced_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let progress = self.progress_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if replaced == u64::MAX { progress } else { progress.max(replaced) }
     }
 
     fn beat(&self) {
@@ -697,7 +719,7 @@ impl<P: Processor> Shared<P> {
     /// progress), nor while the broker does not answer.
     fn input_waiting<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Judgement {
         let (reported_ms, fetch) = lock(&self.watch.fetch).clone();
-        if reported_ms <= self.watch.progress_ms.load(std::sync::atomic::Ordering::Relaxed) {
+        if reported_ms <= self.watch.judged_from_ms() {
             return Judgement::Stale;
         }
         match self.partitions_waiting(consumer, &fetch) {
@@ -958,6 +980,7 @@ pub fn run<P: Processor>(
     )?;
     let mut restore = None;
     let mut replaced = Vec::<Instant>::new();
+    shared.watch.progressed();
     loop {
         let consumer: BaseConsumer<LoopContext<P>> = consumer_config
             .create_with_context(LoopContext { shared: shared.clone() })
@@ -985,6 +1008,7 @@ pub fn run<P: Processor>(
             return Err(anyhow!("the Kafka consumer failed {} times in 10 minutes; the last: {why}", replaced.len()));
         }
         tracing::warn!(reason = %why, "replacing the Kafka consumer");
+        shared.watch.replaced();
         shared.watch.beat();
         drop(consumer);
         shared.watch.beat();
@@ -1074,7 +1098,10 @@ fn check_progress<P: Processor, C: ConsumerContext>(
         shared.health.done_waiting(STALLED);
         return None;
     }
+    let rejoining = shared.watch.rejoining(stall_after);
     match shared.input_waiting(consumer) {
+        // A replacement still joining its group has no partitions yet: that is no progress.
+        Judgement::Idle if rejoining => None,
         // Nothing to do is not a stall; nor is a broker that does not answer: the clock starts
         // again when it does (an outage is ridden out, not healed).
         Judgement::Idle | Judgement::BrokerAway => {
@@ -1091,12 +1118,11 @@ fn check_progress<P: Processor, C: ConsumerContext>(
                 since.as_secs_f64()
             );
             shared.health.wait_for(STALLED, why.clone());
-            if since < stall_after {
+            // The replacement of a heal gets its own `stall_after` to get going.
+            if since < stall_after || rejoining {
                 return None;
             }
             shared.metrics.heals.inc();
-            shared.metrics.stalled_seconds.set(0.0);
-            shared.health.done_waiting(STALLED);
             Some(format!("{why}; healing by replacing the consumer"))
         }
         Judgement::Stale => None,
@@ -1126,7 +1152,6 @@ fn poll_loop<P: Processor>(
     let mut last_consumer_warning: Option<Instant> = None;
     let mut last_check = Instant::now();
     let mut fault = fault;
-    shared.watch.progressed();
     loop {
         shared.watch.beat();
         if let Some(error) = lock(&shared.fatal).take() {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// `[http]` section: the port and its limits. Everything reachable over HTTP is treated as
 /// hostile: a client gets bounded time to send its headers and its body, and bounded room.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the service's HTTP port (default per service: ingest `0.0.0.0:8080`,
@@ -30,11 +30,14 @@ pub struct HttpConfig {
     /// Time a client has to send a whole request body, counted from its headers (default
     /// 30000 ms); after it the request is answered 408 (a body read so far is not kept).
     pub body_read_timeout_ms: u64,
-    /// Open connections at most (default 1024); a connection beyond it is closed at once and
-    /// counted in `abm_http_connections_refused_total`.
+    /// Open connections at most (default 1024). Beyond it, [`PROBE_CONNECTIONS`] more are let
+    /// in for one request each to `/healthz`, `/readyz` or `/metrics` (anything else is
+    /// answered 503), so that probes and Prometheus get through a flood; a connection beyond
+    /// those is closed at once and counted in `abm_http_connections_refused_total`.
     pub max_connections: usize,
-    /// Requests handled at once at most (default 256); one beyond it is answered 503 with
-    /// `Retry-After: 1` and counted in `abm_http_requests_shed_total`.
+    /// Requests handled at once at most (default 256), not counting `/healthz`, `/readyz` and
+    /// `/metrics`; one beyond it is answered 503 with `Retry-After: 1` and counted in
+    /// `abm_http_requests_shed_total`.
     pub max_concurrent_requests: usize,
     /// On shutdown, how long requests in flight may take to finish before their connections
     /// are closed (default 10000 ms).
@@ -63,6 +66,23 @@ impl Default for HttpConfig {
             api_open: false,
             protect_ops: false,
         }
+    }
+}
+
+/// Without the tokens' values (their names only).
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("body_read_timeout_ms", &self.body_read_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("api_tokens", &self.api_tokens.keys().collect::<Vec<_>>())
+            .field("api_open", &self.api_open)
+            .field("protect_ops", &self.protect_ops)
+            .finish()
     }
 }
 
@@ -199,8 +219,9 @@ async fn check_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     // Every token is compared, each in constant time.
     let mut allowed = false;
     if let Some(presented) = presented {
@@ -254,13 +275,27 @@ impl PortMetrics {
     }
 }
 
+/// Connections let in past `http.max_connections` for the ops paths only.
+pub const PROBE_CONNECTIONS: usize = 16;
+
+/// The paths that are never shed: liveness, readiness and metrics.
+fn is_ops_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+fn busy(what: &'static str) -> Response {
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, what).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 /// The client's address, in each request's extensions (per-client limits read it).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
 /// Serves `app` on `listener` within the limits of `config` until `shutdown` is cancelled;
-/// then stops accepting, lets requests in flight finish for `shutdown_grace_ms`, and closes
-/// what is left. HTTP/1.1 with keep-alive.
+/// then stops accepting and lets requests in flight finish for `shutdown_grace_ms` before it
+/// returns (connections still open then end with the process). HTTP/1.1 with keep-alive.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -271,6 +306,7 @@ pub async fn serve(
     use tower::ServiceExt as _;
     let metrics = PortMetrics::register(&registry).map_err(std::io::Error::other)?;
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let probe_connections = Arc::new(tokio::sync::Semaphore::new(PROBE_CONNECTIONS));
     let requests = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests.max(1)));
     let header_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms.max(1));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -287,23 +323,38 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics.refused.inc();
-            drop(stream);
-            continue;
+        let (permit, probes_only) = match connections.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match probe_connections.clone().try_acquire_owned() {
+                Ok(permit) => (permit, true),
+                Err(_) => {
+                    metrics.refused.inc();
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let (app, requests, shed) = (app.clone(), requests.clone(), metrics.shed.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let (app, permit) = (app.clone(), requests.clone().try_acquire_owned());
+            let app = app.clone();
+            let ops = is_ops_path(request.uri().path());
+            // The ops paths take no permit: a flood of requests does not fail the probes.
+            let permit = if ops { None } else { Some(requests.clone().try_acquire_owned()) };
             request.extensions_mut().insert(ClientAddr(peer));
             let shed = shed.clone();
             async move {
-                let Ok(_permit) = permit else {
+                if probes_only && !ops {
                     shed.inc();
-                    let mut response = (StatusCode::SERVICE_UNAVAILABLE, "busy: too many requests in flight; retry\n").into_response();
-                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                    return Ok::<_, std::convert::Infallible>(response);
+                    return Ok::<_, std::convert::Infallible>(busy("busy: too many connections; retry\n"));
+                }
+                let _permit = match permit {
+                    Some(Err(_)) => {
+                        shed.inc();
+                        return Ok(busy("busy: too many requests in flight; retry\n"));
+                    }
+                    Some(Ok(permit)) => Some(permit),
+                    None => None,
                 };
                 app.oneshot(request.map(axum::body::Body::new)).await
             }
@@ -311,7 +362,7 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .keep_alive(true)
+            .keep_alive(!probes_only)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         let open = metrics.open.clone();
@@ -336,6 +387,15 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::Health;
+
+    #[test]
+    fn the_http_config_debug_names_tokens_but_never_prints_them() {
+        let mut config = super::HttpConfig::default();
+        config.api_tokens.insert("console".into(), "s3cret-token-value".into());
+        let printed = format!("{config:?}");
+        assert!(printed.contains("console"), "{printed}");
+        assert!(!printed.contains("s3cret-token-value"), "{printed}");
+    }
 
     #[test]
     fn readiness_waits_for_everything_pending_and_never_returns_from_stopping() {

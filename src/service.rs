@@ -119,16 +119,17 @@ where
 /// The value printed in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Whether a config key names a secret: passwords, secrets, tokens, JAAS configs, webhook
-/// URLs and headers (a word of the key, between dots or underscores), a field named `key` (a
-/// browser key), private keys in PEM, OAUTHBEARER configs and write keys.
+/// Whether a config key names a secret: passwords, passphrases, secrets, tokens, credentials,
+/// JAAS configs, webhook URLs and headers (a word of the key, between dots or underscores), a
+/// field named `key` (a browser key), private keys in PEM, OAUTHBEARER configs, basic-auth user
+/// info and write keys.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('_', ".");
     if key == "key" {
         return true;
     }
-    let words = ["password", "secret", "token", "tokens", "jaas", "url", "headers"];
-    let phrases = ["key.pem", "oauthbearer.config", "write.keys"];
+    let words = ["password", "passphrase", "secret", "token", "tokens", "credentials", "jaas", "url", "headers"];
+    let phrases = ["key.pem", "oauthbearer.config", "write.keys", "user.info"];
     key.split('.').any(|word| words.contains(&word)) || phrases.iter().any(|phrase| key.contains(phrase))
 }
 
@@ -208,5 +209,31 @@ mod tests {
             assert!(!text.contains(secret), "{secret} printed in {text}");
         }
         assert!(text.contains("abm") && text.contains("slack"), "non-secrets kept: {text}");
+    }
+
+    #[test]
+    fn secret_keys_are_recognised_and_plain_ones_are_not() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl_keystore_password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.jaas.config",
+            "ssl.key.passphrase",
+            "credentials",
+            "basic.auth.user.info",
+            "api_tokens",
+            "write_keys",
+            "headers",
+            "url",
+            "key",
+        ] {
+            assert!(is_secret_key(key), "{key} is a secret");
+        }
+        for key in ["bootstrap_servers", "security.protocol", "sasl.mechanism", "ssl.ca.location", "keys", "listen"] {
+            assert!(!is_secret_key(key), "{key} is not a secret");
+        }
     }
 }

@@ -294,6 +294,20 @@ pub fn wait_for_status(port: u16, path: &str, status: u16, timeout: Duration, co
     }
 }
 
+/// Polls metric `name` (with `labels`) until it equals `value`, or panics after `timeout`
+/// with `context`.
+pub fn wait_for_metric(port: u16, name: &str, labels: &[&str], value: f64, timeout: Duration, context: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = metric(port, name, labels);
+        if got == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {got}, not {value}, after {timeout:?}\n{context}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A service binary running as a child process, its stderr kept in a file.
 #[derive(Debug)]
 pub struct ServiceProcess {

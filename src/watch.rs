@@ -7,11 +7,13 @@
 //! wedged. The consumer is judged wedged when, for `stall_after`, the loop made no progress
 //! while an assigned partition has input past the loop's position (the high watermark, asked
 //! of the broker, is past the offset of the next message the consumer would hand out). Then
-//! the loop replaces its consumer; one that needs replacing more than
-//! [`REPLACEMENTS_LIMIT`] times in 10 minutes ends the loop with an error, so the platform
-//! restarts the process. A broker that does not answer is not a stall: the clock starts again
-//! when it does. While input waits without progress for half of `stall_after`, readiness
-//! is 503 and the stalled-seconds gauge says for how long.
+//! the loop replaces its consumer, and again every `stall_after` while no progress follows; one
+//! that needs replacing more than [`REPLACEMENTS_LIMIT`] times in 10 minutes ends the loop with
+//! an error, so the platform restarts the process. A broker that does not answer is not a
+//! stall: the clock starts again when it does. While input waits without progress for half of
+//! `stall_after`, readiness is 503 and the stalled-seconds gauge says for how long: the time
+//! since the last real progress, which a replacement does not reset (a loop that heals and
+//! still does not move shows a gauge that keeps rising).
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,12 @@ pub struct StreamWatch {
     /// latest (false: such a partition has nothing waiting for this consumer).
     from_earliest: bool,
     last_progress: Instant,
+    /// The last consumer replacement: the next one is due `stall_after` after it.
+    last_replaced: Option<Instant>,
     last_check: Instant,
+    /// For a partition read from the latest offset with nothing handed out and nothing
+    /// committed yet: its high watermark when first seen so (where the consumer starts).
+    latest_start: std::collections::HashMap<(String, i32), i64>,
     stalled_seconds: prometheus::Gauge,
     heals: prometheus::IntCounter,
     health: Health,
@@ -78,7 +85,9 @@ impl StreamWatch {
             stall_after,
             from_earliest,
             last_progress: now,
+            last_replaced: None,
             last_check: now,
+            latest_start: std::collections::HashMap::new(),
             stalled_seconds,
             heals,
             health,
@@ -106,7 +115,8 @@ impl StreamWatch {
     /// progress. Queries the broker (at most 2 s per query) on the calling thread: call it from
     /// a blocking-capable context ([`tokio::task::block_in_place`] in async code).
     pub fn check<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K, busy: bool) -> Option<String> {
-        if self.last_check.elapsed() < Duration::from_secs(1) {
+        // (Not quite a second: a loop that calls this on a one-second tick checks each tick.)
+        if self.last_check.elapsed() < Duration::from_millis(900) {
             return None;
         }
         self.last_check = Instant::now();
@@ -115,8 +125,11 @@ impl StreamWatch {
             self.clear();
             return None;
         }
-        let waiting = match partitions_waiting(consumer, self.from_earliest) {
+        let rejoining = self.last_replaced.is_some_and(|at| at.elapsed() < self.stall_after);
+        let waiting = match partitions_waiting(consumer, self.from_earliest, &mut self.latest_start) {
             Some(waiting) if !waiting.is_empty() => waiting,
+            // A replacement still joining its group has no partitions yet: that is no progress.
+            Some(_) if rejoining && consumer.assignment().map_or(true, |a| a.count() == 0) => return None,
             // Nothing to do is not a stall; nor is a broker that does not answer (the clock
             // starts again when it does: an outage is ridden out, not healed).
             _ => {
@@ -135,8 +148,11 @@ impl StreamWatch {
         if since < self.stall_after {
             return None;
         }
+        if rejoining {
+            // Give the replacement its own `stall_after` to get going.
+            return None;
+        }
         self.heals.inc();
-        self.clear();
         Some(format!("{why}; healing by replacing the consumer"))
     }
 
@@ -145,7 +161,9 @@ impl StreamWatch {
     pub fn replacing(&mut self, why: &str) -> anyhow::Result<()> {
         self.replaced.retain(|at| at.elapsed() < Duration::from_secs(600));
         self.replaced.push(Instant::now());
-        self.progressed();
+        self.last_replaced = Some(Instant::now());
+        // The replacement finds its own start.
+        self.latest_start.clear();
         anyhow::ensure!(
             self.replaced.len() <= REPLACEMENTS_LIMIT,
             "the {}'s Kafka consumer had to be replaced {} times in 10 minutes; the last time: {why}",
@@ -159,7 +177,11 @@ impl StreamWatch {
 
 /// `topic[partition]` of the assigned partitions with input past the consumer's position;
 /// `None` when the broker does not answer.
-fn partitions_waiting<C: ConsumerContext, K: Consumer<C>>(consumer: &K, from_earliest: bool) -> Option<Vec<String>> {
+fn partitions_waiting<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    from_earliest: bool,
+    latest_start: &mut std::collections::HashMap<(String, i32), i64>,
+) -> Option<Vec<String>> {
     let assignment = consumer.assignment().ok()?;
     let positions = consumer.position().ok()?;
     let mut waiting = Vec::new();
@@ -180,7 +202,8 @@ fn partitions_waiting<C: ConsumerContext, K: Consumer<C>>(consumer: &K, from_ear
                 match committed.elements().first().map(rdkafka::topic_partition_list::TopicPartitionListElem::offset) {
                     Some(Offset::Offset(offset)) => offset,
                     _ if from_earliest => low,
-                    _ => high,
+                    // It starts at the end it found: what was written since waits for it.
+                    _ => *latest_start.entry((topic.to_owned(), partition)).or_insert(high),
                 }
             }
         };

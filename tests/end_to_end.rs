@@ -271,7 +271,19 @@ fn the_pipeline_runs_end_to_end_over_sasl_ssl_with_oauthbearer_oidc_tokens() {
 /// Samples the loops' stalled-seconds gauges twice a second until stopped; keeps the largest.
 struct StallSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(f64, String)>,
+    thread: std::thread::JoinHandle<Stalls>,
+}
+
+/// What [`StallSampler`] saw.
+#[derive(Debug)]
+struct Stalls {
+    /// The longest time a loop had input waiting without progress, and the gauge that showed it
+    /// (the gauges count from the last real progress: a heal does not reset them).
+    longest: f64,
+    which: String,
+    /// Consumer replacements after a stall, over every loop, at the last sample (a restarted
+    /// alerter's count starts again, so the highest seen per sample is kept).
+    heals: f64,
 }
 
 impl StallSampler {
@@ -282,28 +294,35 @@ impl StallSampler {
             (ports["alerter"], "abm_alerter_webhook_stalled_seconds"),
             (ports["ingest"], "abm_ingest_raw_loop_stalled_seconds"),
         ];
+        let heals = [
+            (ports["scorer"], "abm_scorer_loop_heals_total"),
+            (ports["alerter"], "abm_alerter_loop_heals_total"),
+            (ports["alerter"], "abm_alerter_webhook_heals_total"),
+            (ports["ingest"], "abm_ingest_raw_loop_heals_total"),
+        ];
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut longest = (0.0_f64, "none".to_owned());
+            let mut seen = Stalls { longest: 0.0, which: "none".to_owned(), heals: 0.0 };
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 for (port, gauge) in gauges {
                     let seconds = metric(port, gauge, &[]);
-                    if seconds > longest.0 {
-                        longest = (seconds, gauge.to_owned());
+                    if seconds > seen.longest {
+                        (seen.longest, seen.which) = (seconds, gauge.to_owned());
                     }
                 }
+                let heals: f64 = heals.iter().map(|(port, counter)| metric(*port, counter, &[])).sum();
+                seen.heals = seen.heals.max(heals);
                 std::thread::sleep(Duration::from_millis(500));
             }
-            longest
+            seen
         });
         StallSampler { stop, thread }
     }
 
-    /// The longest stall seen and the gauge that showed it.
-    fn stop(self) -> (f64, String) {
+    fn stop(self) -> Stalls {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap_or((f64::INFINITY, "the sampler panicked".into()))
+        self.thread.join().unwrap_or(Stalls { longest: f64::INFINITY, which: "the sampler panicked".into(), heals: 0.0 })
     }
 }
 
@@ -653,10 +672,15 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         assert_eq!(m("scorer", "abm_scorer_loop_stalled_seconds", &[]), 0.0, "{}", scorer.stderr());
         assert_eq!(m("alerter", "abm_alerter_loop_stalled_seconds", &[]), 0.0, "{}", alerter.stderr());
     }
-    let (longest, which) = longest_stall.stop();
-    eprintln!("outages: longest time a loop had input waiting without progress: {longest:.1} s ({which})");
-    // A check runs about once a second: a stall is seen at most that much past its bound.
+    let Stalls { longest, which, heals } = longest_stall.stop();
+    eprintln!("stalls: longest time a loop had input waiting without progress: {longest:.1} s ({which}); heals: {heals}");
+    // A check runs about once a second: a stall is seen at most that much past its bound. The
+    // gauges do not restart at a heal, so a heal that does not help shows here too.
     assert!(longest <= stall_bound_s + 2.0, "{which} went {longest:.1} s without progress (bound {stall_bound_s} s)");
+    if matches!(chaos, Chaos::Calm) {
+        // With nothing going wrong, no loop may ever have needed healing.
+        assert_eq!(heals, 0.0, "a loop healed in a calm run:\n{}\n{}", scorer.stderr(), alerter.stderr());
+    }
 
     let mut expected_alert_ids = BTreeSet::new();
     for (account, log) in &logs {

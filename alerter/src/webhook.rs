@@ -280,11 +280,15 @@ pub async fn run_endpoint(
         if let Some(why) = heal {
             watch.replacing(&why)?;
             // Every handled alert's offset is stored: commit them, then read on from there.
-            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::warn!(endpoint = %name, %error, "committing webhook offsets before replacing the consumer");
-            }
-            drop(consumer);
-            consumer = subscribe()?;
+            // Blocking calls (a commit, leaving and joining the group): off the runtime.
+            let old = consumer;
+            consumer = tokio::task::block_in_place(|| {
+                if let Err(error) = old.commit_consumer_state(CommitMode::Sync) {
+                    tracing::warn!(endpoint = %name, %error, "committing webhook offsets before replacing the consumer");
+                }
+                drop(old);
+                subscribe()
+            })?;
             continue;
         }
         let Some(message) = received else { continue };
@@ -311,7 +315,7 @@ pub async fn run_endpoint(
             tracing::warn!(endpoint = %name, %error, "cannot store webhook offset");
         }
     }
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    let _ = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync));
     Ok(())
 }
 

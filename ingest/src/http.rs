@@ -116,17 +116,71 @@ fn allowed_origin<'h>(config: &BrowserKeyConfig, headers: &'h HeaderMap) -> Resu
 /// the connection's peer.
 fn client_address(collector: &Collector, headers: &HeaderMap, extensions: &Extensions) -> IpAddr {
     let peer = extensions.get::<ClientAddr>().map_or(IpAddr::from([0, 0, 0, 0]), |client| client.0.ip());
-    if collector.client_address_header.is_empty() {
-        return peer;
+    let address = if collector.client_address_header.is_empty() {
+        peer
+    } else {
+        // Only the last entry: the one the trusted proxy added. Entries before it are the
+        // client's to write; one that does not parse means the peer address counts.
+        headers
+            .get_all(collector.client_address_header.as_str())
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|entry| parse_forwarded_address(entry.trim()))
+            .unwrap_or(peer)
+    };
+    rate_limit_unit(address)
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:443`.
+fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(address) = entry.parse::<IpAddr>() {
+        return Some(address);
     }
-    headers
-        .get_all(collector.client_address_header.as_str())
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .next_back()
-        .unwrap_or(peer)
+    entry.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip())
+}
+
+/// What a per-client limit counts as one client: an IPv4 address, or an IPv6 address's /64
+/// (one subscriber's network: an IPv6 host can pick any address in it at will).
+fn rate_limit_unit(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1_u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::{IpAddr, parse_forwarded_address, rate_limit_unit};
+
+    #[test]
+    fn forwarded_entries_parse_with_or_without_a_port() {
+        let v4: IpAddr = [203, 0, 113, 9].into();
+        assert_eq!(parse_forwarded_address("203.0.113.9"), Some(v4));
+        assert_eq!(parse_forwarded_address("203.0.113.9:5678"), Some(v4));
+        assert_eq!(parse_forwarded_address("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_forwarded_address("unknown"), None);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = rate_limit_unit("2001:db8:1:2:aaaa::1".parse().expect("v6"));
+        let b = rate_limit_unit("2001:db8:1:2:ffff:1:2:3".parse().expect("v6"));
+        let other = rate_limit_unit("2001:db8:1:3::1".parse().expect("v6"));
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().expect("v6"));
+        let v4: IpAddr = [198, 51, 100, 7].into();
+        assert_eq!(rate_limit_unit(v4), v4);
+        assert_eq!(rate_limit_unit("::ffff:198.51.100.7".parse().expect("mapped")), v4);
+    }
 }
 
 /// `OPTIONS /v1/events`: the CORS preflight of a browser that sends with headers (fetch with

@@ -71,8 +71,10 @@ pub struct Settings {
     /// Browser write keys (public: they ship in web pages), each with its scope and limits.
     pub browser_keys: BTreeMap<String, keys::BrowserKeyConfig>,
     /// A header that carries the client's address when ingest runs behind a proxy or load
-    /// balancer it trusts (for example `x-forwarded-for`: the last address in it is used, the
-    /// one the proxy added). Empty (the default): the connection's peer address.
+    /// balancer it trusts (for example `x-forwarded-for`: only the last entry of the last such
+    /// header is used, the one the proxy added; if it is not an address, the peer's is).
+    /// Empty (the default): the connection's peer address. Per-client rate limits count an
+    /// IPv6 client by its /64.
     pub client_address_header: String,
     /// Largest request body, after gzip decompression (default 1048576).
     pub max_body_bytes: usize,

@@ -158,11 +158,15 @@ impl Normaliser {
                 // Nothing is in flight (a check while writes are pending never heals): every
                 // offset that may be stored is stored, and committed before the swap.
                 watch.replacing(&why)?;
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                    tracing::warn!(%error, "committing the raw-topic offsets before replacing the consumer");
-                }
-                drop(consumer);
-                consumer = subscribe()?;
+                // Blocking calls (a commit, leaving and joining the group): off the runtime.
+                let old = consumer;
+                consumer = tokio::task::block_in_place(|| {
+                    if let Err(error) = old.commit_consumer_state(CommitMode::Sync) {
+                        tracing::warn!(%error, "committing the raw-topic offsets before replacing the consumer");
+                    }
+                    drop(old);
+                    subscribe()
+                })?;
             }
         }
         // Finish what was read (each write is bounded by the producer's message timeout).
@@ -172,7 +176,7 @@ impl Normaliser {
                 let _ = consumer.store_offset(&topic, partition, offset);
             }
         }
-        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(error) = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
             tracing::debug!(%error, "final offset commit");
         }
         Ok(())

@@ -127,7 +127,7 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
     let ingest = start(
         "abuse-slow",
         &[
-            ("ABM_HTTP__HEADER_READ_TIMEOUT_MS", "1000".into()),
+            ("ABM_HTTP__HEADER_READ_TIMEOUT_MS", "2000".into()),
             ("ABM_HTTP__BODY_READ_TIMEOUT_MS", "1000".into()),
             ("ABM_HTTP__MAX_CONNECTIONS", "8".into()),
         ],
@@ -163,9 +163,20 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
     stream.write_all(head.as_bytes()).expect("writes");
     let (_, answer) = closed_within(stream, Duration::from_secs(10)).expect("answered");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    // More connections than allowed: the extra ones are closed at once, the service still serves.
-    let held: Vec<TcpStream> =
+    // More connections than allowed: probes still get through (on the few connections kept
+    // for them), nothing else does, the extra ones beyond those are closed at once, and the
+    // service serves again once connections close.
+    let mut held: Vec<TcpStream> =
         (0..8).map(|_| TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _, _) = http_request(ingest.port, "GET", "/healthz", b"", &[]);
+    assert_eq!(status, 200, "liveness answers through a connection flood");
+    let (status, _, _) = http_request(ingest.port, "GET", "/readyz", b"", &[]);
+    assert_eq!(status, 200, "readiness answers through a connection flood");
+    let (status, headers, _) = http_request(ingest.port, "POST", "/v1/events", visit("flood").as_bytes(), &server_auth());
+    assert_eq!(status, 503, "events wait for a connection of their own");
+    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+    held.extend((0..abm::ops::PROBE_CONNECTIONS).map(|_| TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects")));
     std::thread::sleep(Duration::from_millis(200));
     let extra = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
     let (after, answer) = closed_within(extra, Duration::from_secs(5)).expect("closed at once");
