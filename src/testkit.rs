@@ -115,7 +115,8 @@ impl TokenEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").expect("token endpoint binds");
         let url = format!("http://{}/oauth2/token", listener.local_addr().expect("address"));
         let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{client_secret}"));
-        let expected = format!("authorization: basic {}", credentials.to_ascii_lowercase());
+        // Header name and scheme are case-insensitive; the base64 credentials are not.
+        let expected = format!("basic {credentials}");
         let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (issued_here, refused_here, tls_dir) = (issued.clone(), refused.clone(), secure.tls_dir.clone());
@@ -124,9 +125,13 @@ impl TokenEndpoint {
                 let Ok(mut stream) = stream else { continue };
                 let request = read_http_request(&mut stream);
                 let head = request.to_ascii_lowercase();
-                let granted = head.starts_with("post ")
-                    && head.lines().any(|line| line.trim_end() == expected)
-                    && head.contains("grant_type=client_credentials");
+                let authorized = request.lines().filter_map(|line| line.split_once(':')).any(|(name, value)| {
+                    let value = value.trim();
+                    name.trim().eq_ignore_ascii_case("authorization")
+                        && value.get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic "))
+                        && value.get(6..) == expected.get(6..)
+                });
+                let granted = head.starts_with("post ") && authorized && head.contains("grant_type=client_credentials");
                 let (status, body) = if granted {
                     issued_here.fetch_add(1, Ordering::Relaxed);
                     let token = oauth_token(&tls_dir);
