@@ -6,7 +6,7 @@
 //! Each account gets a typical history: 8 events from 3 contacts over two weeks (web visits,
 //! a pricing visit, an email click, an ad click). Memory is the growth of the process's
 //! resident set while the accounts are built in the scorer's store (`dashmap`), divided by
-//! the number of accounts. The restore writes every account's `AccountState` to a fresh
+//! the number of accounts (the leaderboard's ranking included). The restore writes every account's `AccountState` to a fresh
 //! 6-partition changelog topic, then times the scorer's restore path (read to the end with
 //! `read_committed`, decode, rebuild) for all partitions.
 
@@ -65,13 +65,14 @@ fn build(engine: &Engine, store: &Store, accounts: usize) -> Duration {
             engine.apply(&id, &mut state, &event, Tier::Tier2);
         }
         shard.insert(id.as_str().into(), Box::new(state));
+        store.rank(partition, &id);
     }
     started.elapsed()
 }
 
-fn memory(engine: &Engine, accounts: usize) -> Store {
+fn memory(engine: &Arc<Engine>, accounts: usize) -> Store {
     let before = rss_bytes();
-    let store = Store::default();
+    let store = Store::new(engine.clone());
     let took = build(engine, &store, accounts);
     let after = rss_bytes();
     let mut heap = 0;

@@ -2,7 +2,7 @@
 # Runs the benchmarks against the local Apache Kafka (or KAFKA_BOOTSTRAP_SERVERS) and prints
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
-#   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, changelog_bytes, latency
+#   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, changelog_bytes, leaderboard, latency
 #   deploy/local/bench.sh ingest     one of those, or peer (side by side with the Kafka Streams
 #                                    peer: needs a JDK and Maven, ~6 minutes)
 #   deploy/local/bench.sh outages    the broker-restart end-to-end run OUTAGE_RUNS times (default
@@ -19,10 +19,10 @@ fi
 cargo build --release --workspace --bins --quiet
 echo "bench.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state changelog_bytes latency)
+[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state changelog_bytes leaderboard latency)
 for bench in "${benches[@]}"; do
   case "$bench" in
-    scorer_state|changelog_bytes) cargo bench -p scorer --bench "$bench" --quiet ;;
+    scorer_state|changelog_bytes|leaderboard) cargo bench -p scorer --bench "$bench" --quiet ;;
     # The services' debug binaries next to the bench's own (see benches/outages.rs).
     outages) cargo build --workspace --bins --quiet && cargo bench -p abm --bench outages --profile dev --quiet ;;
     *) cargo bench -p abm --bench "$bench" --quiet ;;

@@ -3,7 +3,8 @@
 //! - `GET /v1/accounts/{id}` — the account's score at its as-of time (E, B, m, tier, armed,
 //!   breakdown per rule, counts, contacts, recent events) and decayed to now (`now`).
 //!   `?at=<ms>` decays to that time instead of the wall clock.
-//! - `GET /v1/accounts?top=N&tier=T` — leaderboard by score decayed to now.
+//! - `GET /v1/accounts?top=N&tier=T` — leaderboard by score decayed to now (or `?at=<ms>`),
+//!   from the store's ranking: its cost follows N, not the number of accounts.
 //!
 //! Errors are JSON: `{"error": "...", ...}` with 400 or 404.
 
@@ -27,14 +28,15 @@ struct ApiState {
     engine: Arc<Engine>,
     store: Store,
     tiers: Arc<Tiers>,
+    leaderboard_examined: prometheus::Histogram,
 }
 
 /// The routes, to be merged with the ops routes.
-pub fn routes(engine: Arc<Engine>, store: Store, tiers: Arc<Tiers>) -> Router {
+pub fn routes(engine: Arc<Engine>, store: Store, tiers: Arc<Tiers>, leaderboard_examined: prometheus::Histogram) -> Router {
     Router::new()
         .route("/v1/accounts", get(leaderboard))
         .route("/v1/accounts/{account_id}", get(account))
-        .with_state(ApiState { engine, store, tiers })
+        .with_state(ApiState { engine, store, tiers, leaderboard_examined })
 }
 
 fn now_ms() -> i64 {
@@ -148,28 +150,15 @@ async fn leaderboard(State(api): State<ApiState>, Query(query): Query<Leaderboar
         }
     };
     let at = query.at.unwrap_or_else(now_ms);
-    let mut entries: Vec<Entry> = Vec::new();
-    api.store.for_each(|account_id, state| {
-        if tier.is_some_and(|tier| tier != state.tier) {
-            return;
-        }
-        let score_now = match state.as_of {
-            Some(as_of) => {
-                let at = at.max(as_of);
-                state.engagement.max(0.0) * api.engine.decay(at - as_of) * api.engine.multiplier(state.breadth_at(at))
-            }
-            None => 0.0,
-        };
-        entries.push(Entry {
-            account_id: account_id.to_owned(),
-            tier: state.tier,
-            score_now,
-            score: api.engine.score(state),
-            as_of: state.as_of,
-            armed: state.armed,
-        });
+    let top = api.store.top(tier, at, top, |account_id, state, score_now| Entry {
+        account_id: account_id.to_owned(),
+        tier: state.tier,
+        score_now,
+        score: api.engine.score(state),
+        as_of: state.as_of,
+        armed: state.armed,
     });
-    entries.sort_by(|a, b| b.score_now.total_cmp(&a.score_now).then_with(|| a.account_id.cmp(&b.account_id)));
-    entries.truncate(top);
+    api.leaderboard_examined.observe(top.examined as f64);
+    let entries = top.entries;
     Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()
 }

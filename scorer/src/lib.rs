@@ -119,13 +119,16 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         tracing::info!(accounts = tiers.len(), "TAL loaded");
     }
 
-    let store = Store::default();
+    let store = Store::new(engine.clone());
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "scorer listening");
     let app = ops::router(
         context.registry.clone(),
         context.health.clone(),
-        ops::protect(api::routes(engine.clone(), store.clone(), tiers.clone()), &config.http),
+        ops::protect(
+            api::routes(engine.clone(), store.clone(), tiers.clone(), metrics.leaderboard_examined.clone()),
+            &config.http,
+        ),
         &config.http,
     );
     let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));

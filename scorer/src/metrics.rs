@@ -25,6 +25,7 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     pub tal_accounts: IntGauge,
     pub tal_decode_errors: IntCounter,
+    pub leaderboard_examined: Histogram,
 }
 
 impl Metrics {
@@ -123,6 +124,13 @@ impl Metrics {
                 "abm_scorer_tal_decode_errors_total",
                 "abm.accounts records that did not decode.",
             )?,
+            leaderboard_examined: Histogram::with_opts(
+                HistogramOpts::new(
+                    "abm_scorer_leaderboard_examined_accounts",
+                    "Accounts a leaderboard request looked at (it walks the ranking from the top until no account below can enter).",
+                )
+                .buckets(vec![1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0, 1000000.0]),
+            )?,
         };
         // Every bounded label value starts at 0, so rates and alert rules see the series at once.
         for reason in ["undecodable", "missing_field"] {
@@ -157,6 +165,7 @@ impl Metrics {
         registry.register(Box::new(metrics.apply_latency.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
+        registry.register(Box::new(metrics.leaderboard_examined.clone()))?;
         Ok(metrics)
     }
 }

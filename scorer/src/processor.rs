@@ -288,6 +288,7 @@ impl Processor for ScorerProcessor {
                 written.tombstones += one.tombstones;
             }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
+            self.store.rank(*partition, account_id);
         }
         self.staged.add(&self.metrics.state_records, written.records + written.tombstones);
         self.staged.add(&self.metrics.state_bytes, written.bytes);

@@ -5,12 +5,19 @@
 //! assigned to or revoked from this instance. Within a partition, accounts live in a
 //! `DashMap`, so the query API reads while the processor writes. Guards are never held across
 //! an `.await` or while touching another map.
+//!
+//! The leaderboard does not scan the accounts: the store keeps them ranked per tier (see
+//! [`Ranking`]), updated as batches are written, and a request visits the top of the ranking
+//! until no account further down can beat what it has.
 
-use std::sync::Arc;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
+use abm_schemas::Tier;
 use dashmap::DashMap;
 
-use crate::engine::AccountScoreState;
+use crate::engine::{AccountScoreState, Engine};
 
 /// The accounts of one input partition. Keys hold typical ids inline and states are boxed, so
 /// the table's slots stay small (32 bytes), its unused slots cost little, and a typical
@@ -81,35 +88,251 @@ impl std::hash::Hash for AccountKey {
     }
 }
 
+impl PartialOrd for AccountKey {
+    fn partial_cmp(&self, other: &AccountKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for AccountKey {
+    fn cmp(&self, other: &AccountKey) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
 impl std::fmt::Debug for AccountKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Store {
     partitions: Arc<DashMap<i32, Arc<PartitionAccounts>>>,
+    ranking: Arc<Mutex<Ranking>>,
+    engine: Arc<Engine>,
+}
+
+/// Where an account ranks: `log2(S) + T / H`, S its score at its as-of time T (see
+/// [`Engine::score`]), H the half-life. Its score at any time `t` is at most `2^(key - t / H)`:
+/// at `t >= T` the decay is `2^(-(t - T) / H)` and the breadth B(t) can only have fallen since T
+/// (contacts leave the window; none enter without an event, which moves T), so `m(B(t)) <=
+/// m(B(T))` as `m` does not decrease; at `t < T` the score shown is S, and `2^((T - t) / H) >= 1`.
+/// The order of the keys does not change with time: the ranking needs updating only when an
+/// account does. Accounts with no positive score rank last (`-inf`), by id.
+fn rank_key(engine: &Engine, state: &AccountScoreState) -> f64 {
+    match state.as_of {
+        Some(as_of) => {
+            let score = engine.score(state);
+            if score > 0.0 { score.log2() + as_of as f64 / engine.half_life_ms() } else { f64::NEG_INFINITY }
+        }
+        None => f64::NEG_INFINITY,
+    }
+}
+
+/// One account in the ranking of its tier: by key descending, then id ascending (the
+/// leaderboard's order for equal scores).
+#[derive(Debug, Clone)]
+struct Ranked {
+    key: f64,
+    id: AccountKey,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Ranked) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Ranked) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Ranked) -> Ordering {
+        other.key.total_cmp(&self.key).then_with(|| self.id.cmp(&other.id))
+    }
+}
+
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Tier1 => 0,
+        Tier::Tier2 => 1,
+        Tier::Tier3 => 2,
+        Tier::Untiered => 3,
+    }
+}
+
+/// Every account of the store, ranked per tier.
+#[derive(Debug, Default)]
+struct Ranking {
+    tiers: [BTreeSet<Ranked>; 4],
+    /// Each ranked account: its tier, key and partition.
+    placed: HashMap<AccountKey, (Tier, f64, i32)>,
+}
+
+impl Ranking {
+    fn place(&mut self, partition: i32, id: &str, tier: Tier, key: f64) {
+        if let Some((old_tier, old_key, old_partition)) = self.placed.get_mut(id) {
+            if *old_tier == tier && old_key.total_cmp(&key) == Ordering::Equal {
+                *old_partition = partition;
+                return;
+            }
+            let old = Ranked { key: *old_key, id: AccountKey::from(id) };
+            self.tiers[tier_index(*old_tier)].remove(&old);
+            (*old_tier, *old_key, *old_partition) = (tier, key, partition);
+            self.tiers[tier_index(tier)].insert(Ranked { key, id: old.id });
+            return;
+        }
+        let id = AccountKey::from(id);
+        self.tiers[tier_index(tier)].insert(Ranked { key, id: id.clone() });
+        self.placed.insert(id, (tier, key, partition));
+    }
+
+    /// Removes `id` if it is ranked as an account of `partition`.
+    fn remove(&mut self, partition: i32, id: &str) {
+        if let Some((tier, key, placed_in)) = self.placed.get(id).copied()
+            && placed_in == partition
+        {
+            self.placed.remove(id);
+            self.tiers[tier_index(tier)].remove(&Ranked { key, id: AccountKey::from(id) });
+        }
+    }
+}
+
+/// What a leaderboard request visited: the top accounts, and how many it looked at.
+#[derive(Debug)]
+pub struct Top<T> {
+    pub entries: Vec<T>,
+    pub examined: usize,
 }
 
 impl Store {
+    pub fn new(engine: Arc<Engine>) -> Store {
+        Store { partitions: Arc::default(), ranking: Arc::default(), engine }
+    }
+
+    fn ranking(&self) -> std::sync::MutexGuard<'_, Ranking> {
+        self.ranking.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The accounts of `partition`, created empty if the partition is new here.
     pub fn partition(&self, partition: i32) -> Arc<PartitionAccounts> {
         self.partitions.entry(partition).or_default().clone()
     }
 
-    /// Installs restored accounts for `partition`, replacing whatever was there.
+    /// Ranks `account_id` of `partition` after a change (the scorer calls it for each account a
+    /// batch changed, as it writes the batch).
+    pub fn rank(&self, partition: i32, account_id: &str) {
+        let Some(accounts) = self.partitions.get(&partition).map(|entry| entry.value().clone()) else { return };
+        let placed = accounts.get(account_id).map(|state| (state.tier, rank_key(&self.engine, &state)));
+        let mut ranking = self.ranking();
+        match placed {
+            Some((tier, key)) => ranking.place(partition, account_id, tier, key),
+            None => ranking.remove(partition, account_id),
+        }
+    }
+
+    /// Installs restored accounts for `partition`, replacing whatever was there, and ranks them.
     pub fn install(&self, partition: i32, accounts: PartitionAccounts) {
-        self.partitions.insert(partition, Arc::new(accounts));
+        let ranked: Vec<(String, Tier, f64)> = accounts
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().tier, rank_key(&self.engine, entry.value())))
+            .collect();
+        let old = self.partitions.insert(partition, Arc::new(accounts));
+        let mut ranking = self.ranking();
+        if let Some(old) = old {
+            for entry in old.iter() {
+                ranking.remove(partition, entry.key());
+            }
+        }
+        for (id, tier, key) in ranked {
+            ranking.place(partition, &id, tier, key);
+        }
     }
 
     /// Drops a revoked partition's accounts.
     pub fn drop_partition(&self, partition: i32) {
-        self.partitions.remove(&partition);
+        if let Some((_, old)) = self.partitions.remove(&partition) {
+            let mut ranking = self.ranking();
+            for entry in old.iter() {
+                ranking.remove(partition, entry.key());
+            }
+        }
     }
 
     pub fn clear(&self) {
         self.partitions.clear();
+        *self.ranking() = Ranking::default();
+    }
+
+    /// The `n` accounts (of `tier`, or all) with the highest score at `at` (ties by id), each
+    /// made into a `T` by `entry(id, state, score at at)`. Visits the ranking from the top and
+    /// stops at the first account whose bound cannot beat the n-th best found: the cost follows
+    /// `n` and how many accounts come close to the top, not how many there are.
+    pub fn top<T>(
+        &self,
+        tier: Option<Tier>,
+        at: i64,
+        n: usize,
+        mut entry: impl FnMut(&str, &AccountScoreState, f64) -> T,
+    ) -> Top<T> {
+        let half_life = self.engine.half_life_ms();
+        let shift = at as f64 / half_life;
+        let ranking = self.ranking();
+        let mut cursors: Vec<std::collections::btree_set::Iter<'_, Ranked>> = match tier {
+            Some(tier) => vec![ranking.tiers[tier_index(tier)].iter()],
+            None => ranking.tiers.iter().map(BTreeSet::iter).collect(),
+        };
+        let mut heads: Vec<Option<&Ranked>> = cursors.iter_mut().map(Iterator::next).collect();
+        // The best so far, worst first: (score, id) in the leaderboard's order.
+        let mut best: Vec<(f64, String, T)> = Vec::with_capacity(n + 1);
+        let mut examined = 0;
+        let mut shards: HashMap<i32, Arc<PartitionAccounts>> = HashMap::new();
+        loop {
+            // The next account in key order over the tiers' cursors.
+            let Some(index) = (0..heads.len()).filter(|i| heads[*i].is_some()).min_by_key(|i| heads[*i]) else {
+                break;
+            };
+            let Some(next) = heads[index] else { break };
+            heads[index] = cursors[index].next();
+            if best.len() == n {
+                let (worst_score, worst_id, _) = &best[0];
+                // A bound a little above the key's, for rounding.
+                let bound = if next.key == f64::NEG_INFINITY { 0.0 } else { (next.key - shift).exp2() * (1.0 + 1e-9) };
+                let can_beat = bound > *worst_score || (bound == *worst_score && next.id.as_str() < worst_id.as_str());
+                if !can_beat {
+                    break;
+                }
+            }
+            let Some(partition) = ranking.placed.get(next.id.as_str()).map(|(_, _, partition)| *partition) else {
+                continue;
+            };
+            let accounts = shards.entry(partition).or_insert_with(|| {
+                self.partitions.get(&partition).map(|entry| entry.value().clone()).unwrap_or_default()
+            });
+            let Some(state) = accounts.get(next.id.as_str()) else { continue };
+            examined += 1;
+            let score = self.engine.score_at(&state, at);
+            let id = next.id.as_str();
+            let beats = |(worst_score, worst_id, _): &(f64, String, T)| {
+                score.total_cmp(worst_score).then_with(|| worst_id.as_str().cmp(id)) == Ordering::Greater
+            };
+            if best.len() < n || best.first().is_some_and(beats) {
+                let made = entry(id, &state, score);
+                drop(state);
+                let at = best.partition_point(|other| beats(other));
+                best.insert(at, (score, id.to_owned(), made));
+                if best.len() > n {
+                    best.remove(0);
+                }
+            }
+        }
+        Top { entries: best.into_iter().rev().map(|(_, _, made)| made).collect(), examined }
     }
 
     pub fn partitions(&self) -> Vec<i32> {
@@ -124,7 +347,7 @@ impl Store {
         shards.iter().find_map(|accounts| accounts.get(account_id).map(|state| state.as_ref().clone()))
     }
 
-    /// Calls `visit` for every account (copying nothing); used by the leaderboard.
+    /// Calls `visit` for every account (copying nothing).
     pub fn for_each(&self, mut visit: impl FnMut(&str, &AccountScoreState)) {
         let shards: Vec<Arc<PartitionAccounts>> = self.partitions.iter().map(|entry| entry.value().clone()).collect();
         for accounts in shards {

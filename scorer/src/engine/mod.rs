@@ -110,6 +110,11 @@ impl Engine {
         &self.rules
     }
 
+    /// The half-life `H` in milliseconds.
+    pub fn half_life_ms(&self) -> f64 {
+        self.half_life_ms
+    }
+
     /// `2^(-dt / H)`.
     pub fn decay(&self, dt_ms: i64) -> f64 {
         (-(dt_ms as f64) / self.half_life_ms).exp2()
@@ -327,6 +332,15 @@ impl Engine {
     /// Score at the state's own as-of time (what `abm.account-scores` publishes).
     pub fn score(&self, state: &AccountScoreState) -> f64 {
         state.as_of.map_or(0.0, |as_of| state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of)))
+    }
+
+    /// The score decayed to `at` (the leaderboard's `score_now`): `max(E, 0) * 2^(-(t - T) / H)
+    /// * m(B(t))` with `t = max(at, T)`, T the as-of time; 0 for an account without events.
+    pub fn score_at(&self, state: &AccountScoreState, at: i64) -> f64 {
+        state.as_of.map_or(0.0, |as_of| {
+            let at = at.max(as_of);
+            state.engagement.max(0.0) * self.decay(at - as_of) * self.multiplier(state.breadth_at(at))
+        })
     }
 }
 
