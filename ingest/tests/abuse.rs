@@ -122,6 +122,80 @@ fn every_member_of_a_multi_member_gzip_body_is_read() {
     assert!(answer.contains(r#""accepted":2"#), "both members: {answer}");
 }
 
+/// Resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_after_the_body_limit_and_kept() {
+    let ingest = start("abuse-bomb", &[], "");
+    // 256 MiB of zeros in 256 KiB of gzip: decompression stops at ingest.max_body_bytes.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0_u8; 1024 * 1024];
+    for _ in 0..256 {
+        gz.write_all(&zeros).expect("gzip");
+    }
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 2 * 1024 * 1024, "{} bytes", bomb.len());
+    let mut headers = server_auth();
+    headers.push(("Content-Encoding", "gzip".into()));
+    let before = rss_of(ingest.process.pid());
+    for _ in 0..5 {
+        let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", &bomb, &headers);
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer.contains("after decompression"), "{answer}");
+    }
+    let grown = rss_of(ingest.process.pid()).saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "five bombs of 256 MiB grew ingest by {} MiB", grown / 1_048_576);
+    // Kept, truncated, as oversized; the service goes on.
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    assert_eq!(rejected.iter().filter(|(_, r)| r.reason == RejectReason::Oversized).count(), 5);
+    let (status, _, _) = http_request(ingest.port, "POST", "/v1/events", visit("after-bomb").as_bytes(), &server_auth());
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn many_tiny_events_are_each_answered_for_and_kept() {
+    let ingest = start("abuse-tiny", &[], "");
+    // 5000 (the batch cap) empty objects: each rejected for its missing fields, the answer bounded.
+    let body = "{}\n".repeat(5000);
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    assert_eq!(status, 400, "{}", &answer[..answer.len().min(500)]);
+    assert!(answer.len() < 20_000, "the answer is bounded: {} bytes", answer.len());
+    let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(json["rejected"], 5000);
+    assert_eq!(json["problems_omitted"], 4950);
+    // One more than the cap: refused whole (413) and kept as one oversized rejection.
+    let body = "{}\n".repeat(5001);
+    let (status, _, _) = http_request(ingest.port, "POST", "/v1/events", body.as_bytes(), &server_auth());
+    assert_eq!(status, 413);
+    // 5000 small valid visits in one batch: every one acknowledged is in the log.
+    let now = now_ms();
+    let visits: Vec<String> = (0..5000)
+        .map(|n| format!(r#"{{"event_id":"t{n}","kind":"web_visit","occurred_at":{now},"domain":"acme.example","properties":{{"url":"/"}}}}"#))
+        .collect();
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", visits.join("\n").as_bytes(), &server_auth());
+    assert_eq!(status, 200, "{}", &answer[..answer.len().min(500)]);
+    assert!(answer.contains(r#""accepted":5000"#), "{answer}");
+    let engaged: BTreeSet<String> =
+        read_all::<EngagementEvent>(&ingest.topics.name(TopicRole::Engagement)).into_iter().map(|(_, e)| e.event_id).collect();
+    assert_eq!(engaged, (0..5000).map(|n| format!("t{n}")).collect::<BTreeSet<_>>());
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    assert_eq!(rejected.iter().filter(|(_, r)| r.reason == RejectReason::MissingField).count(), 5000);
+    assert_eq!(rejected.iter().filter(|(_, r)| r.reason == RejectReason::Oversized).count(), 1);
+    // Conservation: every event received is accepted or rejected.
+    let received = metric(ingest.port, "abm_ingest_events_received_total", &[]);
+    let accepted = metric(ingest.port, "abm_ingest_events_accepted_total", &[]);
+    let refused = metric(ingest.port, "abm_ingest_events_rejected_total", &[]);
+    assert_eq!(received, accepted + refused, "received {received} = accepted {accepted} + rejected {refused}");
+}
+
 #[test]
 fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
     let ingest = start(
