@@ -3,7 +3,8 @@
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
 #   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, changelog_bytes, leaderboard, latency
-#   deploy/local/bench.sh ingest     one of those, or peer (side by side with the Kafka Streams
+#   deploy/local/bench.sh ingest     one of those, ingest_flood (RSS under 50 connections of 1 MiB
+#                                    junk bodies), or peer (side by side with the Kafka Streams
 #                                    peer: needs a JDK and Maven, ~6 minutes)
 #   deploy/local/bench.sh outages    the broker-restart end-to-end run OUTAGE_RUNS times (default
 #                                    10): how often the pipeline rides out two broker restarts
