@@ -5,7 +5,7 @@
 //! Builds `BENCH_ACCOUNTS` (default 1,000,000) accounts in the scorer's store, across 6
 //! partitions and the four tiers, each with 1 to 12 events from 1 to 5 contacts spread over
 //! the 90 days before "now" (a heavy tail: a few accounts much more active than most), and
-//! ranks them as the scorer does when it writes a batch. Then times `Store::top` (what
+//! ranks them as the scorer does when it applies an event. Then times `Store::top` (what
 //! `GET /v1/accounts?top=N[&tier=T]` runs) for N = 10, 100, 1000, all tiers and one tier, at
 //! "now" and a day later, and checks each answer against a full scan (every account scored at
 //! that time and sorted: what the leaderboard did before), which is timed too. Also: the

@@ -32,11 +32,12 @@ pub struct HttpConfig {
     pub body_read_timeout_ms: u64,
     /// Open connections at most (default 1024). Beyond it, [`PROBE_CONNECTIONS`] more are let
     /// in for one request each to `/healthz`, `/readyz` or `/metrics` (anything else is
-    /// answered 503), so that probes and Prometheus get through a flood; a connection beyond
-    /// those is closed at once and counted in `abm_http_connections_refused_total`.
+    /// answered 503), each with at most 1 s to send it, so that probes and Prometheus have a
+    /// way through a flood; a connection beyond those is closed at once and counted in
+    /// `abm_http_connections_refused_total`.
     pub max_connections: usize,
-    /// Requests handled at once at most (default 256), not counting `/healthz`, `/readyz` and
-    /// `/metrics`; one beyond it is answered 503 with `Retry-After: 1` and counted in
+    /// Requests handled at once at most (default 256), not counting `/healthz` and `/readyz`;
+    /// one beyond it is answered 503 with `Retry-After: 1` and counted in
     /// `abm_http_requests_shed_total`.
     pub max_concurrent_requests: usize,
     /// On shutdown, how long requests in flight may take to finish before their connections
@@ -278,10 +279,19 @@ impl PortMetrics {
 /// Connections let in past `http.max_connections` for the ops paths only.
 pub const PROBE_CONNECTIONS: usize = 16;
 
-/// The paths that are never shed: liveness, readiness and metrics.
+/// The paths served on the connections kept for probes: liveness, readiness and metrics.
 fn is_ops_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
+
+/// The probes, never shed for requests in flight (they cost next to nothing; `/metrics`, which
+/// gathers every series, counts like any request).
+fn is_probe_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// How long a connection let in for probes only may take to send its request.
+const PROBE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn busy(what: &'static str) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, what).into_response();
@@ -339,8 +349,9 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let ops = is_ops_path(request.uri().path());
-            // The ops paths take no permit: a flood of requests does not fail the probes.
-            let permit = if ops { None } else { Some(requests.clone().try_acquire_owned()) };
+            // The probes take no permit: a flood of requests does not fail them.
+            let permit =
+                if is_probe_path(request.uri().path()) { None } else { Some(requests.clone().try_acquire_owned()) };
             request.extensions_mut().insert(ClientAddr(peer));
             let shed = shed.clone();
             async move {
@@ -361,7 +372,7 @@ pub async fn serve(
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(if probes_only { header_timeout.min(PROBE_HEADER_TIMEOUT) } else { header_timeout })
             .keep_alive(!probes_only)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

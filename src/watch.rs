@@ -162,8 +162,6 @@ impl StreamWatch {
         self.replaced.retain(|at| at.elapsed() < Duration::from_secs(600));
         self.replaced.push(Instant::now());
         self.last_replaced = Some(Instant::now());
-        // The replacement finds its own start.
-        self.latest_start.clear();
         anyhow::ensure!(
             self.replaced.len() <= REPLACEMENTS_LIMIT,
             "the {}'s Kafka consumer had to be replaced {} times in 10 minutes; the last time: {why}",
@@ -172,6 +170,35 @@ impl StreamWatch {
         );
         tracing::warn!(loop_name = %self.what, reason = %why, "replacing the Kafka consumer");
         Ok(())
+    }
+}
+
+impl StreamWatch {
+    /// Before the consumer is replaced: a partition read from the latest offset that has handed
+    /// nothing out and has nothing committed gets where it started committed, so that its
+    /// replacement does not start at a later end and skip what waited (the stall itself).
+    /// Blocks (a synchronous commit).
+    pub fn commit_starts<C: ConsumerContext, K: Consumer<C>>(&mut self, consumer: &K) {
+        let starts = std::mem::take(&mut self.latest_start);
+        if starts.is_empty() {
+            return;
+        }
+        let positions = consumer.position().ok();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for ((topic, partition), start) in starts {
+            let handed_out = positions
+                .as_ref()
+                .and_then(|positions| positions.find_partition(&topic, partition))
+                .is_some_and(|position| matches!(position.offset(), Offset::Offset(_)));
+            if !handed_out {
+                let _ = list.add_partition_offset(&topic, partition, Offset::Offset(start));
+            }
+        }
+        if list.count() > 0
+            && let Err(error) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(loop_name = %self.what, %error, "committing where the stalled consumer started");
+        }
     }
 }
 

@@ -283,6 +283,7 @@ pub async fn run_endpoint(
             // Blocking calls (a commit, leaving and joining the group): off the runtime.
             let old = consumer;
             consumer = tokio::task::block_in_place(|| {
+                watch.commit_starts(&old);
                 if let Err(error) = old.commit_consumer_state(CommitMode::Sync) {
                     tracing::warn!(endpoint = %name, %error, "committing webhook offsets before replacing the consumer");
                 }

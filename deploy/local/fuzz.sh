@@ -33,8 +33,9 @@ for target in "${targets[@]}"; do
       -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 2>"/tmp/fuzz-$target.log"; then
     failed=1
     echo "fuzz.sh: $target FOUND A CRASH (artifacts in fuzz/artifacts/$target):" >&2
-    grep -E "panicked|ERROR|SUMMARY|Test unit written" "/tmp/fuzz-$target.log" | head -20 >&2
+    grep -E "panicked|ERROR|SUMMARY|Test unit written" "/tmp/fuzz-$target.log" | head -20 >&2 || true
   fi
-  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "/tmp/fuzz-$target.log" | tail -3 | sed "s/^/fuzz.sh: $target: /" >&2
+  { grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "/tmp/fuzz-$target.log" || true; } \
+    | tail -3 | sed "s/^/fuzz.sh: $target: /" >&2
 done
 exit $failed

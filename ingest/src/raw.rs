@@ -161,6 +161,7 @@ impl Normaliser {
                 // Blocking calls (a commit, leaving and joining the group): off the runtime.
                 let old = consumer;
                 consumer = tokio::task::block_in_place(|| {
+                    watch.commit_starts(&old);
                     if let Err(error) = old.commit_consumer_state(CommitMode::Sync) {
                         tracing::warn!(%error, "committing the raw-topic offsets before replacing the consumer");
                     }

@@ -150,14 +150,22 @@ async fn leaderboard(State(api): State<ApiState>, Query(query): Query<Leaderboar
         }
     };
     let at = query.at.unwrap_or_else(now_ms);
-    let top = api.store.top(tier, at, top, |account_id, state, score_now| Entry {
-        account_id: account_id.to_owned(),
-        tier: state.tier,
-        score_now,
-        score: api.engine.score(state),
-        as_of: state.as_of,
-        armed: state.armed,
-    });
+    // Off the runtime's threads: a request walks shared structures (and may scan them all).
+    let (store, engine) = (api.store.clone(), api.engine.clone());
+    let walked = tokio::task::spawn_blocking(move || {
+        store.top(tier, at, top, |account_id, state, score_now| Entry {
+            account_id: account_id.to_owned(),
+            tier: state.tier,
+            score_now,
+            score: engine.score(state),
+            as_of: state.as_of,
+            armed: state.armed,
+        })
+    })
+    .await;
+    let Ok(top) = walked else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the leaderboard request failed".to_owned());
+    };
     api.leaderboard_examined.observe(top.examined as f64);
     let entries = top.entries;
     Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()

@@ -248,6 +248,8 @@ impl Processor for ScorerProcessor {
                 }
             }
         }
+        // The leaderboard's ranking follows each event (the state's guard is released above).
+        self.store.rank(partition, &account_id);
         let mut dirty = self.dirty();
         let accounts = dirty.entry(partition).or_default();
         if !accounts.contains(account_id.as_str()) {
@@ -288,7 +290,6 @@ impl Processor for ScorerProcessor {
                 written.tombstones += one.tombstones;
             }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
-            self.store.rank(*partition, account_id);
         }
         self.staged.add(&self.metrics.state_records, written.records + written.tombstones);
         self.staged.add(&self.metrics.state_bytes, written.bytes);

@@ -131,11 +131,13 @@ fn rank_key(engine: &Engine, state: &AccountScoreState) -> f64 {
 }
 
 /// One account in the ranking of its tier: by key descending, then id ascending (the
-/// leaderboard's order for equal scores).
+/// leaderboard's order for equal scores), then partition (an id whose events were keyed to two
+/// partitions has a state in each, and the leaderboard shows both, as a full scan would).
 #[derive(Debug, Clone)]
 struct Ranked {
     key: f64,
     id: AccountKey,
+    partition: i32,
 }
 
 impl PartialEq for Ranked {
@@ -154,7 +156,11 @@ impl PartialOrd for Ranked {
 
 impl Ord for Ranked {
     fn cmp(&self, other: &Ranked) -> Ordering {
-        other.key.total_cmp(&self.key).then_with(|| self.id.cmp(&other.id))
+        other
+            .key
+            .total_cmp(&self.key)
+            .then_with(|| self.id.cmp(&other.id))
+            .then_with(|| self.partition.cmp(&other.partition))
     }
 }
 
@@ -171,35 +177,33 @@ fn tier_index(tier: Tier) -> usize {
 #[derive(Debug, Default)]
 struct Ranking {
     tiers: [BTreeSet<Ranked>; 4],
-    /// Each ranked account: its tier, key and partition.
-    placed: HashMap<AccountKey, (Tier, f64, i32)>,
+    /// Each ranked (account, partition): its tier and key.
+    placed: HashMap<(AccountKey, i32), (Tier, f64)>,
 }
 
 impl Ranking {
     fn place(&mut self, partition: i32, id: &str, tier: Tier, key: f64) {
-        if let Some((old_tier, old_key, old_partition)) = self.placed.get_mut(id) {
+        let id = AccountKey::from(id);
+        let slot = (id, partition);
+        if let Some((old_tier, old_key)) = self.placed.get_mut(&slot) {
             if *old_tier == tier && old_key.total_cmp(&key) == Ordering::Equal {
-                *old_partition = partition;
                 return;
             }
-            let old = Ranked { key: *old_key, id: AccountKey::from(id) };
+            let old = Ranked { key: *old_key, id: slot.0.clone(), partition };
             self.tiers[tier_index(*old_tier)].remove(&old);
-            (*old_tier, *old_key, *old_partition) = (tier, key, partition);
-            self.tiers[tier_index(tier)].insert(Ranked { key, id: old.id });
+            (*old_tier, *old_key) = (tier, key);
+            self.tiers[tier_index(tier)].insert(Ranked { key, id: old.id, partition });
             return;
         }
-        let id = AccountKey::from(id);
-        self.tiers[tier_index(tier)].insert(Ranked { key, id: id.clone() });
-        self.placed.insert(id, (tier, key, partition));
+        self.tiers[tier_index(tier)].insert(Ranked { key, id: slot.0.clone(), partition });
+        self.placed.insert(slot, (tier, key));
     }
 
-    /// Removes `id` if it is ranked as an account of `partition`.
     fn remove(&mut self, partition: i32, id: &str) {
-        if let Some((tier, key, placed_in)) = self.placed.get(id).copied()
-            && placed_in == partition
-        {
-            self.placed.remove(id);
-            self.tiers[tier_index(tier)].remove(&Ranked { key, id: AccountKey::from(id) });
+        let id = AccountKey::from(id);
+        let slot = (id, partition);
+        if let Some((tier, key)) = self.placed.remove(&slot) {
+            self.tiers[tier_index(tier)].remove(&Ranked { key, id: slot.0, partition });
         }
     }
 }
@@ -209,6 +213,50 @@ impl Ranking {
 pub struct Top<T> {
     pub entries: Vec<T>,
     pub examined: usize,
+    /// The walk gave up after [`WALK_BUDGET`] accounts and scanned them all instead.
+    pub scanned: bool,
+}
+
+/// Accounts a leaderboard request may examine in ranking order (holding the ranking's lock)
+/// before it lets the lock go and scans every account instead (an `at` long before the
+/// accounts' as-of times makes the bound loose; the writer must not wait on such a request).
+pub const WALK_BUDGET: usize = 20_000;
+
+/// Accounts installed (ranked) per hold of the ranking's lock.
+const INSTALL_CHUNK: usize = 4096;
+
+/// The best `n` so far, worst first: (score, id, partition, entry), in the leaderboard's order.
+struct Best<T> {
+    n: usize,
+    entries: Vec<(f64, String, i32, T)>,
+}
+
+impl<T> Best<T> {
+    /// Whether (score, id, partition) would enter.
+    fn admits(&self, score: f64, id: &str, partition: i32) -> bool {
+        self.entries.len() < self.n || self.entries.first().is_some_and(|worst| beats(score, id, partition, worst))
+    }
+
+    fn insert(&mut self, score: f64, id: &str, partition: i32, entry: T) {
+        let at = self.entries.partition_point(|other| beats(score, id, partition, other));
+        self.entries.insert(at, (score, id.to_owned(), partition, entry));
+        if self.entries.len() > self.n {
+            self.entries.remove(0);
+        }
+    }
+
+    fn into_entries(self) -> Vec<T> {
+        self.entries.into_iter().rev().map(|(_, _, _, entry)| entry).collect()
+    }
+}
+
+/// (score, id, partition) comes before `other` in the leaderboard's order.
+fn beats<T>(score: f64, id: &str, partition: i32, other: &(f64, String, i32, T)) -> bool {
+    score
+        .total_cmp(&other.0)
+        .then_with(|| other.1.as_str().cmp(id))
+        .then_with(|| other.2.cmp(&partition))
+        == Ordering::Greater
 }
 
 impl Store {
@@ -225,8 +273,8 @@ impl Store {
         self.partitions.entry(partition).or_default().clone()
     }
 
-    /// Ranks `account_id` of `partition` after a change (the scorer calls it for each account a
-    /// batch changed, as it writes the batch).
+    /// Ranks `account_id` of `partition` after a change (the scorer calls it for each event it
+    /// applies; an account whose key did not change costs two lookups).
     pub fn rank(&self, partition: i32, account_id: &str) {
         let Some(accounts) = self.partitions.get(&partition).map(|entry| entry.value().clone()) else { return };
         let placed = accounts.get(account_id).map(|state| (state.tier, rank_key(&self.engine, &state)));
@@ -237,30 +285,40 @@ impl Store {
         }
     }
 
-    /// Installs restored accounts for `partition`, replacing whatever was there, and ranks them.
+    /// Installs restored accounts for `partition`, replacing whatever was there, and ranks them
+    /// (the lock taken per chunk of accounts: requests and batches go on meanwhile).
     pub fn install(&self, partition: i32, accounts: PartitionAccounts) {
         let ranked: Vec<(String, Tier, f64)> = accounts
             .iter()
             .map(|entry| (entry.key().to_string(), entry.value().tier, rank_key(&self.engine, entry.value())))
             .collect();
         let old = self.partitions.insert(partition, Arc::new(accounts));
-        let mut ranking = self.ranking();
         if let Some(old) = old {
-            for entry in old.iter() {
-                ranking.remove(partition, entry.key());
+            let ids: Vec<String> = old.iter().map(|entry| entry.key().to_string()).collect();
+            for chunk in ids.chunks(INSTALL_CHUNK) {
+                let mut ranking = self.ranking();
+                for id in chunk {
+                    ranking.remove(partition, id);
+                }
             }
         }
-        for (id, tier, key) in ranked {
-            ranking.place(partition, &id, tier, key);
+        for chunk in ranked.chunks(INSTALL_CHUNK) {
+            let mut ranking = self.ranking();
+            for (id, tier, key) in chunk {
+                ranking.place(partition, id, *tier, *key);
+            }
         }
     }
 
     /// Drops a revoked partition's accounts.
     pub fn drop_partition(&self, partition: i32) {
         if let Some((_, old)) = self.partitions.remove(&partition) {
-            let mut ranking = self.ranking();
-            for entry in old.iter() {
-                ranking.remove(partition, entry.key());
+            let ids: Vec<String> = old.iter().map(|entry| entry.key().to_string()).collect();
+            for chunk in ids.chunks(INSTALL_CHUNK) {
+                let mut ranking = self.ranking();
+                for id in chunk {
+                    ranking.remove(partition, id);
+                }
             }
         }
     }
@@ -273,7 +331,8 @@ impl Store {
     /// The `n` accounts (of `tier`, or all) with the highest score at `at` (ties by id), each
     /// made into a `T` by `entry(id, state, score at at)`. Visits the ranking from the top and
     /// stops at the first account whose bound cannot beat the n-th best found: the cost follows
-    /// `n` and how many accounts come close to the top, not how many there are.
+    /// `n` and how many accounts come close to the top, not how many there are. A walk that
+    /// would examine more than [`WALK_BUDGET`] accounts lets the ranking go and scans instead.
     pub fn top<T>(
         &self,
         tier: Option<Tier>,
@@ -281,58 +340,76 @@ impl Store {
         n: usize,
         mut entry: impl FnMut(&str, &AccountScoreState, f64) -> T,
     ) -> Top<T> {
-        let half_life = self.engine.half_life_ms();
-        let shift = at as f64 / half_life;
-        let ranking = self.ranking();
-        let mut cursors: Vec<std::collections::btree_set::Iter<'_, Ranked>> = match tier {
-            Some(tier) => vec![ranking.tiers[tier_index(tier)].iter()],
-            None => ranking.tiers.iter().map(BTreeSet::iter).collect(),
-        };
-        let mut heads: Vec<Option<&Ranked>> = cursors.iter_mut().map(Iterator::next).collect();
-        // The best so far, worst first: (score, id) in the leaderboard's order.
-        let mut best: Vec<(f64, String, T)> = Vec::with_capacity(n + 1);
+        if n == 0 {
+            return Top { entries: Vec::new(), examined: 0, scanned: false };
+        }
+        let shift = at as f64 / self.engine.half_life_ms();
+        let mut best = Best { n, entries: Vec::with_capacity(n + 1) };
         let mut examined = 0;
-        let mut shards: HashMap<i32, Arc<PartitionAccounts>> = HashMap::new();
-        loop {
-            // The next account in key order over the tiers' cursors.
-            let Some(index) = (0..heads.len()).filter(|i| heads[*i].is_some()).min_by_key(|i| heads[*i]) else {
-                break;
+        {
+            let ranking = self.ranking();
+            let mut cursors: Vec<std::collections::btree_set::Iter<'_, Ranked>> = match tier {
+                Some(tier) => vec![ranking.tiers[tier_index(tier)].iter()],
+                None => ranking.tiers.iter().map(BTreeSet::iter).collect(),
             };
-            let Some(next) = heads[index] else { break };
-            heads[index] = cursors[index].next();
-            if best.len() == n {
-                let (worst_score, worst_id, _) = &best[0];
-                // A bound a little above the key's, for rounding.
-                let bound = if next.key == f64::NEG_INFINITY { 0.0 } else { (next.key - shift).exp2() * (1.0 + 1e-9) };
-                let can_beat = bound > *worst_score || (bound == *worst_score && next.id.as_str() < worst_id.as_str());
-                if !can_beat {
+            let mut heads: Vec<Option<&Ranked>> = cursors.iter_mut().map(Iterator::next).collect();
+            let mut shards: HashMap<i32, Arc<PartitionAccounts>> = HashMap::new();
+            loop {
+                // The next account in ranking order over the tiers' cursors.
+                let Some(index) = (0..heads.len()).filter(|i| heads[*i].is_some()).min_by_key(|i| heads[*i]) else {
+                    return Top { entries: best.into_entries(), examined, scanned: false };
+                };
+                let Some(next) = heads[index] else { break };
+                heads[index] = cursors[index].next();
+                if let Some(worst) = best.entries.first().filter(|_| best.entries.len() == n) {
+                    let can_enter = if next.key == f64::NEG_INFINITY {
+                        // No positive score: 0, and the rest come by id.
+                        worst.0 == 0.0 && (next.id.as_str(), next.partition) < (worst.1.as_str(), worst.2)
+                    } else if worst.0 < f64::MIN_POSITIVE {
+                        // Scores decayed to 0 (or near it) tie by id: no bound helps.
+                        true
+                    } else {
+                        // The bound, a little above the key's for rounding (keys near T / H).
+                        let slack = 1e-9 + 8.0 * f64::EPSILON * (next.key.abs() + shift.abs());
+                        (next.key - shift + slack).exp2() >= worst.0
+                    };
+                    if !can_enter {
+                        return Top { entries: best.into_entries(), examined, scanned: false };
+                    }
+                }
+                if examined >= WALK_BUDGET {
                     break;
                 }
-            }
-            let Some(partition) = ranking.placed.get(next.id.as_str()).map(|(_, _, partition)| *partition) else {
-                continue;
-            };
-            let accounts = shards.entry(partition).or_insert_with(|| {
-                self.partitions.get(&partition).map(|entry| entry.value().clone()).unwrap_or_default()
-            });
-            let Some(state) = accounts.get(next.id.as_str()) else { continue };
-            examined += 1;
-            let score = self.engine.score_at(&state, at);
-            let id = next.id.as_str();
-            let beats = |(worst_score, worst_id, _): &(f64, String, T)| {
-                score.total_cmp(worst_score).then_with(|| worst_id.as_str().cmp(id)) == Ordering::Greater
-            };
-            if best.len() < n || best.first().is_some_and(beats) {
-                let made = entry(id, &state, score);
-                drop(state);
-                let at = best.partition_point(|other| beats(other));
-                best.insert(at, (score, id.to_owned(), made));
-                if best.len() > n {
-                    best.remove(0);
+                let accounts = shards.entry(next.partition).or_insert_with(|| {
+                    self.partitions.get(&next.partition).map(|entry| entry.value().clone()).unwrap_or_default()
+                });
+                let Some(state) = accounts.get(next.id.as_str()) else { continue };
+                examined += 1;
+                let score = self.engine.score_at(&state, at);
+                if best.admits(score, next.id.as_str(), next.partition) {
+                    let made = entry(next.id.as_str(), &state, score);
+                    best.insert(score, next.id.as_str(), next.partition, made);
                 }
             }
         }
-        Top { entries: best.into_iter().rev().map(|(_, _, made)| made).collect(), examined }
+        // Over budget: every account, without the ranking's lock.
+        let mut best = Best { n, entries: Vec::with_capacity(n + 1) };
+        let shards: Vec<(i32, Arc<PartitionAccounts>)> =
+            self.partitions.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
+        for (partition, accounts) in shards {
+            for account in accounts.iter() {
+                if tier.is_some_and(|tier| tier != account.value().tier) {
+                    continue;
+                }
+                examined += 1;
+                let score = self.engine.score_at(account.value(), at);
+                if best.admits(score, account.key(), partition) {
+                    let made = entry(account.key(), account.value(), score);
+                    best.insert(score, account.key(), partition, made);
+                }
+            }
+        }
+        Top { entries: best.into_entries(), examined, scanned: true }
     }
 
     pub fn partitions(&self) -> Vec<i32> {

@@ -112,8 +112,8 @@ proptest! {
 fn a_leaderboard_looks_at_the_top_of_the_ranking_not_at_every_account() {
     let engine = Arc::new(Engine::new(ScoringConfig::default()).expect("valid"));
     let store = Store::new(engine.clone());
-    // 20,000 accounts with one to four visits spread over 60 days.
-    for index in 0..20_000_usize {
+    // 24,000 accounts (more than the walk budget) with one to four visits over 60 days.
+    for index in 0..24_000_usize {
         let id = format!("acc-{index}");
         let mut state = AccountScoreState::default();
         let visits: Vec<(u8, i64, u8)> =
@@ -126,8 +126,22 @@ fn a_leaderboard_looks_at_the_top_of_the_ranking_not_at_every_account() {
     let at = T0 + 61 * DAY_MS;
     let top = store.top(None, at, 10, |id, _, score| (id.to_owned(), score));
     assert_eq!(top.entries, full_scan(&engine, &store, None, at, 10));
-    assert!(top.examined < 2_000, "examined {} of 20000 accounts for the top 10", top.examined);
+    assert!(top.examined < 2_000, "examined {} of 24000 accounts for the top 10", top.examined);
     let tier = store.top(Some(Tier::Tier2), at, 100, |id, _, score| (id.to_owned(), score));
     assert_eq!(tier.entries, full_scan(&engine, &store, Some(Tier::Tier2), at, 100));
-    assert!(tier.examined < 2_000, "examined {} of 5000 tier-2 accounts for the top 100", tier.examined);
+    assert!(tier.examined < 2_000, "examined {} of 6000 tier-2 accounts for the top 100", tier.examined);
+    assert!(!top.scanned && !tier.scanned);
+    // Decades later every score has decayed to 0: the top is the smallest ids, as in a scan.
+    let far = T0 + 80 * 365 * DAY_MS;
+    let decayed = store.top(None, far, 10, |id, _, score| (id.to_owned(), score));
+    assert_eq!(decayed.entries, full_scan(&engine, &store, None, far, 10));
+    assert!(decayed.entries.iter().all(|(_, score)| *score == 0.0));
+    // Long before the accounts' as-of times the bound is loose: past the walk's budget the
+    // request scans every account instead (without holding the ranking), with the same answer.
+    let past = T0 - 400 * DAY_MS;
+    let scanned = store.top(None, past, 10, |id, _, score| (id.to_owned(), score));
+    assert_eq!(scanned.entries, full_scan(&engine, &store, None, past, 10));
+    assert!(scanned.scanned, "examined {}", scanned.examined);
+    assert!(store.top(None, at, 0, |id, _, score| (id.to_owned(), score)).entries.is_empty());
 }
+
