@@ -5,7 +5,7 @@
 //! Builds `BENCH_ACCOUNTS` (default 1,000,000) accounts in the scorer's store, across 6
 //! partitions and the four tiers, each with 1 to 12 events from 1 to 5 contacts spread over
 //! the 90 days before "now" (a heavy tail: a few accounts much more active than most), and
-//! ranks them as the scorer does when it applies an event. Then times `Store::top` (what
+//! ranks them as the scorer does when it writes a batch. Then times `Store::top` (what
 //! `GET /v1/accounts?top=N[&tier=T]` runs) for N = 10, 100, 1000, all tiers and one tier, at
 //! "now" and a day later, and checks each answer against a full scan (every account scored at
 //! that time and sorted: what the leaderboard did before), which is timed too. Also: the
@@ -38,7 +38,7 @@ fn next(state: &mut u64) -> u64 {
 fn history(account: usize, random: &mut u64) -> Vec<EngagementEvent> {
     // Events: 1 + a geometric-ish tail up to 12.
     let mut events = 1;
-    while events < 12 && next(random) % 3 == 0 {
+    while events < 12 && next(random).is_multiple_of(3) {
         events += 1;
     }
     let contacts = 1 + (next(random) % 5) as usize;
@@ -57,7 +57,7 @@ fn history(account: usize, random: &mut u64) -> Vec<EngagementEvent> {
                 ..Contact::default()
             });
             if kind == EventKind::WebVisit {
-                let path = if next(random) % 4 == 0 { "/pricing" } else { "/docs" };
+                let path = if next(random).is_multiple_of(4) { "/pricing" } else { "/docs" };
                 event.web_visit = Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
             }
             event

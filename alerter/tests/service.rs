@@ -493,5 +493,8 @@ fn a_failing_webhook_never_shows_its_url_or_headers_in_logs_or_parked_alerts() {
     let log = process.stderr();
     assert!(log.contains("webhook attempt failed"), "the debug log says what failed: {log}");
     assert!(!log.contains(secret), "{log}");
+    let (_, metrics) = abm::testkit::http_get(alerter.port, "/metrics").expect("metrics");
+    assert!(metrics.contains("abm_alerter_webhook"), "{metrics}");
+    assert!(!metrics.contains(secret), "metrics show a webhook secret:\n{metrics}");
     let _ = std::fs::remove_file(&config);
 }

@@ -156,33 +156,6 @@ fn rate_limit_unit(address: IpAddr) -> IpAddr {
     }
 }
 
-#[cfg(test)]
-mod client_address_tests {
-    use super::{IpAddr, parse_forwarded_address, rate_limit_unit};
-
-    #[test]
-    fn forwarded_entries_parse_with_or_without_a_port() {
-        let v4: IpAddr = [203, 0, 113, 9].into();
-        assert_eq!(parse_forwarded_address("203.0.113.9"), Some(v4));
-        assert_eq!(parse_forwarded_address("203.0.113.9:5678"), Some(v4));
-        assert_eq!(parse_forwarded_address("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
-        assert_eq!(parse_forwarded_address("unknown"), None);
-    }
-
-    #[test]
-    fn an_ipv6_client_is_its_slash_64() {
-        let a = rate_limit_unit("2001:db8:1:2:aaaa::1".parse().expect("v6"));
-        let b = rate_limit_unit("2001:db8:1:2:ffff:1:2:3".parse().expect("v6"));
-        let other = rate_limit_unit("2001:db8:1:3::1".parse().expect("v6"));
-        assert_eq!(a, b);
-        assert_ne!(a, other);
-        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().expect("v6"));
-        let v4: IpAddr = [198, 51, 100, 7].into();
-        assert_eq!(rate_limit_unit(v4), v4);
-        assert_eq!(rate_limit_unit("::ffff:198.51.100.7".parse().expect("mapped")), v4);
-    }
-}
-
 /// `OPTIONS /v1/events`: the CORS preflight of a browser that sends with headers (fetch with
 /// `Content-Type: application/json`, say). Allowed for a browser key's allowed origins.
 async fn preflight(State(collector): State<Arc<Collector>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
@@ -494,4 +467,31 @@ async fn finish(
     let status =
         status_override.unwrap_or(if accepted == 0 && rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK });
     answer(collector, status, summary(&prepared, collector.max_reported_problems), None)
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::{IpAddr, parse_forwarded_address, rate_limit_unit};
+
+    #[test]
+    fn forwarded_entries_parse_with_or_without_a_port() {
+        let v4: IpAddr = [203, 0, 113, 9].into();
+        assert_eq!(parse_forwarded_address("203.0.113.9"), Some(v4));
+        assert_eq!(parse_forwarded_address("203.0.113.9:5678"), Some(v4));
+        assert_eq!(parse_forwarded_address("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_forwarded_address("unknown"), None);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = rate_limit_unit("2001:db8:1:2:aaaa::1".parse().expect("v6"));
+        let b = rate_limit_unit("2001:db8:1:2:ffff:1:2:3".parse().expect("v6"));
+        let other = rate_limit_unit("2001:db8:1:3::1".parse().expect("v6"));
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().expect("v6"));
+        let v4: IpAddr = [198, 51, 100, 7].into();
+        assert_eq!(rate_limit_unit(v4), v4);
+        assert_eq!(rate_limit_unit("::ffff:198.51.100.7".parse().expect("mapped")), v4);
+    }
 }

@@ -327,5 +327,12 @@ fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
         .map(|(key, _)| key.as_str())
         .collect();
     assert_eq!(browser_accounts, ["acme"].into(), "browser events resolve by domain only");
+    // The keys are named in metrics and logs, never shown.
+    let (_, metrics) = abm::testkit::http_get(ingest.port, "/metrics").expect("metrics");
+    assert!(metrics.contains("key=\"site\""), "{metrics}");
+    for secret in [BROWSER_KEY, SERVER_KEY] {
+        assert!(!metrics.contains(secret), "metrics show a write key:\n{metrics}");
+        assert!(!ingest.process.stderr().contains(secret), "the log shows a write key");
+    }
     drop(ingest.process);
 }

@@ -248,8 +248,6 @@ impl Processor for ScorerProcessor {
                 }
             }
         }
-        // The leaderboard's ranking follows each event (the state's guard is released above).
-        self.store.rank(partition, &account_id);
         let mut dirty = self.dirty();
         let accounts = dirty.entry(partition).or_default();
         if !accounts.contains(account_id.as_str()) {
@@ -267,12 +265,15 @@ impl Processor for ScorerProcessor {
         for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await, no other map touched): no deep copy.
-            let score_payload = {
+            let (score_payload, rank) = {
                 let Some(state) = accounts.get(account_id.as_str()) else { continue };
                 state_payload.clear();
                 state.encode_record_into(account_id, &self.engine, &mut state_payload);
-                abm_schemas::encode(&self.account_score(account_id, &state))?
+                let record = self.account_score(account_id, &state);
+                (abm_schemas::encode(&record)?, crate::store::rank_of(&self.engine, &state, record.score))
             };
+            // The leaderboard's ranking follows each written batch (once per changed account).
+            self.store.place(*partition, account_id, rank);
             if state_payload.len() > max_bytes && !self.shed_to_fit(&accounts, account_id, &mut state_payload) {
                 self.reject_oversized(out, *partition, account_id, &state_payload)?;
             } else if let Some(state) = accounts.get(account_id.as_str()) {

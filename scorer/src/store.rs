@@ -121,13 +121,24 @@ pub struct Store {
 /// The order of the keys does not change with time: the ranking needs updating only when an
 /// account does. Accounts with no positive score rank last (`-inf`), by id.
 fn rank_key(engine: &Engine, state: &AccountScoreState) -> f64 {
-    match state.as_of {
-        Some(as_of) => {
-            let score = engine.score(state);
-            if score > 0.0 { score.log2() + as_of as f64 / engine.half_life_ms() } else { f64::NEG_INFINITY }
-        }
-        None => f64::NEG_INFINITY,
+    key_of(engine, engine.score(state), state.as_of)
+}
+
+/// [`rank_key`] from the score S at as-of time T.
+fn key_of(engine: &Engine, score: f64, as_of: Option<i64>) -> f64 {
+    match as_of {
+        Some(as_of) if score > 0.0 => score.log2() + as_of as f64 / engine.half_life_ms(),
+        _ => f64::NEG_INFINITY,
     }
+}
+
+/// Where an account ranks: its tier and [`rank_key`].
+pub type Rank = (Tier, f64);
+
+/// The rank of an account whose score at its as-of time is `score` (as the scorer has already
+/// computed it: no second pass over the contacts).
+pub fn rank_of(engine: &Engine, state: &AccountScoreState, score: f64) -> Rank {
+    (state.tier, key_of(engine, score, state.as_of))
 }
 
 /// One account in the ranking of its tier: by key descending, then id ascending (the
@@ -273,8 +284,14 @@ impl Store {
         self.partitions.entry(partition).or_default().clone()
     }
 
-    /// Ranks `account_id` of `partition` after a change (the scorer calls it for each event it
-    /// applies; an account whose key did not change costs two lookups).
+    /// Ranks `account_id` of `partition` where [`rank_of`] put it (the scorer calls it for each
+    /// account a batch changed, as it writes the batch, with the score it writes).
+    pub fn place(&self, partition: i32, account_id: &str, (tier, key): Rank) {
+        self.ranking().place(partition, account_id, tier, key);
+    }
+
+    /// Ranks `account_id` of `partition` as its state now stands (after a change made outside
+    /// the scorer's loop: tests, benchmarks).
     pub fn rank(&self, partition: i32, account_id: &str) {
         let Some(accounts) = self.partitions.get(&partition).map(|entry| entry.value().clone()) else { return };
         let placed = accounts.get(account_id).map(|state| (state.tier, rank_key(&self.engine, &state)));

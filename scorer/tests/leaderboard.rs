@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
 use proptest::prelude::*;
-use scorer::engine::{AccountScoreState, DAY_MS, Engine, ScoringConfig};
-use scorer::store::{PartitionAccounts, Store};
+use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
+use scorer::store::{PartitionAccounts, Store, rank_of};
 
 const T0: i64 = 1_700_000_000_000;
 const TIERS: [Tier; 4] = [Tier::Tier1, Tier::Tier2, Tier::Tier3, Tier::Untiered];
@@ -83,11 +83,18 @@ proptest! {
             let index = index % accounts.len();
             let (tier, partition, _) = &accounts[index];
             let id = format!("acc-{index:02}");
+            // As the scorer does: the rank from the score the engine returns, under the guard.
             let shard = store.partition(*partition);
-            if let Some(mut state) = shard.get_mut(id.as_str()) {
-                apply_all(&engine, &id, &mut state, TIERS[usize::from(*tier)], &[(*kind, *offset, *contact)], 1000 + n);
+            let rank = shard.get_mut(id.as_str()).and_then(|mut state| {
+                let applied = engine.apply(&id, &mut state, &event(1000 + n, *kind, *offset, *contact), TIERS[usize::from(*tier)]);
+                match applied {
+                    Applied::Scored { score, .. } => Some(rank_of(&engine, &state, score)),
+                    Applied::Duplicate => None,
+                }
+            });
+            if let Some(rank) = rank {
+                store.place(*partition, &id, rank);
             }
-            store.rank(*partition, &id);
         }
         // A partition revoked and restored (installed again), or revoked for good.
         if let Some(partition) = moved {

@@ -107,8 +107,16 @@ fn a_hand_written_log_scores_as_computed_by_hand_through_kafka() {
     let (status, body) = http_get(env.port, "/v1/accounts/nobody").expect("answers");
     assert_eq!(status, 404);
     assert!(body.contains("\"error\"") && body.contains("nobody"), "{body}");
-    let (status, body) = http_get(env.port, "/v1/accounts?top=1&tier=1").expect("answers");
-    assert_eq!(status, 200);
+    // The leaderboard follows the written batches: acc-1 is on it within a commit interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(env.port, "/v1/accounts?top=1&tier=1").expect("answers");
+        assert_eq!(status, 200);
+        if body.contains("acc-1") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(body.contains("acc-1") && !body.contains("acc-2"), "{body}");
     let (status, _) = http_get(env.port, "/v1/accounts?top=0").expect("answers");
     assert_eq!(status, 400);

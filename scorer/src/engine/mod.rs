@@ -48,6 +48,8 @@ pub enum Applied {
         crossings: Vec<ScoreCrossing>,
         /// What the state's bounds dropped to take this event (usually nothing).
         trimmed: Trimmed,
+        /// The account's score S at its as-of time after the event ([`Engine::score`]).
+        score: f64,
     },
 }
 
@@ -220,15 +222,16 @@ impl Engine {
         }
         let trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
 
-        let crossings = self.evaluate(account_id, state, event);
-        Applied::Scored { points, rule: rule_index, crossings, trimmed }
+        let (crossings, score) = self.evaluate(account_id, state, event);
+        Applied::Scored { points, rule: rule_index, crossings, trimmed, score }
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (the README's order).
-    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> Vec<ScoreCrossing> {
+    /// Also returns the score at the as-of time.
+    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> (Vec<ScoreCrossing>, f64) {
         let mut crossings = Vec::new();
         let Some(as_of) = state.as_of else {
-            return crossings;
+            return (crossings, 0.0);
         };
         let breadth = state.breadth_at(as_of);
         let score = state.engagement.max(0.0) * self.multiplier(breadth);
@@ -244,7 +247,7 @@ impl Engine {
             state.hand_raiser_crossings += 1;
             crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, score, breadth));
         }
-        crossings
+        (crossings, score)
     }
 
     fn crossing(
