@@ -19,9 +19,7 @@ use abm_schemas::{Account, Tier};
 const KEY: &str = "bench-key";
 const ACCOUNTS: usize = 1000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 fn event_json(n: u64) -> String {
     let account = n as usize % ACCOUNTS;

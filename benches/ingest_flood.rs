@@ -165,7 +165,7 @@ fn main() {
 
     let visit = format!(
         r#"{{"event_id":"after-flood","kind":"web_visit","occurred_at":{},"account_id":"acc-1","properties":{{"url":"/"}}}}"#,
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+        abm::clock::now_ms()
     );
     let (status, _, answer) =
         http_request(port, "POST", "/v1/events", visit.as_bytes(), &[("Authorization", format!("Bearer {KEY}"))]);

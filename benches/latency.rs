@@ -88,7 +88,7 @@ fn main() {
             let mut tasks = tokio::task::JoinSet::new();
             for tick in 0..ticks {
                 interval.tick().await;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                let now = abm::clock::now_ms();
                 let accounts: Vec<String> = (0..per_tick).map(|i| format!("lat-{rate}-{tick}-{i}")).collect();
                 let body = accounts
                     .iter()

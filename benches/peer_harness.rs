@@ -31,9 +31,7 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use abm::clock::now_ms;
 
 /// Event `n` of a seeded stream over `accounts` accounts at event time `t`: web visits by six
 /// contacts per account with four titles, 1 in 200 a demo request, 1 in 50 a retry of the

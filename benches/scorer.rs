@@ -16,7 +16,7 @@ use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn events(count: u64) -> impl Iterator<Item = EngagementEvent> {
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    let start = abm::clock::now_ms()
         - 30 * 86_400_000;
     (0..count).map(move |n| {
         let account = n % 10_000;

@@ -179,7 +179,7 @@ impl Outbox<'_> {
     ) -> anyhow::Result<()> {
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
         let received_at =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            crate::clock::now_ms();
         let rejected = abm_schemas::RejectedEvent {
             reason,
             message: text,

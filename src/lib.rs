@@ -2,6 +2,7 @@
 //!
 //! Everything a service needs around its own logic exists here once:
 //!
+//! - [`clock`] — wall-clock milliseconds since the epoch, the pipeline's one time source.
 //! - [`config`] — layered configuration: built-in defaults < TOML file (`--config`) < `ABM_`
 //!   environment variables (`__` between levels); unknown keys are errors.
 //! - [`telemetry`] — tracing set-up, human or JSON logs.
@@ -20,6 +21,7 @@
 //! Invariant: nothing here knows about scoring, events or alerts; the services know nothing
 //! about how config is layered or how metrics are served.
 
+pub mod clock;
 pub mod config;
 pub mod eos;
 pub mod kafka;

@@ -404,7 +404,7 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     let kafka_env = kafka_env.as_slice();
     let topics = TestTopics::new(name);
     topics.create_on(&bootstrap);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = abm::clock::now_ms();
     let config = WorldConfig::new(2024, 25, now - 30 * DAY, 30 * DAY - 60_000);
     let mut world = World::new(config, total as u64, &unique(name));
     let events: Vec<_> = (0..total).map(|_| world.next_event()).collect();

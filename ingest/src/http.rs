@@ -64,9 +64,7 @@ pub fn routes(collector: Arc<Collector>) -> Router {
     Router::new().route("/v1/events", post(collect).options(preflight)).with_state(collector)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 fn answer(
     collector: &Collector,

@@ -247,7 +247,7 @@ fn supervise_normaliser(
 /// `ingest import-tal`: validates the CSV, then writes every account and waits for Kafka.
 pub async fn import_tal(config: Config, path: &std::path::Path, dry_run: bool) -> anyhow::Result<usize> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = abm::clock::now_ms();
     let accounts = match tal_import::parse(&text, now) {
         Ok(accounts) => accounts,
         Err(errors) => {

@@ -41,9 +41,7 @@ pub struct Normaliser {
     pub kinds: HashMap<String, Option<EventKind>>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 impl Normaliser {
     pub fn kinds_for(topics: &abm::topics::Topics, roles: &[TopicRole]) -> HashMap<String, Option<EventKind>> {

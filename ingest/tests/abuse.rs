@@ -18,9 +18,7 @@ const SERVER_KEY: &str = "server-secret";
 const BROWSER_KEY: &str = "pub/key+with=odd&chars";
 const ORIGIN: &str = "https://www.vendor.example";
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 struct Ingest {
     topics: TestTopics,

@@ -16,9 +16,7 @@ use abm_schemas::{EngagementEvent, RejectedEvent, Transport};
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 const KEY: &str = "test-secret";
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 /// `POST /v1/events`: status, headers (lower-cased names) and body.
 fn post(port: u16, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<String, String>, String) {

@@ -39,9 +39,7 @@ pub fn routes(engine: Arc<Engine>, store: Store, tiers: Arc<Tiers>, leaderboard_
         .with_state(ApiState { engine, store, tiers, leaderboard_examined })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()

@@ -59,9 +59,7 @@ pub struct ScorerProcessor {
     split: Mutex<SplitStates>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 impl ScorerProcessor {
     pub fn new(

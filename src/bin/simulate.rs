@@ -102,9 +102,7 @@ struct RunArgs {
     out: Option<std::path::PathBuf>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use abm::clock::now_ms;
 
 /// Posts one batch, retrying 429/503 after `Retry-After` (never drops a batch).
 async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> anyhow::Result<()> {
