@@ -30,15 +30,6 @@ use abm::testkit::{ServiceProcess, TestTopics, free_port, http_request, metric, 
 const KEY: &str = "bench-key";
 const CONNECTIONS: usize = 50;
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Posts `body` over one keep-alive connection until `stop`; counts answers by status and
 /// keeps the largest answer's size. Reconnects when the server closes the connection.
 fn client(port: u16, body: Arc<Vec<u8>>, gzip: bool, stop: Arc<AtomicBool>, statuses: Arc<Mutex<BTreeMap<u16, u64>>>, largest: Arc<AtomicU64>) {
@@ -94,7 +85,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
     let stop = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(Mutex::new(BTreeMap::new()));
     let largest = Arc::new(AtomicU64::new(0));
-    let before = rss_of(pid);
+    let before = abm::testkit::rss_bytes(pid);
     let started = Instant::now();
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
@@ -104,7 +95,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
         .collect();
     let mut peak = before;
     while started.elapsed() < Duration::from_secs(seconds) {
-        peak = peak.max(rss_of(pid));
+        peak = peak.max(abm::testkit::rss_bytes(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
@@ -113,7 +104,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
     }
     let wall = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss_of(pid);
+    let after = abm::testkit::rss_bytes(pid);
     let statuses = statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let answered: u64 = statuses.values().sum();
     let by_status: Vec<String> = statuses.iter().map(|(status, n)| format!("{status}: {n}")).collect();

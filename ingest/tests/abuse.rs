@@ -120,16 +120,6 @@ fn every_member_of_a_multi_member_gzip_body_is_read() {
     assert!(answer.contains(r#""accepted":2"#), "both members: {answer}");
 }
 
-/// Resident memory of process `pid`, in bytes.
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[test]
 fn a_gzip_bomb_is_refused_after_the_body_limit_and_kept() {
     let ingest = start("abuse-bomb", &[], "");
@@ -143,13 +133,13 @@ fn a_gzip_bomb_is_refused_after_the_body_limit_and_kept() {
     assert!(bomb.len() < 2 * 1024 * 1024, "{} bytes", bomb.len());
     let mut headers = server_auth();
     headers.push(("Content-Encoding", "gzip".into()));
-    let before = rss_of(ingest.process.pid());
+    let before = abm::testkit::rss_bytes(ingest.process.pid());
     for _ in 0..5 {
         let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", &bomb, &headers);
         assert_eq!(status, 413, "{answer}");
         assert!(answer.contains("after decompression"), "{answer}");
     }
-    let grown = rss_of(ingest.process.pid()).saturating_sub(before);
+    let grown = abm::testkit::rss_bytes(ingest.process.pid()).saturating_sub(before);
     assert!(grown < 64 * 1024 * 1024, "five bombs of 256 MiB grew ingest by {} MiB", grown / 1_048_576);
     // Kept, truncated, as oversized; the service goes on.
     let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));

@@ -48,8 +48,6 @@ pub enum Applied {
         crossings: Vec<ScoreCrossing>,
         /// What the state's bounds dropped to take this event (usually nothing).
         trimmed: Trimmed,
-        /// The account's score S at its as-of time after the event ([`Engine::score`]).
-        score: f64,
     },
 }
 
@@ -222,16 +220,15 @@ impl Engine {
         }
         let trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
 
-        let (crossings, score) = self.evaluate(account_id, state, event);
-        Applied::Scored { points, rule: rule_index, crossings, trimmed, score }
+        let crossings = self.evaluate(account_id, state, event);
+        Applied::Scored { points, rule: rule_index, crossings, trimmed }
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (the README's order).
-    /// Also returns the score at the as-of time.
-    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> (Vec<ScoreCrossing>, f64) {
+    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> Vec<ScoreCrossing> {
         let mut crossings = Vec::new();
         let Some(as_of) = state.as_of else {
-            return (crossings, 0.0);
+            return crossings;
         };
         let breadth = state.breadth_at(as_of);
         let score = state.engagement.max(0.0) * self.multiplier(breadth);
@@ -247,7 +244,7 @@ impl Engine {
             state.hand_raiser_crossings += 1;
             crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, score, breadth));
         }
-        (crossings, score)
+        crossings
     }
 
     fn crossing(
