@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, send_bytes, wait_for_status};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, send_bytes, wait_for_status};
 use abm::topics::TopicRole;
 use abm_schemas::{Account, Tier};
 
@@ -97,13 +97,13 @@ fn http_path(clients: usize, batch: usize, seconds: u64) {
     env.push(("ABM_INGEST__WRITE_KEYS__BENCH", KEY.into()));
     env.push(("ABM_INGEST__RAW_TOPICS", "false".into()));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
-    let ingest = ServiceProcess::start(&abm::testkit::workspace_binary("ingest"), &[], &env);
+    let ingest = ServiceProcess::start(&abm_testkit::workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
     let next_id = Arc::new(AtomicU64::new(0));
     // Warm-up.
     client(port, batch, Instant::now() + Duration::from_secs(2), next_id.clone());
 
-    let cpu_before = abm::testkit::cpu_seconds(ingest.pid());
+    let cpu_before = abm_testkit::cpu_seconds(ingest.pid());
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..clients)
@@ -114,7 +114,7 @@ fn http_path(clients: usize, batch: usize, seconds: u64) {
         .collect();
     let accepted: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
     let wall = started.elapsed().as_secs_f64();
-    let cpu = abm::testkit::cpu_seconds(ingest.pid()) - cpu_before;
+    let cpu = abm_testkit::cpu_seconds(ingest.pid()) - cpu_before;
     let p50 = metric(port, "abm_ingest_produce_latency_seconds_sum", &[])
         / metric(port, "abm_ingest_produce_latency_seconds_count", &[]).max(1.0);
     println!(
@@ -141,17 +141,17 @@ fn raw_path(records: u64) {
     env.push(("ABM_INGEST__GROUP_ID", format!("{}-group", topics.prefix)));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
     let started = Instant::now();
-    let ingest = ServiceProcess::start(&abm::testkit::workspace_binary("ingest"), &[], &env);
+    let ingest = ServiceProcess::start(&abm_testkit::workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
     let ready = started.elapsed().as_secs_f64();
-    let cpu_before = abm::testkit::cpu_seconds(ingest.pid());
+    let cpu_before = abm_testkit::cpu_seconds(ingest.pid());
     let drain_started = Instant::now();
     while metric(port, "abm_ingest_events_received_total", &["transport=\"kafka\""]) < records as f64 {
         assert!(drain_started.elapsed() < Duration::from_secs(600), "raw path did not drain");
         std::thread::sleep(Duration::from_millis(50));
     }
     let wall = drain_started.elapsed().as_secs_f64();
-    let cpu = abm::testkit::cpu_seconds(ingest.pid()) - cpu_before;
+    let cpu = abm_testkit::cpu_seconds(ingest.pid()) - cpu_before;
     println!(
         "ingest raw    records={records}: drained in {wall:.1}s = {:.0} events/s; ingest CPU {cpu:.1}s = {:.0} events per CPU-second (start-up {ready:.1}s not counted)",
         records as f64 / wall,

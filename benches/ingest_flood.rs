@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, free_port, http_request, metric, wait_for_status};
+use abm_testkit::{ServiceProcess, TestTopics, free_port, http_request, metric, wait_for_status};
 
 const KEY: &str = "bench-key";
 const CONNECTIONS: usize = 50;
@@ -85,7 +85,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
     let stop = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(Mutex::new(BTreeMap::new()));
     let largest = Arc::new(AtomicU64::new(0));
-    let before = abm::testkit::rss_bytes(pid);
+    let before = abm_testkit::rss_bytes(pid);
     let started = Instant::now();
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
@@ -95,7 +95,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
         .collect();
     let mut peak = before;
     while started.elapsed() < Duration::from_secs(seconds) {
-        peak = peak.max(abm::testkit::rss_bytes(pid));
+        peak = peak.max(abm_testkit::rss_bytes(pid));
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
@@ -104,7 +104,7 @@ fn flood(name: &str, port: u16, pid: u32, body: Vec<u8>, gzip: bool, seconds: u6
     }
     let wall = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let after = abm::testkit::rss_bytes(pid);
+    let after = abm_testkit::rss_bytes(pid);
     let statuses = statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let answered: u64 = statuses.values().sum();
     let by_status: Vec<String> = statuses.iter().map(|(status, n)| format!("{status}: {n}")).collect();
@@ -130,7 +130,7 @@ fn main() {
     env.push(("ABM_INGEST__WRITE_KEYS__BENCH", KEY.into()));
     env.push(("ABM_INGEST__RAW_TOPICS", "false".into()));
     env.push(("ABM_LOG__LEVEL", "warn".into()));
-    let ingest = ServiceProcess::start(&abm::testkit::workspace_binary("ingest"), &[], &env);
+    let ingest = ServiceProcess::start(&abm_testkit::workspace_binary("ingest"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "ingest ready");
     let pid = ingest.pid();
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, free_port, unique, wait_for_status};
+use abm_testkit::{ServiceProcess, TestTopics, free_port, unique, wait_for_status};
 use abm::topics::TopicRole;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,7 +48,7 @@ fn main() {
         env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{}", ports[i])));
         env.push(("ABM_LOG__LEVEL", "warn".into()));
         env.extend(extra);
-        processes.push(ServiceProcess::start(&abm::testkit::workspace_binary(name), &[], &env));
+        processes.push(ServiceProcess::start(&abm_testkit::workspace_binary(name), &[], &env));
         wait_for_status(ports[i], "/readyz", 200, Duration::from_secs(60), name);
     }
 
@@ -59,7 +59,7 @@ fn main() {
         let alerts = topics.name(TopicRole::SalesAlerts);
         std::thread::spawn(move || {
             let consumer: BaseConsumer =
-                abm::testkit::kafka().consumer_config("bench-latency", &unique("latency")).create().expect("consumer");
+                abm_testkit::kafka().consumer_config("bench-latency", &unique("latency")).create().expect("consumer");
             consumer.subscribe(&[&alerts]).expect("subscribe");
             loop {
                 if let Some(Ok(message)) = consumer.poll(Duration::from_millis(10)) {

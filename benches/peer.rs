@@ -21,12 +21,11 @@
 #[path = "peer_harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm::sim::Rng;
-use abm::testkit::{TestProducer, TestTopics, flush, free_port, metric, producer};
+use abm_sim::Rng;
+use abm_testkit::{TestProducer, TestTopics, flush, free_port, metric, producer};
 use abm::topics::TopicRole;
 use harness::{PARTITIONS, Side, committed, event, group_reader, load_tal, now_ms, peak_rss_mib, wait_committed};
 use rdkafka::producer::{BaseRecord, Producer as _};
@@ -63,7 +62,7 @@ fn latency(side: &Side, accounts: u64, rate: u64, seconds: u64) -> (Percentiles,
     let process = side.start(&topics, port);
     let group = side.group(&topics);
     let live: TestProducer =
-        abm::testkit::kafka().producer_config("bench-peer-live").set("linger.ms", "0").create().expect("producer");
+        abm_testkit::kafka().producer_config("bench-peer-live").set("linger.ms", "0").create().expect("producer");
     let mut rng = Rng::new(99);
 
     // Warm-up: one event per partition, committed, so that both sides are past start-up.
@@ -137,7 +136,7 @@ fn main() {
     let accounts: u64 = env_or("BENCH_ACCOUNTS", 2_000);
     let rate: u64 = env_or("BENCH_RATE", 1_000);
     let seconds: u64 = env_or("BENCH_SECONDS", 30);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &abm_testkit::repository_root();
     harness::build_peer(root);
     let run = harness::drain_kill_recover(root, count, accounts);
     let (our_latency, our_live_rss) =

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use abm::sim::Rng;
-use abm::testkit::{
+use abm_sim::Rng;
+use abm_testkit::{
     ServiceProcess, TestProducer, TestTopics, flush, free_port, http_get, metric, producer, read_all, read_all_bytes,
     send,
 };
@@ -99,7 +99,7 @@ pub fn committed(consumer: &BaseConsumer, topic: &str) -> Vec<i64> {
 pub fn group_reader(group: &str) -> BaseConsumer {
     // read_uncommitted: the offset fetch then never waits for pending transactional offsets
     // (those become visible only with the commit marker either way).
-    abm::testkit::kafka()
+    abm_testkit::kafka()
         .client_config("bench-peer-lag")
         .set("group.id", group)
         .set("isolation.level", "read_uncommitted")
@@ -108,7 +108,7 @@ pub fn group_reader(group: &str) -> BaseConsumer {
 }
 
 pub fn end_offset(topic: &str) -> i64 {
-    let consumer: BaseConsumer = abm::testkit::kafka().client_config("bench-peer-end").create().expect("client");
+    let consumer: BaseConsumer = abm_testkit::kafka().client_config("bench-peer-end").create().expect("client");
     (0..PARTITIONS)
         .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(0, |(_, high)| high))
         .sum()
@@ -168,10 +168,10 @@ impl Side {
             env.push(("ABM_SCORER__GROUP_ID", group.clone()));
             env.push(("ABM_SCORER__INSTANCE_ID", group));
             env.push(("ABM_LOG__LEVEL", "warn".into()));
-            ServiceProcess::start(&abm::testkit::workspace_binary("scorer"), &[], &env)
+            ServiceProcess::start(&abm_testkit::workspace_binary("scorer"), &[], &env)
         } else {
             let env = [
-                ("PEER_BOOTSTRAP", abm::testkit::bootstrap_servers()),
+                ("PEER_BOOTSTRAP", abm_testkit::bootstrap_servers()),
                 ("PEER_APP_ID", group.clone()),
                 ("PEER_INSTANCE_ID", group.clone()),
                 ("PEER_INPUT", topics.name(TopicRole::Engagement)),

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, unique, wait_for_status};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, unique, wait_for_status};
 use abm::topics::TopicRole;
 use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -44,7 +44,7 @@ fn main() {
 
     // (1) A bare consumer: the same client library, the same topic, no work per message.
     let consumer: BaseConsumer =
-        abm::testkit::kafka().consumer_config("bench-bare", &unique("bench-bare")).create().expect("consumer");
+        abm_testkit::kafka().consumer_config("bench-bare", &unique("bench-bare")).create().expect("consumer");
     consumer.subscribe(&[&input]).expect("subscribe");
     let mut seen = 0;
     let mut first = None;
@@ -73,9 +73,9 @@ fn main() {
         // ABM_KAFKA__LIBRDKAFKA__COMPRESSION_TYPE.
         env.push((Box::leak(key.into_boxed_str()), value));
     }
-    let scorer = ServiceProcess::start(&abm::testkit::workspace_binary("scorer"), &[], &env);
+    let scorer = ServiceProcess::start(&abm_testkit::workspace_binary("scorer"), &[], &env);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(60), "scorer ready");
-    let cpu_before = abm::testkit::cpu_seconds(scorer.pid());
+    let cpu_before = abm_testkit::cpu_seconds(scorer.pid());
     let started = Instant::now();
     let mut first = None;
     loop {
@@ -94,7 +94,7 @@ fn main() {
     // Start-up (restoring 6 empty partitions) is not throughput: time from the first applied event.
     let scoring = total - first.map_or(0.0, |f| f.as_secs_f64());
     let scorer_rate = count as f64 / scoring;
-    let cpu = abm::testkit::cpu_seconds(scorer.pid()) - cpu_before;
+    let cpu = abm_testkit::cpu_seconds(scorer.pid()) - cpu_before;
     let transactions = metric(port, "abm_scorer_transactions_total", &[]);
     let committing = metric(port, "abm_scorer_snapshot_duration_seconds_sum", &[]);
     println!(

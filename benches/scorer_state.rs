@@ -88,10 +88,10 @@ fn memory(engine: &Arc<Engine>, accounts: usize) -> Store {
 }
 
 fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
-    let topics = abm::testkit::TestTopics::new("bench-restore");
+    let topics = abm_testkit::TestTopics::new("bench-restore");
     topics.create();
     let changelog = topics.name(abm::topics::TopicRole::ScorerState);
-    let producer = abm::testkit::producer();
+    let producer = abm_testkit::producer();
     let started = Instant::now();
     for partition in store.partitions() {
         let shard = store.partition(partition);
@@ -113,13 +113,13 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
             }
         }
     }
-    abm::testkit::flush(&producer);
+    abm_testkit::flush(&producer);
     println!(
         "scorer state: wrote {accounts} account states to the changelog in {:.1}s",
         started.elapsed().as_secs_f64()
     );
 
-    let kafka = abm::testkit::kafka();
+    let kafka = abm_testkit::kafka();
     let partitions: Vec<i32> = (0..6).collect();
     // The scorer's own restore path: records through `changelog::Restorer`, joined at the end.
     let mut restorers: Vec<Restorer> = partitions.iter().map(|_| Restorer::default()).collect();

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use abm::sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
-use abm::testkit::{
+use abm_sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
+use abm_testkit::{
     PrivateBroker, SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, flush, free_port, http_get, metric, producer_to,
     read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
 };
@@ -392,7 +392,7 @@ impl<'a> Chaos<'a> {
 fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], chaos: Chaos<'_>) {
     let outages = chaos.outages();
     let scale_out = matches!(chaos, Chaos::ScaleOut);
-    let bootstrap = outages.map_or_else(abm::testkit::bootstrap_servers, PrivateBroker::bootstrap);
+    let bootstrap = outages.map_or_else(abm_testkit::bootstrap_servers, PrivateBroker::bootstrap);
     let mut kafka_env = kafka_env.to_vec();
     if outages.is_some() {
         kafka_env.push(("ABM_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()));
@@ -490,7 +490,7 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             return;
         }
     };
-    let batches: Vec<&[abm::sim::SimEvent]> = events.chunks(50).collect();
+    let batches: Vec<&[abm_sim::SimEvent]> = events.chunks(50).collect();
     // Scale-out: (scorer, alerter) instances 2 and scorer 3 join and leave during the stream.
     let member = |service: &'static str, n: u32| {
         let group = if service == "scorer" { "ABM_SCORER__GROUP_ID" } else { "ABM_ALERTER__GROUP_ID" };

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
-use abm::testkit::{TestTopics, bootstrap_servers, unique};
+use abm_testkit::{TestTopics, bootstrap_servers, unique};
 use abm::topics::{TopicRole, TopicSpec};
 use abm_schemas::{EngagementEvent, EventKind, WebVisit};
 use rdkafka::Message;

@@ -3,14 +3,14 @@
 //! in some service's `/metrics`; a real Prometheus scrapes the three running services.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, free_port, http_get, unique, wait_for_status, workspace_binary};
+use abm_testkit::{ServiceProcess, TestTopics, free_port, http_get, unique, wait_for_status, workspace_binary};
 
 fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+    abm_testkit::repository_root().join("deploy").join(path)
 }
 
 fn tool(name: &str) -> PathBuf {

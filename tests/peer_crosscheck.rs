@@ -7,11 +7,10 @@
 #[allow(dead_code)] // The benchmark uses more of the harness than this test.
 mod harness;
 
-use std::path::Path;
 
 #[test]
 fn the_kafka_streams_peer_agrees_with_the_scorer_after_kill_and_recovery() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &abm_testkit::repository_root();
     harness::build_peer(root);
     let run = harness::drain_kill_recover(root, 6_000, 300);
     let check = &run.cross_check;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use abm::testkit::{
+use abm_testkit::{
     SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, free_port, run_to_exit, wait_for_status, with_env,
     workspace_binary,
 };

@@ -130,8 +130,12 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 
     let tal: Arc<Tal> = Arc::new(Tal::default());
     {
-        let (table, metrics) = (tal.clone(), metrics.clone());
-        abm::tal::follow(&config.kafka, &topics, "abm-alerter-tal", context.shutdown.clone(), move |change| {
+        let table = tal.clone();
+        let tal_metrics = abm::tal::TalMetrics {
+            accounts: metrics.tal_accounts.clone(),
+            decode_errors: metrics.tal_decode_errors.clone(),
+        };
+        abm::tal::follow(&config.kafka, &topics, "abm-alerter-tal", context.shutdown.clone(), tal_metrics, move |change| {
             match change {
                 TalChange::Upsert(account) => {
                     table.insert(account.account_id.clone(), account);
@@ -139,9 +143,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
                 TalChange::Remove(account_id) => {
                     table.remove(&account_id);
                 }
-                TalChange::Undecodable => {}
             }
-            metrics.tal_accounts.set(table.len() as i64);
+            table.len()
         })
         .await?;
     }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub history_skipped: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub tal_accounts: IntGauge,
+    pub tal_decode_errors: IntCounter,
 }
 
 impl Metrics {
@@ -89,6 +90,10 @@ impl Metrics {
                 &["partition"],
             )?,
             tal_accounts: IntGauge::new("abm_alerter_tal_accounts", "Accounts on the TAL as read from abm.accounts.")?,
+            tal_decode_errors: IntCounter::new(
+                "abm_alerter_tal_decode_errors_total",
+                "abm.accounts records that did not decode.",
+            )?,
         };
         // Every bounded label value starts at 0, so rates and alert rules see the series at once.
         for kind in ["threshold", "hand_raiser"] {
@@ -112,6 +117,7 @@ impl Metrics {
         registry.register(Box::new(metrics.history_skipped.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
+        registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
         Ok(metrics)
     }
 }

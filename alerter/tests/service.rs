@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm::sim::Rng;
-use abm::testkit::{
+use abm_sim::Rng;
+use abm_testkit::{
     ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, read_all_bytes, run_to_exit, send,
     wait_for_status,
 };
@@ -440,7 +440,7 @@ fn a_webhook_consumer_that_stops_fetching_is_replaced_and_every_alert_is_deliver
     assert_eq!(delivered.len(), 20, "each alert once: {delivered:?}");
     assert_eq!(metric(alerter.port, "abm_alerter_webhook_heals_total", &["endpoint=\"sdr\""]), 1.0, "{}", process.stderr());
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
-    abm::testkit::wait_for_metric(
+    abm_testkit::wait_for_metric(
         alerter.port,
         "abm_alerter_webhook_stalled_seconds",
         &["endpoint=\"sdr\""],
@@ -481,7 +481,7 @@ fn a_failing_webhook_never_shows_its_url_or_headers_in_logs_or_parked_alerts() {
     wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
     let deadline = Instant::now() + Duration::from_secs(60);
     let parked = loop {
-        let parked = abm::testkit::read_all_with_headers(&alerter.topic(TopicRole::ParkedAlerts));
+        let parked = abm_testkit::read_all_with_headers(&alerter.topic(TopicRole::ParkedAlerts));
         if !parked.is_empty() {
             break parked;
         }
@@ -493,7 +493,7 @@ fn a_failing_webhook_never_shows_its_url_or_headers_in_logs_or_parked_alerts() {
     let log = process.stderr();
     assert!(log.contains("webhook attempt failed"), "the debug log says what failed: {log}");
     assert!(!log.contains(secret), "{log}");
-    let (_, metrics) = abm::testkit::http_get(alerter.port, "/metrics").expect("metrics");
+    let (_, metrics) = abm_testkit::http_get(alerter.port, "/metrics").expect("metrics");
     assert!(metrics.contains("abm_alerter_webhook"), "{metrics}");
     assert!(!metrics.contains(secret), "metrics show a webhook secret:\n{metrics}");
     let _ = std::fs::remove_file(&config);

@@ -6,18 +6,18 @@
 #   deploy/local/fuzz.sh                 every target, FUZZ_SECONDS (default 120) each
 #   deploy/local/fuzz.sh avro_decode     one or more targets by name
 #
-# Targets (fuzz/fuzz_targets/):
+# Targets (tests/fuzz/fuzz_targets/):
 #   collector_json     request bodies through split, validation and resolution (server and browser keys)
 #   avro_decode        datums behind a valid header, decoded as every record the services read
 #   engagement_direct  the hand-written EngagementEvent decoder against the Avro library's
 #   state_restore      changelog records (heads, chunks, tombstones) through the scorer's Restorer
 #
 # Needs: rustup's nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); installs
-# cargo-fuzz when missing. Corpora grow in fuzz/corpus/<target> (not committed); a crash is
-# written to fuzz/artifacts/<target>/ and the script exits non-zero.
+# cargo-fuzz when missing. Corpora grow in tests/fuzz/corpus/<target> (not committed); a crash is
+# written to tests/fuzz/artifacts/<target>/ and the script exits non-zero.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$root/fuzz"
+cd "$root/tests/fuzz"
 seconds=${FUZZ_SECONDS:-120}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -32,7 +32,7 @@ for target in "${targets[@]}"; do
   if ! cargo +nightly fuzz run -O "$target" "corpus/$target" -- \
       -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 2>"/tmp/fuzz-$target.log"; then
     failed=1
-    echo "fuzz.sh: $target FOUND A CRASH (artifacts in fuzz/artifacts/$target):" >&2
+    echo "fuzz.sh: $target FOUND A CRASH (artifacts in tests/fuzz/artifacts/$target):" >&2
     grep -E "panicked|ERROR|SUMMARY|Test unit written" "/tmp/fuzz-$target.log" | head -20 >&2 || true
   fi
   { grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "/tmp/fuzz-$target.log" || true; } \

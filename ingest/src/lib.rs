@@ -43,9 +43,10 @@ use crate::validate::ValidationConfig;
 /// Ingest's HTTP port unless configured otherwise.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 
-/// The raw topics ingest normalises.
-pub const RAW_TOPICS: [TopicRole; 4] =
-    [TopicRole::RawWebVisits, TopicRole::RawAdClicks, TopicRole::RawEmailEvents, TopicRole::RawDemoRequests];
+/// The raw topics ingest normalises (`abm::topics::RAW_TOPICS`).
+pub fn raw_topics() -> Vec<TopicRole> {
+    abm::topics::RAW_TOPICS.iter().map(|(role, _)| *role).collect()
+}
 
 /// Ingest's configuration (see the README's configuration reference).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -126,14 +127,17 @@ pub async fn follow_tal(
     metrics: Metrics,
     shutdown: abm::CancellationToken,
 ) -> anyhow::Result<()> {
-    abm::tal::follow(kafka, topics, "abm-ingest-tal", shutdown, move |change| {
+    let tal_metrics = abm::tal::TalMetrics {
+        accounts: metrics.tal_accounts.clone(),
+        decode_errors: metrics.tal_decode_errors.clone(),
+    };
+    abm::tal::follow(kafka, topics, "abm-ingest-tal", shutdown, tal_metrics, move |change| {
         match change {
             TalChange::Upsert(account) => index.upsert(&account),
             TalChange::Remove(account_id) => index.remove(&account_id),
-            TalChange::Undecodable => metrics.tal_decode_errors.inc(),
         }
-        metrics.tal_accounts.set(index.accounts() as i64);
         metrics.tal_domains.set(index.domains() as i64);
+        index.accounts()
     })
     .await
 }
@@ -186,7 +190,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 
     let normaliser = if settings.raw_topics {
         let consumer_config = config.kafka.consumer_config("abm-ingest", &settings.group_id);
-        let inputs: Vec<String> = RAW_TOPICS.iter().map(|role| topics.name(*role).to_owned()).collect();
+        let inputs: Vec<String> = raw_topics().iter().map(|role| topics.name(*role).to_owned()).collect();
         let subscribe = move || -> anyhow::Result<StreamConsumer> {
             let consumer: StreamConsumer = consumer_config.create().context("creating the raw-topic consumer")?;
             let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
@@ -206,7 +210,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             tal,
             sink: sink.clone(),
             metrics,
-            kinds: raw::Normaliser::kinds_for(&topics, &RAW_TOPICS),
+            kinds: raw::Normaliser::kinds_for(&topics, &raw_topics()),
         });
         let task = tokio::spawn(normaliser.run(subscribe, watch, context.shutdown.clone()));
         Some(supervise_normaliser(task, context.shutdown.clone()))

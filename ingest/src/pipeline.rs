@@ -1,7 +1,7 @@
 //! From a received body (HTTP) or record (raw topic) to the Kafka records to write, and a
 //! result per event. Pure apart from reading the TAL index: the service writes the records.
 
-use abm_schemas::{EngagementEvent, EventKind, RejectReason, RejectSource, RejectedEvent};
+use abm_schemas::{EngagementEvent, RejectReason, RejectSource, RejectedEvent};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -203,18 +203,6 @@ fn accept(
         message: None,
     });
     Ok(())
-}
-
-/// The kind implied by a raw topic's role.
-pub fn default_kind(role: abm::topics::TopicRole) -> Option<EventKind> {
-    use abm::topics::TopicRole;
-    match role {
-        TopicRole::RawWebVisits => Some(EventKind::WebVisit),
-        TopicRole::RawAdClicks => Some(EventKind::AdClick),
-        TopicRole::RawEmailEvents => Some(EventKind::Email),
-        TopicRole::RawDemoRequests => Some(EventKind::DemoRequest),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use abm::clock::now_ms;
 
 impl Normaliser {
     pub fn kinds_for(topics: &abm::topics::Topics, roles: &[TopicRole]) -> HashMap<String, Option<EventKind>> {
-        roles.iter().map(|role| (topics.name(*role).to_owned(), crate::pipeline::default_kind(*role))).collect()
+        roles.iter().map(|role| (topics.name(*role).to_owned(), role.raw_kind())).collect()
     }
 
     /// Processes one raw record: validate, resolve, write (retrying), count.

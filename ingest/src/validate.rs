@@ -154,6 +154,13 @@ pub const REASONS: [RejectReason; 10] = [
     RejectReason::NotAllowed,
 ];
 
+/// The kinds an event may name, for error messages: `web_visit, ad_click, ...`.
+fn known_kinds() -> String {
+    let kinds: Vec<&str> =
+        EventKind::ALL.into_iter().filter(|kind| *kind != EventKind::Unknown).map(EventKind::as_str).collect();
+    kinds.join(", ")
+}
+
 fn parse_kind(text: &str) -> Option<EventKind> {
     EventKind::ALL.into_iter().find(|kind| *kind != EventKind::Unknown && kind.as_str() == text)
 }
@@ -193,16 +200,11 @@ fn required_string(object: &Map<String, Value>, field: &str, path: &str) -> Resu
     }
 }
 
-/// 128-bit FNV-1a of `bytes` as hex: a deterministic id for events that carry none.
+/// Two FNV-1a 64 hashes of `bytes` as hex (128 bits): a deterministic id for events that carry none.
 fn derived_id(bytes: &[u8]) -> String {
-    let hash = |mut h: u64| {
-        for byte in bytes {
-            h ^= u64::from(*byte);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
-    };
-    format!("d-{:016x}{:016x}", hash(0xcbf2_9ce4_8422_2325), hash(0x6c62_272e_07bb_0142))
+    use abm_schemas::hash::{FNV64_OFFSET_BASIS, fnv1a_64_from};
+    // Two 64-bit FNV-1a hashes from two bases (the second a fixed constant) make 128 bits.
+    format!("d-{:016x}{:016x}", fnv1a_64_from(FNV64_OFFSET_BASIS, bytes), fnv1a_64_from(0x6c62_272e_07bb_0142, bytes))
 }
 
 /// Validates one event. On success the event has every field but the account resolution.
@@ -260,9 +262,7 @@ fn validate_object(
         Some(Value::String(text)) => parse_kind(text).ok_or_else(|| {
             Rejection::new(
                 RejectReason::UnknownKind,
-                format!(
-                    "kind {text:?} is not one of web_visit, ad_click, email, demo_request, content_download, webinar, meeting, intent"
-                ),
+                format!("kind {text:?} is not one of {}", known_kinds()),
             )
         })?,
         Some(_) => return Err(Rejection::new(RejectReason::InvalidField, "kind: must be a string")),

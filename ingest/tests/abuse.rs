@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
 use abm::topics::TopicRole;
 use abm_schemas::{EngagementEvent, RejectReason, RejectedEvent};
 
@@ -31,7 +31,7 @@ fn start(name: &str, extra: &[(&'static str, String)], browser: &str) -> Ingest 
     let topics = TestTopics::new(name);
     topics.create();
     let kafka = producer();
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm_testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let mut vars = topics.env();
@@ -133,13 +133,13 @@ fn a_gzip_bomb_is_refused_after_the_body_limit_and_kept() {
     assert!(bomb.len() < 2 * 1024 * 1024, "{} bytes", bomb.len());
     let mut headers = server_auth();
     headers.push(("Content-Encoding", "gzip".into()));
-    let before = abm::testkit::rss_bytes(ingest.process.pid());
+    let before = abm_testkit::rss_bytes(ingest.process.pid());
     for _ in 0..5 {
         let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", &bomb, &headers);
         assert_eq!(status, 413, "{answer}");
         assert!(answer.contains("after decompression"), "{answer}");
     }
-    let grown = abm::testkit::rss_bytes(ingest.process.pid()).saturating_sub(before);
+    let grown = abm_testkit::rss_bytes(ingest.process.pid()).saturating_sub(before);
     assert!(grown < 64 * 1024 * 1024, "five bombs of 256 MiB grew ingest by {} MiB", grown / 1_048_576);
     // Kept, truncated, as oversized; the service goes on.
     let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
@@ -316,7 +316,7 @@ fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
         .collect();
     assert_eq!(browser_accounts, ["acme"].into(), "browser events resolve by domain only");
     // The keys are named in metrics and logs, never shown.
-    let (_, metrics) = abm::testkit::http_get(ingest.port, "/metrics").expect("metrics");
+    let (_, metrics) = abm_testkit::http_get(ingest.port, "/metrics").expect("metrics");
     assert!(metrics.contains("key=\"site\""), "{metrics}");
     for secret in [BROWSER_KEY, SERVER_KEY] {
         assert!(!metrics.contains(secret), "metrics show a write key:\n{metrics}");

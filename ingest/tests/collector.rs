@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm::testkit::{
+use abm_testkit::{
     PrivateBroker, ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, send, send_bytes,
     wait_for_status,
 };
@@ -24,7 +24,7 @@ fn post(port: u16, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<St
 }
 
 fn post_to(port: u16, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, BTreeMap<String, String>, String) {
-    abm::testkit::http_request(port, "POST", path, body, headers)
+    abm_testkit::http_request(port, "POST", path, body, headers)
 }
 
 fn bearer() -> Vec<(&'static str, String)> {
@@ -114,7 +114,7 @@ fn every_reason_code_over_http_and_raw_topics_is_kept_and_nothing_valid_is_lost(
     let topics = TestTopics::new("ingest-reasons");
     topics.create();
     let kafka = producer();
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm_testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let _ingest = start_ingest(&topics, port, &[]);
@@ -325,7 +325,7 @@ fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_take
     let topics = TestTopics::new("ingest-raw-stall");
     topics.create();
     let kafka = producer();
-    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm::testkit::acme_account());
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm_testkit::acme_account());
     flush(&kafka);
     let port = free_port();
     let ingest = start_ingest(
@@ -361,16 +361,16 @@ fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_take
     assert_eq!(received(), ids.len() as f64, "each record once\n{}", ingest.stderr());
     assert_eq!(metric(port, "abm_ingest_raw_loop_heals_total", &[]), 1.0, "{}", ingest.stderr());
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
-    abm::testkit::wait_for_metric(port, "abm_ingest_raw_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
+    abm_testkit::wait_for_metric(port, "abm_ingest_raw_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
     assert!(ingest.stderr().contains("have input but nothing was taken"), "{}", ingest.stderr());
     let engaged: BTreeSet<String> =
-        read_ids(&abm::testkit::bootstrap_servers(), &topics.name(TopicRole::Engagement)).into_iter().collect();
+        read_ids(&abm_testkit::bootstrap_servers(), &topics.name(TopicRole::Engagement)).into_iter().collect();
     assert_eq!(engaged, ids);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
 }
 
 fn read_ids(bootstrap: &str, topic: &str) -> Vec<String> {
-    abm::testkit::read_all_bytes_from(bootstrap, topic)
+    abm_testkit::read_all_bytes_from(bootstrap, topic)
         .into_iter()
         .map(|(_, bytes)| abm_schemas::decode::<EngagementEvent>(&bytes).expect("decodes").event_id)
         .collect()

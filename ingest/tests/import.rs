@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use abm::testkit::{TestTopics, read_all, run_to_exit, unique};
+use abm_testkit::{TestTopics, read_all, run_to_exit, unique};
 use abm::topics::TopicRole;
 use abm_schemas::{Account, Tier};
 

@@ -4,6 +4,7 @@
 //!   it uses is defined inline, so its fingerprint is that of its canonical form in any language).
 //! - [`records`] — the typed Rust records, one per schema.
 //! - [`codec`] — single-object framing and the [`Codec`] that encodes and decodes a record type.
+//! - [`hash`] — FNV-1a, the stable hash persisted in records and used for derived ids.
 //! - [`AvroRecord`] — ties each record to its schema and a process-wide codec, so services call
 //!   [`encode`] and [`decode`] and never see a schema.
 //!
@@ -15,6 +16,7 @@
 pub mod binary;
 pub mod codec;
 mod direct;
+pub mod hash;
 pub mod records;
 
 use std::sync::LazyLock;

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use abm_schemas::Tier;
+use abm_schemas::{EngagedContact, EventKind, RecentEvent, RuleContribution, Tier};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -45,6 +45,43 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+// Response bodies: the API's own types, filled field by field from the engine's view, so the
+// engine's types never reach the wire (renaming an engine field is a compile error here, not a
+// silent change of the API). Nested records (rule points, contacts, recent events) are the Avro
+// records of `abm-schemas`, whose names are a published contract already.
+
+/// `GET /v1/accounts/{id}`: the explanation at the account's as-of time, and `now`.
+#[derive(Debug, Serialize)]
+struct AccountResponse {
+    account_id: String,
+    tier: Tier,
+    at: i64,
+    as_of: Option<i64>,
+    score: f64,
+    engagement: f64,
+    breadth: u32,
+    multiplier: f64,
+    threshold: f64,
+    armed: bool,
+    rule_points: Vec<RuleContribution>,
+    counts: Vec<Counts>,
+    contacts: Vec<EngagedContact>,
+    recent_events: Vec<RecentEvent>,
+    events_applied: u64,
+    duplicates: u64,
+    on_tal: bool,
+    now: Now,
+}
+
+/// Events of one kind in the last 7, 30 and 90 days.
+#[derive(Debug, Serialize)]
+struct Counts {
+    kind: EventKind,
+    last_7_days: u32,
+    last_30_days: u32,
+    last_90_days: u32,
+}
+
 /// The score decayed to a later time.
 #[derive(Debug, Serialize)]
 struct Now {
@@ -55,12 +92,62 @@ struct Now {
     multiplier: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct AccountResponse {
-    #[serde(flatten)]
-    as_of: ScoreView,
-    on_tal: bool,
-    now: Now,
+impl AccountResponse {
+    fn new(view: ScoreView, later: &ScoreView, on_tal: bool) -> AccountResponse {
+        let ScoreView {
+            account_id,
+            tier,
+            at,
+            as_of,
+            score,
+            engagement,
+            breadth,
+            multiplier,
+            threshold,
+            armed,
+            rule_points,
+            counts,
+            contacts,
+            recent_events,
+            events_applied,
+            duplicates,
+        } = view;
+        let counts = counts
+            .into_iter()
+            .map(|c| Counts {
+                kind: c.kind,
+                last_7_days: c.last_7_days,
+                last_30_days: c.last_30_days,
+                last_90_days: c.last_90_days,
+            })
+            .collect();
+        AccountResponse {
+            account_id,
+            tier,
+            at,
+            as_of,
+            score,
+            engagement,
+            breadth,
+            multiplier,
+            threshold,
+            armed,
+            rule_points,
+            counts,
+            contacts,
+            recent_events,
+            events_applied,
+            duplicates,
+            on_tal,
+            now: Now {
+                at: later.at,
+                score: later.score,
+                engagement: later.engagement,
+                breadth: later.breadth,
+                multiplier: later.multiplier,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,18 +178,7 @@ async fn account(
     };
     let view = api.engine.view(&account_id, &state, None);
     let later = api.engine.view(&account_id, &state, Some(query.at.unwrap_or_else(now_ms)));
-    Json(AccountResponse {
-        as_of: view,
-        on_tal: tier.is_some(),
-        now: Now {
-            at: later.at,
-            score: later.score,
-            engagement: later.engagement,
-            breadth: later.breadth,
-            multiplier: later.multiplier,
-        },
-    })
-    .into_response()
+    Json(AccountResponse::new(view, &later, tier.is_some())).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,4 +243,50 @@ async fn leaderboard(State(api): State<ApiState>, Query(query): Query<Leaderboar
     api.leaderboard_examined.observe(top.examined as f64);
     let entries = top.entries;
     Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ScoringConfig;
+
+    /// The account body's names are the API's contract: this list changes only with the API.
+    #[test]
+    fn the_account_body_has_the_documented_fields() {
+        let engine = Engine::new(ScoringConfig::default()).expect("default config");
+        let state = AccountScoreState { tier: Tier::Tier1, ..AccountScoreState::default() };
+        let view = engine.view("acme", &state, None);
+        let later = engine.view("acme", &state, Some(1_000));
+        let json = serde_json::to_value(AccountResponse::new(view, &later, true)).expect("serializes");
+        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "account_id",
+            "tier",
+            "at",
+            "as_of",
+            "score",
+            "engagement",
+            "breadth",
+            "multiplier",
+            "threshold",
+            "armed",
+            "rule_points",
+            "counts",
+            "contacts",
+            "recent_events",
+            "events_applied",
+            "duplicates",
+            "on_tal",
+            "now",
+        ];
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+        let now: Vec<&str> = json["now"].as_object().expect("now").keys().map(String::as_str).collect();
+        assert_eq!(now.len(), 5, "{now:?}");
+        assert_eq!(json["now"]["at"], 1_000);
+        assert_eq!(json["tier"], "tier_1");
+        assert_eq!(json["on_tal"], true);
+    }
 }

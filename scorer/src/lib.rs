@@ -102,8 +102,12 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     // The TAL first: events must be scored with their account's tier.
     let tiers: Arc<Tiers> = Arc::new(Tiers::default());
     {
-        let (table, metrics) = (tiers.clone(), metrics.clone());
-        abm::tal::follow(&config.kafka, &topics, "abm-scorer-tal", context.shutdown.clone(), move |change| {
+        let table = tiers.clone();
+        let tal_metrics = abm::tal::TalMetrics {
+            accounts: metrics.tal_accounts.clone(),
+            decode_errors: metrics.tal_decode_errors.clone(),
+        };
+        abm::tal::follow(&config.kafka, &topics, "abm-scorer-tal", context.shutdown.clone(), tal_metrics, move |change| {
             match change {
                 TalChange::Upsert(account) => {
                     table.insert(account.account_id, account.tier);
@@ -111,9 +115,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
                 TalChange::Remove(account_id) => {
                     table.remove(&account_id);
                 }
-                TalChange::Undecodable => metrics.tal_decode_errors.inc(),
             }
-            metrics.tal_accounts.set(table.len() as i64);
+            table.len()
         })
         .await?;
         tracing::info!(accounts = tiers.len(), "TAL loaded");

@@ -21,7 +21,7 @@ use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
 use crate::changelog::{Restorer, SplitStates};
-use crate::engine::{AccountScoreState, Applied, Engine};
+use crate::engine::{AccountScoreState, Applied, Engine, ScoreAt};
 use crate::metrics::Metrics;
 use crate::store::{PartitionAccounts, Store};
 
@@ -97,13 +97,12 @@ impl ScorerProcessor {
     /// The published score at the state's own as-of time: what [`Engine::view`] gives for it,
     /// without building the explanation's contacts, counts and recent events.
     fn account_score(&self, account_id: &str, state: &AccountScoreState) -> AccountScore {
-        let breadth = state.breadth_at(state.as_of.unwrap_or(0));
-        let multiplier = self.engine.multiplier(breadth);
+        let ScoreAt { score, engagement, breadth, multiplier, .. } = self.engine.score_parts(state, None);
         AccountScore {
             account_id: account_id.to_owned(),
             tier: state.tier,
-            score: state.engagement.max(0.0) * multiplier,
-            engagement: state.engagement,
+            score,
+            engagement,
             breadth: breadth as i32,
             multiplier,
             threshold: self.engine.threshold(state.tier),

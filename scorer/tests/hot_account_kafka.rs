@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, metric, read_all_bytes_from, wait_for_status};
+use abm_testkit::{ServiceProcess, metric, read_all_bytes_from, wait_for_status};
 use abm_schemas::{AccountState, AccountStateChunk, Contact, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::engine::{AccountScoreState, DAY_MS, Engine, ScoringConfig};
 use support::*;
@@ -50,7 +50,7 @@ fn run_hot_account(name: &str, events: &[EngagementEvent]) -> serde_json::Value 
     // It kept committing: many transactions, and the last one durable.
     assert!(metric(env.port, "abm_scorer_transactions_total", &[]) >= 2.0);
     let bound = ScoringConfig::default().max_state_bytes;
-    let records = read_all_bytes_from(&abm::testkit::bootstrap_servers(), &env.topic(TopicRole::ScorerState));
+    let records = read_all_bytes_from(&abm_testkit::bootstrap_servers(), &env.topic(TopicRole::ScorerState));
     assert!(!records.is_empty());
     for (key, bytes) in &records {
         assert!(bytes.len() <= bound, "a changelog record of {} bytes, over {bound}", bytes.len());

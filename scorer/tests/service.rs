@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm::sim::Rng;
-use abm::testkit::{ServiceProcess, http_get, wait_for_status};
+use abm_sim::Rng;
+use abm_testkit::{ServiceProcess, http_get, wait_for_status};
 use abm_schemas::{
     AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier,
     WebVisit,
@@ -295,7 +295,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
 
     // Instance A, then instance B joins the group: the partitions are split between them.
     let mut env_b = env.clone();
-    env_b.port = abm::testkit::free_port();
+    env_b.port = abm_testkit::free_port();
     let with_instance = |env: &Env, name: &str| {
         let mut vars = env.vars();
         vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
@@ -357,7 +357,7 @@ fn the_query_api_needs_a_token_and_the_probes_do_not() {
     let get = |port: u16, path: &str, token: Option<&str>| {
         let headers: Vec<(&str, String)> =
             token.map(|t| vec![("Authorization", format!("Bearer {t}"))]).unwrap_or_default();
-        let (status, headers, body) = abm::testkit::http_request(port, "GET", path, b"", &headers);
+        let (status, headers, body) = abm_testkit::http_request(port, "GET", path, b"", &headers);
         (status, headers.get("www-authenticate").cloned(), body)
     };
     for (protect_ops, tokens) in [(false, true), (true, true), (false, false)] {

@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm::testkit::{ServiceProcess, metric, wait_for_status};
+use abm_testkit::{ServiceProcess, metric, wait_for_status};
 use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
 use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
 use support::*;
@@ -63,7 +63,7 @@ fn a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost_or_doubled() {
     assert_eq!(metric(env.port, "abm_scorer_events_applied_total", &[]), events.len() as f64);
     assert_eq!(metric(env.port, "abm_scorer_duplicates_total", &[]), 0.0);
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
-    abm::testkit::wait_for_metric(env.port, "abm_scorer_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
+    abm_testkit::wait_for_metric(env.port, "abm_scorer_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
     wait_for_status(env.port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
 
     // Every account's score equals an uninterrupted in-process run.

@@ -9,13 +9,14 @@ pub mod config;
 pub mod rules;
 pub mod state;
 
+use abm_schemas::hash::stable_hash;
 use abm_schemas::{
     CrossingKind, EngagedContact, EngagementEvent, EventKind, RecentEvent, RuleContribution, ScoreCrossing, Tier,
 };
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, ChunkRef, Contact, ContactLog, Trimmed, join_chunk};
+pub use state::{AccountScoreState, Contact, ContactLog, Trimmed};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -23,16 +24,6 @@ pub const DAY_MS: i64 = 86_400_000;
 pub const BREADTH_WINDOW_MS: i64 = 30 * DAY_MS;
 /// Count windows, in days.
 pub const COUNT_WINDOWS_DAYS: [i64; 3] = [7, 30, 90];
-
-/// FNV-1a 64 of an event id: stable across processes and versions (it is persisted).
-pub fn event_id_hash(event_id: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in event_id.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash as i64
-}
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +42,9 @@ pub enum Applied {
     },
 }
 
-/// An account's score and its explanation at a point in time.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// An account's score and its explanation at a point in time. Not a wire type: the API's
+/// response bodies (`api.rs`) are filled from it field by field.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScoreView {
     pub account_id: String,
     pub tier: Tier,
@@ -74,7 +66,7 @@ pub struct ScoreView {
     pub duplicates: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KindCounts {
     pub kind: EventKind,
     pub last_7_days: u32,
@@ -145,7 +137,7 @@ impl Engine {
         event: &EngagementEvent,
         tier: Tier,
     ) -> Applied {
-        let id_hash = event_id_hash(&event.event_id);
+        let id_hash = stable_hash(&event.event_id);
         if state.seen.iter().any(|(hash, _)| *hash == id_hash) {
             state.duplicates += 1;
             return Applied::Duplicate;
@@ -230,8 +222,7 @@ impl Engine {
         let Some(as_of) = state.as_of else {
             return crossings;
         };
-        let breadth = state.breadth_at(as_of);
-        let score = state.engagement.max(0.0) * self.multiplier(breadth);
+        let ScoreAt { score, breadth, .. } = self.score_parts(state, Some(as_of));
         let threshold = self.threshold(state.tier);
         if state.armed && score >= threshold {
             state.armed = false;
@@ -299,22 +290,14 @@ impl Engine {
     /// The account's score and explanation at `at` (its as-of time when `None` or earlier).
     pub fn view(&self, account_id: &str, state: &AccountScoreState, at: Option<i64>) -> ScoreView {
         let as_of = state.as_of;
-        let at = match (as_of, at) {
-            (Some(as_of), Some(at)) => at.max(as_of),
-            (Some(as_of), None) => as_of,
-            (None, at) => at.unwrap_or(0),
-        };
-        let factor = as_of.map_or(1.0, |as_of| self.decay(at - as_of));
-        let engagement = state.engagement * factor;
-        let breadth = state.breadth_at(at);
-        let multiplier = self.multiplier(breadth);
+        let ScoreAt { at, factor, engagement, breadth, multiplier, score } = self.score_parts(state, at);
         let rule_points = self.top_rules(state, factor, usize::MAX);
         ScoreView {
             account_id: account_id.to_owned(),
             tier: state.tier,
             at,
             as_of,
-            score: engagement.max(0.0) * multiplier,
+            score,
             engagement,
             breadth,
             multiplier,
@@ -329,19 +312,50 @@ impl Engine {
         }
     }
 
-    /// Score at the state's own as-of time (what `abm.account-scores` publishes).
-    pub fn score(&self, state: &AccountScoreState) -> f64 {
-        state.as_of.map_or(0.0, |as_of| state.engagement.max(0.0) * self.multiplier(state.breadth_at(as_of)))
+    /// The score formula, its one home (README, "Scoring semantics"): at `t = max(at, T)`, T the
+    /// as-of time (`t = T` when `at` is `None`), `E(t) = E * 2^(-(t - T) / H)` and
+    /// `S(t) = max(E(t), 0) * m(B(t))`. For an account without events, `t = at` (or 0) and E = 0.
+    pub fn score_parts(&self, state: &AccountScoreState, at: Option<i64>) -> ScoreAt {
+        let (at, factor) = match (state.as_of, at) {
+            (Some(as_of), Some(at)) => {
+                let at = at.max(as_of);
+                (at, self.decay(at - as_of))
+            }
+            (Some(as_of), None) => (as_of, 1.0),
+            (None, at) => (at.unwrap_or(0), 1.0),
+        };
+        let engagement = state.engagement * factor;
+        let breadth = state.breadth_at(at);
+        let multiplier = self.multiplier(breadth);
+        ScoreAt { at, factor, engagement, breadth, multiplier, score: engagement.max(0.0) * multiplier }
     }
 
-    /// The score decayed to `at` (the leaderboard's `score_now`): `max(E, 0) * 2^(-(t - T) / H)
-    /// * m(B(t))` with `t = max(at, T)`, T the as-of time; 0 for an account without events.
-    pub fn score_at(&self, state: &AccountScoreState, at: i64) -> f64 {
-        state.as_of.map_or(0.0, |as_of| {
-            let at = at.max(as_of);
-            state.engagement.max(0.0) * self.decay(at - as_of) * self.multiplier(state.breadth_at(at))
-        })
+    /// Score at the state's own as-of time (what `abm.account-scores` publishes).
+    pub fn score(&self, state: &AccountScoreState) -> f64 {
+        self.score_parts(state, None).score
     }
+
+    /// The score decayed to `at` (the leaderboard's `score_now`).
+    pub fn score_at(&self, state: &AccountScoreState, at: i64) -> f64 {
+        self.score_parts(state, Some(at)).score
+    }
+}
+
+/// The parts of an account's score at a time: see [`Engine::score_parts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreAt {
+    /// The time `t` the parts are computed at.
+    pub at: i64,
+    /// The decay factor `2^(-(t - T) / H)` (1 at the as-of time).
+    pub factor: f64,
+    /// `E(t)`.
+    pub engagement: f64,
+    /// `B(t)`.
+    pub breadth: u32,
+    /// `m(B(t))`.
+    pub multiplier: f64,
+    /// `S(t)`.
+    pub score: f64,
 }
 
 /// What a recent event shows besides its kind: the URL path of a visit, the channel and

@@ -1,13 +1,13 @@
-//! Helpers for the scorer's tests against the broker under test (on top of `abm::testkit`).
+//! Helpers for the scorer's tests against the broker under test (on top of `abm_testkit`).
 
 #![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 
-use abm::testkit::{TestTopics, free_port};
+use abm_testkit::{TestTopics, free_port};
 use abm_schemas::{Account, EngagementEvent, Tier};
 
-pub use abm::testkit::{flush, producer, read_all, send};
+pub use abm_testkit::{flush, producer, read_all, send};
 pub use abm::topics::TopicRole;
 
 /// A scorer environment with its own topics, group and instance id.
@@ -59,7 +59,7 @@ pub fn account(id: &str, tier: Tier) -> Account {
 
 /// `GET /v1/accounts/{id}` as JSON.
 pub fn account_json(port: u16, id: &str) -> Option<serde_json::Value> {
-    let (status, body) = abm::testkit::http_get(port, &format!("/v1/accounts/{id}"))?;
+    let (status, body) = abm_testkit::http_get(port, &format!("/v1/accounts/{id}"))?;
     (status == 200).then(|| serde_json::from_str(&body).expect("JSON body"))
 }
 

@@ -14,21 +14,32 @@ pub enum TalChange {
     Upsert(Account),
     /// A tombstone: the account left the TAL.
     Remove(String),
-    /// A record that is not an `Account` (logged here; the caller counts it).
-    Undecodable,
 }
 
-/// Reads the whole TAL, handing every change to `on_change`, and keeps following it on a
+/// The TAL metrics every service has (`abm_<service>_tal_accounts`,
+/// `abm_<service>_tal_decode_errors_total`), registered by the service.
+#[derive(Debug, Clone)]
+pub struct TalMetrics {
+    pub accounts: prometheus::IntGauge,
+    pub decode_errors: prometheus::IntCounter,
+}
+
+/// Reads the whole TAL, handing every change to `apply`, and keeps following it on a
 /// background thread until `shutdown`. Returns once the TAL was read to its end.
+///
+/// `apply` changes the service's own view and returns how many accounts the view holds now
+/// (the accounts gauge); a record that is not an `Account` is logged and counted here, and
+/// changes nothing.
 pub async fn follow<F>(
     kafka: &KafkaConfig,
     topics: &Topics,
     client_id: &str,
     shutdown: CancellationToken,
-    mut on_change: F,
+    metrics: TalMetrics,
+    mut apply: F,
 ) -> anyhow::Result<()>
 where
-    F: FnMut(TalChange) + Send + 'static,
+    F: FnMut(TalChange) -> usize + Send + 'static,
 {
     let topic = topics.name(TopicRole::Accounts).to_owned();
     crate::kafka::follow_table(kafka, client_id, &topic, shutdown, move |key, value| {
@@ -37,10 +48,12 @@ where
             Some(Ok(account)) => TalChange::Upsert(account),
             Some(Err(error)) => {
                 tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable TAL record");
-                TalChange::Undecodable
+                metrics.decode_errors.inc();
+                return;
             }
         };
-        on_change(change);
+        let accounts = apply(change);
+        metrics.accounts.set(i64::try_from(accounts).unwrap_or(i64::MAX));
     })
     .await
     .context("loading the TAL")

@@ -1,4 +1,4 @@
-//! `simulate`: a seeded ABM world (see `abm::sim`) sent to ingest like real trackers do.
+//! `simulate`: a seeded ABM world (see `abm_sim`) sent to ingest like real trackers do.
 //!
 //!     simulate tal --accounts 200 --out tal.csv         # the TAL, for `ingest import-tal`
 //!     simulate run --events 20000 --rate 1000 ...        # events over HTTP and the raw topics
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abm::kafka::KafkaConfig;
-use abm::sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
+use abm_sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
 use abm::topics::{TopicOverrides, Topics};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -270,7 +270,7 @@ fn main() -> ExitCode {
     let outcome = match args.command {
         Command::Tal { world, out } => {
             let config = WorldConfig::new(world.seed, world.accounts, 0, 0);
-            let csv = tal_csv(&abm::sim::accounts(&config));
+            let csv = tal_csv(&abm_sim::accounts(&config));
             match out {
                 Some(path) => std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display())),
                 None => {

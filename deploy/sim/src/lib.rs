@@ -7,8 +7,9 @@
 //! duplicates (the same event sent twice) and malformed events. Events are tracker JSON, each
 //! with the channel it is sent on (HTTP or a raw topic) and what ingest should make of it.
 //!
-//! No event makes a contact exceed the default `web_visit` cap (10 per contact per UTC day), so
-//! final scores do not depend on the order in which the two channels deliver.
+//! No event makes a contact exceed the default scoring config's `web_visit` cap (per contact per
+//! UTC day, read from `scorer::engine::ScoringConfig::default()`), so final scores do not depend
+//! on the order in which the two channels deliver.
 
 use serde::{Deserialize, Serialize};
 
@@ -248,6 +249,8 @@ pub struct World {
     zipf: Zipf,
     /// Web visits scored by the capped rule, per (contact, UTC day).
     visits: std::collections::HashMap<(String, i64), u32>,
+    /// The default config's cap of that rule.
+    visit_cap: u32,
     /// The last valid events, to send again as duplicates.
     recent: Vec<SimEvent>,
     n: u64,
@@ -275,6 +278,7 @@ impl World {
             accounts,
             zipf,
             visits: std::collections::HashMap::new(),
+            visit_cap: default_visit_cap(),
             recent: Vec::new(),
             n: 0,
             total: total.max(1),
@@ -393,11 +397,11 @@ impl World {
                 _ => ("intent", r#"{"topic":"account based marketing","strength":0.8}"#.to_owned()),
             }
         };
-        // Keep every contact under the web_visit cap (10 a UTC day): scores stay order-free.
+        // Keep every contact under the web_visit cap (a UTC day): scores stay order-free.
         let mut properties = properties;
         if kind == "web_visit" && !properties.contains("/pricing") && !properties.contains("/careers") {
             let seen = self.visits.entry((contact.id.clone(), t.div_euclid(86_400_000))).or_insert(0);
-            if *seen >= 10 {
+            if *seen >= self.visit_cap {
                 kind = "email";
                 properties = r#"{"action":"open","campaign":"newsletter"}"#.to_owned();
             } else {
@@ -412,16 +416,20 @@ impl World {
     }
 }
 
-/// The raw topic role of an event kind (`None`: HTTP only).
-pub fn raw_role(kind: &str) -> Option<crate::topics::TopicRole> {
-    use crate::topics::TopicRole;
-    match kind {
-        "web_visit" => Some(TopicRole::RawWebVisits),
-        "ad_click" => Some(TopicRole::RawAdClicks),
-        "email" => Some(TopicRole::RawEmailEvents),
-        "demo_request" => Some(TopicRole::RawDemoRequests),
-        _ => None,
-    }
+/// The daily cap per contact of the default scoring config's plain-visit rule (`web_visit`).
+fn default_visit_cap() -> u32 {
+    scorer::engine::ScoringConfig::default()
+        .rules
+        .iter()
+        .find(|rule| rule.name == "web_visit")
+        .and_then(|rule| rule.cap_per_contact_per_day)
+        .unwrap_or(u32::MAX)
+}
+
+/// The raw topic the event kind `kind` (its wire name) is written to, if one carries it.
+pub fn raw_role(kind: &str) -> Option<abm::topics::TopicRole> {
+    let kind = abm_schemas::EventKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    abm::topics::TopicRole::raw_for(kind)
 }
 
 #[cfg(test)]
@@ -441,6 +449,7 @@ mod tests {
             assert!(a.iter().any(|e| e.expect == expect), "{expect:?} missing");
         }
         assert!(a.iter().any(|e| e.kind == "demo_request"));
+        assert!(default_visit_cap() < u32::MAX, "the default scoring config caps its web_visit rule");
         assert!(a.iter().any(|e| e.channel == Channel::Raw) && a.iter().any(|e| e.channel == Channel::Http));
         for event in a.iter().filter(|e| e.expect == Expect::Engaged) {
             serde_json::from_str::<serde_json::Value>(&event.json).expect("valid events are JSON");

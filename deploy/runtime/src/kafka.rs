@@ -375,47 +375,132 @@ pub fn read_to_end<F>(
 where
     F: FnMut(i32, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
 {
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let reader: BaseConsumer<EndOfPartitionContext> = kafka
-        .client_config(client_id)
-        .set("group.id", format!("{client_id}-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        // An empty partition's end is only seen when a fetch returns, and the broker holds a
-        // fetch that finds nothing for fetch.wait.max.ms (500 ms by default): keep it short.
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(EndOfPartitionContext)
-        .map_err(|e| anyhow::anyhow!("creating a reader for {topic}: {e}"))?;
-    // Know the partitions' leaders before assigning: librdkafka otherwise waits for a timed
-    // retry (500 ms) before it looks up where each partition starts.
-    partitions_with_leaders(&reader, topic, kafka.timeout())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    await_decided_transactions(kafka, client_id, &reader, topic, partitions, deadline)?;
-    let mut list = TopicPartitionList::new();
-    for partition in partitions {
-        list.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    use rdkafka::Message;
+    let settings = ReadToEnd { partitions: Some(partitions), ..ReadToEnd::default() };
+    read_messages_to_end(kafka, client_id, topic, &settings, |message| {
+        on_record(message.partition(), message.key().unwrap_or_default(), message.payload())
+            .map_err(|e| e.context(format!("{topic} partition {} offset {}", message.partition(), message.offset())))
+    })
+}
+
+/// How [`read_messages_to_end`] reads.
+#[derive(Debug, Clone)]
+pub struct ReadToEnd<'a> {
+    /// The partitions to read; `None`: all of the topic's.
+    pub partitions: Option<&'a [i32]>,
+    /// Wait first until every transaction written so far is decided (see
+    /// [`await_decided_transactions`]): what a restore needs. A reader that only looks at what is
+    /// committed now (a test) may skip it.
+    pub settle_transactions: bool,
+    /// Give up (an error) after this long.
+    pub deadline: Duration,
+}
+
+impl Default for ReadToEnd<'_> {
+    fn default() -> Self {
+        ReadToEnd { partitions: None, settle_transactions: true, deadline: Duration::from_secs(600) }
     }
-    reader.assign(&list)?;
+}
+
+/// The one "read a topic to its end" of the pipeline: reads the partitions from the beginning
+/// with `read_committed` until each has reported its end once, handing every message to
+/// `on_message`. Blocking. ([`read_to_end`] is the restore's form; [`follow_table`] keeps
+/// reading after the end, on the same reader set-up.)
+pub fn read_messages_to_end<F>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    settings: &ReadToEnd<'_>,
+    mut on_message: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+{
+    // An empty partition's end is only seen when a fetch returns, and the broker holds a
+    // fetch that finds nothing for fetch.wait.max.ms (500 ms by default): keep it short.
+    let (reader, partitions) = from_beginning_reader(kafka, client_id, "reader", topic, settings.partitions, 10)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = std::time::Instant::now() + settings.deadline;
+    let minutes = settings.deadline.as_secs_f64() / 60.0;
+    // Before the assignment: a reader that starts fetching earlier can see a partition's end at
+    // a last stable offset that an undecided transaction still holds back.
+    if settings.settle_transactions {
+        await_decided_transactions(kafka, client_id, &reader, topic, &partitions, deadline)?;
+    }
+    assign_from_beginning(&reader, topic, &partitions)?;
     let mut unfinished: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
     while !unfinished.is_empty() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "reading {topic} {partitions:?} took more than 10 minutes"
+            "reading {topic} {partitions:?} took more than {minutes} minutes"
         );
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => on_record(message.partition(), message.key().unwrap_or_default(), message.payload())
-                .map_err(|e| {
-                e.context(format!("{topic} partition {} offset {}", message.partition(), message.offset()))
-            })?,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                unfinished.remove(&partition);
-            }
-            Some(Err(error)) => tracing::warn!(%error, topic, "reader error"),
-            None => {}
+        if let Some(message) = poll_toward_end(&reader, &mut unfinished, topic) {
+            on_message(&message)?;
         }
     }
     Ok(())
+}
+
+/// A `read_committed` consumer for `partitions` of `topic` (all of them when `None`), once each
+/// has a leader, that reports each partition's end and never commits; not assigned yet (see
+/// [`assign_from_beginning`]).
+fn from_beginning_reader(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    role: &str,
+    topic: &str,
+    partitions: Option<&[i32]>,
+    fetch_wait_ms: u32,
+) -> Result<(BaseConsumer<EndOfPartitionContext>, Vec<i32>), KafkaSetupError> {
+    let reader: BaseConsumer<EndOfPartitionContext> = kafka
+        .client_config(client_id)
+        .set("group.id", format!("{client_id}-{role}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create_with_context(EndOfPartitionContext)
+        .map_err(|e| KafkaSetupError::Client(format!("creating a reader for {topic}: {e}")))?;
+    // Know the partitions' leaders before assigning: librdkafka otherwise waits for a timed
+    // retry (500 ms) before it looks up where each partition starts.
+    let all = partitions_with_leaders(&reader, topic, kafka.timeout())?;
+    Ok((reader, partitions.map_or(all, <[i32]>::to_vec)))
+}
+
+/// Assigns `partitions` of `topic` to `reader` from their beginning: it starts fetching now.
+fn assign_from_beginning(
+    reader: &BaseConsumer<EndOfPartitionContext>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(), KafkaSetupError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    }
+    reader.assign(&list).map_err(|e| KafkaSetupError::Client(e.to_string()))
+}
+
+/// One poll of a reader going to the partitions' ends: a message, or `None` (nothing yet, an
+/// error logged, or a partition's end, which takes it out of `unfinished`).
+fn poll_toward_end<'a>(
+    reader: &'a BaseConsumer<EndOfPartitionContext>,
+    unfinished: &mut std::collections::BTreeSet<i32>,
+    topic: &str,
+) -> Option<rdkafka::message::BorrowedMessage<'a>> {
+    match reader.poll(Duration::from_millis(100)) {
+        Some(Ok(message)) => Some(message),
+        Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+            unfinished.remove(&partition);
+            None
+        }
+        Some(Err(error)) => {
+            tracing::warn!(%error, topic, "reader error");
+            None
+        }
+        None => None,
+    }
 }
 
 /// Waits until every transaction that has written to `partitions` of `topic` so far is
@@ -519,26 +604,11 @@ pub async fn follow_table<F>(
 where
     F: FnMut(&[u8], Option<&[u8]>) + Send + 'static,
 {
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer<EndOfPartitionContext> = kafka
-        .client_config(client_id)
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("group.id", format!("{client_id}-table-reader"))
-        // Reaching the end of an empty partition waits for a fetch that finds nothing: shorter
-        // than the default 500 ms, so a service starts sooner; updates arrive as fast either way.
-        .set("fetch.wait.max.ms", "100")
-        .create_with_context(EndOfPartitionContext)
-        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
-    let partitions = partitions_with_leaders(&consumer, topic, kafka.timeout())?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in &partitions {
-        assignment
-            .add_partition_offset(topic, *partition, Offset::Beginning)
-            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
-    }
-    consumer.assign(&assignment).map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    use rdkafka::Message;
+    // Reaching the end of an empty partition waits for a fetch that finds nothing: shorter
+    // than the default 500 ms, so a service starts sooner; updates arrive as fast either way.
+    let (consumer, partitions) = from_beginning_reader(kafka, client_id, "table-reader", topic, None, 100)?;
+    assign_from_beginning(&consumer, topic, &partitions)?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let topic_name = topic.to_owned();
     std::thread::Builder::new()
@@ -547,13 +617,8 @@ where
             let mut pending: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
             let mut ready = Some(ready_tx);
             while !shutdown.is_cancelled() {
-                match consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(message)) => on_record(message.key().unwrap_or_default(), message.payload()),
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                        pending.remove(&partition);
-                    }
-                    Some(Err(error)) => tracing::warn!(%error, topic = %topic_name, "table reader error"),
-                    None => {}
+                if let Some(message) = poll_toward_end(&consumer, &mut pending, &topic_name) {
+                    on_record(message.key().unwrap_or_default(), message.payload());
                 }
                 if pending.is_empty()
                     && let Some(ready) = ready.take()

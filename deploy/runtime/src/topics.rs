@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use abm_schemas::EventKind;
 use serde::{Deserialize, Serialize};
 
 /// The list, compiled in so that every binary creates the same topics.
-pub const DECLARED_TOPICS_TOML: &str = include_str!("../deploy/topics.toml");
+pub const DECLARED_TOPICS_TOML: &str = include_str!("../../topics.toml");
 
 /// What a topic is for; config overrides names by role (`[topics] engagement = "x.engagement"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -24,6 +25,65 @@ pub enum TopicRole {
     SalesAlerts,
     ScorerState,
     ParkedAlerts,
+}
+
+/// The raw topics and the event kind each one's records default to: the one map between event
+/// kinds and raw topics (ingest reads these topics, the simulator writes to them).
+pub const RAW_TOPICS: [(TopicRole, EventKind); 4] = [
+    (TopicRole::RawWebVisits, EventKind::WebVisit),
+    (TopicRole::RawAdClicks, EventKind::AdClick),
+    (TopicRole::RawEmailEvents, EventKind::Email),
+    (TopicRole::RawDemoRequests, EventKind::DemoRequest),
+];
+
+impl TopicRole {
+    /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
+    pub const ALL: [TopicRole; 13] = [
+        TopicRole::RawWebVisits,
+        TopicRole::RawAdClicks,
+        TopicRole::RawEmailEvents,
+        TopicRole::RawDemoRequests,
+        TopicRole::Accounts,
+        TopicRole::Engagement,
+        TopicRole::Unresolved,
+        TopicRole::Rejected,
+        TopicRole::AccountScores,
+        TopicRole::ScoreCrossings,
+        TopicRole::SalesAlerts,
+        TopicRole::ScorerState,
+        TopicRole::ParkedAlerts,
+    ];
+
+    /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
+    pub fn key(self) -> &'static str {
+        // A match, not a table: a new role does not compile until it has a key (and the test
+        // below fails until it is in `ALL`).
+        match self {
+            TopicRole::RawWebVisits => "raw_web_visits",
+            TopicRole::RawAdClicks => "raw_ad_clicks",
+            TopicRole::RawEmailEvents => "raw_email_events",
+            TopicRole::RawDemoRequests => "raw_demo_requests",
+            TopicRole::Accounts => "accounts",
+            TopicRole::Engagement => "engagement",
+            TopicRole::Unresolved => "unresolved",
+            TopicRole::Rejected => "rejected",
+            TopicRole::AccountScores => "account_scores",
+            TopicRole::ScoreCrossings => "score_crossings",
+            TopicRole::SalesAlerts => "sales_alerts",
+            TopicRole::ScorerState => "scorer_state",
+            TopicRole::ParkedAlerts => "parked_alerts",
+        }
+    }
+
+    /// The kind a raw topic's records default to; `None` for the other roles.
+    pub fn raw_kind(self) -> Option<EventKind> {
+        RAW_TOPICS.iter().find(|(role, _)| *role == self).map(|(_, kind)| *kind)
+    }
+
+    /// The raw topic that carries `kind`, if one does.
+    pub fn raw_for(kind: EventKind) -> Option<TopicRole> {
+        RAW_TOPICS.iter().find(|(_, k)| *k == kind).map(|(role, _)| *role)
+    }
 }
 
 /// One topic of the list.
@@ -94,7 +154,7 @@ mod tests {
         let roles: Vec<TopicRole> = file.topic.iter().map(|spec| spec.role).collect();
         let unique: std::collections::BTreeSet<_> = roles.iter().collect();
         assert_eq!(unique.len(), roles.len(), "a role is declared twice");
-        assert_eq!(roles.len(), 13, "every TopicRole is declared");
+        assert_eq!(roles, TopicRole::ALL, "every TopicRole is declared once, in the order of TopicRole::ALL");
         for spec in &file.topic {
             assert!(spec.partitions > 0, "{}", spec.name);
         }
@@ -104,6 +164,22 @@ mod tests {
         assert!(topics.spec(TopicRole::ScorerState).expect("state").compacted);
         assert!(topics.spec(TopicRole::AccountScores).expect("scores").compacted);
         assert!(!topics.spec(TopicRole::SalesAlerts).expect("alerts").compacted);
+    }
+
+    #[test]
+    fn every_role_is_listed_once_and_its_key_is_its_serde_name() {
+        let unique: std::collections::BTreeSet<_> = TopicRole::ALL.iter().collect();
+        assert_eq!(unique.len(), TopicRole::ALL.len());
+        for role in TopicRole::ALL {
+            let serde_name = toml::Value::try_from(role).expect("serializes");
+            assert_eq!(serde_name.as_str(), Some(role.key()), "{role:?}");
+        }
+        for (role, kind) in RAW_TOPICS {
+            assert_eq!(role.raw_kind(), Some(kind));
+            assert_eq!(TopicRole::raw_for(kind), Some(role));
+            assert!(role.key().starts_with("raw_"), "{role:?}");
+        }
+        assert_eq!(TopicRole::Engagement.raw_kind(), None);
     }
 
     #[test]

@@ -15,11 +15,15 @@
 //! one transaction, so any committed prefix of the changelog (compacted or not) holds every
 //! chunk its latest heads list.
 
+pub mod wire;
+
 use std::collections::{HashMap, HashSet};
 
 use abm_schemas::{AccountState, AccountStateChunk, StateStructure};
 
-use crate::engine::{AccountScoreState, ChunkRef, Engine, join_chunk};
+pub use wire::{ChunkRef, join_chunk};
+
+use crate::engine::{AccountScoreState, Engine};
 use crate::store::PartitionAccounts;
 
 /// A state with more entries than this (window + cap counters + seen ids) is written split.

@@ -1,4 +1,5 @@
-//! Shared runtime of the ABM pipeline's three services (`ingest`, `scorer`, `alerter`).
+//! Shared runtime of the ABM pipeline's three services (`ingest`, `scorer`, `alerter`), linked
+//! into each of them (and nothing else is: the simulator is `deploy/sim`, the test kit `tests/kit`).
 //!
 //! Everything a service needs around its own logic exists here once:
 //!
@@ -16,7 +17,7 @@
 //!   consumer is replaced).
 //! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
 //! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
-//! - [`tal`], [`sim`], [`testkit`] — the TAL follower, the simulated world, test support.
+//! - [`tal`] — the TAL follower: each service's own view of `abm.accounts`.
 //!
 //! Invariant: nothing here knows about scoring, events or alerts; the services know nothing
 //! about how config is layered or how metrics are served.
@@ -28,11 +29,9 @@ pub mod kafka;
 pub mod ops;
 pub mod service;
 pub mod shutdown;
-pub mod sim;
 pub mod tal;
 pub mod telemetry;
 pub mod watch;
-pub mod testkit;
 pub mod topics;
 
 pub use tokio_util::sync::CancellationToken;

@@ -1,12 +1,18 @@
-//! Test support shared by the services' integration tests: the broker under test, free ports,
-//! a service binary run as a real process, plain HTTP GETs, and the lifecycle checks every
-//! service binary must pass. Not used by the services themselves.
+//! Test support shared by the services' integration tests, the cross-service tests (`tests/`)
+//! and the benchmarks (`benches/`): the broker under test, free ports, a service binary run as a
+//! real process, plain HTTP requests and metric reads, and the lifecycle checks every service
+//! binary must pass. A dev-dependency only: no service binary links it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// The repository's root (this crate is `tests/kit`): where `deploy/local/kafka.sh` is.
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// Bootstrap servers of the broker under test: `KAFKA_BOOTSTRAP_SERVERS`, else the local
 /// broker that `deploy/local/kafka.sh start` runs.
@@ -29,7 +35,7 @@ impl SecureListeners {
     pub fn of_broker_under_test() -> SecureListeners {
         let ask = |variable: &str, command: &str| {
             std::env::var(variable).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
-                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+                let script = repository_root().join("deploy/local/kafka.sh");
                 let output = Command::new("bash").arg(script).arg(command).output().expect("kafka.sh runs");
                 assert!(
                     output.status.success(),
@@ -188,7 +194,7 @@ fn read_http_request(stream: &mut TcpStream) -> String {
 /// A JWT of the broker's issuer for subject `abm`: `kafka.sh oauth-token`, with the key of
 /// `tls_dir` (the broker under test's).
 fn oauth_token(tls_dir: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+    let script = repository_root().join("deploy/local/kafka.sh");
     let output = Command::new("bash")
         .arg(script)
         .args(["oauth-token", "abm", "3600"])
@@ -540,34 +546,28 @@ impl TestTopics {
         TestTopics { _cleanup: std::sync::Arc::new(DeleteOnDrop { prefix: prefix.clone() }), prefix }
     }
 
-    pub fn name(&self, role: crate::topics::TopicRole) -> String {
-        let role = toml::Value::try_from(role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        format!("{}.{role}", self.prefix)
+    pub fn name(&self, role: abm::topics::TopicRole) -> String {
+        format!("{}.{}", self.prefix, role.key())
     }
 
     /// The topics in effect for a service configured with [`TestTopics::env`].
-    pub fn topics(&self) -> crate::topics::Topics {
+    pub fn topics(&self) -> abm::topics::Topics {
         let overrides = Self::roles().into_iter().map(|(role, _)| (role, self.name(role))).collect();
-        crate::topics::Topics::resolve(&overrides)
+        abm::topics::Topics::resolve(&overrides)
     }
 
-    fn roles() -> Vec<(crate::topics::TopicRole, &'static str)> {
-        use crate::topics::TopicRole::*;
-        vec![
-            (RawWebVisits, "ABM_TOPICS__RAW_WEB_VISITS"),
-            (RawAdClicks, "ABM_TOPICS__RAW_AD_CLICKS"),
-            (RawEmailEvents, "ABM_TOPICS__RAW_EMAIL_EVENTS"),
-            (RawDemoRequests, "ABM_TOPICS__RAW_DEMO_REQUESTS"),
-            (Accounts, "ABM_TOPICS__ACCOUNTS"),
-            (Engagement, "ABM_TOPICS__ENGAGEMENT"),
-            (Unresolved, "ABM_TOPICS__UNRESOLVED"),
-            (Rejected, "ABM_TOPICS__REJECTED"),
-            (AccountScores, "ABM_TOPICS__ACCOUNT_SCORES"),
-            (ScoreCrossings, "ABM_TOPICS__SCORE_CROSSINGS"),
-            (SalesAlerts, "ABM_TOPICS__SALES_ALERTS"),
-            (ScorerState, "ABM_TOPICS__SCORER_STATE"),
-            (ParkedAlerts, "ABM_TOPICS__PARKED_ALERTS"),
-        ]
+    /// Every role with its environment variable (`ABM_TOPICS__<KEY>`), built once per process.
+    fn roles() -> Vec<(abm::topics::TopicRole, &'static str)> {
+        static ROLES: std::sync::LazyLock<Vec<(abm::topics::TopicRole, &'static str)>> = std::sync::LazyLock::new(|| {
+            abm::topics::TopicRole::ALL
+                .into_iter()
+                .map(|role| {
+                    let var: &'static str = format!("ABM_TOPICS__{}", role.key().to_uppercase()).leak();
+                    (role, var)
+                })
+                .collect()
+        });
+        ROLES.clone()
     }
 
     /// Environment variables that point a service at these topics and the broker under test.
@@ -591,13 +591,13 @@ impl TestTopics {
 }
 
 /// Client settings for the broker under test.
-pub fn kafka() -> crate::kafka::KafkaConfig {
+pub fn kafka() -> abm::kafka::KafkaConfig {
     kafka_at(&bootstrap_servers())
 }
 
 /// Client settings for the broker at `bootstrap`.
-pub fn kafka_at(bootstrap: &str) -> crate::kafka::KafkaConfig {
-    crate::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..crate::kafka::KafkaConfig::default() }
+pub fn kafka_at(bootstrap: &str) -> abm::kafka::KafkaConfig {
+    abm::kafka::KafkaConfig { bootstrap_servers: bootstrap.into(), ..abm::kafka::KafkaConfig::default() }
 }
 
 /// A producer for test input.
@@ -657,48 +657,26 @@ pub fn read_all_with_headers(topic: &str) -> Vec<ReadRecord> {
 }
 
 fn read_all_records_from(bootstrap: &str, topic: &str) -> Vec<ReadRecord> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
     use rdkafka::message::Headers as _;
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer<crate::kafka::EndOfPartitionContext> = kafka_at(bootstrap)
-        .client_config("test-reader")
-        .set("group.id", unique("test-reader"))
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create_with_context(crate::kafka::EndOfPartitionContext)
-        .expect("reader");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    assert!(!partitions.is_empty(), "topic {topic} does not exist");
-    let mut list = TopicPartitionList::new();
-    for partition in &partitions {
-        list.add_partition_offset(topic, *partition, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&list).expect("assign");
-    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !open.is_empty() {
-        assert!(Instant::now() < deadline, "reading {topic} did not reach the end");
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => records.push((
-                String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                message.payload().unwrap_or_default().to_vec(),
-                message.headers().map_or_else(Vec::new, |headers| {
-                    headers
-                        .iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                }),
-            )),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                open.remove(&partition);
-            }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => {}
-        }
-    }
+    // What is committed now: a test does not wait for open transactions to be decided.
+    let settings =
+        abm::kafka::ReadToEnd { settle_transactions: false, deadline: Duration::from_secs(60), ..Default::default() };
+    abm::kafka::read_messages_to_end(&kafka_at(bootstrap), &unique("test-reader"), topic, &settings, |message| {
+        records.push((
+            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            message.payload().unwrap_or_default().to_vec(),
+            message.headers().map_or_else(Vec::new, |headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            }),
+        ));
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("reading {topic}: {e:#}"));
     records
 }
 
@@ -736,7 +714,7 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     fn script(&self, command: &str) -> std::process::Output {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+        let script = repository_root().join("deploy/local/kafka.sh");
         Command::new("bash")
             .arg(script)
             .arg(command)
@@ -798,7 +776,6 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// CPU seconds (user + system) process `pid` has used so far (Linux `/proc`), for benchmarks.
 /// Resident memory of process `pid`, in bytes (0 when it cannot be read).
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -809,6 +786,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (Linux `/proc`), for benchmarks.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
