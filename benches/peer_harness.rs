@@ -238,13 +238,34 @@ impl CrossCheck {
     }
 }
 
+/// The peer's latest score per account once they account for all `events` sent (applied or
+/// duplicate). The peer writes scores in a second sub-topology, behind a repartition topic: its
+/// input offsets reach the end before its scores do. Read again until they do (or TIMEOUT).
+fn peer_scores_covering(topics: &TestTopics, events: u64) -> BTreeMap<String, serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let mut peer_scores: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (key, value) in read_all_bytes(&format!("{}.peer-scores", topics.prefix)) {
+            peer_scores.insert(key, serde_json::from_slice(&value).expect("JSON"));
+        }
+        let covered: u64 = peer_scores
+            .values()
+            .map(|s| s["applied"].as_u64().unwrap_or(0) + s["duplicates"].as_u64().unwrap_or(0))
+            .sum();
+        if covered >= events || started.elapsed() > TIMEOUT {
+            if covered < events {
+                println!("peer side by side: the peer's scores account for {covered} of {events} events");
+            }
+            return peer_scores;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Compares the peer's latest scores and crossings on `topics` with ours (the scorer serving
 /// its API on `port`): engagement within 1e-9 relative, events applied and duplicates equal.
-pub fn cross_check(topics: &TestTopics, port: u16) -> CrossCheck {
-    let mut peer_scores: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for (key, value) in read_all_bytes(&format!("{}.peer-scores", topics.prefix)) {
-        peer_scores.insert(key, serde_json::from_slice(&value).expect("JSON"));
-    }
+pub fn cross_check(topics: &TestTopics, port: u16, events: u64) -> CrossCheck {
+    let peer_scores = peer_scores_covering(topics, events);
     let mut mismatches = 0;
     let mut examples = Vec::new();
     for (account, theirs) in &peer_scores {
@@ -342,7 +363,7 @@ pub fn drain_kill_recover(root: &Path, count: u64, accounts: u64) -> SideBySide 
     let (our_process, our_recovery) = run(&ours, port, end);
     let (peer_process, peer_recovery) = run(&peer, 0, end);
 
-    let cross_check = cross_check(&topics, port);
+    let cross_check = cross_check(&topics, port, count + extra);
     println!("peer side by side: cross-check after kill -9 and recovery: {}", cross_check.summary());
     drop((our_process, peer_process));
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(peer.group(&topics)));

@@ -270,3 +270,59 @@ fn print_config_shows_no_secret() {
         }
     }
 }
+
+/// Maps whose keys the operator names (documented as `<name>`, `<setting>`, `<role>`), and lists
+/// of tables: documented as a whole, by their prefix.
+const NAMED_MAPS: [&str; 11] = [
+    "kafka.librdkafka",
+    "topics",
+    "http.api_tokens",
+    "ingest.write_keys",
+    "ingest.browser_keys",
+    "scoring.rules",
+    "scoring.persona_weights",
+    "scoring.title_personas",
+    "alerter.webhooks",
+    "alerter.cooldown_hours_by_tier",
+    "alerter.tier_topics",
+];
+
+/// The dotted keys of `table` (under `prefix`), stopping at the named maps.
+fn config_keys(prefix: &str, table: &toml::Table, keys: &mut Vec<String>) {
+    for (name, value) in table {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        match value {
+            toml::Value::Table(inner) if !NAMED_MAPS.contains(&key.as_str()) => config_keys(&key, inner, keys),
+            _ => keys.push(key),
+        }
+    }
+}
+
+/// Adding a config key means documenting it: every key each service's `--print-config` shows
+/// is in the README's configuration reference (a table row whose first cell names it, in full
+/// or as a leaf after its section's prefix, e.g. `` `scoring.max_contacts` `` or
+/// `` `scoring.max_recent_events`, `max_contacts` ``).
+#[test]
+fn every_config_key_is_in_the_readme_configuration_reference() {
+    let readme = std::fs::read_to_string(abm_testkit::repository_root().join("README.md")).expect("README.md");
+    let first_cells: Vec<&str> =
+        readme.lines().filter(|line| line.starts_with("| `")).filter_map(|line| line.split(" | ").next()).collect();
+    for service in ["ingest", "scorer", "alerter"] {
+        let output = Command::new(workspace_binary(service)).arg("--print-config").output().expect("runs");
+        assert!(output.status.success(), "{service}: {}", String::from_utf8_lossy(&output.stderr));
+        let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).expect("TOML");
+        let mut keys = Vec::new();
+        config_keys("", &printed, &mut keys);
+        assert!(keys.len() > 20, "{service}: {keys:?}");
+        for key in keys {
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+            let documented = first_cells.iter().any(|cell| {
+                cell.contains(&format!("`{key}`"))
+                    || cell.contains(&format!("`{key}.<"))
+                    || (cell.contains(&format!("`{section}."))
+                        && (cell.contains(&format!("`{leaf}`")) || cell.contains(&format!("`.{leaf}`"))))
+            });
+            assert!(documented, "{service}: config key `{key}` is not in the README's configuration reference");
+        }
+    }
+}

@@ -23,7 +23,6 @@ benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state changelog_bytes leaderboard latency)
 for bench in "${benches[@]}"; do
   case "$bench" in
-    scorer_state|changelog_bytes|leaderboard) cargo bench -p abm-benches --bench "$bench" --quiet ;;
     # The services' debug binaries next to the bench's own (see benches/outages.rs).
     outages) cargo build --workspace --bins --quiet && cargo bench -p abm-benches --bench outages --profile dev --quiet ;;
     *) cargo bench -p abm-benches --bench "$bench" --quiet ;;

@@ -388,23 +388,19 @@ where
 pub struct ReadToEnd<'a> {
     /// The partitions to read; `None`: all of the topic's.
     pub partitions: Option<&'a [i32]>,
-    /// Wait first until every transaction written so far is decided (see
-    /// [`await_decided_transactions`]): what a restore needs. A reader that only looks at what is
-    /// committed now (a test) may skip it.
-    pub settle_transactions: bool,
     /// Give up (an error) after this long.
     pub deadline: Duration,
 }
 
 impl Default for ReadToEnd<'_> {
     fn default() -> Self {
-        ReadToEnd { partitions: None, settle_transactions: true, deadline: Duration::from_secs(600) }
+        ReadToEnd { partitions: None, deadline: Duration::from_secs(600) }
     }
 }
 
-/// The one "read a topic to its end" of the pipeline: reads the partitions from the beginning
-/// with `read_committed` until each has reported its end once, handing every message to
-/// `on_message`. Blocking. ([`read_to_end`] is the restore's form; [`follow_table`] keeps
+/// The one "read a topic to its end" of the pipeline: waits until every transaction written to
+/// the partitions so far is decided, then reads them from the beginning with `read_committed`
+/// until each has reported its end once, handing every message to `on_message`. Blocking. ([`read_to_end`] is the restore's form; [`follow_table`] keeps
 /// reading after the end, on the same reader set-up.)
 pub fn read_messages_to_end<F>(
     kafka: &KafkaConfig,
@@ -422,11 +418,10 @@ where
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = std::time::Instant::now() + settings.deadline;
     let minutes = settings.deadline.as_secs_f64() / 60.0;
-    // Before the assignment: a reader that starts fetching earlier can see a partition's end at
-    // a last stable offset that an undecided transaction still holds back.
-    if settings.settle_transactions {
-        await_decided_transactions(kafka, client_id, &reader, topic, &partitions, deadline)?;
-    }
+    // Every transaction written so far decided first, and before the assignment: a reader that
+    // starts fetching earlier can see a partition's end at a last stable offset that an
+    // undecided transaction still holds back.
+    await_decided_transactions(kafka, client_id, &reader, topic, &partitions, deadline)?;
     assign_from_beginning(&reader, topic, &partitions)?;
     let mut unfinished: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
     while !unfinished.is_empty() {

@@ -660,9 +660,9 @@ fn read_all_records_from(bootstrap: &str, topic: &str) -> Vec<ReadRecord> {
     use rdkafka::Message;
     use rdkafka::message::Headers as _;
     let mut records = Vec::new();
-    // What is committed now: a test does not wait for open transactions to be decided.
-    let settings =
-        abm::kafka::ReadToEnd { settle_transactions: false, deadline: Duration::from_secs(60), ..Default::default() };
+    // Every transaction written so far decided first: a commit's markers land after
+    // `commit_transaction` returns, and a reader that looked earlier would stop short of it.
+    let settings = abm::kafka::ReadToEnd { deadline: Duration::from_secs(60), ..Default::default() };
     abm::kafka::read_messages_to_end(&kafka_at(bootstrap), &unique("test-reader"), topic, &settings, |message| {
         records.push((
             String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
