@@ -326,3 +326,51 @@ fn every_config_key_is_in_the_readme_configuration_reference() {
         }
     }
 }
+
+/// The top level is the card's (plus the lock file, the architecture notes and rustfmt's
+/// settings): crates live inside these folders.
+#[test]
+fn the_top_level_is_the_documented_layout() {
+    let allowed = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "README.md",
+        "ARCHITECTURE.md",
+        "rustfmt.toml",
+        "ingest",
+        "scorer",
+        "alerter",
+        "schemas",
+        "deploy",
+        "benches",
+        "tests",
+        "target",
+    ];
+    let root = abm_testkit::repository_root();
+    for entry in std::fs::read_dir(&root).expect("repository root") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with('.') || allowed.contains(&name.as_str()), "{name} at the top level");
+    }
+}
+
+/// Production binaries link no simulator or test code: the services and the runtime have the
+/// simulator and the test kit as dev-dependencies at most, and the runtime no HTTP client.
+#[test]
+fn no_service_depends_on_the_simulator_or_the_test_kit() {
+    let root = abm_testkit::repository_root();
+    for (manifest, forbidden) in [
+        ("deploy/runtime/Cargo.toml", &["abm-sim", "abm-testkit", "reqwest"][..]),
+        ("schemas/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
+        ("ingest/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
+        ("scorer/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
+        ("alerter/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
+    ] {
+        let text = std::fs::read_to_string(root.join(manifest)).expect("manifest");
+        let parsed: toml::Table = toml::from_str(&text).expect("TOML");
+        let dependencies = parsed.get("dependencies").and_then(toml::Value::as_table).expect("[dependencies]");
+        for name in forbidden {
+            assert!(!dependencies.contains_key(*name), "{manifest}: {name} is a normal dependency");
+        }
+        assert!(dependencies.contains_key("abm") || manifest.starts_with("deploy") || manifest.starts_with("schemas"));
+    }
+}

@@ -222,18 +222,18 @@ impl Engine {
         let Some(as_of) = state.as_of else {
             return crossings;
         };
-        let ScoreAt { score, breadth, .. } = self.score_parts(state, Some(as_of));
+        let parts = self.score_parts(state, Some(as_of));
         let threshold = self.threshold(state.tier);
-        if state.armed && score >= threshold {
+        if state.armed && parts.score >= threshold {
             state.armed = false;
             state.threshold_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, score, breadth));
-        } else if !state.armed && score < threshold * (1.0 - self.config.hysteresis) {
+            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, &parts));
+        } else if !state.armed && parts.score < threshold * (1.0 - self.config.hysteresis) {
             state.armed = true;
         }
         if event.kind == EventKind::DemoRequest {
             state.hand_raiser_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, score, breadth));
+            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, &parts));
         }
         crossings
     }
@@ -244,8 +244,7 @@ impl Engine {
         state: &AccountScoreState,
         kind: CrossingKind,
         event: &EngagementEvent,
-        score: f64,
-        breadth: u32,
+        parts: &ScoreAt,
     ) -> ScoreCrossing {
         let sequence = match kind {
             CrossingKind::Threshold => state.threshold_crossings,
@@ -258,11 +257,11 @@ impl Engine {
             kind,
             sequence: sequence as i64,
             tier: state.tier,
-            score,
+            score: parts.score,
             threshold: self.threshold(state.tier),
-            engagement: state.engagement,
-            breadth: breadth as i32,
-            multiplier: self.multiplier(breadth),
+            engagement: parts.engagement,
+            breadth: parts.breadth as i32,
+            multiplier: parts.multiplier,
             as_of,
             trigger_event_id: event.event_id.clone(),
             top_rules: self.top_rules(state, 1.0, self.config.top_rules),

@@ -726,14 +726,20 @@ impl PrivateBroker {
     }
 
     /// Starts a broker on four free ports in a row (client, controller, SASL_SSL, mTLS).
+    ///
+    /// The ports come from below Linux's ephemeral range (32768 and up): a port the kernel hands
+    /// out to outgoing connections can be taken by any client in the seconds before the broker
+    /// binds it (seen: "failed to bind to 127.0.0.1:<port+1>: Address already in use").
     pub fn start() -> PrivateBroker {
-        let port = loop {
-            let port = free_port();
+        const FIRST: u16 = 20_000;
+        const SLOTS: u16 = 3_000; // 20000..32000, four ports each
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let start = ((u64::from(std::process::id()) * 7_919 + u64::from(nanos)) % u64::from(SLOTS)) as u16;
+        let port = (0..SLOTS)
+            .map(|i| FIRST + ((start + i) % SLOTS) * 4)
             // kafka.sh also binds port+1 (controller), port+2 (SASL_SSL) and port+3 (mTLS).
-            if port < 65_000 && (1..=3).all(|offset| TcpListener::bind(("127.0.0.1", port + offset)).is_ok()) {
-                break port;
-            }
-        };
+            .find(|port| (0..=3).all(|offset| TcpListener::bind(("127.0.0.1", port + offset)).is_ok()))
+            .expect("four free ports in a row below 32000");
         let broker = PrivateBroker { port };
         broker.resume();
         broker
