@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use abm_sim::Rng;
 use abm_testkit::{
     ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, read_all_bytes, run_to_exit, send,
-    wait_for_status,
+    send_bytes, wait_for_status,
 };
 use abm::topics::TopicRole;
 use abm_schemas::{Account, CrossingKind, SalesAlert, ScoreCrossing, Tier};
@@ -107,6 +107,9 @@ fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
     let alerter = Alerter::new("alerter-policy");
     let kafka = producer();
     send(&kafka, &alerter.topic(TopicRole::Accounts), "a", &tal_account("a", Tier::Tier1));
+    // A record that is not an Account is counted and changes nothing; another account is kept.
+    send_bytes(&kafka, &alerter.topic(TopicRole::Accounts), "junk", b"not an Account");
+    send(&kafka, &alerter.topic(TopicRole::Accounts), "c", &tal_account("c", Tier::Tier3));
     let stream = [
         crossing("a", CrossingKind::Threshold, 1, T0),          // alert
         crossing("a", CrossingKind::Threshold, 1, T0),          // repeat: duplicate
@@ -146,6 +149,8 @@ fn repeats_and_rapid_recrossings_give_exactly_the_expected_alerts() {
     assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"duplicate\""]), 2.0);
     assert_eq!(metric(alerter.port, "abm_alerter_suppressed_total", &["reason=\"cooldown\""]), 2.0);
     assert_eq!(metric(alerter.port, "abm_alerter_alerts_total", &[]), 4.0);
+    assert_eq!(metric(alerter.port, "abm_alerter_tal_accounts", &[]), 2.0);
+    assert_eq!(metric(alerter.port, "abm_alerter_tal_decode_errors_total", &[]), 1.0);
     // The tier topic gets the tier-1 account's alerts, and only those.
     let tier_1: BTreeSet<String> = read_all::<SalesAlert>(&tier_1_topic).into_iter().map(|(_, a)| a.alert_id).collect();
     let expected_tier_1: BTreeSet<String> =
