@@ -59,6 +59,8 @@ mod fixed {
             events_applied: 57,
             duplicates: 1,
             chunks: vec![],
+            opportunities: vec![],
+            first_applied_at: Some(1_690_000_000_000),
         }
     }
 }

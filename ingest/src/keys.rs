@@ -84,6 +84,11 @@ impl BrowserKeyConfig {
         if self.kinds.is_empty() || self.kinds.contains(&EventKind::Unknown) {
             return Err(format!("{at}.kinds must list kinds (web_visit, ad_click, ...), not be empty or \"unknown\""));
         }
+        if self.kinds.contains(&EventKind::Opportunity) {
+            return Err(format!(
+                "{at}.kinds may not include \"opportunity\": CRM outcomes come from server keys or abm.raw.crm-opportunities, never from a browser"
+            ));
+        }
         for (what, value) in [
             ("requests_per_second", self.requests_per_second),
             ("burst", self.burst),
@@ -267,6 +272,16 @@ mod tests {
         event.contact = Some(abm_schemas::Contact { persona: Some("economic_buyer".into()), ..Default::default() });
         assert!(scope.allows(&event).expect_err("no persona").message.contains("persona"));
         assert!(Scope::Server.allows(&event).is_ok(), "a server key sends anything");
+    }
+
+    #[test]
+    fn a_browser_key_can_never_be_allowed_crm_outcomes() {
+        let mut config = browser();
+        config.kinds = vec![EventKind::WebVisit, EventKind::Opportunity];
+        let error = config.check("site").expect_err("opportunity is for server keys");
+        assert!(error.contains("ingest.browser_keys.site.kinds") && error.contains("opportunity"), "{error}");
+        let event = EngagementEvent::new("o1", EventKind::Opportunity, 0, "http:site");
+        assert_eq!(Scope::Browser { name: "site", config: &browser() }.allows(&event).expect_err("refused").reason, RejectReason::NotAllowed);
     }
 
     #[test]

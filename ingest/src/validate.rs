@@ -6,7 +6,7 @@
 
 use abm_schemas::{
     AdClick, Contact, ContentDownload, DemoRequest, EmailAction, EmailEvent, EngagementEvent, EventKind, Intent,
-    Meeting, RejectReason, WebVisit, Webinar,
+    Meeting, Opportunity, OpportunityStage, RejectReason, WebVisit, Webinar,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -411,9 +411,51 @@ fn validate_object(
             };
             event.intent = Some(Intent { topic, strength });
         }
+        EventKind::Opportunity => event.opportunity = Some(opportunity(properties)?),
         EventKind::Unknown => return Err(Rejection::new(RejectReason::UnknownKind, "kind unknown")),
     }
     Ok(event)
+}
+
+/// An `opportunity`'s properties: `opportunity_id`, `stage` (open, closed_won, closed_lost),
+/// optional `stage_name`, `amount` (a finite number, not negative) and `currency` (three
+/// letters, ISO 4217; upper-cased).
+fn opportunity(properties: &Map<String, Value>) -> Result<Opportunity, Rejection> {
+    let p = "properties.";
+    let opportunity_id = required_string(properties, "opportunity_id", p)?;
+    let stage = match required_string(properties, "stage", p)?.as_str() {
+        "open" => OpportunityStage::Open,
+        "closed_won" => OpportunityStage::ClosedWon,
+        "closed_lost" => OpportunityStage::ClosedLost,
+        other => {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("properties.stage {other:?} is not one of open, closed_won, closed_lost"),
+            ));
+        }
+    };
+    let amount = match properties.get("amount") {
+        None | Some(Value::Null) => {
+            return Err(Rejection::new(RejectReason::MissingField, "properties.amount is required"));
+        }
+        Some(Value::Number(n)) => n.as_f64().filter(|a| a.is_finite() && *a >= 0.0),
+        Some(_) => None,
+    }
+    .ok_or_else(|| Rejection::new(RejectReason::InvalidField, "properties.amount: must be a number, 0 or more"))?;
+    let currency = required_string(properties, "currency", p)?;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            format!("properties.currency {currency:?} is not a three-letter ISO 4217 code"),
+        ));
+    }
+    Ok(Opportunity {
+        opportunity_id,
+        stage,
+        stage_name: optional_string(properties, "stage_name", p)?,
+        amount,
+        currency: currency.to_ascii_uppercase(),
+    })
 }
 
 /// Lower-case, without a leading `www.` or trailing dot.
@@ -501,6 +543,52 @@ mod tests {
             )),
             RejectReason::Bot
         );
+    }
+
+    #[test]
+    fn an_opportunity_is_accepted_and_normalised_and_every_bad_property_has_a_reason() {
+        let event = check(&format!(
+            r#"{{"event_id":"o1","kind":"opportunity","occurred_at":{NOW},"account_id":"acc-1","properties":
+               {{"opportunity_id":"006A","stage":"closed_won","stage_name":"Closed Won","amount":48000.5,"currency":"eur"}}}}"#
+        ))
+        .expect("accepted");
+        assert_eq!(event.kind, EventKind::Opportunity);
+        assert_eq!(
+            event.opportunity,
+            Some(Opportunity {
+                opportunity_id: "006A".into(),
+                stage: OpportunityStage::ClosedWon,
+                stage_name: Some("Closed Won".into()),
+                amount: 48_000.5,
+                currency: "EUR".into(),
+            })
+        );
+        let with = |properties: &str| format!(r#"{{"kind":"opportunity","occurred_at":{NOW},"properties":{{{properties}}}}}"#);
+        let ok = r#""opportunity_id":"o","stage":"open","amount":0,"currency":"USD""#;
+        assert!(check(&with(ok)).is_ok(), "amount 0 and no stage_name are fine");
+        for (properties, expected) in [
+            (r#""stage":"open","amount":1,"currency":"USD""#, RejectReason::MissingField),
+            (r#""opportunity_id":"o","amount":1,"currency":"USD""#, RejectReason::MissingField),
+            (r#""opportunity_id":"o","stage":"won","amount":1,"currency":"USD""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"other","amount":1,"currency":"USD""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","currency":"USD""#, RejectReason::MissingField),
+            (r#""opportunity_id":"o","stage":"open","amount":-1,"currency":"USD""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","amount":"100","currency":"USD""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","amount":1e999,"currency":"USD""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","amount":1"#, RejectReason::MissingField),
+            (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"US""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"U$D""#, RejectReason::InvalidField),
+            (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"USD","stage_name":7"#, RejectReason::InvalidField),
+        ] {
+            let json = with(properties);
+            // 1e999 is not valid JSON for serde_json (out of range): malformed, still refused.
+            let got = reason(&json);
+            if properties.contains("1e999") {
+                assert!(matches!(got, RejectReason::InvalidField | RejectReason::MalformedJson), "{properties}: {got:?}");
+            } else {
+                assert_eq!(got, expected, "{properties}");
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub(crate) fn engagement_event(datum: &[u8]) -> Option<EngagementEvent> {
         webinar: r.optional(|r| Some(Webinar { webinar_id: r.string()?, action: r.string()? }))?,
         meeting: r.optional(|r| Some(Meeting { meeting_id: r.string()? }))?,
         intent: r.optional(|r| Some(Intent { topic: r.string()?, strength: r.double()? }))?,
+        opportunity: r.optional(|r| {
+            Some(Opportunity {
+                opportunity_id: r.string()?,
+                stage: OpportunityStage::ALL[r.symbol(OpportunityStage::ALL.len())?],
+                stage_name: r.optional_string()?,
+                amount: r.double()?,
+                currency: r.string()?,
+            })
+        })?,
     };
     r.is_empty().then_some(event)
 }

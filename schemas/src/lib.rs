@@ -83,10 +83,10 @@ macro_rules! avro_record {
 }
 
 avro_record!(Account, "account.avsc");
-avro_record!(EngagementEvent, "engagement_event.avsc", direct: direct::engagement_event);
+avro_record!(EngagementEvent, "engagement_event.avsc", history: ["engagement_event.v1.avsc"], direct: direct::engagement_event);
 avro_record!(RejectedEvent, "rejected_event.avsc", history: ["rejected_event.v1.avsc"]);
 avro_record!(AccountScore, "account_score.avsc");
-avro_record!(ScoreCrossing, "score_crossing.avsc");
-avro_record!(SalesAlert, "sales_alert.avsc");
-avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc"]);
-avro_record!(AccountStateChunk, "account_state_chunk.avsc");
+avro_record!(ScoreCrossing, "score_crossing.avsc", history: ["score_crossing.v1.avsc"]);
+avro_record!(SalesAlert, "sales_alert.avsc", history: ["sales_alert.v1.avsc"]);
+avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc", "account_state.v2.avsc"]);
+avro_record!(AccountStateChunk, "account_state_chunk.avsc", history: ["account_state_chunk.v1.avsc"]);

@@ -59,11 +59,12 @@ pub enum EventKind {
     Webinar,
     Meeting,
     Intent,
+    Opportunity,
 }
 
 impl EventKind {
     /// Every kind, in schema order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Unknown,
         EventKind::WebVisit,
         EventKind::AdClick,
@@ -73,6 +74,7 @@ impl EventKind {
         EventKind::Webinar,
         EventKind::Meeting,
         EventKind::Intent,
+        EventKind::Opportunity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +88,7 @@ impl EventKind {
             EventKind::Webinar => "webinar",
             EventKind::Meeting => "meeting",
             EventKind::Intent => "intent",
+            EventKind::Opportunity => "opportunity",
         }
     }
 }
@@ -185,6 +188,51 @@ pub struct Intent {
     pub strength: f64,
 }
 
+/// One change of a CRM opportunity, as a CRM sync sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Opportunity {
+    pub opportunity_id: String,
+    pub stage: OpportunityStage,
+    /// The CRM's own name for the stage, free text.
+    pub stage_name: Option<String>,
+    /// Finite and not negative, in `currency`.
+    pub amount: f64,
+    /// ISO 4217, upper case.
+    pub currency: String,
+}
+
+/// Where an opportunity stands. `Other` is what an older reader sees for a stage added later;
+/// ingest never produces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OpportunityStage {
+    #[default]
+    Other,
+    Open,
+    ClosedWon,
+    ClosedLost,
+}
+
+impl OpportunityStage {
+    /// Every stage, in schema order.
+    pub const ALL: [OpportunityStage; 4] =
+        [OpportunityStage::Other, OpportunityStage::Open, OpportunityStage::ClosedWon, OpportunityStage::ClosedLost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpportunityStage::Other => "other",
+            OpportunityStage::Open => "open",
+            OpportunityStage::ClosedWon => "closed_won",
+            OpportunityStage::ClosedLost => "closed_lost",
+        }
+    }
+
+    /// Closed, won or lost.
+    pub fn is_closed(self) -> bool {
+        matches!(self, OpportunityStage::ClosedWon | OpportunityStage::ClosedLost)
+    }
+}
+
 /// A validated, account-resolved event (`abm.engagement`, `abm.unresolved`).
 ///
 /// Exactly the property record of its `kind` is set; ingest guarantees that.
@@ -206,6 +254,7 @@ pub struct EngagementEvent {
     pub webinar: Option<Webinar>,
     pub meeting: Option<Meeting>,
     pub intent: Option<Intent>,
+    pub opportunity: Option<Opportunity>,
 }
 
 impl EngagementEvent {
@@ -228,6 +277,7 @@ impl EngagementEvent {
             webinar: None,
             meeting: None,
             intent: None,
+            opportunity: None,
         }
     }
 }
@@ -427,6 +477,26 @@ pub struct AccountState {
     /// three arrays above are empty and are the listed chunks' arrays, concatenated in order.
     #[serde(default)]
     pub chunks: Vec<StateChunkRef>,
+    /// The latest state of each CRM opportunity of the account.
+    #[serde(default)]
+    pub opportunities: Vec<OpportunityState>,
+    /// The earliest event time among the applied events (`None` in states written before it).
+    #[serde(default)]
+    pub first_applied_at: Option<i64>,
+}
+
+/// The latest state of one CRM opportunity, as an account's state keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpportunityState {
+    pub opportunity_id: String,
+    pub stage: OpportunityStage,
+    pub stage_name: Option<String>,
+    pub amount: f64,
+    pub currency: String,
+    /// The earliest event time of any change of it applied.
+    pub created_at: i64,
+    /// The event time of the change whose state this is.
+    pub updated_at: i64,
 }
 
 /// Which array of [`AccountState`] a chunk holds part of.

@@ -72,6 +72,13 @@ fn full_event() -> EngagementEvent {
     event.webinar = Some(Webinar { webinar_id: "w-1".into(), action: "attended".into() });
     event.meeting = Some(Meeting { meeting_id: "m-1".into() });
     event.intent = Some(Intent { topic: "data pipelines".into(), strength: 0.83 });
+    event.opportunity = Some(Opportunity {
+        opportunity_id: "opp-1".into(),
+        stage: OpportunityStage::ClosedWon,
+        stage_name: Some("Closed Won".into()),
+        amount: 48_000.5,
+        currency: "EUR".into(),
+    });
     event
 }
 
@@ -93,6 +100,16 @@ fn sample_state() -> AccountState {
         events_applied: 10,
         duplicates: 2,
         chunks: vec![],
+        opportunities: vec![OpportunityState {
+            opportunity_id: "opp-1".into(),
+            stage: OpportunityStage::Open,
+            stage_name: None,
+            amount: 12_000.0,
+            currency: "USD".into(),
+            created_at: 1_699_000_000_000,
+            updated_at: 1_699_500_000_000,
+        }],
+        first_applied_at: Some(1_690_000_000_000),
     }
 }
 
@@ -201,24 +218,67 @@ fn every_record_round_trips() {
     });
 }
 
-/// An AccountState written before chunks existed reads as an unsplit state.
-#[test]
-fn account_state_v1_reads_as_unsplit() {
-    let v1 = include_str!("../avro/history/account_state.v1.avsc");
-    let old = apache_avro::Schema::parse_str(v1).expect("v1 parses");
-    let mut state = sample_state();
-    let mut value = apache_avro::to_value(&state).expect("to value");
+/// Writes `value` with an older schema (leaving out the fields it does not have) and frames it
+/// with that schema's fingerprint, as a message already in Kafka would be.
+fn written_with_old_schema<T: serde::Serialize>(old_schema: &str, value: &T, dropped: &[&str]) -> Vec<u8> {
+    let old = apache_avro::Schema::parse_str(old_schema).expect("old schema parses");
+    let mut value = apache_avro::to_value(value).expect("to value");
     if let apache_avro::types::Value::Record(fields) = &mut value {
-        fields.retain(|(name, _)| name != "chunks");
+        fields.retain(|(name, _)| !dropped.contains(&name.as_str()));
     }
     let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&old)
         .build()
-        .expect("v1 writer")
+        .expect("old writer")
         .write_value_to_vec(value)
-        .expect("v1 datum");
+        .expect("old datum");
     let mut bytes = vec![0xC3, 0x01];
     bytes.extend_from_slice(&fingerprint(&old).to_le_bytes());
     bytes.extend_from_slice(&datum);
+    bytes
+}
+
+/// Messages written before the `opportunity` kind (EngagementEvent v1, AccountState v2, the
+/// chunk v1) still decode: with no opportunity, no opportunities and no first applied time.
+#[test]
+fn records_written_before_opportunities_still_decode() {
+    let mut event = full_event();
+    event.opportunity = None;
+    let bytes = written_with_old_schema(include_str!("../avro/history/engagement_event.v1.avsc"), &event, &["opportunity"]);
+    assert_eq!(decode::<EngagementEvent>(&bytes).expect("v1 event decodes"), event);
+
+    let mut state = sample_state();
+    state.opportunities = vec![];
+    state.first_applied_at = None;
+    let bytes = written_with_old_schema(
+        include_str!("../avro/history/account_state.v2.avsc"),
+        &state,
+        &["opportunities", "first_applied_at"],
+    );
+    assert_eq!(decode::<AccountState>(&bytes).expect("v2 state decodes"), state);
+
+    let chunk = AccountStateChunk {
+        account_id: "acc-42".into(),
+        structure: StateStructure::WindowEvents,
+        id: 7,
+        window_events: state.window_events.clone(),
+        cap_counts: vec![],
+        seen_events: vec![],
+    };
+    let bytes = written_with_old_schema(include_str!("../avro/history/account_state_chunk.v1.avsc"), &chunk, &[]);
+    assert_eq!(decode::<AccountStateChunk>(&bytes).expect("v1 chunk decodes"), chunk);
+}
+
+/// An AccountState written before chunks existed reads as an unsplit state.
+#[test]
+fn account_state_v1_reads_as_unsplit() {
+    let mut state = sample_state();
+    state.opportunities = vec![];
+    state.first_applied_at = None;
+    let bytes = written_with_old_schema(
+        include_str!("../avro/history/account_state.v1.avsc"),
+        &state,
+        &["chunks", "opportunities", "first_applied_at"],
+    );
     state.chunks = vec![];
     assert_eq!(decode::<AccountState>(&bytes).expect("v1 decodes"), state);
 }
@@ -444,6 +504,16 @@ fn any_event() -> impl Strategy<Value = EngagementEvent> {
             (text(), any::<f64>().prop_filter("NaN never equals itself", |x| !x.is_nan()))
                 .prop_map(|(topic, strength)| Intent { topic, strength }),
         ),
+        proptest::option::of(
+            (text(), 0..OpportunityStage::ALL.len(), maybe_text(), any::<f64>().prop_filter("NaN", |x| !x.is_nan()), text())
+                .prop_map(|(opportunity_id, stage, stage_name, amount, currency)| Opportunity {
+                    opportunity_id,
+                    stage: OpportunityStage::ALL[stage],
+                    stage_name,
+                    amount,
+                    currency,
+                }),
+        ),
     );
     (head, contact, visit, ad, email, rest).prop_map(
         |(
@@ -471,6 +541,7 @@ fn any_event() -> impl Strategy<Value = EngagementEvent> {
                 webinar: r.2,
                 meeting: r.3,
                 intent: r.4,
+                opportunity: r.5,
             }
         },
     )
@@ -555,20 +626,25 @@ proptest! {
 
 #[test]
 fn fingerprints_equal_the_avro_reference_implementation() {
-    // Computed with Avro's Java library (SchemaNormalization.parsingFingerprint64) from the same
-    // .avsc files: the single-object header is readable by the reference implementation.
+    // Computed with independent implementations from the same .avsc files, so the
+    // single-object header is readable by them: Avro's Java library
+    // (SchemaNormalization.parsingFingerprint64) for the first versions, fastavro's
+    // CRC-64-AVRO of the parsing canonical form since (it prints the bytes in little-endian
+    // order). Versions in history/ had, from Java: EngagementEvent v1 0x08b5_1b7e_d0f8_ae37,
+    // ScoreCrossing v1 0x4008_0d95_3d79_9800, SalesAlert v1 0x041f_d87b_00ae_19c8,
+    // RejectedEvent v1 0xcc96_a5d1_55f6_c7d3; from fastavro: AccountState v2
+    // 0xc96d_4928_7c16_8e73, AccountStateChunk v1 0x41a9_4b17_0f76_46af.
     let java = [
         (Account::codec().fingerprint(), 0xa874_d922_837c_cbfd_u64),
-        (EngagementEvent::codec().fingerprint(), 0x08b5_1b7e_d0f8_ae37),
         (AccountScore::codec().fingerprint(), 0x2fb4_29f4_4d68_0893),
-        (ScoreCrossing::codec().fingerprint(), 0x4008_0d95_3d79_9800),
-        (SalesAlert::codec().fingerprint(), 0x041f_d87b_00ae_19c8),
-        // Since AccountState v2 (chunks), from fastavro's CRC-64-AVRO of the parsing canonical
-        // form (another independent implementation; it prints the bytes in little-endian order).
-        (AccountState::codec().fingerprint(), 0xc96d_4928_7c16_8e73),
-        (AccountStateChunk::codec().fingerprint(), 0x41a9_4b17_0f76_46af),
-        // Since RejectedEvent v2 (reason `not_allowed`), the same way; fastavro gives v1's,
-        // in history/, as Java did: 0xcc96_a5d1_55f6_c7d3.
+        // Since the `opportunity` kind (EngagementEvent v2, ScoreCrossing v2, SalesAlert v2,
+        // AccountState v3, AccountStateChunk v2), from fastavro.
+        (EngagementEvent::codec().fingerprint(), 0x5241_f051_ef57_7ea9),
+        (ScoreCrossing::codec().fingerprint(), 0x408e_b188_2a92_5dd8),
+        (SalesAlert::codec().fingerprint(), 0x49b3_9dad_7dd6_c03c),
+        (AccountState::codec().fingerprint(), 0x9f93_f7bb_f960_e6e4),
+        (AccountStateChunk::codec().fingerprint(), 0x09a4_063a_0217_873f),
+        // Since RejectedEvent v2 (reason `not_allowed`), from fastavro.
         (RejectedEvent::codec().fingerprint(), 0x2bb6_5620_4044_4ef6),
     ];
     for (ours, reference) in java {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use abm_schemas::{AvroRecord, EmailAction, EventKind};
+use abm_schemas::{AvroRecord, EmailAction, EventKind, OpportunityStage};
 use serde_json::{Map, Value};
 
 /// Every schema file the crate compiles in, as (file name, JSON text).
@@ -104,6 +104,11 @@ fn the_schema_enums_list_the_rust_enums_symbols_in_order() {
     assert_eq!(symbols(&all["EventKind"][0].1), kinds, "EventKind::ALL and the schema's symbols");
     let actions: Vec<&str> = EmailAction::ALL.iter().map(|a| a.as_str()).collect();
     assert_eq!(symbols(&all["EmailAction"][0].1), actions, "EmailAction::ALL and the schema's symbols");
+    let stages: Vec<&str> = OpportunityStage::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(symbols(&all["OpportunityStage"][0].1), stages, "OpportunityStage::ALL and the schema's symbols");
+    for stage in OpportunityStage::ALL {
+        assert_eq!(serde_json::to_value(stage).expect("serializes"), Value::String(stage.as_str().to_owned()));
+    }
     // The serde names of the Rust enums are the schema's symbols too (the codec goes through serde).
     for kind in EventKind::ALL {
         assert_eq!(serde_json::to_value(kind).expect("serializes"), Value::String(kind.as_str().to_owned()));

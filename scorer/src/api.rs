@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use abm_schemas::{EngagedContact, EventKind, RecentEvent, RuleContribution, Tier};
+use abm_schemas::{EngagedContact, EventKind, OpportunityState, RecentEvent, RuleContribution, Tier};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -67,6 +67,8 @@ struct AccountResponse {
     counts: Vec<Counts>,
     contacts: Vec<EngagedContact>,
     recent_events: Vec<RecentEvent>,
+    opportunities: Vec<OpportunityState>,
+    first_applied_at: Option<i64>,
     events_applied: u64,
     duplicates: u64,
     on_tal: bool,
@@ -109,6 +111,8 @@ impl AccountResponse {
             counts,
             contacts,
             recent_events,
+            opportunities,
+            first_applied_at,
             events_applied,
             duplicates,
         } = view;
@@ -136,6 +140,8 @@ impl AccountResponse {
             counts,
             contacts,
             recent_events,
+            opportunities,
+            first_applied_at,
             events_applied,
             duplicates,
             on_tal,
@@ -274,6 +280,8 @@ mod tests {
             "counts",
             "contacts",
             "recent_events",
+            "opportunities",
+            "first_applied_at",
             "events_applied",
             "duplicates",
             "on_tal",

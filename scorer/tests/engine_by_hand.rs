@@ -4,7 +4,10 @@
 //! meeting +30, content download +10; personas economic_buyer 1.5, champion 1.2; half-life
 //! 14 days; m(B) = min(1 + 0.25 (B - 1), 2); thresholds 50/75/100/150; hysteresis 0.25.
 
-use abm_schemas::{Contact, CrossingKind, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
+use abm_schemas::{
+    Contact, CrossingKind, EmailAction, EmailEvent, EngagementEvent, EventKind, Opportunity, OpportunityStage, Tier,
+    WebVisit,
+};
 use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
 
 const T0: i64 = 1_700_000_000_000;
@@ -274,4 +277,83 @@ fn configured_rules_match_channel_and_campaign_and_invalid_configs_are_refused()
     assert!(Engine::new(config).expect_err("duplicate rule name").to_string().contains("rules[10].name"));
     let bad = ScoringConfig { half_life_days: 0.0, ..ScoringConfig::default() };
     assert!(Engine::new(bad).is_err());
+}
+
+fn opportunity(id: &str, opportunity_id: &str, stage: OpportunityStage, amount: f64, t: i64) -> EngagementEvent {
+    let mut event = event(id, EventKind::Opportunity, t, None);
+    event.opportunity = Some(Opportunity {
+        opportunity_id: opportunity_id.into(),
+        stage,
+        stage_name: None,
+        amount,
+        currency: "USD".into(),
+    });
+    event
+}
+
+#[test]
+fn opportunities_keep_their_latest_state_score_nothing_by_default_and_survive_the_changelog() {
+    let engine = engine();
+    let log = [
+        visit("v1", "/pricing", T0, Some(("c1", "champion"))),
+        opportunity("o1", "006A", OpportunityStage::Open, 10_000.0, T0 + DAY_MS),
+        opportunity("o2", "006B", OpportunityStage::Open, 5_000.0, T0 + 2 * DAY_MS),
+        opportunity("o3", "006A", OpportunityStage::ClosedWon, 12_000.0, T0 + 10 * DAY_MS),
+        // A late change of 006A (before its state): only its creation time moves back.
+        opportunity("o4", "006A", OpportunityStage::Open, 9_000.0, T0 - DAY_MS),
+        opportunity("o3", "006A", OpportunityStage::ClosedLost, 0.0, T0 + 11 * DAY_MS),
+    ];
+    let (state, crossings) = run(&engine, Tier::Tier1, &log);
+    assert!(crossings.is_empty(), "{crossings:?}");
+    // Pricing +15 * 1.2 = 18 at T0, decayed over the 10 days to as-of: 18 * 2^(-10/14).
+    assert_close(state.engagement, 18.0 * (-10.0f64 / 14.0).exp2(), "opportunities carry no points");
+    assert_eq!(state.events_applied, 5, "the repeated event id o3 is a duplicate");
+    assert_eq!(state.duplicates, 1);
+    assert_eq!(state.first_applied_at(), Some(T0 - DAY_MS));
+    let view = engine.view(ACCOUNT, &state, None);
+    let a = &view.opportunities[0];
+    assert_eq!(
+        (a.opportunity_id.as_str(), a.stage, a.amount, a.created_at, a.updated_at),
+        ("006A", OpportunityStage::ClosedWon, 12_000.0, T0 - DAY_MS, T0 + 10 * DAY_MS)
+    );
+    let b = &view.opportunities[1];
+    assert_eq!((b.opportunity_id.as_str(), b.stage, b.amount), ("006B", OpportunityStage::Open, 5_000.0));
+    assert_eq!(view.recent_events[0].detail, "006A closed_won 12000 USD");
+    let counts = view.counts.iter().find(|c| c.kind == EventKind::Opportunity).expect("counted");
+    assert_eq!((counts.last_7_days, counts.last_30_days), (1, 4), "(as_of - 7 days, as_of] holds o3 only");
+
+    let restored = AccountScoreState::from_record(&state.to_record(ACCOUNT, &engine), &engine);
+    assert_eq!(restored, state);
+}
+
+#[test]
+fn a_rule_may_match_opportunities_and_the_bound_is_counted() {
+    let mut config = ScoringConfig::default();
+    config.max_opportunities = 1;
+    config.rules.insert(
+        0,
+        scorer::engine::RuleConfig {
+            name: "opportunity".into(),
+            points: 40.0,
+            kind: Some(EventKind::Opportunity),
+            email_action: None,
+            url_patterns: vec![],
+            channel: None,
+            campaign: None,
+            cap_per_contact_per_day: None,
+        },
+    );
+    let engine = Engine::new(config).expect("valid");
+    let mut state = AccountScoreState::default();
+    engine.apply(ACCOUNT, &mut state, &opportunity("o1", "A", OpportunityStage::ClosedLost, 1.0, T0), Tier::Tier1);
+    let applied = engine.apply(ACCOUNT, &mut state, &opportunity("o2", "B", OpportunityStage::Open, 1.0, T0), Tier::Tier1);
+    match applied {
+        Applied::Scored { points, trimmed, .. } => {
+            assert_eq!(points, 40.0);
+            assert_eq!(trimmed.opportunities, 1, "the closed one went");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state.opportunities.iter().map(|o| o.opportunity_id.as_str()).collect::<Vec<_>>(), ["B"]);
+    assert_close(state.engagement, 80.0, "two matches at the same time");
 }

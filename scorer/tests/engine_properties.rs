@@ -1,6 +1,8 @@
 //! Properties of the scoring engine over arbitrary event logs.
 
-use abm_schemas::{Contact, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
+use abm_schemas::{
+    Contact, EmailAction, EmailEvent, EngagementEvent, EventKind, Opportunity, OpportunityStage, Tier, WebVisit,
+};
 use proptest::prelude::*;
 use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
 
@@ -8,7 +10,7 @@ const T0: i64 = 1_700_000_000_000;
 
 fn arbitrary_event() -> impl Strategy<Value = (u8, i64, Option<u8>, u8)> {
     // (kind selector, time offset within 60 days, contact, persona selector)
-    (0u8..8, 0i64..60 * DAY_MS, proptest::option::of(0u8..6), 0u8..4)
+    (0u8..9, 0i64..60 * DAY_MS, proptest::option::of(0u8..6), 0u8..4)
 }
 
 fn build(index: usize, (kind, offset, contact, persona): (u8, i64, Option<u8>, u8)) -> EngagementEvent {
@@ -21,6 +23,7 @@ fn build(index: usize, (kind, offset, contact, persona): (u8, i64, Option<u8>, u
         EventKind::ContentDownload,
         EventKind::Meeting,
         EventKind::Intent,
+        EventKind::Opportunity,
     ];
     let kind = kinds[usize::from(kind)];
     let mut event = EngagementEvent::new(format!("e{index}"), kind, T0 + offset, "prop");
@@ -38,6 +41,16 @@ fn build(index: usize, (kind, offset, contact, persona): (u8, i64, Option<u8>, u
         EventKind::Email => {
             let action = [EmailAction::Click, EmailAction::Unsubscribe, EmailAction::Open][(offset % 3) as usize];
             event.email = Some(EmailEvent { action, campaign: None });
+        }
+        EventKind::Opportunity => {
+            let stage = [OpportunityStage::Open, OpportunityStage::ClosedWon, OpportunityStage::ClosedLost][(offset % 3) as usize];
+            event.opportunity = Some(Opportunity {
+                opportunity_id: format!("o{}", offset % 4),
+                stage,
+                stage_name: (offset % 2 == 0).then(|| "Negotiation".to_owned()),
+                amount: (offset % 1000) as f64 * 10.5,
+                currency: "USD".into(),
+            });
         }
         _ => {}
     }

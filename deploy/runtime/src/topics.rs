@@ -16,6 +16,7 @@ pub enum TopicRole {
     RawAdClicks,
     RawEmailEvents,
     RawDemoRequests,
+    RawCrmOpportunities,
     Accounts,
     Engagement,
     Unresolved,
@@ -29,20 +30,22 @@ pub enum TopicRole {
 
 /// The raw topics and the event kind each one's records default to: the one map between event
 /// kinds and raw topics (ingest reads these topics, the simulator writes to them).
-pub const RAW_TOPICS: [(TopicRole, EventKind); 4] = [
+pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
     (TopicRole::RawWebVisits, EventKind::WebVisit),
     (TopicRole::RawAdClicks, EventKind::AdClick),
     (TopicRole::RawEmailEvents, EventKind::Email),
     (TopicRole::RawDemoRequests, EventKind::DemoRequest),
+    (TopicRole::RawCrmOpportunities, EventKind::Opportunity),
 ];
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 13] = [
+    pub const ALL: [TopicRole; 14] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
         TopicRole::RawDemoRequests,
+        TopicRole::RawCrmOpportunities,
         TopicRole::Accounts,
         TopicRole::Engagement,
         TopicRole::Unresolved,
@@ -63,6 +66,7 @@ impl TopicRole {
             TopicRole::RawAdClicks => "raw_ad_clicks",
             TopicRole::RawEmailEvents => "raw_email_events",
             TopicRole::RawDemoRequests => "raw_demo_requests",
+            TopicRole::RawCrmOpportunities => "raw_crm_opportunities",
             TopicRole::Accounts => "accounts",
             TopicRole::Engagement => "engagement",
             TopicRole::Unresolved => "unresolved",

@@ -13,7 +13,7 @@ use abm_schemas::{
 };
 
 use crate::engine::state::{CapEntry, Recent, RecentLog, Stamp};
-use crate::engine::{AccountScoreState, Contact, ContactLog, Engine};
+use crate::engine::{AccountScoreState, Contact, ContactLog, Engine, Opportunities};
 
 impl AccountScoreState {
     /// The Avro form, for the changelog topic.
@@ -62,6 +62,8 @@ impl AccountScoreState {
             events_applied: self.events_applied as i64,
             duplicates: self.duplicates as i64,
             chunks: Vec::new(),
+            opportunities: self.opportunities.iter().cloned().collect(),
+            first_applied_at: self.first_applied_at(),
         }
     }
 
@@ -123,6 +125,16 @@ impl AccountScoreState {
             w.symbol(chunk.structure as usize);
             w.long(chunk.id as i64);
         });
+        w.array(self.opportunities.iter(), |w, o| {
+            w.string(&o.opportunity_id);
+            w.symbol(o.stage as usize);
+            w.optional_string(o.stage_name.as_deref());
+            w.double(o.amount);
+            w.string(&o.currency);
+            w.long(o.created_at);
+            w.long(o.updated_at);
+        });
+        w.optional_long(self.first_applied_at());
     }
 
     /// Entries of the structures a split state keeps in chunks (window, caps, seen ids).
@@ -222,6 +234,8 @@ impl AccountScoreState {
                 occurred_at: r.occurred_at,
                 points: r.points,
             })),
+            opportunities: Opportunities::from_entries(record.opportunities.iter().cloned()),
+            first_applied: record.first_applied_at.unwrap_or(i64::MAX),
             events_applied: u64::try_from(record.events_applied).unwrap_or(0),
             duplicates: u64::try_from(record.duplicates).unwrap_or(0),
         }

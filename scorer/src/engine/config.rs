@@ -119,6 +119,9 @@ pub struct ScoringConfig {
     /// Beyond it the oldest days' counters go first, then the smallest: a contact whose counter
     /// was dropped counts from 0 again that day.
     pub max_cap_counters: usize,
+    /// CRM opportunities kept per account, the latest state of each (default 20). Beyond it
+    /// the closed ones updated longest ago go first, then the open ones updated longest ago.
+    pub max_opportunities: usize,
     /// Largest encoded account state written to the changelog, in bytes (default 262144; the
     /// broker's default `message.max.bytes` is 1 MiB). A larger state sheds detail first
     /// (recent events, remembered ids, window stamps, cap counters, contacts beyond the
@@ -183,6 +186,7 @@ impl Default for ScoringConfig {
             dedup_window_days: 7.0,
             max_seen_events: 4096,
             max_cap_counters: 2048,
+            max_opportunities: 20,
             max_state_bytes: 262_144,
             top_rules: 5,
         }
@@ -277,6 +281,7 @@ impl ScoringConfig {
             || self.max_window_events == 0
             || self.max_contacts == 0
             || self.max_cap_counters == 0
+            || self.max_opportunities == 0
         {
             return fail("max_*", "bounds must be at least 1");
         }

@@ -11,12 +11,13 @@ pub mod state;
 
 use abm_schemas::hash::stable_hash;
 use abm_schemas::{
-    CrossingKind, EngagedContact, EngagementEvent, EventKind, RecentEvent, RuleContribution, ScoreCrossing, Tier,
+    CrossingKind, EngagedContact, EngagementEvent, EventKind, OpportunityState, RecentEvent, RuleContribution,
+    ScoreCrossing, Tier,
 };
 
 pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, Contact, ContactLog, Trimmed};
+pub use state::{AccountScoreState, Contact, ContactLog, Opportunities, Trimmed};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -62,6 +63,9 @@ pub struct ScoreView {
     pub counts: Vec<KindCounts>,
     pub contacts: Vec<EngagedContact>,
     pub recent_events: Vec<RecentEvent>,
+    /// The latest state of each CRM opportunity, in order of first appearance.
+    pub opportunities: Vec<OpportunityState>,
+    pub first_applied_at: Option<i64>,
     pub events_applied: u64,
     pub duplicates: u64,
 }
@@ -193,6 +197,11 @@ impl Engine {
             state.engage_contact(key, persona, title, t);
         }
 
+        let mut opportunities_dropped = 0;
+        if let Some(change) = &event.opportunity {
+            opportunities_dropped = state.opportunities.apply(change, t, self.config.max_opportunities);
+        }
+        state.first_applied = state.first_applied.min(t);
         state.tier = tier;
         state.events_applied += 1;
         state.record_window_event(event.kind, t);
@@ -210,7 +219,8 @@ impl Engine {
             };
             state.record_recent(&recent, self.config.max_recent_events);
         }
-        let trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
+        let mut trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
+        trimmed.opportunities = opportunities_dropped;
 
         let crossings = self.evaluate(account_id, state, event);
         Applied::Scored { points, rule: rule_index, crossings, trimmed }
@@ -306,6 +316,8 @@ impl Engine {
             counts: state.counts_at(at),
             contacts: state.engaged_contacts(at),
             recent_events: state.recent_records(self),
+            opportunities: state.opportunities.iter().cloned().collect(),
+            first_applied_at: state.first_applied_at(),
             events_applied: state.events_applied,
             duplicates: state.duplicates,
         }
@@ -377,6 +389,10 @@ fn recent_detail(event: &EngagementEvent) -> std::borrow::Cow<'_, str> {
         EventKind::Webinar => event.webinar.as_ref().map(|w| Cow::Owned(format!("{} {}", w.action, w.webinar_id))),
         EventKind::Meeting => event.meeting.as_ref().map(|m| Cow::Borrowed(m.meeting_id.as_str())),
         EventKind::Intent => event.intent.as_ref().map(|i| Cow::Owned(format!("{} ({:.2})", i.topic, i.strength))),
+        EventKind::Opportunity => event.opportunity.as_ref().map(|o| {
+            let stage = o.stage_name.as_deref().filter(|name| !name.is_empty()).unwrap_or(o.stage.as_str());
+            Cow::Owned(format!("{} {stage} {} {}", o.opportunity_id, o.amount, o.currency))
+        }),
         EventKind::Unknown => None,
     };
     detail.unwrap_or_default()

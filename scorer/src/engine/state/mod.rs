@@ -8,6 +8,7 @@
 
 mod bytes;
 mod contacts;
+mod opportunities;
 mod packed;
 mod recent;
 mod stamps;
@@ -17,6 +18,7 @@ use std::collections::VecDeque;
 use abm_schemas::{EngagedContact, EventKind, RecentEvent, Tier};
 
 pub use contacts::{Contact, ContactLog};
+pub use opportunities::Opportunities;
 pub use packed::PackedIter;
 pub(crate) use recent::{Recent, RecentLog};
 pub(crate) use stamps::{CapEntry, Stamp};
@@ -33,8 +35,8 @@ pub struct AccountScoreState {
     /// `E` at `as_of`.
     pub engagement: f64,
     /// Decayed points per rule index at `as_of`.
-    /// (A boxed slice, not a `Vec`: a rule is added rarely, and the state stays at 192 bytes,
-    /// one allocator size class below 224.)
+    /// (A boxed slice, not a `Vec`: a rule is added rarely, and every byte of the state is
+    /// paid by every account; `stamps.rs` bounds its size.)
     pub rule_points: Box<[(u16, f64)]>,
     pub armed: bool,
     pub threshold_crossings: u64,
@@ -46,6 +48,11 @@ pub struct AccountScoreState {
     /// (event id hash, as-of when applied), in apply order.
     pub(crate) seen: VecDeque<(i64, i64)>,
     pub(crate) recent: RecentLog,
+    /// The latest state of each CRM opportunity (bounded by `max_opportunities`).
+    pub opportunities: Opportunities,
+    /// The earliest event time among the applied events; `i64::MAX` before the first (and in
+    /// states restored from records written before it was kept). See [`Self::first_applied_at`].
+    pub(crate) first_applied: i64,
     pub events_applied: u64,
     pub duplicates: u64,
 }
@@ -66,6 +73,8 @@ impl Default for AccountScoreState {
             caps: Vec::new(),
             seen: VecDeque::new(),
             recent: RecentLog::default(),
+            opportunities: Opportunities::default(),
+            first_applied: i64::MAX,
             events_applied: 0,
             duplicates: 0,
         }
@@ -73,6 +82,11 @@ impl Default for AccountScoreState {
 }
 
 impl AccountScoreState {
+    /// The earliest event time among the applied events, if known.
+    pub fn first_applied_at(&self) -> Option<i64> {
+        (self.first_applied != i64::MAX).then_some(self.first_applied)
+    }
+
     /// Counts one more event of (contact, rule) on `day` and returns the new count.
     pub(crate) fn count_for_cap(&mut self, contact_key: &str, rule: u16, day: i64) -> u32 {
         let contact = abm_schemas::hash::stable_hash(contact_key);
@@ -264,6 +278,7 @@ impl AccountScoreState {
             + self.window.capacity() * size_of::<Stamp>()
             + self.caps.capacity() * size_of::<CapEntry>()
             + self.seen.capacity() * size_of::<(i64, i64)>()
+            + self.opportunities.heap_bytes()
     }
 }
 
@@ -304,17 +319,19 @@ pub struct Trimmed {
     pub cap_counters: u64,
     pub seen_ids: u64,
     pub recent_events: u64,
+    pub opportunities: u64,
 }
 
 impl Trimmed {
     /// The structures with their counts, for metrics.
-    pub fn by_structure(&self) -> [(&'static str, u64); 5] {
+    pub fn by_structure(&self) -> [(&'static str, u64); 6] {
         [
             ("contacts", self.contacts),
             ("window_events", self.window_events),
             ("cap_counters", self.cap_counters),
             ("seen_ids", self.seen_ids),
             ("recent_events", self.recent_events),
+            ("opportunities", self.opportunities),
         ]
     }
 
@@ -328,6 +345,7 @@ impl Trimmed {
         self.cap_counters += other.cap_counters;
         self.seen_ids += other.seen_ids;
         self.recent_events += other.recent_events;
+        self.opportunities += other.opportunities;
     }
 }
 

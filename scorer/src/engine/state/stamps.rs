@@ -64,6 +64,8 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<Stamp>(), 8);
         assert_eq!(std::mem::size_of::<CapEntry>(), 16);
-        assert!(std::mem::size_of::<AccountScoreState>() <= 192, "{}", std::mem::size_of::<AccountScoreState>());
+        // 192 bytes until the opportunities (one pointer) and the first applied time: 208, in
+        // the allocator's 224-byte class. Growing past 224 costs every account 32 bytes more.
+        assert!(std::mem::size_of::<AccountScoreState>() <= 224, "{}", std::mem::size_of::<AccountScoreState>());
     }
 }
