@@ -53,9 +53,7 @@ fn run(engine: &Engine, account: &str, commits: u64, events_per_commit: u64, ste
         state.encode_record_into(account, engine, &mut whole);
         out.whole_bytes += whole.len() as u64;
         out.last_whole = whole.len();
-        let written = split
-            .write(0, account, &state, engine, &whole, |_, _| Ok(()))
-            .expect("in memory");
+        let written = split.write(0, account, &state, engine, &whole, |_, _| Ok(())).expect("in memory");
         out.split_bytes += written.bytes;
         out.records += written.records + written.tombstones;
     }

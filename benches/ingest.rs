@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, send_bytes, wait_for_status};
 use abm::topics::TopicRole;
 use abm_schemas::{Account, Tier};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, send_bytes, wait_for_status};
 
 const KEY: &str = "bench-key";
 const ACCOUNTS: usize = 1000;

@@ -32,7 +32,14 @@ const CONNECTIONS: usize = 50;
 
 /// Posts `body` over one keep-alive connection until `stop`; counts answers by status and
 /// keeps the largest answer's size. Reconnects when the server closes the connection.
-fn client(port: u16, body: Arc<Vec<u8>>, gzip: bool, stop: Arc<AtomicBool>, statuses: Arc<Mutex<BTreeMap<u16, u64>>>, largest: Arc<AtomicU64>) {
+fn client(
+    port: u16,
+    body: Arc<Vec<u8>>,
+    gzip: bool,
+    stop: Arc<AtomicBool>,
+    statuses: Arc<Mutex<BTreeMap<u16, u64>>>,
+    largest: Arc<AtomicU64>,
+) {
     let encoding = if gzip { "Content-Encoding: gzip\r\n" } else { "" };
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{encoding}Content-Length: {}\r\n\r\n",
@@ -145,7 +152,9 @@ fn main() {
     }
     let bomb = gz.finish().expect("gzip");
 
-    println!("ingest flood: {CONNECTIONS} connections, {seconds} s per shape, ingest defaults (max_body_bytes 1 MiB, max_batch_events 5000)");
+    println!(
+        "ingest flood: {CONNECTIONS} connections, {seconds} s per shape, ingest defaults (max_body_bytes 1 MiB, max_batch_events 5000)"
+    );
     println!("| shape | body | answered | RSS before | RSS peak | RSS after | largest answer |");
     println!("|---|---|---|---|---|---|---|");
     flood("lines-64", port, pid, lines(64), false, seconds);

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, TestTopics, free_port, unique, wait_for_status};
 use abm::topics::TopicRole;
+use abm_testkit::{ServiceProcess, TestTopics, free_port, unique, wait_for_status};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 

@@ -58,7 +58,8 @@ fn history(account: usize, random: &mut u64) -> Vec<EngagementEvent> {
             });
             if kind == EventKind::WebVisit {
                 let path = if next(random).is_multiple_of(4) { "/pricing" } else { "/docs" };
-                event.web_visit = Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
+                event.web_visit =
+                    Some(WebVisit { url: format!("https://vendor.example{path}"), referrer: None, title: None });
             }
             event
         })

@@ -20,11 +20,13 @@ fn main() {
     let seconds = std::env::var("OUTAGE_SECONDS").unwrap_or_else(|_| "12".into());
     let fixed = format!("two broker restarts of {seconds} s each");
     let kind = if random { "three broker restarts of 3-8 s at random moments" } else { fixed.as_str() };
-    let watched = std::env::var("ABM_TEST_STALL_AFTER_MS").map_or_else(|_| "loops watched (stall_after 20 s)".to_owned(), |ms| format!("stall_after {ms} ms"));
+    let watched = std::env::var("ABM_TEST_STALL_AFTER_MS")
+        .map_or_else(|_| "loops watched (stall_after 20 s)".to_owned(), |ms| format!("stall_after {ms} ms"));
     let mut exact = 0;
     for run in 1..=runs {
         let started = std::time::Instant::now();
-        let run_once = if random { end_to_end::run_with_random_broker_restarts } else { end_to_end::run_with_two_broker_restarts };
+        let run_once =
+            if random { end_to_end::run_with_random_broker_restarts } else { end_to_end::run_with_two_broker_restarts };
         match std::panic::catch_unwind(run_once) {
             Ok(()) => {
                 exact += 1;

@@ -24,9 +24,9 @@ mod harness;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use abm::topics::TopicRole;
 use abm_sim::Rng;
 use abm_testkit::{TestProducer, TestTopics, flush, free_port, metric, producer};
-use abm::topics::TopicRole;
 use harness::{PARTITIONS, Side, committed, event, group_reader, load_tal, now_ms, peak_rss_mib, wait_committed};
 use rdkafka::producer::{BaseRecord, Producer as _};
 

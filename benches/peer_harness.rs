@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use abm::topics::TopicRole;
+use abm_schemas::{Account, Contact, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier, WebVisit};
 use abm_sim::Rng;
 use abm_testkit::{
     ServiceProcess, TestProducer, TestTopics, flush, free_port, http_get, metric, producer, read_all, read_all_bytes,
     send,
 };
-use abm::topics::TopicRole;
-use abm_schemas::{Account, Contact, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier, WebVisit};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

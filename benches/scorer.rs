@@ -10,14 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, unique, wait_for_status};
 use abm::topics::TopicRole;
 use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, unique, wait_for_status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn events(count: u64) -> impl Iterator<Item = EngagementEvent> {
-    let start = abm::clock::now_ms()
-        - 30 * 86_400_000;
+    let start = abm::clock::now_ms() - 30 * 86_400_000;
     (0..count).map(move |n| {
         let account = n % 10_000;
         let mut event = EngagementEvent::new(format!("b-{n}"), EventKind::WebVisit, start + n as i64 * 5_000, "bench");

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abm_schemas::{Contact, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
-use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
 use scorer::changelog::Restorer;
+use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
 use scorer::store::{PartitionAccounts, Store};
 
 const DAY: i64 = 86_400_000;

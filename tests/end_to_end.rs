@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use abm_sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
-use abm_testkit::{
-    PrivateBroker, SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, flush, free_port, http_get, metric, producer_to,
-    read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
-};
 use abm::topics::TopicRole;
 use abm_schemas::{EmailAction, EngagementEvent, EventKind, SalesAlert};
+use abm_sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
+use abm_testkit::{
+    PrivateBroker, SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, flush, free_port, http_get, metric,
+    producer_to, read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
+};
 
 const DAY: i64 = 86_400_000;
 /// `scoring.dedup_window_days` (the default) in ms.
@@ -322,7 +322,11 @@ impl StallSampler {
 
     fn stop(self) -> Stalls {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap_or(Stalls { longest: f64::INFINITY, which: "the sampler panicked".into(), heals: 0.0 })
+        self.thread.join().unwrap_or(Stalls {
+            longest: f64::INFINITY,
+            which: "the sampler panicked".into(),
+            heals: 0.0,
+        })
     }
 }
 
@@ -628,7 +632,9 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             http_get(ports["scorer"], &format!("/v1/accounts/{account}"))
                 .filter(|(status, _)| *status == 200)
                 .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .map_or(0, |json| json["events_applied"].as_u64().unwrap_or(0) + json["duplicates"].as_u64().unwrap_or(0))
+                .map_or(0, |json| {
+                    json["events_applied"].as_u64().unwrap_or(0) + json["duplicates"].as_u64().unwrap_or(0)
+                })
         };
         wait_until("scorer 1 to hold every partition again and answer for every event", patience, &scorer, || {
             logs.iter().all(|(account, log)| answered(account) == log.len() as u64)
@@ -641,7 +647,11 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
                 assert!(!status.success(), "{name} was killed: {status:?}");
             }
             // Each member really took part: it was given partitions while the stream flowed.
-            assert!(process.stderr().contains("partitions assigned"), "{name} never got a partition:\n{}", process.stderr());
+            assert!(
+                process.stderr().contains("partitions assigned"),
+                "{name} never got a partition:\n{}",
+                process.stderr()
+            );
         }
     } else {
         wait_until("the scorer to apply every engaged event", patience, &scorer, || {
@@ -673,7 +683,9 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         assert_eq!(m("alerter", "abm_alerter_loop_stalled_seconds", &[]), 0.0, "{}", alerter.stderr());
     }
     let Stalls { longest, which, heals } = longest_stall.stop();
-    eprintln!("stalls: longest time a loop had input waiting without progress: {longest:.1} s ({which}); heals: {heals}");
+    eprintln!(
+        "stalls: longest time a loop had input waiting without progress: {longest:.1} s ({which}); heals: {heals}"
+    );
     // A check runs about once a second: a stall is seen at most that much past its bound. The
     // gauges do not restart at a heal: after one, the replacement consumer must join its group
     // and take input within 10 s, and a heal that does not help shows here too.

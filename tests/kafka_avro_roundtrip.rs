@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
-use abm_testkit::{TestTopics, bootstrap_servers, unique};
 use abm::topics::{TopicRole, TopicSpec};
 use abm_schemas::{EngagementEvent, EventKind, WebVisit};
+use abm_testkit::{TestTopics, bootstrap_servers, unique};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};

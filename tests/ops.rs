@@ -246,9 +246,18 @@ fn the_service_configs_shipped_for_kubernetes_load_in_each_binary() {
 #[test]
 fn print_config_shows_no_secret() {
     let secrets = [
-        ("ingest", "[ingest.write_keys]\ncrm = \"SECRET-write-key\"\n[ingest.browser_keys.site]\nkey = \"SECRET-browser-key\"\norigins = [\"https://www.vendor.example\"]\n"),
-        ("scorer", "[kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"SECRET-oauth\"\n\"ssl.key.password\" = \"SECRET-key-password\"\n\"ssl.key.passphrase\" = \"SECRET-passphrase\"\n[http.api_tokens]\nconsole = \"SECRET-api-token\"\n"),
-        ("alerter", "[[alerter.webhooks]]\nname = \"slack\"\nurl = \"https://hooks.slack.com/services/SECRET-slack\"\n[alerter.webhooks.headers]\nAuthorization = \"Bearer SECRET-header\"\n"),
+        (
+            "ingest",
+            "[ingest.write_keys]\ncrm = \"SECRET-write-key\"\n[ingest.browser_keys.site]\nkey = \"SECRET-browser-key\"\norigins = [\"https://www.vendor.example\"]\n",
+        ),
+        (
+            "scorer",
+            "[kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"SECRET-oauth\"\n\"ssl.key.password\" = \"SECRET-key-password\"\n\"ssl.key.passphrase\" = \"SECRET-passphrase\"\n[http.api_tokens]\nconsole = \"SECRET-api-token\"\n",
+        ),
+        (
+            "alerter",
+            "[[alerter.webhooks]]\nname = \"slack\"\nurl = \"https://hooks.slack.com/services/SECRET-slack\"\n[alerter.webhooks.headers]\nAuthorization = \"Bearer SECRET-header\"\n",
+        ),
     ];
     for (service, toml) in secrets {
         let file = std::env::temp_dir().join(format!("{}-{service}.toml", unique("secrets")));

@@ -7,7 +7,6 @@
 #[allow(dead_code)] // The benchmark uses more of the harness than this test.
 mod harness;
 
-
 #[test]
 fn the_kafka_streams_peer_agrees_with_the_scorer_after_kill_and_recovery() {
     let root = &abm_testkit::repository_root();

@@ -135,24 +135,37 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             accounts: metrics.tal_accounts.clone(),
             decode_errors: metrics.tal_decode_errors.clone(),
         };
-        abm::tal::follow(&config.kafka, &topics, "abm-alerter-tal", context.shutdown.clone(), tal_metrics, move |change| {
-            match change {
-                TalChange::Upsert(account) => {
-                    table.insert(account.account_id.clone(), account);
+        abm::tal::follow(
+            &config.kafka,
+            &topics,
+            "abm-alerter-tal",
+            context.shutdown.clone(),
+            tal_metrics,
+            move |change| {
+                match change {
+                    TalChange::Upsert(account) => {
+                        table.insert(account.account_id.clone(), account);
+                    }
+                    TalChange::Remove(account_id) => {
+                        table.remove(&account_id);
+                    }
                 }
-                TalChange::Remove(account_id) => {
-                    table.remove(&account_id);
-                }
-            }
-            table.len()
-        })
+                table.len()
+            },
+        )
         .await?;
     }
 
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, webhooks = settings.webhooks.len(), "alerter listening");
     let app = ops::router(context.registry.clone(), context.health.clone(), axum::Router::new(), &config.http);
-    let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
+    let server = tokio::spawn(ops::serve(
+        listener,
+        app,
+        config.http.clone(),
+        context.registry.clone(),
+        context.shutdown.clone(),
+    ));
 
     // Webhooks: one task and consumer group per endpoint, off the Kafka path.
     let alerts_topic = topics.name(TopicRole::SalesAlerts).to_owned();

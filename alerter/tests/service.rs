@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use abm::topics::TopicRole;
+use abm_schemas::{Account, CrossingKind, SalesAlert, ScoreCrossing, Tier};
 use abm_sim::Rng;
 use abm_testkit::{
     ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, read_all_bytes, run_to_exit, send,
     send_bytes, wait_for_status,
 };
-use abm::topics::TopicRole;
-use abm_schemas::{Account, CrossingKind, SalesAlert, ScoreCrossing, Tier};
 use alerter::policy::{Decision, History, PolicyConfig, decide};
 
 const ALERTER: &str = env!("CARGO_BIN_EXE_alerter");
@@ -443,7 +443,12 @@ fn a_webhook_consumer_that_stops_fetching_is_replaced_and_every_alert_is_deliver
     let delivered = receiver.delivered_to("/sdr");
     assert_eq!(delivered.iter().cloned().collect::<BTreeSet<_>>(), expected);
     assert_eq!(delivered.len(), 20, "each alert once: {delivered:?}");
-    assert_eq!(metric(alerter.port, "abm_alerter_webhook_heals_total", &["endpoint=\"sdr\""]), 1.0, "{}", process.stderr());
+    assert_eq!(
+        metric(alerter.port, "abm_alerter_webhook_heals_total", &["endpoint=\"sdr\""]),
+        1.0,
+        "{}",
+        process.stderr()
+    );
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
     abm_testkit::wait_for_metric(
         alerter.port,

@@ -20,12 +20,12 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use abm::ops::ClientAddr;
 use abm_schemas::{RejectSource, Transport};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use abm::ops::ClientAddr;
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -84,7 +84,11 @@ fn answer(
 /// Basic with the key as user name and any password (as Segment's trackers send it), or a
 /// `write_key` query parameter (browsers' `sendBeacon` cannot set headers; browser keys are
 /// public), decoded like any URL-encoded value (the tracker sends `encodeURIComponent(key)`).
-fn authenticate<'a>(collector: &'a Collector, headers: &HeaderMap, query: Option<&str>) -> Option<(&'a str, Scope<'a>)> {
+fn authenticate<'a>(
+    collector: &'a Collector,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<(&'a str, Scope<'a>)> {
     let key = match (headers.get(header::AUTHORIZATION), query_key(query)) {
         (Some(value), _) => header_key(value.to_str().ok()?)?,
         (None, Some(key)) => key,
@@ -252,7 +256,9 @@ async fn collect(
         match allowed_origin(config, &headers) {
             Ok(origin) => cors_origin = origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
             Err(origin) => {
-                let error = format!("origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)");
+                let error = format!(
+                    "origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)"
+                );
                 return answer(&collector, StatusCode::FORBIDDEN, json!({ "error": error }), None);
             }
         }

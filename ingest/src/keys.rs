@@ -218,11 +218,9 @@ impl Keys {
     /// time: the time taken says nothing of how much of a key was right, nor of which matched.
     pub fn find(&self, presented: &str) -> Option<(&str, Scope<'_>)> {
         let mut found = None;
-        let secrets = self
-            .server
-            .iter()
-            .map(|(name, secret)| (name, secret.as_str(), Scope::Server))
-            .chain(self.browser.iter().map(|(name, config)| (name, config.key.as_str(), Scope::Browser { name, config })));
+        let secrets = self.server.iter().map(|(name, secret)| (name, secret.as_str(), Scope::Server)).chain(
+            self.browser.iter().map(|(name, config)| (name, config.key.as_str(), Scope::Browser { name, config })),
+        );
         for (name, secret, scope) in secrets {
             let equal: bool = subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), presented.as_bytes()).into();
             if equal && !secret.is_empty() && found.is_none() {
@@ -281,7 +279,10 @@ mod tests {
         let error = config.check("site").expect_err("opportunity is for server keys");
         assert!(error.contains("ingest.browser_keys.site.kinds") && error.contains("opportunity"), "{error}");
         let event = EngagementEvent::new("o1", EventKind::Opportunity, 0, "http:site");
-        assert_eq!(Scope::Browser { name: "site", config: &browser() }.allows(&event).expect_err("refused").reason, RejectReason::NotAllowed);
+        assert_eq!(
+            Scope::Browser { name: "site", config: &browser() }.allows(&event).expect_err("refused").reason,
+            RejectReason::NotAllowed
+        );
     }
 
     #[test]

@@ -146,11 +146,14 @@ pub async fn follow_tal(
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     let settings = &config.ingest;
-    let keys = keys::Keys::new(settings.write_keys.clone(), settings.browser_keys.clone()).map_err(anyhow::Error::msg)?;
+    let keys =
+        keys::Keys::new(settings.write_keys.clone(), settings.browser_keys.clone()).map_err(anyhow::Error::msg)?;
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
     if keys.is_empty() {
-        tracing::warn!("no ingest.write_keys or ingest.browser_keys configured: POST /v1/events answers 401 to everyone");
+        tracing::warn!(
+            "no ingest.write_keys or ingest.browser_keys configured: POST /v1/events answers 401 to everyone"
+        );
     }
 
     let tal = Arc::new(TalIndex::new(&settings.validation.free_mail_domains));
@@ -186,7 +189,13 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
     // /v1/events has its own keys (write keys), not the API tokens.
     let app = ops::router(context.registry.clone(), context.health.clone(), http::routes(collector), &config.http);
-    let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
+    let server = tokio::spawn(ops::serve(
+        listener,
+        app,
+        config.http.clone(),
+        context.registry.clone(),
+        context.shutdown.clone(),
+    ));
 
     let normaliser = if settings.raw_topics {
         let consumer_config = config.kafka.consumer_config("abm-ingest", &settings.group_id);

@@ -256,14 +256,11 @@ fn validate_object(
     config: &ValidationConfig,
 ) -> Result<EngagementEvent, Rejection> {
     let kind = match object.get("kind") {
-        None | Some(Value::Null) => arrival
-            .default_kind
-            .ok_or_else(|| Rejection::new(RejectReason::MissingField, "kind is required"))?,
+        None | Some(Value::Null) => {
+            arrival.default_kind.ok_or_else(|| Rejection::new(RejectReason::MissingField, "kind is required"))?
+        }
         Some(Value::String(text)) => parse_kind(text).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::UnknownKind,
-                format!("kind {text:?} is not one of {}", known_kinds()),
-            )
+            Rejection::new(RejectReason::UnknownKind, format!("kind {text:?} is not one of {}", known_kinds()))
         })?,
         Some(_) => return Err(Rejection::new(RejectReason::InvalidField, "kind: must be a string")),
     };
@@ -563,7 +560,8 @@ mod tests {
                 currency: "EUR".into(),
             })
         );
-        let with = |properties: &str| format!(r#"{{"kind":"opportunity","occurred_at":{NOW},"properties":{{{properties}}}}}"#);
+        let with =
+            |properties: &str| format!(r#"{{"kind":"opportunity","occurred_at":{NOW},"properties":{{{properties}}}}}"#);
         let ok = r#""opportunity_id":"o","stage":"open","amount":0,"currency":"USD""#;
         assert!(check(&with(ok)).is_ok(), "amount 0 and no stage_name are fine");
         for (properties, expected) in [
@@ -578,13 +576,19 @@ mod tests {
             (r#""opportunity_id":"o","stage":"open","amount":1"#, RejectReason::MissingField),
             (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"US""#, RejectReason::InvalidField),
             (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"U$D""#, RejectReason::InvalidField),
-            (r#""opportunity_id":"o","stage":"open","amount":1,"currency":"USD","stage_name":7"#, RejectReason::InvalidField),
+            (
+                r#""opportunity_id":"o","stage":"open","amount":1,"currency":"USD","stage_name":7"#,
+                RejectReason::InvalidField,
+            ),
         ] {
             let json = with(properties);
             // 1e999 is not valid JSON for serde_json (out of range): malformed, still refused.
             let got = reason(&json);
             if properties.contains("1e999") {
-                assert!(matches!(got, RejectReason::InvalidField | RejectReason::MalformedJson), "{properties}: {got:?}");
+                assert!(
+                    matches!(got, RejectReason::InvalidField | RejectReason::MalformedJson),
+                    "{properties}: {got:?}"
+                );
             } else {
                 assert_eq!(got, expected, "{properties}");
             }
@@ -622,13 +626,12 @@ mod tests {
 
     #[test]
     fn raw_topics_supply_the_kind() {
-        let arrival =
-            Arrival {
-                source: "kafka:abm.raw.ad-clicks",
-                received_at: NOW,
-                default_kind: Some(EventKind::AdClick),
-                scope: crate::keys::Scope::Server,
-            };
+        let arrival = Arrival {
+            source: "kafka:abm.raw.ad-clicks",
+            received_at: NOW,
+            default_kind: Some(EventKind::AdClick),
+            scope: crate::keys::Scope::Server,
+        };
         let event = validate(
             format!(r#"{{"occurred_at":{NOW},"properties":{{"channel":"LinkedIn"}}}}"#).as_bytes(),
             &arrival,

@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
 use abm::topics::TopicRole;
 use abm_schemas::{EngagementEvent, RejectReason, RejectedEvent};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, http_request, metric, producer, read_all, send};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 const SERVER_KEY: &str = "server-secret";
@@ -144,7 +144,8 @@ fn a_gzip_bomb_is_refused_after_the_body_limit_and_kept() {
     // Kept, truncated, as oversized; the service goes on.
     let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
     assert_eq!(rejected.iter().filter(|(_, r)| r.reason == RejectReason::Oversized).count(), 5);
-    let (status, _, _) = http_request(ingest.port, "POST", "/v1/events", visit("after-bomb").as_bytes(), &server_auth());
+    let (status, _, _) =
+        http_request(ingest.port, "POST", "/v1/events", visit("after-bomb").as_bytes(), &server_auth());
     assert_eq!(status, 200);
 }
 
@@ -168,11 +169,14 @@ fn many_tiny_events_are_each_answered_for_and_kept() {
     let visits: Vec<String> = (0..5000)
         .map(|n| format!(r#"{{"event_id":"t{n}","kind":"web_visit","occurred_at":{now},"domain":"acme.example","properties":{{"url":"/"}}}}"#))
         .collect();
-    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/events", visits.join("\n").as_bytes(), &server_auth());
+    let (status, _, answer) =
+        http_request(ingest.port, "POST", "/v1/events", visits.join("\n").as_bytes(), &server_auth());
     assert_eq!(status, 200, "{}", &answer[..answer.len().min(500)]);
     assert!(answer.contains(r#""accepted":5000"#), "{answer}");
-    let engaged: BTreeSet<String> =
-        read_all::<EngagementEvent>(&ingest.topics.name(TopicRole::Engagement)).into_iter().map(|(_, e)| e.event_id).collect();
+    let engaged: BTreeSet<String> = read_all::<EngagementEvent>(&ingest.topics.name(TopicRole::Engagement))
+        .into_iter()
+        .map(|(_, e)| e.event_id)
+        .collect();
     assert_eq!(engaged, (0..5000).map(|n| format!("t{n}")).collect::<BTreeSet<_>>());
     let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
     assert_eq!(rejected.iter().filter(|(_, r)| r.reason == RejectReason::MissingField).count(), 5000);
@@ -221,7 +225,9 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
     assert!(closed_within(stream, Duration::from_secs(10)).is_some(), "an idle connection is closed");
     // A body that never finishes: 408.
     let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
-    let head = format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVER_KEY}\r\nContent-Length: 1000\r\n\r\n[");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVER_KEY}\r\nContent-Length: 1000\r\n\r\n["
+    );
     stream.write_all(head.as_bytes()).expect("writes");
     let (_, answer) = closed_within(stream, Duration::from_secs(10)).expect("answered");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -235,10 +241,13 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_bounded() {
     assert_eq!(status, 200, "liveness answers through a connection flood");
     let (status, _, _) = http_request(ingest.port, "GET", "/readyz", b"", &[]);
     assert_eq!(status, 200, "readiness answers through a connection flood");
-    let (status, headers, _) = http_request(ingest.port, "POST", "/v1/events", visit("flood").as_bytes(), &server_auth());
+    let (status, headers, _) =
+        http_request(ingest.port, "POST", "/v1/events", visit("flood").as_bytes(), &server_auth());
     assert_eq!(status, 503, "events wait for a connection of their own");
     assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
-    held.extend((0..abm::ops::PROBE_CONNECTIONS).map(|_| TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects")));
+    held.extend(
+        (0..abm::ops::PROBE_CONNECTIONS).map(|_| TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects")),
+    );
     std::thread::sleep(Duration::from_millis(200));
     let extra = TcpStream::connect(("127.0.0.1", ingest.port)).expect("connects");
     let (after, answer) = closed_within(extra, Duration::from_secs(5)).expect("closed at once");
@@ -262,9 +271,15 @@ fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
     // Forged: a demo request, an explicit account, a persona. Each rejected as not_allowed, kept.
     let now = now_ms();
     let forged = [
-        format!(r#"{{"event_id":"b-demo","kind":"demo_request","occurred_at":{now},"domain":"acme.example","properties":{{"form":"contact-sales"}}}}"#),
-        format!(r#"{{"event_id":"b-account","kind":"web_visit","occurred_at":{now},"account_id":"evil-{now}","properties":{{"url":"https://v.example/"}}}}"#),
-        format!(r#"{{"event_id":"b-persona","kind":"web_visit","occurred_at":{now},"domain":"acme.example","contact":{{"email":"x@acme.example","persona":"economic_buyer"}},"properties":{{"url":"https://v.example/"}}}}"#),
+        format!(
+            r#"{{"event_id":"b-demo","kind":"demo_request","occurred_at":{now},"domain":"acme.example","properties":{{"form":"contact-sales"}}}}"#
+        ),
+        format!(
+            r#"{{"event_id":"b-account","kind":"web_visit","occurred_at":{now},"account_id":"evil-{now}","properties":{{"url":"https://v.example/"}}}}"#
+        ),
+        format!(
+            r#"{{"event_id":"b-persona","kind":"web_visit","occurred_at":{now},"domain":"acme.example","contact":{{"email":"x@acme.example","persona":"economic_buyer"}},"properties":{{"url":"https://v.example/"}}}}"#
+        ),
     ];
     let body = format!("[{}]", forged.join(","));
     let (status, _, answer) = http_request(ingest.port, "POST", &browser_path(), body.as_bytes(), &from_site);
@@ -309,11 +324,8 @@ fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
     assert_eq!(refused, ["b-account", "b-demo", "b-persona"].map(String::from).into());
     // No account was created from the browser: nothing engaged for the forged id.
     let engaged = read_all::<EngagementEvent>(&ingest.topics.name(TopicRole::Engagement));
-    let browser_accounts: BTreeSet<&str> = engaged
-        .iter()
-        .filter(|(_, e)| e.source == "http:site")
-        .map(|(key, _)| key.as_str())
-        .collect();
+    let browser_accounts: BTreeSet<&str> =
+        engaged.iter().filter(|(_, e)| e.source == "http:site").map(|(key, _)| key.as_str()).collect();
     assert_eq!(browser_accounts, ["acme"].into(), "browser events resolve by domain only");
     // The keys are named in metrics and logs, never shown.
     let (_, metrics) = abm_testkit::http_get(ingest.port, "/metrics").expect("metrics");

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use abm::topics::TopicRole;
+use abm_schemas::{EngagementEvent, RejectedEvent, Transport};
 use abm_testkit::{
     PrivateBroker, ServiceProcess, TestTopics, flush, free_port, metric, producer, read_all, send, send_bytes,
     wait_for_status,
 };
-use abm::topics::TopicRole;
-use abm_schemas::{EngagementEvent, RejectedEvent, Transport};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 const KEY: &str = "test-secret";
@@ -331,10 +331,7 @@ fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_take
     let ingest = start_ingest(
         &topics,
         port,
-        &[
-            ("ABM_INGEST__STALL_AFTER_MS", "3000".into()),
-            ("ABMTEST_FAULT_RAW_STALL_AFTER_MESSAGES", "50".into()),
-        ],
+        &[("ABM_INGEST__STALL_AFTER_MS", "3000".into()), ("ABMTEST_FAULT_RAW_STALL_AFTER_MESSAGES", "50".into())],
     );
     // Records keep arriving after the fault: the paused consumer leaves them waiting.
     let raw_topic = topics.name(TopicRole::RawWebVisits);
@@ -361,7 +358,14 @@ fn a_raw_topic_consumer_that_stops_fetching_is_replaced_and_every_record_is_take
     assert_eq!(received(), ids.len() as f64, "each record once\n{}", ingest.stderr());
     assert_eq!(metric(port, "abm_ingest_raw_loop_heals_total", &[]), 1.0, "{}", ingest.stderr());
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
-    abm_testkit::wait_for_metric(port, "abm_ingest_raw_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
+    abm_testkit::wait_for_metric(
+        port,
+        "abm_ingest_raw_loop_stalled_seconds",
+        &[],
+        0.0,
+        Duration::from_secs(5),
+        "progressing again",
+    );
     assert!(ingest.stderr().contains("have input but nothing was taken"), "{}", ingest.stderr());
     let engaged: BTreeSet<String> =
         read_ids(&abm_testkit::bootstrap_servers(), &topics.name(TopicRole::Engagement)).into_iter().collect();

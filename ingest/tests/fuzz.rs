@@ -53,7 +53,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn check(body: &[u8]) {
     let config = ValidationConfig::default();
     let tal = TalIndex::new(&config.free_mail_domains);
-    let arrival = Arrival { source: "http:fuzz", received_at: NOW, default_kind: None, scope: ingest::keys::Scope::Server };
+    let arrival =
+        Arrival { source: "http:fuzz", received_at: NOW, default_kind: None, scope: ingest::keys::Scope::Server };
     let source = RejectSource {
         transport: Transport::Http,
         write_key: Some("fuzz".into()),

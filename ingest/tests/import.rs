@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use abm_testkit::{TestTopics, read_all, run_to_exit, unique};
 use abm::topics::TopicRole;
 use abm_schemas::{Account, Tier};
+use abm_testkit::{TestTopics, read_all, run_to_exit, unique};
 
 const INGEST: &str = env!("CARGO_BIN_EXE_ingest");
 

@@ -243,7 +243,8 @@ fn written_with_old_schema<T: serde::Serialize>(old_schema: &str, value: &T, dro
 fn records_written_before_opportunities_still_decode() {
     let mut event = full_event();
     event.opportunity = None;
-    let bytes = written_with_old_schema(include_str!("../avro/history/engagement_event.v1.avsc"), &event, &["opportunity"]);
+    let bytes =
+        written_with_old_schema(include_str!("../avro/history/engagement_event.v1.avsc"), &event, &["opportunity"]);
     assert_eq!(decode::<EngagementEvent>(&bytes).expect("v1 event decodes"), event);
 
     let mut state = sample_state();
@@ -505,7 +506,13 @@ fn any_event() -> impl Strategy<Value = EngagementEvent> {
                 .prop_map(|(topic, strength)| Intent { topic, strength }),
         ),
         proptest::option::of(
-            (text(), 0..OpportunityStage::ALL.len(), maybe_text(), any::<f64>().prop_filter("NaN", |x| !x.is_nan()), text())
+            (
+                text(),
+                0..OpportunityStage::ALL.len(),
+                maybe_text(),
+                any::<f64>().prop_filter("NaN", |x| !x.is_nan()),
+                text(),
+            )
                 .prop_map(|(opportunity_id, stage, stage_name, amount, currency)| Opportunity {
                     opportunity_id,
                     stage: OpportunityStage::ALL[stage],

@@ -32,7 +32,12 @@ struct ApiState {
 }
 
 /// The routes, to be merged with the ops routes.
-pub fn routes(engine: Arc<Engine>, store: Store, tiers: Arc<Tiers>, leaderboard_examined: prometheus::Histogram) -> Router {
+pub fn routes(
+    engine: Arc<Engine>,
+    store: Store,
+    tiers: Arc<Tiers>,
+    leaderboard_examined: prometheus::Histogram,
+) -> Router {
     Router::new()
         .route("/v1/accounts", get(leaderboard))
         .route("/v1/accounts/{account_id}", get(account))

@@ -107,17 +107,24 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             accounts: metrics.tal_accounts.clone(),
             decode_errors: metrics.tal_decode_errors.clone(),
         };
-        abm::tal::follow(&config.kafka, &topics, "abm-scorer-tal", context.shutdown.clone(), tal_metrics, move |change| {
-            match change {
-                TalChange::Upsert(account) => {
-                    table.insert(account.account_id, account.tier);
+        abm::tal::follow(
+            &config.kafka,
+            &topics,
+            "abm-scorer-tal",
+            context.shutdown.clone(),
+            tal_metrics,
+            move |change| {
+                match change {
+                    TalChange::Upsert(account) => {
+                        table.insert(account.account_id, account.tier);
+                    }
+                    TalChange::Remove(account_id) => {
+                        table.remove(&account_id);
+                    }
                 }
-                TalChange::Remove(account_id) => {
-                    table.remove(&account_id);
-                }
-            }
-            table.len()
-        })
+                table.len()
+            },
+        )
         .await?;
         tracing::info!(accounts = tiers.len(), "TAL loaded");
     }
@@ -134,7 +141,13 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         ),
         &config.http,
     );
-    let server = tokio::spawn(ops::serve(listener, app, config.http.clone(), context.registry.clone(), context.shutdown.clone()));
+    let server = tokio::spawn(ops::serve(
+        listener,
+        app,
+        config.http.clone(),
+        context.registry.clone(),
+        context.shutdown.clone(),
+    ));
 
     let loop_topics = LoopTopics {
         engagement: topics.name(TopicRole::Engagement).to_owned(),

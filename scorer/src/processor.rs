@@ -275,14 +275,9 @@ impl Processor for ScorerProcessor {
                 self.reject_oversized(out, *partition, account_id, &state_payload)?;
             } else if let Some(state) = accounts.get(account_id.as_str()) {
                 let topic = &self.topics.state;
-                let one = split.write(
-                    *partition,
-                    account_id,
-                    &state,
-                    &self.engine,
-                    &state_payload,
-                    |key, value| out.write(topic, key, value, Some(*partition)),
-                )?;
+                let one = split.write(*partition, account_id, &state, &self.engine, &state_payload, |key, value| {
+                    out.write(topic, key, value, Some(*partition))
+                })?;
                 written.records += one.records;
                 written.bytes += one.bytes;
                 written.tombstones += one.tombstones;

@@ -263,10 +263,7 @@ impl<T> Best<T> {
 
 /// (score, id, partition) comes before `other` in the leaderboard's order.
 fn beats<T>(score: f64, id: &str, partition: i32, other: &(f64, String, i32, T)) -> bool {
-    score
-        .total_cmp(&other.0)
-        .then_with(|| other.1.as_str().cmp(id))
-        .then_with(|| other.2.cmp(&partition))
+    score.total_cmp(&other.0).then_with(|| other.1.as_str().cmp(id)).then_with(|| other.2.cmp(&partition))
         == Ordering::Greater
 }
 

@@ -346,7 +346,8 @@ fn a_rule_may_match_opportunities_and_the_bound_is_counted() {
     let engine = Engine::new(config).expect("valid");
     let mut state = AccountScoreState::default();
     engine.apply(ACCOUNT, &mut state, &opportunity("o1", "A", OpportunityStage::ClosedLost, 1.0, T0), Tier::Tier1);
-    let applied = engine.apply(ACCOUNT, &mut state, &opportunity("o2", "B", OpportunityStage::Open, 1.0, T0), Tier::Tier1);
+    let applied =
+        engine.apply(ACCOUNT, &mut state, &opportunity("o2", "B", OpportunityStage::Open, 1.0, T0), Tier::Tier1);
     match applied {
         Applied::Scored { points, trimmed, .. } => {
             assert_eq!(points, 40.0);

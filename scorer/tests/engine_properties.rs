@@ -43,7 +43,8 @@ fn build(index: usize, (kind, offset, contact, persona): (u8, i64, Option<u8>, u
             event.email = Some(EmailEvent { action, campaign: None });
         }
         EventKind::Opportunity => {
-            let stage = [OpportunityStage::Open, OpportunityStage::ClosedWon, OpportunityStage::ClosedLost][(offset % 3) as usize];
+            let stage = [OpportunityStage::Open, OpportunityStage::ClosedWon, OpportunityStage::ClosedLost]
+                [(offset % 3) as usize];
             event.opportunity = Some(Opportunity {
                 opportunity_id: format!("o{}", offset % 4),
                 stage,

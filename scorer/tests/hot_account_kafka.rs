@@ -6,8 +6,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, metric, read_all_bytes_from, wait_for_status};
 use abm_schemas::{AccountState, AccountStateChunk, Contact, EngagementEvent, EventKind, Tier, WebVisit};
+use abm_testkit::{ServiceProcess, metric, read_all_bytes_from, wait_for_status};
 use scorer::engine::{AccountScoreState, DAY_MS, Engine, ScoringConfig};
 use support::*;
 

@@ -13,7 +13,8 @@ const T0: i64 = 1_700_000_000_000;
 const TIERS: [Tier; 4] = [Tier::Tier1, Tier::Tier2, Tier::Tier3, Tier::Untiered];
 
 fn event(n: usize, kind: u8, offset: i64, contact: u8) -> EngagementEvent {
-    let kind = [EventKind::WebVisit, EventKind::WebVisit, EventKind::DemoRequest, EventKind::ContentDownload][usize::from(kind % 4)];
+    let kind = [EventKind::WebVisit, EventKind::WebVisit, EventKind::DemoRequest, EventKind::ContentDownload]
+        [usize::from(kind % 4)];
     let mut event = EngagementEvent::new(format!("e{n}"), kind, T0 + offset, "leaderboard");
     event.contact = Some(Contact {
         contact_id: Some(format!("c{contact}")),
@@ -34,7 +35,14 @@ fn account_spec() -> impl Strategy<Value = AccountSpec> {
     (0u8..4, 0i32..3, proptest::collection::vec((0u8..4, 0i64..60 * DAY_MS, 0u8..8), 0..12))
 }
 
-fn apply_all(engine: &Engine, id: &str, state: &mut AccountScoreState, tier: Tier, events: &[(u8, i64, u8)], base: usize) {
+fn apply_all(
+    engine: &Engine,
+    id: &str,
+    state: &mut AccountScoreState,
+    tier: Tier,
+    events: &[(u8, i64, u8)],
+    base: usize,
+) {
     for (n, (kind, offset, contact)) in events.iter().enumerate() {
         engine.apply(id, state, &event(base + n, *kind, *offset, *contact), tier);
     }
@@ -120,8 +128,9 @@ fn a_leaderboard_looks_at_the_top_of_the_ranking_not_at_every_account() {
     for index in 0..24_000_usize {
         let id = format!("acc-{index}");
         let mut state = AccountScoreState::default();
-        let visits: Vec<(u8, i64, u8)> =
-            (0..1 + index % 4).map(|v| (0, ((index * 7919 + v * 104_729) as i64 * 60_000) % (60 * DAY_MS), (v % 3) as u8)).collect();
+        let visits: Vec<(u8, i64, u8)> = (0..1 + index % 4)
+            .map(|v| (0, ((index * 7919 + v * 104_729) as i64 * 60_000) % (60 * DAY_MS), (v % 3) as u8))
+            .collect();
         apply_all(&engine, &id, &mut state, TIERS[index % 4], &visits, 0);
         let partition = (index % 6) as i32;
         store.partition(partition).insert(id.as_str().into(), Box::new(state));
@@ -148,4 +157,3 @@ fn a_leaderboard_looks_at_the_top_of_the_ranking_not_at_every_account() {
     assert!(scanned.scanned, "examined {}", scanned.examined);
     assert!(store.top(None, at, 0, |id, _, score| (id.to_owned(), score)).entries.is_empty());
 }
-

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm_sim::Rng;
-use abm_testkit::{ServiceProcess, http_get, wait_for_status};
 use abm_schemas::{
     AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier,
     WebVisit,
 };
+use abm_sim::Rng;
+use abm_testkit::{ServiceProcess, http_get, wait_for_status};
 use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
 use support::*;
 

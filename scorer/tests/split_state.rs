@@ -119,11 +119,7 @@ fn a_hot_account_writes_what_changed_and_restores_exactly() {
         }
         assert!(log.records.len() > before);
         // A restore from the whole log and from its compacted form give back every state.
-        let from_all = check_restore(
-            &engine,
-            log.records.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
-            &accounts,
-        );
+        let from_all = check_restore(&engine, log.records.iter().map(|(k, v)| (k.as_slice(), v.as_deref())), &accounts);
         let compacted = log.compacted();
         check_restore(&engine, compacted.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))), &accounts);
         // The restored writer's memory equals the live one's: its next write repeats nothing.
@@ -137,7 +133,10 @@ fn a_hot_account_writes_what_changed_and_restores_exactly() {
     // Every chunk the compacted log keeps is listed by the head: nothing is left behind.
     let compacted = log.compacted();
     let chunks = compacted.keys().filter(|k| is_chunk_key(k)).count();
-    assert_eq!(chunks, hot.chunk_refs(&engine).iter().map(|c| (c.structure, c.id)).collect::<std::collections::HashSet<_>>().len());
+    assert_eq!(
+        chunks,
+        hot.chunk_refs(&engine).iter().map(|c| (c.structure, c.id)).collect::<std::collections::HashSet<_>>().len()
+    );
     // Per commit of 50 events, a split hot account writes well under half its whole state.
     assert!(
         hot_bytes_late * 2 < hot_full_late,
@@ -161,7 +160,12 @@ fn a_missing_chunk_is_counted_not_fatal() {
     let engine = Engine::new(ScoringConfig::default()).expect("valid");
     let mut state = AccountScoreState::default();
     for n in 0..400 {
-        engine.apply("hot", &mut state, &event("hot", &format!("e{n}"), T0 + n * 1000, "c", EventKind::Email), Tier::Tier1);
+        engine.apply(
+            "hot",
+            &mut state,
+            &event("hot", &format!("e{n}"), T0 + n * 1000, "c", EventKind::Email),
+            Tier::Tier1,
+        );
     }
     let mut log = Log::default();
     let accounts = BTreeMap::from([("hot".to_owned(), state)]);

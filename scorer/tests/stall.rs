@@ -7,8 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abm_testkit::{ServiceProcess, metric, wait_for_status};
 use abm_schemas::{Contact, EngagementEvent, EventKind, Tier, WebVisit};
+use abm_testkit::{ServiceProcess, metric, wait_for_status};
 use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
 use support::*;
 
@@ -17,7 +17,8 @@ const ACCOUNTS: usize = 6;
 
 fn visit(n: usize) -> EngagementEvent {
     let account = format!("stall-acc-{}", n % ACCOUNTS);
-    let mut event = EngagementEvent::new(format!("stall-{n}"), EventKind::WebVisit, 1_760_000_000_000 + n as i64 * 60_000, "test");
+    let mut event =
+        EngagementEvent::new(format!("stall-{n}"), EventKind::WebVisit, 1_760_000_000_000 + n as i64 * 60_000, "test");
     event.account_id = Some(account.clone());
     event.contact = Some(Contact { contact_id: Some(format!("{account}-c{}", n % 4)), ..Contact::default() });
     event.web_visit = Some(WebVisit { url: "https://vendor.example/pricing".into(), referrer: None, title: None });
@@ -50,9 +51,8 @@ fn a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost_or_doubled() {
         std::thread::sleep(Duration::from_millis(700));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    let done = |port| {
-        metric(port, "abm_scorer_events_applied_total", &[]) + metric(port, "abm_scorer_duplicates_total", &[])
-    };
+    let done =
+        |port| metric(port, "abm_scorer_events_applied_total", &[]) + metric(port, "abm_scorer_duplicates_total", &[]);
     while done(env.port) < events.len() as f64 {
         assert!(Instant::now() < deadline, "not every event was applied:\n{}", scorer.stderr());
         std::thread::sleep(Duration::from_millis(250));
@@ -63,7 +63,14 @@ fn a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost_or_doubled() {
     assert_eq!(metric(env.port, "abm_scorer_events_applied_total", &[]), events.len() as f64);
     assert_eq!(metric(env.port, "abm_scorer_duplicates_total", &[]), 0.0);
     // The gauge counts from the last progress (a heal does not reset it): 0 at the next check.
-    abm_testkit::wait_for_metric(env.port, "abm_scorer_loop_stalled_seconds", &[], 0.0, Duration::from_secs(5), "progressing again");
+    abm_testkit::wait_for_metric(
+        env.port,
+        "abm_scorer_loop_stalled_seconds",
+        &[],
+        0.0,
+        Duration::from_secs(5),
+        "progressing again",
+    );
     wait_for_status(env.port, "/readyz", 200, Duration::from_secs(30), "ready again after healing");
 
     // Every account's score equals an uninterrupted in-process run.

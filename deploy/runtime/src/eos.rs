@@ -81,11 +81,15 @@ impl LoopMetrics {
             )?,
             stalled_seconds: prometheus::Gauge::new(
                 format!("abm_{service}_loop_stalled_seconds"),
-                format!("Seconds the processing loop has had input waiting without making progress (0 while it progresses or has nothing to do); /readyz is 503 from half of {service}.stall_after_ms."),
+                format!(
+                    "Seconds the processing loop has had input waiting without making progress (0 while it progresses or has nothing to do); /readyz is 503 from half of {service}.stall_after_ms."
+                ),
             )?,
             heals: prometheus::IntCounter::new(
                 format!("abm_{service}_loop_heals_total"),
-                format!("Times the processing loop stalled with input waiting for {service}.stall_after_ms and healed by replacing its Kafka consumer."),
+                format!(
+                    "Times the processing loop stalled with input waiting for {service}.stall_after_ms and healed by replacing its Kafka consumer."
+                ),
             )?,
         };
         registry.register(Box::new(metrics.producers_replaced.clone()))?;
@@ -178,8 +182,7 @@ impl Outbox<'_> {
         event_id: Option<String>,
     ) -> anyhow::Result<()> {
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %text, "rejected input");
-        let received_at =
-            crate::clock::now_ms();
+        let received_at = crate::clock::now_ms();
         let rejected = abm_schemas::RejectedEvent {
             reason,
             message: text,
@@ -752,7 +755,8 @@ impl<P: Processor> Shared<P> {
                 Some((next, _)) if *next >= 0 => *next,
                 // Not fetched yet: from the committed offset (or the start of the partition).
                 _ => {
-                    let committed = consumer.committed_offsets(self.partition_list([partition]), Duration::from_secs(2)).ok()?;
+                    let committed =
+                        consumer.committed_offsets(self.partition_list([partition]), Duration::from_secs(2)).ok()?;
                     committed
                         .elements()
                         .first()
@@ -1052,7 +1056,6 @@ impl Drop for Watchdog {
     }
 }
 
-
 /// Consumers replaced within 10 minutes before the loop gives up.
 const CONSUMER_REPLACEMENTS_LIMIT: usize = 5;
 
@@ -1184,7 +1187,9 @@ fn poll_loop<P: Processor>(
                         *left = left.saturating_sub(1);
                         if *left == 0 {
                             fault = None;
-                            tracing::warn!("{FAULT_STALL_ENV}: pausing every assigned partition (a consumer that stops fetching)");
+                            tracing::warn!(
+                                "{FAULT_STALL_ENV}: pausing every assigned partition (a consumer that stops fetching)"
+                            );
                             if let Ok(assignment) = consumer.assignment() {
                                 let _ = consumer.pause(&assignment);
                             }

@@ -130,8 +130,9 @@ impl KafkaConfig {
     /// `sasl.oauthbearer.method = oidc`, the same settings are first tried on a client without
     /// OIDC and without brokers (it connects nowhere), which fails with librdkafka's message.
     fn preflight_oidc(&self, client_id: &str) -> Result<(), KafkaSetupError> {
-        let oidc =
-            self.passthrough().any(|(key, value)| key == "sasl.oauthbearer.method" && value.eq_ignore_ascii_case("oidc"));
+        let oidc = self
+            .passthrough()
+            .any(|(key, value)| key == "sasl.oauthbearer.method" && value.eq_ignore_ascii_case("oidc"));
         if !oidc {
             return Ok(());
         }
@@ -544,7 +545,13 @@ fn await_decided_transactions<C: rdkafka::consumer::ConsumerContext>(
                 "{topic} [{partition}]: transactions still open after 10 minutes (last stable offset {stable}, high watermark {high})"
             );
             if !waited {
-                tracing::info!(topic, partition, stable, high, "waiting for open transactions to be decided before reading");
+                tracing::info!(
+                    topic,
+                    partition,
+                    stable,
+                    high,
+                    "waiting for open transactions to be decided before reading"
+                );
                 waited = true;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -31,7 +31,7 @@ pub mod service;
 pub mod shutdown;
 pub mod tal;
 pub mod telemetry;
-pub mod watch;
 pub mod topics;
+pub mod watch;
 
 pub use tokio_util::sync::CancellationToken;

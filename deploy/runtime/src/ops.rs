@@ -390,7 +390,10 @@ pub async fn serve(
     drop(listener);
     let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = config.shutdown_grace_ms, "HTTP requests still in flight after the shutdown grace; closing them");
+        tracing::warn!(
+            grace_ms = config.shutdown_grace_ms,
+            "HTTP requests still in flight after the shutdown grace; closing them"
+        );
     }
     Ok(())
 }

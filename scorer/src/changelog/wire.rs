@@ -148,8 +148,9 @@ impl AccountScoreState {
     /// chunk named by the hash of its content as written (a cap's rule by its name, not its
     /// index in the config, so a reordered config cannot give other content the same name).
     pub fn chunk_refs(&self, engine: &Engine) -> Vec<ChunkRef> {
-        let rule_hashes: Vec<u64> =
-            (0..engine.rules().len()).map(|i| abm_schemas::hash::stable_hash(&engine.rules().get(i as u16).name) as u64).collect();
+        let rule_hashes: Vec<u64> = (0..engine.rules().len())
+            .map(|i| abm_schemas::hash::stable_hash(&engine.rules().get(i as u16).name) as u64)
+            .collect();
         let rule_hash = |rule: u16| rule_hashes.get(usize::from(rule)).copied().unwrap_or(u64::from(rule));
         let mut chunks = Vec::new();
         cut_chunks(

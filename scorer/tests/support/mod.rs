@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use abm_testkit::{TestTopics, free_port};
 use abm_schemas::{Account, EngagementEvent, Tier};
+use abm_testkit::{TestTopics, free_port};
 
-pub use abm_testkit::{flush, producer, read_all, send};
 pub use abm::topics::TopicRole;
+pub use abm_testkit::{flush, producer, read_all, send};
 
 /// A scorer environment with its own topics, group and instance id.
 #[derive(Debug, Clone)]

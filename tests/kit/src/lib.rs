@@ -558,15 +558,16 @@ impl TestTopics {
 
     /// Every role with its environment variable (`ABM_TOPICS__<KEY>`), built once per process.
     fn roles() -> Vec<(abm::topics::TopicRole, &'static str)> {
-        static ROLES: std::sync::LazyLock<Vec<(abm::topics::TopicRole, &'static str)>> = std::sync::LazyLock::new(|| {
-            abm::topics::TopicRole::ALL
-                .into_iter()
-                .map(|role| {
-                    let var: &'static str = format!("ABM_TOPICS__{}", role.key().to_uppercase()).leak();
-                    (role, var)
-                })
-                .collect()
-        });
+        static ROLES: std::sync::LazyLock<Vec<(abm::topics::TopicRole, &'static str)>> =
+            std::sync::LazyLock::new(|| {
+                abm::topics::TopicRole::ALL
+                    .into_iter()
+                    .map(|role| {
+                        let var: &'static str = format!("ABM_TOPICS__{}", role.key().to_uppercase()).leak();
+                        (role, var)
+                    })
+                    .collect()
+            });
         ROLES.clone()
     }
 

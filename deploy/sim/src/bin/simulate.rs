@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abm::kafka::KafkaConfig;
-use abm_sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
 use abm::topics::{TopicOverrides, Topics};
+use abm_sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rdkafka::producer::{FutureProducer, FutureRecord};

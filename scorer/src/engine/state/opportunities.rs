@@ -6,6 +6,8 @@ use abm_schemas::{Opportunity, OpportunityStage, OpportunityState};
 /// accounts have none, so the list is boxed behind one pointer (the state stays small).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Opportunities {
+    // One pointer in the state, not a Vec's three words: most accounts have no opportunity.
+    #[allow(clippy::box_collection)]
     list: Option<Box<Vec<OpportunityState>>>,
 }
 
@@ -74,7 +76,10 @@ impl Opportunities {
         self.list.as_ref().map_or(0, |list| {
             std::mem::size_of::<Vec<OpportunityState>>()
                 + list.capacity() * std::mem::size_of::<OpportunityState>()
-                + list.iter().map(|o| o.opportunity_id.len() + o.currency.len() + o.stage_name.as_ref().map_or(0, String::len)).sum::<usize>()
+                + list
+                    .iter()
+                    .map(|o| o.opportunity_id.len() + o.currency.len() + o.stage_name.as_ref().map_or(0, String::len))
+                    .sum::<usize>()
         })
     }
 }
@@ -96,7 +101,10 @@ mod tests {
         // A late change (older than the state) only moves the creation time back.
         opportunities.apply(&change("o1", OpportunityStage::Open, 90.0), 500, 20);
         let o1 = opportunities.iter().next().expect("kept");
-        assert_eq!((o1.stage, o1.amount, o1.created_at, o1.updated_at), (OpportunityStage::ClosedWon, 120.0, 500, 3_000));
+        assert_eq!(
+            (o1.stage, o1.amount, o1.created_at, o1.updated_at),
+            (OpportunityStage::ClosedWon, 120.0, 500, 3_000)
+        );
         // A tie: the later applied wins.
         opportunities.apply(&change("o1", OpportunityStage::ClosedLost, 0.0), 3_000, 20);
         assert_eq!(opportunities.iter().next().map(|o| o.stage), Some(OpportunityStage::ClosedLost));

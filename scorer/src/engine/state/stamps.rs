@@ -42,7 +42,8 @@ pub(crate) fn kind_from_index(index: usize) -> EventKind {
 }
 
 // A stamp keeps the kind in 4 bits.
-const _: () = assert!(EventKind::ALL.len() <= 16, "Stamp keeps an event kind in 4 bits: widen it before adding a 17th kind");
+const _: () =
+    assert!(EventKind::ALL.len() <= 16, "Stamp keeps an event kind in 4 bits: widen it before adding a 17th kind");
 
 #[cfg(test)]
 mod tests {
