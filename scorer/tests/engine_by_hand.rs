@@ -328,8 +328,7 @@ fn opportunities_keep_their_latest_state_score_nothing_by_default_and_survive_th
 
 #[test]
 fn a_rule_may_match_opportunities_and_the_bound_is_counted() {
-    let mut config = ScoringConfig::default();
-    config.max_opportunities = 1;
+    let mut config = ScoringConfig { max_opportunities: 1, ..ScoringConfig::default() };
     config.rules.insert(
         0,
         scorer::engine::RuleConfig {
