@@ -77,7 +77,7 @@ impl LoopMetrics {
         let metrics = LoopMetrics {
             producers_replaced: prometheus::IntCounter::new(
                 format!("abm_{service}_producers_replaced_total"),
-                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage); the batch was done again.",
+                "Transactional producers replaced after failing fatally (e.g. a transaction the coordinator timed out during a broker outage) or after a transactional call did not come back; the batch was done again.",
             )?,
             stalled_seconds: prometheus::Gauge::new(
                 format!("abm_{service}_loop_stalled_seconds"),
@@ -228,6 +228,15 @@ pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(20);
 /// partitions and never resumes them (a consumer that stops fetching), so tests can show the
 /// watchdog heals it. Unset in production.
 const FAULT_STALL_ENV: &str = "ABMTEST_FAULT_STALL_AFTER_MESSAGES";
+
+/// Test-only fault injection: the transaction this many commits after the start never gets its
+/// `send_offsets_to_transaction` back (as librdkafka's can hang after a broker restart), so
+/// tests can show the loop abandons that producer and goes on. Unset in production.
+const FAULT_WEDGE_ENV: &str = "ABMTEST_FAULT_WEDGE_AFTER_COMMITS";
+
+/// How long past the Kafka timeout a transactional call may take before its producer is judged
+/// wedged and replaced (see `Shared::bounded`).
+const WEDGE_GRACE: Duration = Duration::from_secs(5);
 
 /// The transactional producer's `transaction.timeout.ms` unless the passthrough sets one; it
 /// must stay below the consumer's `session.timeout.ms` (librdkafka's default: 45 s).
@@ -418,6 +427,8 @@ struct Shared<P> {
     fatal: Mutex<Option<String>>,
     /// Aborts since the last commit.
     aborts_in_a_row: Mutex<u32>,
+    /// Transactions left before the test-only wedge fault ([`FAULT_WEDGE_ENV`]).
+    wedge_after: Mutex<Option<u64>>,
     timeout: Duration,
     health: Health,
     watch: Arc<Watch>,
@@ -541,22 +552,37 @@ impl<P: Processor> Shared<P> {
                 .add_partition_offset(&self.input_topic, *partition, Offset::Offset(*offset))
                 .map_err(|error| Failure::Abort(format!("input offsets: {error}")))?;
         }
-        let group =
-            consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?;
-        self.retry("adding input offsets to the transaction", || {
-            producer.send_offsets_to_transaction(&offsets, &group, self.timeout)
+        let group = Arc::new(Mutex::new(
+            consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?,
+        ));
+        let (timeout, wedge) = (self.timeout, self.wedge_fault());
+        self.retry(&producer, "adding input offsets to the transaction", move |producer| {
+            if wedge {
+                tracing::warn!("{FAULT_WEDGE_ENV}: this send_offsets_to_transaction does not come back");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            producer.send_offsets_to_transaction(&offsets, &lock(&group), timeout)
         })?;
         self.await_deliveries(&producer);
-        self.retry("committing the transaction", || producer.commit_transaction(self.timeout))
+        self.retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout))
     }
 
     /// Calls `call` until it succeeds, retrying retriable errors for at most [`RETRY_LIMIT`].
-    fn retry(&self, what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), Failure> {
+    /// Each attempt is [`bounded`](Self::bounded): one that does not come back fails the producer.
+    fn retry(
+        &self,
+        producer: &Arc<TxProducer>,
+        what: &str,
+        call: impl Fn(&TxProducer) -> Result<(), KafkaError> + Send + Sync + 'static,
+    ) -> Result<(), Failure> {
         let deadline = Instant::now() + RETRY_LIMIT;
         let mut warned = false;
+        let call = Arc::new(call);
         loop {
             self.watch.beat();
-            let Err(error) = call() else { return Ok(()) };
+            let attempt = call.clone();
+            let outcome = self.bounded(producer, what, move |producer| attempt(producer)).map_err(Failure::Producer)?;
+            let Err(error) = outcome else { return Ok(()) };
             match classify(&error) {
                 Reaction::ReplaceProducer => return Err(Failure::Producer(format!("{what}: {error}"))),
                 Reaction::Abort => return Err(Failure::Abort(format!("{what}: {error}"))),
@@ -616,13 +642,81 @@ impl<P: Processor> Shared<P> {
         Ok(())
     }
 
-    /// Aborts the open transaction, retrying while the broker is away (at most [`RETRY_LIMIT`]).
-    /// A producer that fails fatally meanwhile is replaced, which aborts the transaction too.
-    fn abort_transaction(&self, reason: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + RETRY_LIMIT;
+    /// Runs one transactional call of `producer` on a thread of its own and waits at most the
+    /// Kafka timeout plus [`WEDGE_GRACE`] for it, beating the watch meanwhile. librdkafka does
+    /// not always honour a call's timeout: `send_offsets_to_transaction` can wait for a group
+    /// coordinator forever after a broker restart (confluentinc/librdkafka#5456, #5511), and
+    /// only a new producer gets the loop going again. So a call that does not come back is
+    /// left running with its own reference to the old producer, and `Err` tells the caller to
+    /// replace the producer: the new one's `init_transactions` fences the old one and aborts its
+    /// transaction, so nothing the abandoned call might still do can commit.
+    fn bounded(
+        &self,
+        producer: &Arc<TxProducer>,
+        what: &str,
+        call: impl FnOnce(&TxProducer) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<Result<(), KafkaError>, String> {
+        let (sender, outcome) = std::sync::mpsc::sync_channel(1);
+        let producer = producer.clone();
+        std::thread::Builder::new()
+            .name("txn-call".into())
+            .spawn(move || {
+                let _ = sender.send(call(&producer));
+            })
+            .map_err(|error| format!("{what}: starting its thread: {error}"))?;
+        let limit = self.timeout + WEDGE_GRACE;
+        let started = Instant::now();
         loop {
             self.watch.beat();
-            match self.producer().abort_transaction(self.timeout) {
+            match outcome.recv_timeout(Duration::from_millis(250)) {
+                Ok(outcome) => return Ok(outcome),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("{what}: the call panicked"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if started.elapsed() >= limit => {
+                    tracing::error!(
+                        "{what}: librdkafka did not come back within {limit:?} (its timeout is {:?}); abandoning the \
+                         producer",
+                        self.timeout
+                    );
+                    return Err(format!("{what}: did not come back within {limit:?}"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// Whether the test-only wedge fault hits this transaction (see [`FAULT_WEDGE_ENV`]).
+    fn wedge_fault(&self) -> bool {
+        let mut left = lock(&self.wedge_after);
+        match left.as_mut() {
+            Some(1) => {
+                *left = None;
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Aborts the open transaction, retrying while the broker is away (at most [`RETRY_LIMIT`]).
+    /// A producer that fails fatally meanwhile (or whose call does not come back) is replaced,
+    /// which aborts the transaction too.
+    fn abort_transaction(&self, reason: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RETRY_LIMIT;
+        let timeout = self.timeout;
+        loop {
+            self.watch.beat();
+            let outcome = match self.bounded(&self.producer(), "aborting the transaction", move |producer| {
+                producer.abort_transaction(timeout)
+            }) {
+                Ok(outcome) => outcome,
+                Err(wedged) => return self.replace_producer(&format!("aborting the transaction ({reason}): {wedged}")),
+            };
+            match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) if classify(&error) == Reaction::ReplaceProducer => {
                     return self.replace_producer(&format!("aborting the transaction ({reason}): {error}"));
@@ -659,12 +753,18 @@ impl<P: Processor> Shared<P> {
              same instance_id?); the last: {reason}"
         );
         tracing::warn!(reason, "the transactional producer failed fatally; replacing it");
-        let producer: TxProducer =
-            self.producer_config.create().context("creating a replacement transactional producer")?;
+        let producer: Arc<TxProducer> =
+            Arc::new(self.producer_config.create().context("creating a replacement transactional producer")?);
         let deadline = Instant::now() + RETRY_LIMIT;
+        let timeout = self.timeout;
         loop {
             self.watch.beat();
-            match producer.init_transactions(self.timeout) {
+            let outcome = self
+                .bounded(&producer, "initialising the replacement producer's transactions", move |producer| {
+                    producer.init_transactions(timeout)
+                })
+                .map_err(|wedged| anyhow!(wedged))?;
+            match outcome {
                 Ok(()) => break,
                 Err(error) if Instant::now() < deadline && classify(&error) != Reaction::ReplaceProducer => {
                     tracing::warn!(%error, "initialising the replacement producer's transactions; retrying");
@@ -673,7 +773,7 @@ impl<P: Processor> Shared<P> {
                 Err(error) => return Err(anyhow!("initialising the replacement producer's transactions: {error}")),
             }
         }
-        *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(producer);
+        *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = producer;
         self.metrics.producers_replaced.inc();
         Ok(())
     }
@@ -964,6 +1064,7 @@ pub fn run<P: Processor>(
         assigned: std::sync::atomic::AtomicBool::new(false),
         fatal: Mutex::new(None),
         aborts_in_a_row: Mutex::new(0),
+        wedge_after: Mutex::new(crate::watch::fault_after(FAULT_WEDGE_ENV)),
         timeout,
         health: health.clone(),
         watch: Arc::new(Watch::new()),
