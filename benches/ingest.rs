@@ -43,6 +43,7 @@ fn publish_tal(topics: &TestTopics) {
             owner: "sdr@vendor.example".into(),
             industry: None,
             employees: None,
+            committee: None,
             updated_at: 0,
         };
         send(&kafka, &topics.name(TopicRole::Accounts), &account.account_id, &account);

@@ -78,6 +78,7 @@ pub fn load_tal(kafka: &TestProducer, topics: &TestTopics, accounts: u64) {
             owner: "sdr@vendor.example".into(),
             industry: None,
             employees: None,
+            committee: None,
             updated_at: 0,
         };
         send(kafka, &topics.name(TopicRole::Accounts), &account.account_id, &account);

@@ -53,25 +53,46 @@ fn base_points(event: &EngagementEvent) -> (f64, Option<&'static str>) {
     }
 }
 
-fn weight(event: &EngagementEvent) -> f64 {
+/// The event's persona, else the default title mapping's, else `unknown`.
+fn persona(event: &EngagementEvent) -> String {
     let contact = event.contact.as_ref();
-    let persona = contact.and_then(|c| c.persona.clone()).or_else(|| {
+    let from_title = || {
         let title = contact.and_then(|c| c.title.as_deref())?.to_lowercase();
         let words: Vec<&str> = title.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
         let has = |w: &str| words.contains(&w);
-        if ["chief", "ceo", "cfo", "cto", "cio", "vp"].iter().any(|w| has(w)) || title.contains("vice president") {
-            Some("economic_buyer".to_owned())
-        } else if ["head", "director", "manager"].iter().any(|w| has(w)) {
-            Some("champion".to_owned())
-        } else {
-            None
-        }
-    });
-    match persona.as_deref() {
-        Some("economic_buyer") => 1.5,
-        Some("champion") => 1.2,
+        let persona =
+            if ["chief", "ceo", "cfo", "cto", "cio", "vp"].iter().any(|w| has(w)) || title.contains("vice president") {
+                "economic_buyer"
+            } else if ["head", "director", "manager"].iter().any(|w| has(w)) {
+                "champion"
+            } else if ["architect", "engineer", "developer"].iter().any(|w| has(w)) {
+                "technical_evaluator"
+            } else if has("analyst") {
+                "end_user"
+            } else {
+                return None;
+            };
+        Some(persona.to_owned())
+    };
+    contact.and_then(|c| c.persona.clone()).or_else(from_title).unwrap_or_else(|| "unknown".into())
+}
+
+fn weight(event: &EngagementEvent) -> f64 {
+    match persona(event).as_str() {
+        "economic_buyer" => 1.5,
+        "champion" => 1.2,
         _ => 1.0,
     }
+}
+
+/// The default `scoring.committee` of a tier (1, 2, 3; anything else: untiered).
+fn default_committee(tier: Option<u8>) -> Vec<String> {
+    let personas: &[&str] = match tier {
+        Some(1) => &["economic_buyer", "champion", "technical_evaluator", "end_user"],
+        Some(2) => &["economic_buyer", "champion", "technical_evaluator"],
+        _ => &["economic_buyer", "champion"],
+    };
+    personas.iter().map(|p| (*p).to_owned()).collect()
 }
 
 fn contact_key(event: &EngagementEvent) -> Option<String> {
@@ -84,6 +105,7 @@ struct Applied {
     t: i64,
     points: f64,
     contact: Option<String>,
+    persona: String,
     positive_rule: bool,
 }
 
@@ -110,9 +132,34 @@ struct Expected {
     duplicates: usize,
     /// (crossing id, kind, as_of)
     crossings: Vec<(String, &'static str, i64)>,
+    /// The required personas an engaged contact covers at as-of, and those missing.
+    covered: Vec<String>,
+    missing: Vec<String>,
 }
 
-fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected {
+/// Coverage at as-of (README, "Buying committee coverage"): each contact's persona is that of
+/// its latest positive-rule event (by time, then applied order), and it covers only if that
+/// event is in the 30 days before as-of.
+fn coverage(applied: &[Applied], required: &[String]) -> (Vec<String>, Vec<String>) {
+    let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+    let mut latest: BTreeMap<&str, (i64, usize)> = BTreeMap::new();
+    for (index, a) in applied.iter().enumerate().filter(|(_, a)| a.positive_rule) {
+        if let Some(contact) = &a.contact {
+            let entry = latest.entry(contact).or_insert((a.t, index));
+            if (a.t, index) >= *entry {
+                *entry = (a.t, index);
+            }
+        }
+    }
+    let engaged: BTreeSet<&str> = latest
+        .values()
+        .filter(|(t, _)| *t > as_of - 30 * DAY)
+        .map(|(_, index)| applied[*index].persona.as_str())
+        .collect();
+    required.iter().cloned().partition(|persona| engaged.contains(persona.as_str()))
+}
+
+fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &[String]) -> Expected {
     // event id → the account's as-of when it was applied: a repeat is a duplicate while the
     // as-of advanced less than the dedup window (7 days) since (README, "Duplicates").
     let mut seen: HashMap<String, i64> = HashMap::new();
@@ -139,7 +186,13 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected
                 points = 0.0;
             }
         }
-        applied.push(Applied { t: event.occurred_at, points, contact, positive_rule: rule.is_some() && base > 0.0 });
+        applied.push(Applied {
+            t: event.occurred_at,
+            points,
+            contact,
+            persona: persona(event),
+            positive_rule: rule.is_some() && base > 0.0,
+        });
         let (s, _, _) = score(&applied);
         let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
         seen.insert(event.event_id.clone(), as_of);
@@ -156,7 +209,8 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64) -> Expected
         }
     }
     let (score, engagement, breadth) = score(&applied);
-    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings }
+    let (covered, missing) = coverage(&applied, required);
+    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings, covered, missing }
 }
 
 /// Alerts after a 24 h cooldown per (account, kind), in event time.
@@ -413,6 +467,8 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     let mut world = World::new(config, total as u64, &unique(name));
     let events: Vec<_> = (0..total).map(|_| world.next_event()).collect();
     let tiers: BTreeMap<String, u8> = world.accounts.iter().map(|a| (a.id.clone(), a.tier)).collect();
+    let committees: BTreeMap<String, Option<Vec<String>>> =
+        world.accounts.iter().map(|a| (a.id.clone(), a.committee.clone())).collect();
 
     // The TAL, through the import command.
     let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
@@ -700,6 +756,8 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     }
 
     let mut expected_alert_ids = BTreeSet::new();
+    // Accounts with some persona covered, and with some missing: the world must show both.
+    let mut coverage_seen = (0, 0);
     for (account, log) in &logs {
         let threshold = match tiers.get(account) {
             Some(1) => 50.0,
@@ -707,7 +765,12 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             Some(3) => 100.0,
             _ => 150.0,
         };
-        let expected = recompute(account, log, threshold);
+        let required = committees
+            .get(account)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| default_committee(tiers.get(account).copied()));
+        let expected = recompute(account, log, threshold, &required);
         let (status, body) = http_get(ports["scorer"], &format!("/v1/accounts/{account}")).expect("scorer answers");
         assert_eq!(status, 200, "{account}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -739,9 +802,25 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         assert_eq!(json["breadth"].as_u64(), Some(expected.breadth as u64), "B: {}", story());
         assert_eq!(json["events_applied"].as_u64(), Some(expected.applied as u64), "{}", story());
         assert_eq!(json["duplicates"].as_u64(), Some(expected.duplicates as u64), "{}", story());
+        let names = |field: &str| -> Vec<String> {
+            json["coverage"][field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(names("required"), required, "committee: {}", story());
+        assert_eq!(names("covered"), expected.covered, "covered: {}", story());
+        assert_eq!(names("missing"), expected.missing, "missing: {}", story());
+        let ratio = expected.covered.len() as f64 / required.len() as f64;
+        assert!(close(json["coverage"]["ratio"].as_f64().unwrap_or(f64::NAN), ratio), "ratio: {}", story());
+        coverage_seen.0 += usize::from(!expected.covered.is_empty());
+        coverage_seen.1 += usize::from(!expected.missing.is_empty());
         expected_alert_ids.extend(expected_alerts(&expected.crossings));
     }
     assert!(expected_alert_ids.len() > 5, "the world should raise alerts: {}", expected_alert_ids.len());
+    assert!(coverage_seen.0 > 0 && coverage_seen.1 > 0, "covered and missing personas: {coverage_seen:?}");
     let alert_ids = || -> Vec<String> {
         read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts))
             .into_iter()
@@ -754,6 +833,13 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             alert_ids().len() >= expected_alert_ids.len()
         });
         std::thread::sleep(Duration::from_secs(1));
+    }
+    // Every alert carries the committee's coverage, and its next step names what is missing.
+    for (_, alert) in read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts)) {
+        let coverage = alert.coverage.as_ref().unwrap_or_else(|| panic!("{} has no coverage", alert.alert_id));
+        assert_eq!(coverage.covered.len() + coverage.missing.len(), coverage.required.len(), "{alert:?}");
+        let named = alert.next_step.contains("Multi-thread: no ");
+        assert_eq!(named, !coverage.missing.is_empty(), "{}: {}", alert.alert_id, alert.next_step);
     }
     let alerts = alert_ids();
     let distinct: BTreeSet<String> = alerts.iter().cloned().collect();

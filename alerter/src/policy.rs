@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use abm_schemas::{Account, CrossingKind, SalesAlert, ScoreCrossing, Tier};
+use abm_schemas::{Account, CommitteeCoverage, CrossingKind, SalesAlert, ScoreCrossing, Tier};
 use serde::{Deserialize, Serialize};
 
 const HOUR_MS: f64 = 3_600_000.0;
@@ -104,12 +104,37 @@ pub fn decide(
         top_rules: crossing.top_rules.clone(),
         contacts: crossing.contacts.clone(),
         recent_events: crossing.recent_events.clone(),
-        next_step: next_step(crossing.kind, tier, name, crossing.contacts.len()),
+        next_step: next_step(crossing.kind, tier, name, crossing.contacts.len(), crossing.coverage.as_ref()),
+        coverage: crossing.coverage.clone(),
     }))
 }
 
-/// A short suggested next step by kind and tier.
-pub fn next_step(kind: CrossingKind, tier: Tier, name: &str, contacts: usize) -> String {
+/// A short suggested next step by kind and tier; when the buying committee has personas no
+/// engaged contact covers, it ends naming them ("Multi-thread: no economic buyer or champion
+/// engaged yet.").
+pub fn next_step(
+    kind: CrossingKind,
+    tier: Tier,
+    name: &str,
+    contacts: usize,
+    coverage: Option<&CommitteeCoverage>,
+) -> String {
+    let step = step_by_kind_and_tier(kind, tier, name, contacts);
+    match coverage.map(|coverage| coverage.missing.as_slice()) {
+        Some([]) | None => step,
+        Some(missing) => {
+            let names: Vec<String> = missing.iter().map(|persona| persona.replace('_', " ")).collect();
+            let list = match names.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            format!("{step} Multi-thread: no {list} engaged yet.")
+        }
+    }
+}
+
+fn step_by_kind_and_tier(kind: CrossingKind, tier: Tier, name: &str, contacts: usize) -> String {
     match (kind, tier) {
         (CrossingKind::HandRaiser, Tier::Tier1) => {
             format!("Call within the hour: {name} asked for a demo. Bring the AE and the account plan.")
@@ -141,8 +166,10 @@ pub fn one_line(alert: &SalesAlert) -> String {
     };
     let why: Vec<String> = alert.top_rules.iter().take(3).map(|r| format!("{} {:+.0}", r.rule, r.points)).collect();
     let contacts: Vec<String> = alert.contacts.iter().take(3).map(|c| c.persona.clone()).collect();
+    let committee =
+        alert.coverage.as_ref().map_or_else(|| "-".to_owned(), |c| format!("{}/{}", c.covered.len(), c.required.len()));
     format!(
-        "[{}] {} ({}) -> {} | {what} | why: {} | contacts: {} {} | next: {}",
+        "[{}] {} ({}) -> {} | {what} | why: {} | contacts: {} {} | committee: {committee} | next: {}",
         alert.tier.as_str(),
         alert.account_name,
         alert.account_id,
@@ -182,6 +209,7 @@ mod tests {
             top_rules: vec![],
             contacts: vec![],
             recent_events: vec![],
+            coverage: None,
         }
     }
 
@@ -214,6 +242,7 @@ mod tests {
             owner: "jo@v.example".into(),
             industry: None,
             employees: None,
+            committee: None,
             updated_at: 0,
         };
         match decide(&config, &crossing(CrossingKind::Threshold, 4, 26 * H), Some(&account), &mut threshold) {
@@ -227,5 +256,28 @@ mod tests {
             other => panic!("expected an alert, got {other:?}"),
         }
         assert_eq!(sequence_of("a:b:c:threshold:17"), Some(17));
+    }
+
+    #[test]
+    fn the_next_step_names_the_personas_no_engaged_contact_covers() {
+        let coverage = |missing: &[&str]| CommitteeCoverage {
+            required: vec!["economic_buyer".into(), "champion".into(), "end_user".into()],
+            covered: vec![],
+            missing: missing.iter().map(|p| (*p).to_owned()).collect(),
+            ratio: 0.0,
+        };
+        let step =
+            |coverage: Option<&CommitteeCoverage>| next_step(CrossingKind::Threshold, Tier::Tier2, "Acme", 2, coverage);
+        let plain = step(None);
+        assert!(plain.starts_with("Start the 1:few sequence"), "{plain}");
+        assert_eq!(step(Some(&coverage(&[]))), plain, "all covered: nothing added");
+        assert_eq!(
+            step(Some(&coverage(&["economic_buyer"]))),
+            format!("{plain} Multi-thread: no economic buyer engaged yet.")
+        );
+        assert_eq!(
+            step(Some(&coverage(&["economic_buyer", "champion", "end_user"]))),
+            format!("{plain} Multi-thread: no economic buyer, champion or end user engaged yet.")
+        );
     }
 }

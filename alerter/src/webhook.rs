@@ -129,8 +129,19 @@ pub fn payload(format: Format, alert: &SalesAlert) -> serde_json::Value {
             let rules: Vec<String> = alert.top_rules.iter().map(|r| format!("{} {:+.1}", r.rule, r.points)).collect();
             let contacts: Vec<String> =
                 alert.contacts.iter().map(|c| format!("{} ({})", c.contact_id, c.persona)).collect();
+            let committee = alert.coverage.as_ref().map_or_else(
+                || "-".to_owned(),
+                |c| {
+                    let missing = if c.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (missing: {})", c.missing.join(", "))
+                    };
+                    format!("{}/{} personas engaged{missing}", c.covered.len(), c.required.len())
+                },
+            );
             let detail = format!(
-                "Tier: {} · Owner: {}\nWhy: {}\nContacts: {}\nNext: {}",
+                "Tier: {} · Owner: {}\nWhy: {}\nContacts: {}\nCommittee: {committee}\nNext: {}",
                 alert.tier.as_str(),
                 alert.owner,
                 if rules.is_empty() { "-".into() } else { rules.join(", ") },
@@ -437,6 +448,12 @@ mod tests {
             }],
             recent_events: vec![],
             next_step: "Call within the hour".into(),
+            coverage: Some(abm_schemas::CommitteeCoverage {
+                required: vec!["economic_buyer".into(), "champion".into()],
+                covered: vec!["champion".into()],
+                missing: vec!["economic_buyer".into()],
+                ratio: 0.5,
+            }),
         }
     }
 
@@ -451,7 +468,15 @@ mod tests {
         let text = slack["text"].as_str().expect("text");
         assert!(text.contains("*Acme* asked for a demo") && text.contains("acme:hand_raiser:2"), "{text}");
         let detail = slack["blocks"][1]["text"]["text"].as_str().expect("detail block");
-        for needle in ["tier_1", "jo@v.example", "demo_request +75.0", "c1 (champion)", "Call within the hour"] {
+        assert_eq!(json["coverage"]["missing"][0], "economic_buyer");
+        for needle in [
+            "tier_1",
+            "jo@v.example",
+            "demo_request +75.0",
+            "c1 (champion)",
+            "Committee: 1/2 personas engaged (missing: economic_buyer)",
+            "Call within the hour",
+        ] {
             assert!(detail.contains(needle), "{needle} in {detail}");
         }
     }

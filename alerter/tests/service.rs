@@ -39,6 +39,7 @@ fn crossing(account: &str, kind: CrossingKind, sequence: i64, as_of: i64) -> Sco
         top_rules: vec![abm_schemas::RuleContribution { rule: "pricing_page".into(), points: 45.0 }],
         contacts: vec![],
         recent_events: vec![],
+        coverage: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn tal_account(id: &str, tier: Tier) -> Account {
         owner: format!("owner-of-{id}@vendor.example"),
         industry: None,
         employees: None,
+        committee: None,
         updated_at: 0,
     }
 }

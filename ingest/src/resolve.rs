@@ -119,6 +119,7 @@ mod tests {
             owner: "o".into(),
             industry: None,
             employees: None,
+            committee: None,
             updated_at: 0,
         });
         index
@@ -164,6 +165,7 @@ mod tests {
             owner: "o".into(),
             industry: None,
             employees: None,
+            committee: None,
             updated_at: 1,
         });
         assert!(matches!(index.resolve(&mut event(None, Some("acme.com"))), Resolution::Unresolved(_)));

@@ -2,8 +2,10 @@
 //!
 //! Columns (header row required, any order): `account_id`, `name`, `domains` (separated by `;`,
 //! `|` or spaces), `tier` (`1`, `2`, `3`, `tier_1`..`tier_3` or `untiered`), `owner`, and
-//! optionally `industry` and `employees`. Every row is validated first; if any row is bad,
-//! every bad row is reported with its line number and nothing is written.
+//! optionally `industry`, `employees` and `committee` (the buying committee's required personas,
+//! separated by `;`, e.g. `economic_buyer;champion;legal`; empty: the tier's default from
+//! `scoring.committee`). Every row is validated first; if any row is bad, every bad row is
+//! reported with its line number and nothing is written.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -107,6 +109,17 @@ pub fn parse(csv_text: &[u8], updated_at: i64) -> Result<Vec<Account>, Vec<RowEr
                 }
             },
         };
+        let committee_text = get("committee");
+        let committee = if committee_text.is_empty() {
+            None
+        } else {
+            let personas: Vec<String> =
+                committee_text.split(';').map(|p| p.trim().to_lowercase()).filter(|p| !p.is_empty()).collect();
+            if let Some(problem) = Account::committee_problem(&personas) {
+                problems.push(format!("committee {committee_text:?} {problem}"));
+            }
+            Some(personas)
+        };
         if !problems.is_empty() {
             errors.push(RowError { line, message: problems.join("; ") });
             continue;
@@ -120,6 +133,7 @@ pub fn parse(csv_text: &[u8], updated_at: i64) -> Result<Vec<Account>, Vec<RowEr
             owner,
             industry,
             employees,
+            committee,
             updated_at,
         });
     }
@@ -157,5 +171,24 @@ mod tests {
         }
         let errors = parse(b"id,name\n1,x\n", 0).expect_err("columns");
         assert!(errors[0].message.contains("missing column(s): account_id, domains, tier, owner"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn the_committee_column_overrides_the_tier_default_and_is_validated() {
+        let text = "account_id,name,domains,tier,owner,committee\n\
+                    a1,Acme,acme.com,1,o, Economic_Buyer ; legal;\n\
+                    a2,Initech,initech.com,2,o,\n";
+        let accounts = parse(text.as_bytes(), 0).expect("valid");
+        assert_eq!(accounts[0].committee, Some(vec!["economic_buyer".to_owned(), "legal".to_owned()]));
+        assert_eq!(accounts[1].committee, None, "empty: the tier's default");
+        let bad = "account_id,name,domains,tier,owner,committee\n\
+                   a1,Acme,acme.com,1,o,champion;champion\n\
+                   a2,Initech,initech.com,2,o,vp sales\n\
+                   a3,Hooli,hooli.com,2,o,;\n";
+        let errors = parse(bad.as_bytes(), 0).expect_err("invalid");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].message.contains("named twice"), "{}", errors[0]);
+        assert!(errors[1].message.contains("\"vp sales\" is not 1-64 characters"), "{}", errors[1]);
+        assert!(errors[2].message.contains("names no persona"), "{}", errors[2]);
     }
 }

@@ -82,10 +82,10 @@ macro_rules! avro_record {
     };
 }
 
-avro_record!(Account, "account.avsc");
+avro_record!(Account, "account.avsc", history: ["account.v1.avsc"]);
 avro_record!(EngagementEvent, "engagement_event.avsc", history: ["engagement_event.v1.avsc"], direct: direct::engagement_event);
 avro_record!(RejectedEvent, "rejected_event.avsc", history: ["rejected_event.v1.avsc"]);
-avro_record!(AccountScore, "account_score.avsc");
+avro_record!(AccountScore, "account_score.avsc", history: ["account_score.v1.avsc"]);
 avro_record!(ScoreCrossing, "score_crossing.avsc", history: ["score_crossing.v1.avsc"]);
 avro_record!(SalesAlert, "sales_alert.avsc", history: ["sales_alert.v1.avsc"]);
 avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc", "account_state.v2.avsc"]);

@@ -21,6 +21,9 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier, in the schema's symbol order.
+    pub const ALL: [Tier; 4] = [Tier::Untiered, Tier::Tier1, Tier::Tier2, Tier::Tier3];
+
     /// The spelling used in config, metrics labels and the HTTP API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,7 +45,38 @@ pub struct Account {
     pub owner: String,
     pub industry: Option<String>,
     pub employees: Option<i32>,
+    /// The buying committee's required personas for this account; `None`: its tier's default.
+    pub committee: Option<Vec<String>>,
     pub updated_at: i64,
+}
+
+impl Account {
+    /// Most personas a buying committee may require.
+    pub const MAX_COMMITTEE: usize = 16;
+
+    /// What is wrong with `personas` as a buying committee, if anything: 1 to
+    /// [`MAX_COMMITTEE`](Self::MAX_COMMITTEE) distinct personas, each 1 to 64 characters of
+    /// `a-z`, `0-9` and `_` (as `economic_buyer`). The one rule for the TAL's `committee`
+    /// column and `scoring.committee`.
+    pub fn committee_problem(personas: &[String]) -> Option<String> {
+        if personas.is_empty() {
+            return Some("names no persona".into());
+        }
+        if personas.len() > Self::MAX_COMMITTEE {
+            return Some(format!("names {} personas (at most {})", personas.len(), Self::MAX_COMMITTEE));
+        }
+        for (index, persona) in personas.iter().enumerate() {
+            let well_formed = (1..=64).contains(&persona.len())
+                && persona.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !well_formed {
+                return Some(format!("persona {persona:?} is not 1-64 characters of a-z, 0-9 and _"));
+            }
+            if personas[..index].contains(persona) {
+                return Some(format!("persona {persona:?} is named twice"));
+            }
+        }
+        None
+    }
 }
 
 /// What happened. `Unknown` is what an older reader sees for a kind added later.
@@ -375,6 +409,19 @@ pub struct AccountScore {
     pub as_of: i64,
     pub events_applied: i64,
     pub top_rules: Vec<RuleContribution>,
+    /// `None` only in records written before coverage existed.
+    pub coverage: Option<CommitteeCoverage>,
+}
+
+/// The buying committee's coverage at a time: the required personas (the account's TAL
+/// committee, else its tier's), those an engaged contact has, and those missing, in required
+/// order. `ratio` = covered / required, 1 when nothing is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CommitteeCoverage {
+    pub required: Vec<String>,
+    pub covered: Vec<String>,
+    pub missing: Vec<String>,
+    pub ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -412,6 +459,8 @@ pub struct ScoreCrossing {
     pub top_rules: Vec<RuleContribution>,
     pub contacts: Vec<EngagedContact>,
     pub recent_events: Vec<RecentEvent>,
+    /// `None` only in records written before coverage existed.
+    pub coverage: Option<CommitteeCoverage>,
 }
 
 /// What SDR tooling subscribes to (`abm.sales-alerts`).
@@ -431,6 +480,8 @@ pub struct SalesAlert {
     pub contacts: Vec<EngagedContact>,
     pub recent_events: Vec<RecentEvent>,
     pub next_step: String,
+    /// `None` only in records written before coverage existed.
+    pub coverage: Option<CommitteeCoverage>,
 }
 
 /// Kind and time of one applied event inside the 90-day count window.

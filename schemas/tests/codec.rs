@@ -36,6 +36,15 @@ fn sample_recent() -> Vec<RecentEvent> {
     }]
 }
 
+fn sample_coverage() -> CommitteeCoverage {
+    CommitteeCoverage {
+        required: vec!["economic_buyer".into(), "champion".into()],
+        covered: vec!["champion".into()],
+        missing: vec!["economic_buyer".into()],
+        ratio: 0.5,
+    }
+}
+
 fn sample_account() -> Account {
     Account {
         account_id: "acc-42".into(),
@@ -45,6 +54,7 @@ fn sample_account() -> Account {
         owner: "sdr@vendor.example".into(),
         industry: Some("Manufacturing".into()),
         employees: Some(1200),
+        committee: None,
         updated_at: 1_700_000_000_000,
     }
 }
@@ -129,10 +139,12 @@ fn every_record_round_trips() {
     check_round_trip(Account {
         industry: None,
         employees: None,
+        committee: None,
         domains: vec![],
         tier: Tier::Untiered,
         ..sample_account()
     });
+    check_round_trip(Account { committee: Some(vec!["economic_buyer".into(), "legal".into()]), ..sample_account() });
     check_round_trip(full_event());
     check_round_trip(EngagementEvent::new("e-2", EventKind::Intent, -5, "kafka:abm.raw.web-visits"));
     for kind in EventKind::ALL {
@@ -165,6 +177,7 @@ fn every_record_round_trips() {
         as_of: 1_700_000_000_000,
         events_applied: 17,
         top_rules: sample_rules(),
+        coverage: Some(sample_coverage()),
     });
     let crossing = ScoreCrossing {
         crossing_id: "acc-42:hand_raiser:1".into(),
@@ -182,6 +195,7 @@ fn every_record_round_trips() {
         top_rules: sample_rules(),
         contacts: sample_contacts(),
         recent_events: sample_recent(),
+        coverage: Some(sample_coverage()),
     };
     check_round_trip(crossing.clone());
     check_round_trip(SalesAlert {
@@ -199,6 +213,7 @@ fn every_record_round_trips() {
         contacts: sample_contacts(),
         recent_events: sample_recent(),
         next_step: "Call within the hour".into(),
+        coverage: None,
     });
     check_round_trip(sample_state());
     check_round_trip(AccountState { as_of: None, contacts: vec![], ..sample_state() });
@@ -267,6 +282,31 @@ fn records_written_before_opportunities_still_decode() {
     };
     let bytes = written_with_old_schema(include_str!("../avro/history/account_state_chunk.v1.avsc"), &chunk, &[]);
     assert_eq!(decode::<AccountStateChunk>(&bytes).expect("v1 chunk decodes"), chunk);
+}
+
+/// Records written before committee coverage (Account v1, AccountScore v1) still decode: no
+/// committee override, no coverage.
+#[test]
+fn records_written_before_committee_coverage_still_decode() {
+    let account = sample_account();
+    let bytes = written_with_old_schema(include_str!("../avro/history/account.v1.avsc"), &account, &["committee"]);
+    assert_eq!(decode::<Account>(&bytes).expect("v1 account decodes"), account);
+    let score = AccountScore {
+        account_id: "acc-1".into(),
+        tier: Tier::Tier1,
+        score: 1.0,
+        engagement: 1.0,
+        breadth: 1,
+        multiplier: 1.0,
+        threshold: 50.0,
+        armed: true,
+        as_of: 5,
+        events_applied: 1,
+        top_rules: sample_rules(),
+        coverage: None,
+    };
+    let bytes = written_with_old_schema(include_str!("../avro/history/account_score.v1.avsc"), &score, &["coverage"]);
+    assert_eq!(decode::<AccountScore>(&bytes).expect("v1 score decodes"), score);
 }
 
 /// An AccountState written before chunks existed reads as an unsplit state.
@@ -641,14 +681,17 @@ fn fingerprints_equal_the_avro_reference_implementation() {
     // ScoreCrossing v1 0x4008_0d95_3d79_9800, SalesAlert v1 0x041f_d87b_00ae_19c8,
     // RejectedEvent v1 0xcc96_a5d1_55f6_c7d3; from fastavro: AccountState v2
     // 0xc96d_4928_7c16_8e73, AccountStateChunk v1 0x41a9_4b17_0f76_46af.
+    // Account v1 and AccountScore v1 had, from Java, 0xa874_d922_837c_cbfd and
+    // 0x2fb4_29f4_4d68_0893 (fastavro agrees).
     let java = [
-        (Account::codec().fingerprint(), 0xa874_d922_837c_cbfd_u64),
-        (AccountScore::codec().fingerprint(), 0x2fb4_29f4_4d68_0893),
-        // Since the `opportunity` kind (EngagementEvent v2, ScoreCrossing v2, SalesAlert v2,
-        // AccountState v3, AccountStateChunk v2), from fastavro.
+        // Since the `opportunity` kind and committee coverage (EngagementEvent v2, Account v2,
+        // AccountScore v2, ScoreCrossing v2, SalesAlert v2, AccountState v3, AccountStateChunk
+        // v2), from fastavro.
+        (Account::codec().fingerprint(), 0x1f81_876c_e261_47d8_u64),
+        (AccountScore::codec().fingerprint(), 0x2274_fec7_fbbf_9de9),
         (EngagementEvent::codec().fingerprint(), 0x5241_f051_ef57_7ea9),
-        (ScoreCrossing::codec().fingerprint(), 0x408e_b188_2a92_5dd8),
-        (SalesAlert::codec().fingerprint(), 0x49b3_9dad_7dd6_c03c),
+        (ScoreCrossing::codec().fingerprint(), 0x9028_6b35_53b5_cd20),
+        (SalesAlert::codec().fingerprint(), 0x6461_0eb3_c727_1019),
         (AccountState::codec().fingerprint(), 0x9f93_f7bb_f960_e6e4),
         (AccountStateChunk::codec().fingerprint(), 0x09a4_063a_0217_873f),
         // Since RejectedEvent v2 (reason `not_allowed`), from fastavro.

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use abm_schemas::{EngagedContact, EventKind, OpportunityState, RecentEvent, RuleContribution, Tier};
+use abm_schemas::{
+    CommitteeCoverage, EngagedContact, EventKind, OpportunityState, RecentEvent, RuleContribution, Tier,
+};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -20,28 +22,23 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{AccountScoreState, Engine, ScoreView};
-use crate::processor::Tiers;
+use crate::processor::Tal;
 use crate::store::Store;
 
 #[derive(Clone)]
 struct ApiState {
     engine: Arc<Engine>,
     store: Store,
-    tiers: Arc<Tiers>,
+    tal: Arc<Tal>,
     leaderboard_examined: prometheus::Histogram,
 }
 
 /// The routes, to be merged with the ops routes.
-pub fn routes(
-    engine: Arc<Engine>,
-    store: Store,
-    tiers: Arc<Tiers>,
-    leaderboard_examined: prometheus::Histogram,
-) -> Router {
+pub fn routes(engine: Arc<Engine>, store: Store, tal: Arc<Tal>, leaderboard_examined: prometheus::Histogram) -> Router {
     Router::new()
         .route("/v1/accounts", get(leaderboard))
         .route("/v1/accounts/{account_id}", get(account))
-        .with_state(ApiState { engine, store, tiers, leaderboard_examined })
+        .with_state(ApiState { engine, store, tal, leaderboard_examined })
 }
 
 use abm::clock::now_ms;
@@ -71,6 +68,7 @@ struct AccountResponse {
     rule_points: Vec<RuleContribution>,
     counts: Vec<Counts>,
     contacts: Vec<EngagedContact>,
+    coverage: CommitteeCoverage,
     recent_events: Vec<RecentEvent>,
     opportunities: Vec<OpportunityState>,
     first_applied_at: Option<i64>,
@@ -115,6 +113,7 @@ impl AccountResponse {
             rule_points,
             counts,
             contacts,
+            coverage,
             recent_events,
             opportunities,
             first_applied_at,
@@ -144,6 +143,7 @@ impl AccountResponse {
             rule_points,
             counts,
             contacts,
+            coverage,
             recent_events,
             opportunities,
             first_applied_at,
@@ -171,7 +171,9 @@ async fn account(
     Path(account_id): Path<String>,
     Query(query): Query<AccountQuery>,
 ) -> Response {
-    let tier = api.tiers.get(&account_id).map(|tier| *tier);
+    let entry = api.tal.get(&account_id).map(|entry| entry.clone());
+    let tier = entry.as_ref().map(|entry| entry.tier);
+    let committee = entry.as_ref().and_then(|entry| entry.committee.as_deref());
     let state = match (api.store.get(&account_id), tier) {
         (Some(state), _) => state,
         // On the TAL but no events yet: a zero score, armed.
@@ -187,8 +189,8 @@ async fn account(
                 .into_response();
         }
     };
-    let view = api.engine.view(&account_id, &state, None);
-    let later = api.engine.view(&account_id, &state, Some(query.at.unwrap_or_else(now_ms)));
+    let view = api.engine.view_with(&account_id, &state, None, committee);
+    let later = api.engine.view_with(&account_id, &state, Some(query.at.unwrap_or_else(now_ms)), committee);
     Json(AccountResponse::new(view, &later, tier.is_some())).into_response()
 }
 
@@ -284,6 +286,7 @@ mod tests {
             "rule_points",
             "counts",
             "contacts",
+            "coverage",
             "recent_events",
             "opportunities",
             "first_applied_at",
@@ -301,5 +304,7 @@ mod tests {
         assert_eq!(json["now"]["at"], 1_000);
         assert_eq!(json["tier"], "tier_1");
         assert_eq!(json["on_tal"], true);
+        assert_eq!(json["coverage"]["missing"][0], "economic_buyer", "{}", json["coverage"]);
+        assert_eq!(json["coverage"]["ratio"], 0.0);
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, ScoringConfig};
 use crate::metrics::Metrics;
-use crate::processor::{LoopTopics, ScorerProcessor, Tiers};
+use crate::processor::{LoopTopics, ScorerProcessor, Tal, TalEntry};
 use crate::store::Store;
 
 /// The scorer's HTTP port unless configured otherwise.
@@ -100,9 +100,9 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 
     // The TAL first: events must be scored with their account's tier.
-    let tiers: Arc<Tiers> = Arc::new(Tiers::default());
+    let tal: Arc<Tal> = Arc::new(Tal::default());
     {
-        let table = tiers.clone();
+        let table = tal.clone();
         let tal_metrics = abm::tal::TalMetrics {
             accounts: metrics.tal_accounts.clone(),
             decode_errors: metrics.tal_decode_errors.clone(),
@@ -116,7 +116,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             move |change| {
                 match change {
                     TalChange::Upsert(account) => {
-                        table.insert(account.account_id, account.tier);
+                        table.insert(account.account_id.clone(), TalEntry::of(account));
                     }
                     TalChange::Remove(account_id) => {
                         table.remove(&account_id);
@@ -126,7 +126,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             },
         )
         .await?;
-        tracing::info!(accounts = tiers.len(), "TAL loaded");
+        tracing::info!(accounts = tal.len(), "TAL loaded");
     }
 
     let store = Store::new(engine.clone());
@@ -136,7 +136,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         context.registry.clone(),
         context.health.clone(),
         ops::protect(
-            api::routes(engine.clone(), store.clone(), tiers.clone(), metrics.leaderboard_examined.clone()),
+            api::routes(engine.clone(), store.clone(), tal.clone(), metrics.leaderboard_examined.clone()),
             &config.http,
         ),
         &config.http,
@@ -166,7 +166,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         stall_after: Duration::from_millis(config.scorer.stall_after_ms.max(2000)),
         metrics: abm::eos::LoopMetrics::register(&context.registry, "scorer").context("registering metrics")?,
     };
-    let processor = Arc::new(ScorerProcessor::new(engine, store, tiers, loop_topics, metrics, config.kafka.clone()));
+    let processor = Arc::new(ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
     let loop_result = abm::eos::run_on_thread(
         config.kafka.clone(),

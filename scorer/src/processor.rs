@@ -21,6 +21,7 @@ use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
 use crate::changelog::{Restorer, SplitStates};
+use crate::engine::Membership;
 use crate::engine::{AccountScoreState, Applied, Engine, ScoreAt};
 use crate::metrics::Metrics;
 use crate::store::{PartitionAccounts, Store};
@@ -38,14 +39,32 @@ pub struct LoopTopics {
 /// Accounts changed in the open batch, per input partition.
 type Dirty = HashMap<i32, HashSet<String>>;
 
-/// Tiers from the TAL, kept current by the table reader.
-pub type Tiers = DashMap<String, Tier>;
+/// An account's TAL entry as the scorer needs it: its tier and, when the TAL names one, its
+/// buying committee.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TalEntry {
+    pub tier: Tier,
+    pub committee: Option<Box<[String]>>,
+}
+
+impl TalEntry {
+    pub fn of(account: abm_schemas::Account) -> TalEntry {
+        TalEntry { tier: account.tier, committee: account.committee.map(Vec::into_boxed_slice) }
+    }
+
+    pub fn membership(&self) -> Membership<'_> {
+        Membership { tier: self.tier, committee: self.committee.as_deref() }
+    }
+}
+
+/// The TAL, by account id, kept current by the table reader.
+pub type Tal = DashMap<String, TalEntry>;
 
 #[derive(Debug)]
 pub struct ScorerProcessor {
     pub engine: Arc<Engine>,
     pub store: Store,
-    pub tiers: Arc<Tiers>,
+    pub tal: Arc<Tal>,
     pub topics: LoopTopics,
     pub metrics: Metrics,
     pub kafka: KafkaConfig,
@@ -65,7 +84,7 @@ impl ScorerProcessor {
     pub fn new(
         engine: Arc<Engine>,
         store: Store,
-        tiers: Arc<Tiers>,
+        tal: Arc<Tal>,
         topics: LoopTopics,
         metrics: Metrics,
         kafka: KafkaConfig,
@@ -75,7 +94,7 @@ impl ScorerProcessor {
         ScorerProcessor {
             engine,
             store,
-            tiers,
+            tal,
             topics,
             metrics,
             kafka,
@@ -98,6 +117,8 @@ impl ScorerProcessor {
     /// without building the explanation's contacts, counts and recent events.
     fn account_score(&self, account_id: &str, state: &AccountScoreState) -> AccountScore {
         let ScoreAt { score, engagement, breadth, multiplier, .. } = self.engine.score_parts(state, None);
+        let entry = self.tal.get(account_id);
+        let committee = entry.as_ref().and_then(|entry| entry.committee.as_deref());
         AccountScore {
             account_id: account_id.to_owned(),
             tier: state.tier,
@@ -110,6 +131,7 @@ impl ScorerProcessor {
             as_of: state.as_of.unwrap_or(0),
             events_applied: state.events_applied as i64,
             top_rules: self.engine.top_rules(state, 1.0, self.engine.config().top_rules),
+            coverage: Some(self.engine.coverage(state, state.as_of.unwrap_or(0), committee)),
         }
     }
 }
@@ -216,16 +238,18 @@ impl Processor for ScorerProcessor {
             let text = format!("account_id {:?} contains control characters", account_id.escape_debug().to_string());
             return out.reject(&self.topics.rejected, message, RejectReason::InvalidField, text, id);
         }
-        let tier = self.tiers.get(&account_id).map_or(Tier::Untiered, |tier| *tier);
+        let entry = self.tal.get(&account_id);
+        let membership = entry.as_ref().map(|entry| entry.membership()).unwrap_or_default();
         let accounts = self.store.partition(partition);
         // Look up by &str first: the owned key is built only for a new account.
         let applied = match accounts.get_mut(account_id.as_str()) {
-            Some(mut state) => self.engine.apply(&account_id, &mut state, &event, tier),
+            Some(mut state) => self.engine.apply(&account_id, &mut state, &event, membership),
             None => {
                 let mut state = accounts.entry(account_id.as_str().into()).or_default();
-                self.engine.apply(&account_id, &mut state, &event, tier)
+                self.engine.apply(&account_id, &mut state, &event, membership)
             }
         };
+        drop(entry);
         match applied {
             // The state changed too (its `duplicates` count): written like any other change,
             // or a rewind to the last commit would forget the count.

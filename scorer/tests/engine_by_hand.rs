@@ -357,3 +357,90 @@ fn a_rule_may_match_opportunities_and_the_bound_is_counted() {
     assert_eq!(state.opportunities.iter().map(|o| o.opportunity_id.as_str()).collect::<Vec<_>>(), ["B"]);
     assert_close(state.engagement, 80.0, "two matches at the same time");
 }
+
+/// Names of the covered and missing personas of `state` at `at`.
+fn covered_missing(
+    engine: &Engine,
+    state: &AccountScoreState,
+    at: i64,
+    committee: Option<&[String]>,
+) -> (Vec<String>, Vec<String>, f64) {
+    let coverage = engine.coverage(state, at, committee);
+    (coverage.covered, coverage.missing, coverage.ratio)
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|p| (*p).to_owned()).collect()
+}
+
+#[test]
+fn coverage_counts_required_personas_of_contacts_engaged_in_thirty_days() {
+    let engine = engine();
+    // Tier 2 requires economic_buyer, champion, technical_evaluator (in that order).
+    let log = [
+        visit("a", "/", T0, Some(("c1", "economic_buyer"))),
+        // An email open matches no rule: c2 is not engaged by it.
+        email("b", EmailAction::Open, T0, Some(("c2", "champion"))),
+        // Careers is a negative rule: c3 is not engaged by it.
+        visit("c", "/careers", T0, Some(("c3", "technical_evaluator"))),
+        visit("d", "/pricing", T0 + DAY_MS, Some(("c2", "champion"))),
+    ];
+    let (state, _) = run(&engine, Tier::Tier2, &log);
+    let (covered, missing, ratio) = covered_missing(&engine, &state, T0 + DAY_MS, None);
+    assert_eq!(covered, names(&["economic_buyer", "champion"]));
+    assert_eq!(missing, names(&["technical_evaluator"]));
+    assert_close(ratio, 2.0 / 3.0, "2 of 3");
+    // The crossing-free view says the same at as-of.
+    let view = engine.view(ACCOUNT, &state, None);
+    assert_eq!(view.coverage.covered, covered);
+
+    // 31 days after T0: c1 (T0) is out of (as_of - 30 d, as_of]; c2's T0 + 1 d sits exactly
+    // on the excluded edge; c3 engages now as a technical evaluator.
+    let mut state = state;
+    engine.apply(
+        ACCOUNT,
+        &mut state,
+        &visit("e", "/", T0 + 31 * DAY_MS, Some(("c3", "technical_evaluator"))),
+        Tier::Tier2,
+    );
+    let (covered, missing, ratio) = covered_missing(&engine, &state, T0 + 31 * DAY_MS, None);
+    assert_eq!(covered, names(&["technical_evaluator"]));
+    assert_eq!(missing, names(&["economic_buyer", "champion"]));
+    assert_close(ratio, 1.0 / 3.0, "1 of 3");
+}
+
+#[test]
+fn a_contact_covers_the_persona_of_its_latest_engagement_and_the_tal_committee_overrides_the_tier() {
+    let engine = engine();
+    // c1 engages as a champion, then (later in event time) as an end user; an older event
+    // applied afterwards does not take the persona back.
+    let log = [
+        visit("a", "/", T0, Some(("c1", "champion"))),
+        visit("b", "/", T0 + 2 * DAY_MS, Some(("c1", "end_user"))),
+        visit("c", "/", T0 + DAY_MS, Some(("c1", "champion"))),
+    ];
+    let (state, _) = run(&engine, Tier::Tier1, &log);
+    // Tier 1: economic_buyer, champion, technical_evaluator, end_user.
+    let (covered, missing, ratio) = covered_missing(&engine, &state, T0 + 2 * DAY_MS, None);
+    assert_eq!(covered, names(&["end_user"]));
+    assert_eq!(missing, names(&["economic_buyer", "champion", "technical_evaluator"]));
+    assert_close(ratio, 0.25, "1 of 4");
+
+    // The account's TAL committee replaces the tier's, order kept; crossings carry it.
+    let committee = names(&["legal", "end_user"]);
+    let membership = scorer::engine::Membership { tier: Tier::Tier1, committee: Some(&committee) };
+    let mut state = AccountScoreState::default();
+    let demo = event("d", EventKind::DemoRequest, T0, Some(("c9", "end_user")));
+    let Applied::Scored { crossings, .. } = engine.apply(ACCOUNT, &mut state, &demo, membership) else {
+        panic!("applied")
+    };
+    // 50 points at tier 1 (threshold 50) and a demo: a threshold and a hand-raiser crossing.
+    assert_eq!(crossings.len(), 2);
+    for crossing in &crossings {
+        let coverage = crossing.coverage.as_ref().expect("coverage");
+        assert_eq!(coverage.required, committee);
+        assert_eq!(coverage.covered, names(&["end_user"]));
+        assert_eq!(coverage.missing, names(&["legal"]));
+        assert_close(coverage.ratio, 0.5, "1 of 2");
+    }
+}

@@ -58,6 +58,11 @@ pub struct SimAccount {
     pub owner: String,
     pub in_market: bool,
     pub contacts: Vec<SimContact>,
+    /// The buying committee the TAL names for it (the CSV's `committee` column); `None`: its
+    /// tier's default. Every third tier-1 account requires `legal` too, a persona none of the
+    /// simulated contacts has, so its coverage never reaches 1.
+    #[serde(default)]
+    pub committee: Option<Vec<String>>,
 }
 
 /// How an event is sent.
@@ -151,8 +156,8 @@ const FIRST: [&str; 12] = ["ana", "ben", "chen", "dana", "eli", "fatima", "gus",
 const PERSONAS: [(&str, &str); 5] = [
     ("economic_buyer", "VP Finance"),
     ("champion", "Director of Data Engineering"),
-    ("influencer", "Staff Engineer"),
-    ("user", "Data Analyst"),
+    ("technical_evaluator", "Staff Engineer"),
+    ("end_user", "Data Analyst"),
     ("unknown", "Consultant"),
 ];
 
@@ -190,6 +195,8 @@ pub fn accounts(config: &WorldConfig) -> Vec<SimAccount> {
                 owner: format!("sdr{}@vendor.example", i % 7),
                 in_market: rng.chance(config.in_market_share),
                 contacts,
+                committee: (tier == 1 && i % 3 == 0)
+                    .then(|| ["economic_buyer", "champion", "legal"].map(str::to_owned).to_vec()),
             }
         })
         .collect()
@@ -197,16 +204,17 @@ pub fn accounts(config: &WorldConfig) -> Vec<SimAccount> {
 
 /// The TAL as CSV for `ingest import-tal`.
 pub fn tal_csv(accounts: &[SimAccount]) -> String {
-    let mut csv = String::from("account_id,name,domains,tier,owner,industry,employees\n");
+    let mut csv = String::from("account_id,name,domains,tier,owner,industry,employees,committee\n");
     for a in accounts {
         csv.push_str(&format!(
-            "{},{},{},{},{},Software,{}\n",
+            "{},{},{},{},{},Software,{},{}\n",
             a.id,
             a.name,
             a.domain,
             a.tier,
             a.owner,
-            50 * a.contacts.len()
+            50 * a.contacts.len(),
+            a.committee.as_deref().map(|personas| personas.join(";")).unwrap_or_default()
         ));
     }
     csv
@@ -362,7 +370,13 @@ impl World {
         let contact = self.rng.pick(&account.contacts).clone();
         // Resolution: by contact email domain, or by explicit account id from a CRM integration.
         let who = if self.rng.chance(0.15) {
-            format!(r#""account_id":{},"contact":{{"id":{}}}"#, quote(&account.id), quote(&contact.id))
+            // A CRM integration knows the contact's persona, not its title.
+            format!(
+                r#""account_id":{},"contact":{{"id":{},"persona":{}}}"#,
+                quote(&account.id),
+                quote(&contact.id),
+                quote(&contact.persona)
+            )
         } else {
             format!(
                 r#""contact":{{"id":{},"email":{},"title":{}}}"#,

@@ -90,6 +90,40 @@ impl Thresholds {
     }
 }
 
+/// Required buying-committee personas per tier (`[scoring.committee]`); an account's TAL
+/// `committee` overrides its tier's list.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Committee {
+    pub tier_1: Vec<String>,
+    pub tier_2: Vec<String>,
+    pub tier_3: Vec<String>,
+    pub untiered: Vec<String>,
+}
+
+impl Default for Committee {
+    fn default() -> Self {
+        let personas = |list: &[&str]| list.iter().map(|p| (*p).to_owned()).collect();
+        Committee {
+            tier_1: personas(&["economic_buyer", "champion", "technical_evaluator", "end_user"]),
+            tier_2: personas(&["economic_buyer", "champion", "technical_evaluator"]),
+            tier_3: personas(&["economic_buyer", "champion"]),
+            untiered: personas(&["economic_buyer", "champion"]),
+        }
+    }
+}
+
+impl Committee {
+    pub fn for_tier(&self, tier: Tier) -> &[String] {
+        match tier {
+            Tier::Tier1 => &self.tier_1,
+            Tier::Tier2 => &self.tier_2,
+            Tier::Tier3 => &self.tier_3,
+            Tier::Untiered => &self.untiered,
+        }
+    }
+}
+
 /// `[scoring]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +142,8 @@ pub struct ScoringConfig {
     /// Re-arm below `threshold * (1 - hysteresis)` (default 0.25).
     pub hysteresis: f64,
     pub thresholds: Thresholds,
+    /// Required buying-committee personas per tier (see [`Committee`]).
+    pub committee: Committee,
     /// Explanations and state bounds.
     pub max_recent_events: usize,
     pub max_contacts: usize,
@@ -171,6 +207,10 @@ impl Default for ScoringConfig {
                 ("head", "champion"),
                 ("director", "champion"),
                 ("manager", "champion"),
+                ("architect", "technical_evaluator"),
+                ("engineer", "technical_evaluator"),
+                ("developer", "technical_evaluator"),
+                ("analyst", "end_user"),
             ]
             .into_iter()
             .map(|(words, persona)| TitlePersona { title_words: words.into(), persona: persona.into() })
@@ -180,6 +220,7 @@ impl Default for ScoringConfig {
             breadth_max: 2.0,
             hysteresis: 0.25,
             thresholds: Thresholds::default(),
+            committee: Committee::default(),
             max_recent_events: 5,
             max_contacts: 64,
             max_window_events: 512,
@@ -245,6 +286,15 @@ impl ScoringConfig {
                 return fail(&format!("thresholds.{tier}"), "must be a positive number");
             }
         }
+        for tier in Tier::ALL {
+            // An empty list is allowed here: nothing required (coverage 1).
+            let personas = self.committee.for_tier(tier);
+            if !personas.is_empty()
+                && let Some(problem) = abm_schemas::Account::committee_problem(personas)
+            {
+                return fail(&format!("committee.{}", tier.as_str()), &problem);
+            }
+        }
         if !(self.dedup_window_days.is_finite() && self.dedup_window_days >= 7.0) {
             return fail("dedup_window_days", "must be at least 7 days");
         }
@@ -305,6 +355,20 @@ mod tests {
         let mut config = ScoringConfig::default();
         config.rules[0].cap_per_contact_per_day = Some(cap);
         config.validate()
+    }
+
+    #[test]
+    fn committees_must_name_distinct_well_formed_personas() {
+        let mut config = ScoringConfig::default();
+        assert!(config.validate().is_ok());
+        config.committee.tier_2 = vec!["champion".into(), "champion".into()];
+        let error = config.validate().expect_err("duplicate");
+        assert_eq!(error.field, "committee.tier_2");
+        assert!(error.problem.contains("named twice"), "{}", error.problem);
+        config.committee.tier_2 = vec![];
+        assert!(config.validate().is_ok(), "empty: nothing required");
+        config.committee.tier_2 = vec!["Economic Buyer".into()];
+        assert!(config.validate().expect_err("spelling").problem.contains("a-z, 0-9 and _"));
     }
 
     #[test]

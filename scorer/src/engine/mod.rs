@@ -11,11 +11,11 @@ pub mod state;
 
 use abm_schemas::hash::stable_hash;
 use abm_schemas::{
-    CrossingKind, EngagedContact, EngagementEvent, EventKind, OpportunityState, RecentEvent, RuleContribution,
-    ScoreCrossing, Tier,
+    CommitteeCoverage, CrossingKind, EngagedContact, EngagementEvent, EventKind, OpportunityState, RecentEvent,
+    RuleContribution, ScoreCrossing, Tier,
 };
 
-pub use config::{RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
+pub use config::{Committee, RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
 pub use state::{AccountScoreState, Contact, ContactLog, Opportunities, Trimmed};
 
@@ -43,6 +43,21 @@ pub enum Applied {
     },
 }
 
+/// What the engine takes from an account's TAL entry: its tier and, when the TAL names one, its
+/// buying committee (else the tier's from `scoring.committee`). A bare [`Tier`] converts into
+/// one without a committee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Membership<'a> {
+    pub tier: Tier,
+    pub committee: Option<&'a [String]>,
+}
+
+impl From<Tier> for Membership<'static> {
+    fn from(tier: Tier) -> Self {
+        Membership { tier, committee: None }
+    }
+}
+
 /// An account's score and its explanation at a point in time. Not a wire type: the API's
 /// response bodies (`api.rs`) are filled from it field by field.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +77,8 @@ pub struct ScoreView {
     /// Events per kind in the last 7, 30 and 90 days before `at`.
     pub counts: Vec<KindCounts>,
     pub contacts: Vec<EngagedContact>,
+    /// The buying committee's coverage at `at`.
+    pub coverage: CommitteeCoverage,
     pub recent_events: Vec<RecentEvent>,
     /// The latest state of each CRM opportunity, in order of first appearance.
     pub opportunities: Vec<OpportunityState>,
@@ -133,14 +150,16 @@ impl Engine {
         self.config.persona_weights.get(persona).copied().unwrap_or(1.0)
     }
 
-    /// Applies `event` to the state of account `account_id`, whose TAL tier is now `tier`.
-    pub fn apply(
+    /// Applies `event` to the state of account `account_id`, whose TAL entry is now `tal` (a
+    /// tier, or a [`Membership`] naming its committee too).
+    pub fn apply<'a>(
         &self,
         account_id: &str,
         state: &mut AccountScoreState,
         event: &EngagementEvent,
-        tier: Tier,
+        tal: impl Into<Membership<'a>>,
     ) -> Applied {
+        let Membership { tier, committee } = tal.into();
         let id_hash = stable_hash(&event.event_id);
         if state.seen.iter().any(|(hash, _)| *hash == id_hash) {
             state.duplicates += 1;
@@ -222,12 +241,18 @@ impl Engine {
         let mut trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
         trimmed.opportunities = opportunities_dropped;
 
-        let crossings = self.evaluate(account_id, state, event);
+        let crossings = self.evaluate(account_id, state, event, committee);
         Applied::Scored { points, rule: rule_index, crossings, trimmed }
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (the README's order).
-    fn evaluate(&self, account_id: &str, state: &mut AccountScoreState, event: &EngagementEvent) -> Vec<ScoreCrossing> {
+    fn evaluate(
+        &self,
+        account_id: &str,
+        state: &mut AccountScoreState,
+        event: &EngagementEvent,
+        committee: Option<&[String]>,
+    ) -> Vec<ScoreCrossing> {
         let mut crossings = Vec::new();
         let Some(as_of) = state.as_of else {
             return crossings;
@@ -237,13 +262,13 @@ impl Engine {
         if state.armed && parts.score >= threshold {
             state.armed = false;
             state.threshold_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, &parts));
+            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, &parts, committee));
         } else if !state.armed && parts.score < threshold * (1.0 - self.config.hysteresis) {
             state.armed = true;
         }
         if event.kind == EventKind::DemoRequest {
             state.hand_raiser_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, &parts));
+            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, &parts, committee));
         }
         crossings
     }
@@ -255,6 +280,7 @@ impl Engine {
         kind: CrossingKind,
         event: &EngagementEvent,
         parts: &ScoreAt,
+        committee: Option<&[String]>,
     ) -> ScoreCrossing {
         let sequence = match kind {
             CrossingKind::Threshold => state.threshold_crossings,
@@ -277,7 +303,25 @@ impl Engine {
             top_rules: self.top_rules(state, 1.0, self.config.top_rules),
             contacts: state.engaged_contacts(as_of),
             recent_events: state.recent_records(self),
+            coverage: Some(self.coverage(state, as_of, committee)),
         }
+    }
+
+    /// The buying committee's coverage at `at`: the required personas are `committee` (the
+    /// account's TAL list) or else its tier's from `scoring.committee`; one is covered when a
+    /// contact engaged in `(at - 30 days, at]` (as in breadth) has it as its persona.
+    pub fn coverage(&self, state: &AccountScoreState, at: i64, committee: Option<&[String]>) -> CommitteeCoverage {
+        let required = committee.unwrap_or_else(|| self.config.committee.for_tier(state.tier));
+        let engaged: Vec<&str> = state
+            .contacts
+            .iter()
+            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
+            .map(|c| c.persona)
+            .collect();
+        let (covered, missing): (Vec<String>, Vec<String>) =
+            required.iter().cloned().partition(|persona| engaged.contains(&persona.as_str()));
+        let ratio = if required.is_empty() { 1.0 } else { covered.len() as f64 / required.len() as f64 };
+        CommitteeCoverage { required: required.to_vec(), covered, missing, ratio }
     }
 
     /// The `limit` rules with the most decayed points (by magnitude), scaled by `factor`.
@@ -296,8 +340,20 @@ impl Engine {
         rules
     }
 
-    /// The account's score and explanation at `at` (its as-of time when `None` or earlier).
+    /// The account's score and explanation at `at` (its as-of time when `None` or earlier), its
+    /// coverage against its tier's committee.
     pub fn view(&self, account_id: &str, state: &AccountScoreState, at: Option<i64>) -> ScoreView {
+        self.view_with(account_id, state, at, None)
+    }
+
+    /// [`view`](Self::view) with the committee the account's TAL entry names, if any.
+    pub fn view_with(
+        &self,
+        account_id: &str,
+        state: &AccountScoreState,
+        at: Option<i64>,
+        committee: Option<&[String]>,
+    ) -> ScoreView {
         let as_of = state.as_of;
         let ScoreAt { at, factor, engagement, breadth, multiplier, score } = self.score_parts(state, at);
         let rule_points = self.top_rules(state, factor, usize::MAX);
@@ -315,6 +371,7 @@ impl Engine {
             rule_points,
             counts: state.counts_at(at),
             contacts: state.engaged_contacts(at),
+            coverage: self.coverage(state, at, committee),
             recent_events: state.recent_records(self),
             opportunities: state.opportunities.iter().cloned().collect(),
             first_applied_at: state.first_applied_at(),

@@ -201,7 +201,9 @@ mod tests {
         assert_eq!(with(Some("champion"), Some("CFO")), "champion");
         assert_eq!(with(None, Some("VP, Finance")), "economic_buyer");
         assert_eq!(with(None, Some("Director of Engineering")), "champion", "`cto` is not a word of Director");
-        assert_eq!(with(None, Some("MVP Developer")), "unknown");
+        assert_eq!(with(None, Some("MVP Developer")), "technical_evaluator", "`vp` is not a word of MVP");
+        assert_eq!(with(None, Some("MVP Dev")), "unknown");
+        assert_eq!(with(None, Some("Senior Data Analyst")), "end_user");
         assert_eq!(with(None, None), "unknown");
         // Non-ASCII titles take the allocating path and match the same way.
         assert_eq!(with(None, Some("Directeur Général, VP Finance")), "economic_buyer");

@@ -53,6 +53,7 @@ pub fn account(id: &str, tier: Tier) -> Account {
         owner: "sdr@vendor.example".into(),
         industry: None,
         employees: None,
+        committee: None,
         updated_at: 0,
     }
 }

@@ -238,6 +238,7 @@ pub fn acme_account() -> abm_schemas::Account {
         owner: "sdr@vendor.example".into(),
         industry: None,
         employees: None,
+        committee: None,
         updated_at: 0,
     }
 }
