@@ -61,6 +61,10 @@ mod fixed {
             chunks: vec![],
             opportunities: vec![],
             first_applied_at: Some(1_690_000_000_000),
+            stage: abm_schemas::JourneyStage::Engaged,
+            stage_entered_at: Some(1_699_000_000_000),
+            journey_transitions: 2,
+            last_hand_raiser_at: None,
         }
     }
 }

@@ -267,6 +267,59 @@ impl OpportunityStage {
     }
 }
 
+/// Where an account stands in its journey, first stage to last (README, "Account journey").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JourneyStage {
+    #[default]
+    Unaware,
+    Aware,
+    Engaged,
+    Mqa,
+    Opportunity,
+    Customer,
+}
+
+impl JourneyStage {
+    /// Every stage, first to last (the schema's symbol order).
+    pub const ALL: [JourneyStage; 6] = [
+        JourneyStage::Unaware,
+        JourneyStage::Aware,
+        JourneyStage::Engaged,
+        JourneyStage::Mqa,
+        JourneyStage::Opportunity,
+        JourneyStage::Customer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JourneyStage::Unaware => "unaware",
+            JourneyStage::Aware => "aware",
+            JourneyStage::Engaged => "engaged",
+            JourneyStage::Mqa => "mqa",
+            JourneyStage::Opportunity => "opportunity",
+            JourneyStage::Customer => "customer",
+        }
+    }
+}
+
+/// An account moved from one journey stage to another (`abm.journey`, key = account id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneyTransition {
+    /// `<account_id>:journey:<sequence>`.
+    pub transition_id: String,
+    pub account_id: String,
+    pub sequence: i64,
+    pub tier: Tier,
+    pub from: JourneyStage,
+    pub to: JourneyStage,
+    /// The event time of the event that caused it.
+    pub at: i64,
+    pub trigger_event_id: String,
+    /// S at the account's as-of time after the event.
+    pub score: f64,
+}
+
 /// A validated, account-resolved event (`abm.engagement`, `abm.unresolved`).
 ///
 /// Exactly the property record of its `kind` is set; ingest guarantees that.
@@ -411,6 +464,12 @@ pub struct AccountScore {
     pub top_rules: Vec<RuleContribution>,
     /// `None` only in records written before coverage existed.
     pub coverage: Option<CommitteeCoverage>,
+    /// The journey stage at as-of (`Unaware` in records written before the journey existed)
+    /// and when it was entered.
+    #[serde(default)]
+    pub stage: JourneyStage,
+    #[serde(default)]
+    pub stage_entered_at: Option<i64>,
 }
 
 /// The buying committee's coverage at a time: the required personas (the account's TAL
@@ -534,6 +593,17 @@ pub struct AccountState {
     /// The earliest event time among the applied events (`None` in states written before it).
     #[serde(default)]
     pub first_applied_at: Option<i64>,
+    /// The journey stage after the last applied event, when it was entered, and how many
+    /// transitions the account made so far.
+    #[serde(default)]
+    pub stage: JourneyStage,
+    #[serde(default)]
+    pub stage_entered_at: Option<i64>,
+    #[serde(default)]
+    pub journey_transitions: i64,
+    /// The latest event time of an applied demo request.
+    #[serde(default)]
+    pub last_hand_raiser_at: Option<i64>,
 }
 
 /// The latest state of one CRM opportunity, as an account's state keeps it.

@@ -120,6 +120,10 @@ fn sample_state() -> AccountState {
             updated_at: 1_699_500_000_000,
         }],
         first_applied_at: Some(1_690_000_000_000),
+        stage: JourneyStage::Opportunity,
+        stage_entered_at: Some(1_699_500_000_000),
+        journey_transitions: 4,
+        last_hand_raiser_at: Some(1_699_400_000_000),
     }
 }
 
@@ -178,6 +182,19 @@ fn every_record_round_trips() {
         events_applied: 17,
         top_rules: sample_rules(),
         coverage: Some(sample_coverage()),
+        stage: JourneyStage::Mqa,
+        stage_entered_at: Some(1_699_000_000_000),
+    });
+    check_round_trip(JourneyTransition {
+        transition_id: "acc-42:journey:3".into(),
+        account_id: "acc-42".into(),
+        sequence: 3,
+        tier: Tier::Tier1,
+        from: JourneyStage::Engaged,
+        to: JourneyStage::Mqa,
+        at: 1_700_000_000_000,
+        trigger_event_id: "e-9".into(),
+        score: 51.5,
     });
     let crossing = ScoreCrossing {
         crossing_id: "acc-42:hand_raiser:1".into(),
@@ -265,10 +282,21 @@ fn records_written_before_opportunities_still_decode() {
     let mut state = sample_state();
     state.opportunities = vec![];
     state.first_applied_at = None;
+    state.stage = JourneyStage::Unaware;
+    state.stage_entered_at = None;
+    state.journey_transitions = 0;
+    state.last_hand_raiser_at = None;
     let bytes = written_with_old_schema(
         include_str!("../avro/history/account_state.v2.avsc"),
         &state,
-        &["opportunities", "first_applied_at"],
+        &[
+            "opportunities",
+            "first_applied_at",
+            "stage",
+            "stage_entered_at",
+            "journey_transitions",
+            "last_hand_raiser_at",
+        ],
     );
     assert_eq!(decode::<AccountState>(&bytes).expect("v2 state decodes"), state);
 
@@ -304,8 +332,14 @@ fn records_written_before_committee_coverage_still_decode() {
         events_applied: 1,
         top_rules: sample_rules(),
         coverage: None,
+        stage: JourneyStage::Unaware,
+        stage_entered_at: None,
     };
-    let bytes = written_with_old_schema(include_str!("../avro/history/account_score.v1.avsc"), &score, &["coverage"]);
+    let bytes = written_with_old_schema(
+        include_str!("../avro/history/account_score.v1.avsc"),
+        &score,
+        &["coverage", "stage", "stage_entered_at"],
+    );
     assert_eq!(decode::<AccountScore>(&bytes).expect("v1 score decodes"), score);
 }
 
@@ -315,10 +349,22 @@ fn account_state_v1_reads_as_unsplit() {
     let mut state = sample_state();
     state.opportunities = vec![];
     state.first_applied_at = None;
+    state.stage = JourneyStage::Unaware;
+    state.stage_entered_at = None;
+    state.journey_transitions = 0;
+    state.last_hand_raiser_at = None;
     let bytes = written_with_old_schema(
         include_str!("../avro/history/account_state.v1.avsc"),
         &state,
-        &["chunks", "opportunities", "first_applied_at"],
+        &[
+            "chunks",
+            "opportunities",
+            "first_applied_at",
+            "stage",
+            "stage_entered_at",
+            "journey_transitions",
+            "last_hand_raiser_at",
+        ],
     );
     state.chunks = vec![];
     assert_eq!(decode::<AccountState>(&bytes).expect("v1 decodes"), state);
@@ -327,6 +373,7 @@ fn account_state_v1_reads_as_unsplit() {
 #[test]
 fn fingerprints_are_distinct_and_match_the_avsc_files() {
     let fingerprints = [
+        JourneyTransition::codec().fingerprint(),
         Account::codec().fingerprint(),
         EngagementEvent::codec().fingerprint(),
         RejectedEvent::codec().fingerprint(),
@@ -684,15 +731,16 @@ fn fingerprints_equal_the_avro_reference_implementation() {
     // Account v1 and AccountScore v1 had, from Java, 0xa874_d922_837c_cbfd and
     // 0x2fb4_29f4_4d68_0893 (fastavro agrees).
     let java = [
-        // Since the `opportunity` kind and committee coverage (EngagementEvent v2, Account v2,
-        // AccountScore v2, ScoreCrossing v2, SalesAlert v2, AccountState v3, AccountStateChunk
-        // v2), from fastavro.
+        // Since the `opportunity` kind, committee coverage and the journey (EngagementEvent v2,
+        // Account v2, AccountScore v2, ScoreCrossing v2, SalesAlert v2, AccountState v3,
+        // AccountStateChunk v2, JourneyTransition v1), from fastavro.
         (Account::codec().fingerprint(), 0x1f81_876c_e261_47d8_u64),
-        (AccountScore::codec().fingerprint(), 0x2274_fec7_fbbf_9de9),
+        (AccountScore::codec().fingerprint(), 0x6af5_e74b_04ee_5c9a),
         (EngagementEvent::codec().fingerprint(), 0x5241_f051_ef57_7ea9),
         (ScoreCrossing::codec().fingerprint(), 0x9028_6b35_53b5_cd20),
         (SalesAlert::codec().fingerprint(), 0x6461_0eb3_c727_1019),
-        (AccountState::codec().fingerprint(), 0x9f93_f7bb_f960_e6e4),
+        (AccountState::codec().fingerprint(), 0x6eaa_2427_1817_1f55),
+        (JourneyTransition::codec().fingerprint(), 0x2399_726b_ef98_2419),
         (AccountStateChunk::codec().fingerprint(), 0x09a4_063a_0217_873f),
         // Since RejectedEvent v2 (reason `not_allowed`), from fastavro.
         (RejectedEvent::codec().fingerprint(), 0x2bb6_5620_4044_4ef6),

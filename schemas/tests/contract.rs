@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use abm_schemas::{AvroRecord, EmailAction, EventKind, OpportunityStage, Tier};
+use abm_schemas::{AvroRecord, EmailAction, EventKind, JourneyStage, OpportunityStage, Tier};
 use serde_json::{Map, Value};
 
 /// Every schema file the crate compiles in, as (file name, JSON text).
@@ -20,6 +20,7 @@ fn schema_files() -> Vec<(&'static str, &'static str)> {
         (AccountState::SCHEMA_FILE, AccountState::SCHEMA_JSON),
         (AccountStateChunk::SCHEMA_FILE, AccountStateChunk::SCHEMA_JSON),
         (EngagementEvent::SCHEMA_FILE, EngagementEvent::SCHEMA_JSON),
+        (JourneyTransition::SCHEMA_FILE, JourneyTransition::SCHEMA_JSON),
         (RejectedEvent::SCHEMA_FILE, RejectedEvent::SCHEMA_JSON),
         (SalesAlert::SCHEMA_FILE, SalesAlert::SCHEMA_JSON),
         (ScoreCrossing::SCHEMA_FILE, ScoreCrossing::SCHEMA_JSON),
@@ -104,6 +105,8 @@ fn the_schema_enums_list_the_rust_enums_symbols_in_order() {
     assert_eq!(symbols(&all["EventKind"][0].1), kinds, "EventKind::ALL and the schema's symbols");
     let actions: Vec<&str> = EmailAction::ALL.iter().map(|a| a.as_str()).collect();
     assert_eq!(symbols(&all["EmailAction"][0].1), actions, "EmailAction::ALL and the schema's symbols");
+    let stages: Vec<&str> = JourneyStage::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(symbols(&all["JourneyStage"][0].1), stages, "JourneyStage::ALL and the schema's symbols");
     let tiers: Vec<&str> = Tier::ALL.iter().map(|t| t.as_str()).collect();
     assert_eq!(symbols(&all["Tier"][0].1), tiers, "Tier::ALL and the schema's symbols");
     let stages: Vec<&str> = OpportunityStage::ALL.iter().map(|s| s.as_str()).collect();

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use abm_schemas::{
-    CommitteeCoverage, EngagedContact, EventKind, OpportunityState, RecentEvent, RuleContribution, Tier,
+    CommitteeCoverage, EngagedContact, EventKind, JourneyStage, OpportunityState, RecentEvent, RuleContribution, Tier,
 };
 use axum::Json;
 use axum::Router;
@@ -69,6 +69,8 @@ struct AccountResponse {
     counts: Vec<Counts>,
     contacts: Vec<EngagedContact>,
     coverage: CommitteeCoverage,
+    stage: JourneyStage,
+    stage_entered_at: Option<i64>,
     recent_events: Vec<RecentEvent>,
     opportunities: Vec<OpportunityState>,
     first_applied_at: Option<i64>,
@@ -114,6 +116,8 @@ impl AccountResponse {
             counts,
             contacts,
             coverage,
+            stage,
+            stage_entered_at,
             recent_events,
             opportunities,
             first_applied_at,
@@ -144,6 +148,8 @@ impl AccountResponse {
             counts,
             contacts,
             coverage,
+            stage,
+            stage_entered_at,
             recent_events,
             opportunities,
             first_applied_at,
@@ -287,6 +293,8 @@ mod tests {
             "counts",
             "contacts",
             "coverage",
+            "stage",
+            "stage_entered_at",
             "recent_events",
             "opportunities",
             "first_applied_at",
@@ -306,5 +314,7 @@ mod tests {
         assert_eq!(json["on_tal"], true);
         assert_eq!(json["coverage"]["missing"][0], "economic_buyer", "{}", json["coverage"]);
         assert_eq!(json["coverage"]["ratio"], 0.0);
+        assert_eq!(json["stage"], "unaware");
+        assert_eq!(json["stage_entered_at"], serde_json::Value::Null);
     }
 }

@@ -154,6 +154,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         state: topics.name(TopicRole::ScorerState).to_owned(),
         scores: topics.name(TopicRole::AccountScores).to_owned(),
         crossings: topics.name(TopicRole::ScoreCrossings).to_owned(),
+        journey: topics.name(TopicRole::Journey).to_owned(),
         rejected: topics.name(TopicRole::Rejected).to_owned(),
     };
     let settings = EosSettings {

@@ -9,6 +9,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub accounts: IntGauge,
     pub crossings: IntCounterVec,
+    pub journey_transitions: IntCounterVec,
     pub commit_duration: Histogram,
     pub snapshot_age: Gauge,
     pub transactions: IntCounter,
@@ -50,6 +51,13 @@ impl Metrics {
             crossings: IntCounterVec::new(
                 Opts::new("abm_scorer_crossings_total", "Crossings emitted, by kind and tier."),
                 &["kind", "tier"],
+            )?,
+            journey_transitions: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_journey_transitions_total",
+                    "Journey transitions written to abm.journey, by the stage entered and tier.",
+                ),
+                &["to", "tier"],
             )?,
             commit_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -139,6 +147,11 @@ impl Metrics {
         for structure in crate::engine::Trimmed::default().by_structure().map(|(name, _)| name) {
             metrics.state_trimmed.with_label_values(&[structure]);
         }
+        for stage in abm_schemas::JourneyStage::ALL.into_iter().skip(1) {
+            for tier in abm_schemas::Tier::ALL {
+                metrics.journey_transitions.with_label_values(&[stage.as_str(), tier.as_str()]);
+            }
+        }
         for kind in ["threshold", "hand_raiser"] {
             for tier in ["tier_1", "tier_2", "tier_3", "untiered"] {
                 metrics.crossings.with_label_values(&[kind, tier]);
@@ -149,6 +162,7 @@ impl Metrics {
         registry.register(Box::new(metrics.rejected.clone()))?;
         registry.register(Box::new(metrics.accounts.clone()))?;
         registry.register(Box::new(metrics.crossings.clone()))?;
+        registry.register(Box::new(metrics.journey_transitions.clone()))?;
         registry.register(Box::new(metrics.commit_duration.clone()))?;
         registry.register(Box::new(metrics.snapshot_age.clone()))?;
         registry.register(Box::new(metrics.transactions.clone()))?;

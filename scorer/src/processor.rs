@@ -33,6 +33,7 @@ pub struct LoopTopics {
     pub state: String,
     pub scores: String,
     pub crossings: String,
+    pub journey: String,
     pub rejected: String,
 }
 
@@ -132,6 +133,8 @@ impl ScorerProcessor {
             events_applied: state.events_applied as i64,
             top_rules: self.engine.top_rules(state, 1.0, self.engine.config().top_rules),
             coverage: Some(self.engine.coverage(state, state.as_of.unwrap_or(0), committee)),
+            stage: state.stage,
+            stage_entered_at: state.stage_entered_at(),
         }
     }
 }
@@ -254,7 +257,7 @@ impl Processor for ScorerProcessor {
             // The state changed too (its `duplicates` count): written like any other change,
             // or a rewind to the last commit would forget the count.
             Applied::Duplicate => self.staged.add(&self.metrics.duplicates, 1),
-            Applied::Scored { crossings, trimmed, .. } => {
+            Applied::Scored { crossings, transition, trimmed, .. } => {
                 self.staged.add(&self.applied_by_kind[event.kind as usize], 1);
                 if !trimmed.is_empty() {
                     self.count_trimmed(&trimmed);
@@ -266,6 +269,14 @@ impl Processor for ScorerProcessor {
                         self.metrics.crossings.with_label_values(&[crossing.kind.as_str(), crossing.tier.as_str()]);
                     self.staged.add(&counter, 1);
                     out.send(&self.topics.crossings, &account_id, &abm_schemas::encode(&crossing)?, None)?;
+                }
+                if let Some(transition) = transition {
+                    let counter = self
+                        .metrics
+                        .journey_transitions
+                        .with_label_values(&[transition.to.as_str(), transition.tier.as_str()]);
+                    self.staged.add(&counter, 1);
+                    out.send(&self.topics.journey, &account_id, &abm_schemas::encode(&transition)?, None)?;
                 }
             }
         }

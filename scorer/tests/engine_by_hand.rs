@@ -444,3 +444,90 @@ fn a_contact_covers_the_persona_of_its_latest_engagement_and_the_tal_committee_o
         assert_close(coverage.ratio, 0.5, "1 of 2");
     }
 }
+
+/// Applies `log` with `tier`; returns the state and every journey transition as
+/// (id, from, to, at).
+fn journey(
+    engine: &Engine,
+    tier: Tier,
+    log: &[EngagementEvent],
+) -> (AccountScoreState, Vec<(String, &'static str, &'static str, i64)>) {
+    let mut state = AccountScoreState::default();
+    let mut transitions = Vec::new();
+    for event in log {
+        if let Applied::Scored { transition: Some(t), .. } = engine.apply(ACCOUNT, &mut state, event, tier) {
+            assert_eq!(t.trigger_event_id, event.event_id);
+            transitions.push((t.transition_id, t.from.as_str(), t.to.as_str(), t.at));
+        }
+    }
+    (state, transitions)
+}
+
+#[test]
+fn the_journey_moves_through_its_stages_evaluated_from_the_last_upwards() {
+    let engine = engine();
+    let demo = event("c", EventKind::DemoRequest, T0 + DAY_MS, Some(("c1", "unknown")));
+    let log = [
+        // 5 points, B = 1: an applied event makes the account aware.
+        visit("a", "/", T0, Some(("c1", "unknown"))),
+        // E = 20, B = 2, m = 1.25, S = 25 = 0.5 * 50 (tier 1): engaged.
+        visit("b", "/pricing", T0, Some(("c2", "unknown"))),
+        // A demo request: a hand-raiser in the last 30 days, mqa.
+        demo,
+        // An open opportunity: opportunity.
+        opportunity("d", "o1", OpportunityStage::Open, 10_000.0, T0 + 2 * DAY_MS),
+        // Lost: nothing open or won; the hand-raiser of T0 + 1 d still holds: back to mqa.
+        opportunity("e", "o1", OpportunityStage::ClosedLost, 10_000.0, T0 + 3 * DAY_MS),
+        // A repeat changes nothing.
+        opportunity("e", "o1", OpportunityStage::ClosedLost, 10_000.0, T0 + 3 * DAY_MS),
+        // Won: customer, whatever else holds.
+        opportunity("f", "o2", OpportunityStage::ClosedWon, 25_000.0, T0 + 4 * DAY_MS),
+        visit("g", "/", T0 + 5 * DAY_MS, Some(("c3", "unknown"))),
+    ];
+    let (state, transitions) = journey(&engine, Tier::Tier1, &log);
+    let expected = [
+        ("acc-1:journey:1", "unaware", "aware", T0),
+        ("acc-1:journey:2", "aware", "engaged", T0),
+        ("acc-1:journey:3", "engaged", "mqa", T0 + DAY_MS),
+        ("acc-1:journey:4", "mqa", "opportunity", T0 + 2 * DAY_MS),
+        ("acc-1:journey:5", "opportunity", "mqa", T0 + 3 * DAY_MS),
+        ("acc-1:journey:6", "mqa", "customer", T0 + 4 * DAY_MS),
+    ];
+    let got: Vec<(&str, &str, &str, i64)> =
+        transitions.iter().map(|(id, f, t, at)| (id.as_str(), *f, *t, *at)).collect();
+    assert_eq!(got, expected);
+    assert_eq!(state.stage, abm_schemas::JourneyStage::Customer);
+    assert_eq!(state.stage_entered_at(), Some(T0 + 4 * DAY_MS));
+    assert_eq!(state.journey_transitions, 6);
+    let view = engine.view(ACCOUNT, &state, None);
+    assert_eq!((view.stage, view.stage_entered_at), (state.stage, state.stage_entered_at()));
+}
+
+#[test]
+fn mqa_by_hand_raise_lasts_thirty_days_and_the_score_can_hold_it() {
+    let engine = engine();
+    // Tier 3 (threshold 100): a demo request alone (50 points) is mqa by its hand-raise.
+    let log = [
+        event("a", EventKind::DemoRequest, T0, Some(("c1", "unknown"))),
+        // 30 days later the hand-raise is out of (as_of - 30 d, as_of]; E = 50 * 2^(-30/14)
+        // + 5 = 16.4 < 50 = 0.5 * 100, B = 1: aware.
+        visit("b", "/", T0 + 30 * DAY_MS, Some(("c1", "unknown"))),
+    ];
+    let (state, transitions) = journey(&engine, Tier::Tier3, &log);
+    let got: Vec<(&str, &str)> = transitions.iter().map(|(_, f, t, _)| (*f, *t)).collect();
+    assert_eq!(got, [("unaware", "mqa"), ("mqa", "aware")]);
+    assert_eq!(state.stage_entered_at(), Some(T0 + 30 * DAY_MS));
+
+    // Tier 1 (threshold 50): two demo requests 29 days apart, then a visit 20 days later:
+    // S = (50 * 2^(-49/14) + 50 * 2^(-20/14) + 5) = 27.3 < 50 but the second hand-raise is
+    // 20 days old: still mqa, no transition.
+    let log = [
+        event("a", EventKind::DemoRequest, T0, Some(("c1", "unknown"))),
+        event("b", EventKind::DemoRequest, T0 + 29 * DAY_MS, Some(("c1", "unknown"))),
+        visit("c", "/", T0 + 49 * DAY_MS, Some(("c1", "unknown"))),
+    ];
+    let (state, transitions) = journey(&engine, Tier::Tier1, &log);
+    assert_eq!(transitions.len(), 1, "{transitions:?}");
+    assert_eq!(state.stage, abm_schemas::JourneyStage::Mqa);
+    assert_eq!(state.stage_entered_at(), Some(T0));
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use abm_schemas::{
-    AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, ScoreCrossing, Tier,
-    WebVisit,
+    AccountScore, AccountState, Contact, CrossingKind, DemoRequest, EngagementEvent, EventKind, JourneyStage,
+    JourneyTransition, OpportunityStage, ScoreCrossing, Tier, WebVisit,
 };
 use abm_sim::Rng;
 use abm_testkit::{ServiceProcess, http_get, wait_for_status};
@@ -173,7 +173,21 @@ fn stream(count: usize, accounts: u64, seed: u64) -> Vec<EngagementEvent> {
             };
             let t = T0 + (n as i64) * 60_000 + rng.below(3_600_000) as i64;
             let contact = format!("{account}-c{}", rng.below(5));
-            if rng.below(40) == 0 {
+            let roll = rng.below(80);
+            if roll == 2 {
+                // A CRM change: opportunities open, win and lose, so journeys reach every stage.
+                let mut change = EngagementEvent::new(id, EventKind::Opportunity, t, "test");
+                change.opportunity = Some(abm_schemas::Opportunity {
+                    opportunity_id: format!("{account}-o{}", rng.below(2)),
+                    stage: [OpportunityStage::Open, OpportunityStage::ClosedWon, OpportunityStage::ClosedLost]
+                        [rng.below(3) as usize],
+                    stage_name: None,
+                    amount: 1_000.0 * rng.below(50) as f64,
+                    currency: "EUR".into(),
+                });
+                change.account_id = Some(account);
+                change
+            } else if roll < 2 {
                 let mut demo = EngagementEvent::new(id, EventKind::DemoRequest, t, "test");
                 demo.account_id = Some(account);
                 demo.demo_request = Some(DemoRequest { form: "f".into() });
@@ -212,11 +226,17 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
     let engine = Engine::new(ScoringConfig::default()).expect("valid");
     let mut expected_states = BTreeMap::new();
     let mut expected_crossings = BTreeSet::new();
+    let mut expected_transitions = BTreeMap::new();
     for (account, log) in by_account(&events) {
         let mut state = AccountScoreState::default();
         for event in &log {
-            if let Applied::Scored { crossings, .. } = engine.apply(&account, &mut state, event, tiers[&account]) {
+            if let Applied::Scored { crossings, transition, .. } =
+                engine.apply(&account, &mut state, event, tiers[&account])
+            {
                 expected_crossings.extend(crossings.into_iter().map(|c| c.crossing_id));
+                if let Some(t) = transition {
+                    expected_transitions.insert(t.transition_id.clone(), t);
+                }
             }
         }
         expected_states.insert(account, (state, log.len() as u64));
@@ -267,6 +287,15 @@ fn kill_minus_nine_at_random_points_loses_nothing_and_duplicates_no_crossing() {
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(unique.len(), ids.len(), "a crossing id was published twice to read_committed readers");
     assert_eq!(unique, expected_crossings, "crossing ids differ from an uninterrupted run (gaps or extras)");
+
+    // Journey transitions likewise: each exactly once, equal to the uninterrupted run's.
+    let stages: BTreeSet<JourneyStage> = expected_transitions.values().map(|t| t.to).collect();
+    assert!(stages.len() >= 5, "the stream should reach most stages: {stages:?}");
+    let transitions = read_all::<JourneyTransition>(&env.topic(TopicRole::Journey));
+    let by_id: BTreeMap<String, JourneyTransition> =
+        transitions.iter().map(|(_, t)| (t.transition_id.clone(), t.clone())).collect();
+    assert_eq!(by_id.len(), transitions.len(), "a transition id was published twice to read_committed readers");
+    assert_eq!(by_id, expected_transitions, "transitions differ from an uninterrupted run");
 }
 
 #[test]

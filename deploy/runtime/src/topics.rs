@@ -26,6 +26,7 @@ pub enum TopicRole {
     SalesAlerts,
     ScorerState,
     ParkedAlerts,
+    Journey,
 }
 
 /// The raw topics and the event kind each one's records default to: the one map between event
@@ -40,7 +41,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 14] = [
+    pub const ALL: [TopicRole; 15] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -55,6 +56,7 @@ impl TopicRole {
         TopicRole::SalesAlerts,
         TopicRole::ScorerState,
         TopicRole::ParkedAlerts,
+        TopicRole::Journey,
     ];
 
     /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
@@ -76,6 +78,7 @@ impl TopicRole {
             TopicRole::SalesAlerts => "sales_alerts",
             TopicRole::ScorerState => "scorer_state",
             TopicRole::ParkedAlerts => "parked_alerts",
+            TopicRole::Journey => "journey",
         }
     }
 

@@ -64,6 +64,10 @@ impl AccountScoreState {
             chunks: Vec::new(),
             opportunities: self.opportunities.iter().cloned().collect(),
             first_applied_at: self.first_applied_at(),
+            stage: self.stage,
+            stage_entered_at: self.stage_entered_at(),
+            journey_transitions: i64::from(self.journey_transitions),
+            last_hand_raiser_at: self.last_hand_raiser_at(),
         }
     }
 
@@ -135,6 +139,10 @@ impl AccountScoreState {
             w.long(o.updated_at);
         });
         w.optional_long(self.first_applied_at());
+        w.symbol(self.stage as usize);
+        w.optional_long(self.stage_entered_at());
+        w.long(i64::from(self.journey_transitions));
+        w.optional_long(self.last_hand_raiser_at());
     }
 
     /// Entries of the structures a split state keeps in chunks (window, caps, seen ids).
@@ -239,6 +247,10 @@ impl AccountScoreState {
             first_applied: record.first_applied_at.unwrap_or(i64::MAX),
             events_applied: u64::try_from(record.events_applied).unwrap_or(0),
             duplicates: u64::try_from(record.duplicates).unwrap_or(0),
+            stage: record.stage,
+            stage_entered: record.stage_entered_at.unwrap_or(i64::MIN),
+            journey_transitions: u32::try_from(record.journey_transitions.max(0)).unwrap_or(u32::MAX),
+            last_hand_raiser: record.last_hand_raiser_at.unwrap_or(i64::MIN),
         }
     }
 }

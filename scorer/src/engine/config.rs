@@ -124,6 +124,27 @@ impl Committee {
     }
 }
 
+/// `[scoring.journey]`: the criteria of the journey stages that are not fixed (README,
+/// "Account journey"). `customer` (a `closed_won` opportunity), `opportunity` (an `open` one),
+/// `aware` (an applied event) and `unaware` are not configurable.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JourneyConfig {
+    /// `mqa`: `S ≥ mqa_score_ratio · threshold(tier)` (default 1), or a demo request in the
+    /// `mqa_hand_raiser_days` (30) before as-of.
+    pub mqa_score_ratio: f64,
+    pub mqa_hand_raiser_days: f64,
+    /// `engaged`: `S ≥ engaged_score_ratio · threshold(tier)` (0.5), or `B ≥ engaged_breadth` (2).
+    pub engaged_score_ratio: f64,
+    pub engaged_breadth: u32,
+}
+
+impl Default for JourneyConfig {
+    fn default() -> Self {
+        JourneyConfig { mqa_score_ratio: 1.0, mqa_hand_raiser_days: 30.0, engaged_score_ratio: 0.5, engaged_breadth: 2 }
+    }
+}
+
 /// `[scoring]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +165,8 @@ pub struct ScoringConfig {
     pub thresholds: Thresholds,
     /// Required buying-committee personas per tier (see [`Committee`]).
     pub committee: Committee,
+    /// Journey stage criteria (see [`JourneyConfig`]).
+    pub journey: JourneyConfig,
     /// Explanations and state bounds.
     pub max_recent_events: usize,
     pub max_contacts: usize,
@@ -221,6 +244,7 @@ impl Default for ScoringConfig {
             hysteresis: 0.25,
             thresholds: Thresholds::default(),
             committee: Committee::default(),
+            journey: JourneyConfig::default(),
             max_recent_events: 5,
             max_contacts: 64,
             max_window_events: 512,
@@ -294,6 +318,19 @@ impl ScoringConfig {
             {
                 return fail(&format!("committee.{}", tier.as_str()), &problem);
             }
+        }
+        let journey = &self.journey;
+        for (field, value) in [
+            ("journey.mqa_score_ratio", journey.mqa_score_ratio),
+            ("journey.engaged_score_ratio", journey.engaged_score_ratio),
+            ("journey.mqa_hand_raiser_days", journey.mqa_hand_raiser_days),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return fail(field, "must be a positive number");
+            }
+        }
+        if journey.engaged_breadth == 0 {
+            return fail("journey.engaged_breadth", "must be at least 1");
         }
         if !(self.dedup_window_days.is_finite() && self.dedup_window_days >= 7.0) {
             return fail("dedup_window_days", "must be at least 7 days");

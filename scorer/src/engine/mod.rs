@@ -11,11 +11,11 @@ pub mod state;
 
 use abm_schemas::hash::stable_hash;
 use abm_schemas::{
-    CommitteeCoverage, CrossingKind, EngagedContact, EngagementEvent, EventKind, OpportunityState, RecentEvent,
-    RuleContribution, ScoreCrossing, Tier,
+    CommitteeCoverage, CrossingKind, EngagedContact, EngagementEvent, EventKind, JourneyStage, JourneyTransition,
+    OpportunityStage, OpportunityState, RecentEvent, RuleContribution, ScoreCrossing, Tier,
 };
 
-pub use config::{Committee, RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
+pub use config::{Committee, JourneyConfig, RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
 pub use state::{AccountScoreState, Contact, ContactLog, Opportunities, Trimmed};
 
@@ -38,6 +38,8 @@ pub enum Applied {
         rule: Option<u16>,
         /// Crossings in emission order: threshold first, then hand-raiser.
         crossings: Vec<ScoreCrossing>,
+        /// The journey stage change the event caused, if any.
+        transition: Option<JourneyTransition>,
         /// What the state's bounds dropped to take this event (usually nothing).
         trimmed: Trimmed,
     },
@@ -79,6 +81,9 @@ pub struct ScoreView {
     pub contacts: Vec<EngagedContact>,
     /// The buying committee's coverage at `at`.
     pub coverage: CommitteeCoverage,
+    /// The journey stage after the last applied event, and when it was entered.
+    pub stage: JourneyStage,
+    pub stage_entered_at: Option<i64>,
     pub recent_events: Vec<RecentEvent>,
     /// The latest state of each CRM opportunity, in order of first appearance.
     pub opportunities: Vec<OpportunityState>,
@@ -221,6 +226,9 @@ impl Engine {
             opportunities_dropped = state.opportunities.apply(change, t, self.config.max_opportunities);
         }
         state.first_applied = state.first_applied.min(t);
+        if event.kind == EventKind::DemoRequest {
+            state.last_hand_raiser = state.last_hand_raiser.max(t);
+        }
         state.tier = tier;
         state.events_applied += 1;
         state.record_window_event(event.kind, t);
@@ -242,7 +250,65 @@ impl Engine {
         trimmed.opportunities = opportunities_dropped;
 
         let crossings = self.evaluate(account_id, state, event, committee);
-        Applied::Scored { points, rule: rule_index, crossings, trimmed }
+        let transition = self.advance_journey(account_id, state, event);
+        Applied::Scored { points, rule: rule_index, crossings, transition, trimmed }
+    }
+
+    /// The journey stage `state` is in at its as-of time: the first, from the last stage
+    /// upwards, whose criteria hold (README, "Account journey").
+    pub fn stage(&self, state: &AccountScoreState) -> JourneyStage {
+        let Some(as_of) = state.as_of else {
+            return JourneyStage::Unaware;
+        };
+        let has = |stage: OpportunityStage| state.opportunities.iter().any(|o| o.stage == stage);
+        if has(OpportunityStage::ClosedWon) {
+            return JourneyStage::Customer;
+        }
+        if has(OpportunityStage::Open) {
+            return JourneyStage::Opportunity;
+        }
+        let journey = &self.config.journey;
+        let parts = self.score_parts(state, None);
+        let threshold = self.threshold(state.tier);
+        let hand_raiser_window = (journey.mqa_hand_raiser_days * DAY_MS as f64) as i64;
+        let raised = state.last_hand_raiser > as_of - hand_raiser_window && state.last_hand_raiser <= as_of;
+        if parts.score >= journey.mqa_score_ratio * threshold || raised {
+            return JourneyStage::Mqa;
+        }
+        if parts.score >= journey.engaged_score_ratio * threshold || parts.breadth >= journey.engaged_breadth {
+            return JourneyStage::Engaged;
+        }
+        // An applied event in the 90 days before as-of: as-of is the time of one.
+        JourneyStage::Aware
+    }
+
+    /// Re-evaluates the stage after an applied event; a change is the account's next
+    /// transition, at the event's time.
+    fn advance_journey(
+        &self,
+        account_id: &str,
+        state: &mut AccountScoreState,
+        event: &EngagementEvent,
+    ) -> Option<JourneyTransition> {
+        let stage = self.stage(state);
+        if stage == state.stage {
+            return None;
+        }
+        let from = std::mem::replace(&mut state.stage, stage);
+        state.stage_entered = event.occurred_at;
+        state.journey_transitions += 1;
+        let sequence = state.journey_transitions;
+        Some(JourneyTransition {
+            transition_id: journey_transition_id(account_id, sequence),
+            account_id: account_id.to_owned(),
+            sequence: i64::from(sequence),
+            tier: state.tier,
+            from,
+            to: stage,
+            at: event.occurred_at,
+            trigger_event_id: event.event_id.clone(),
+            score: self.score(state),
+        })
     }
 
     /// Threshold and hand-raiser evaluation after an applied event (the README's order).
@@ -372,6 +438,8 @@ impl Engine {
             counts: state.counts_at(at),
             contacts: state.engaged_contacts(at),
             coverage: self.coverage(state, at, committee),
+            stage: state.stage,
+            stage_entered_at: state.stage_entered_at(),
             recent_events: state.recent_records(self),
             opportunities: state.opportunities.iter().cloned().collect(),
             first_applied_at: state.first_applied_at(),
@@ -453,6 +521,11 @@ fn recent_detail(event: &EngagementEvent) -> std::borrow::Cow<'_, str> {
         EventKind::Unknown => None,
     };
     detail.unwrap_or_default()
+}
+
+/// `<account_id>:journey:<sequence>`: a pure function of the account's log.
+pub fn journey_transition_id(account_id: &str, sequence: u32) -> String {
+    format!("{account_id}:journey:{sequence}")
 }
 
 /// `<account_id>:<kind>:<sequence>`: a pure function of the account's log.

@@ -15,7 +15,7 @@ mod stamps;
 
 use std::collections::VecDeque;
 
-use abm_schemas::{EngagedContact, EventKind, RecentEvent, Tier};
+use abm_schemas::{EngagedContact, EventKind, JourneyStage, RecentEvent, Tier};
 
 pub use contacts::{Contact, ContactLog};
 pub use opportunities::Opportunities;
@@ -55,6 +55,13 @@ pub struct AccountScoreState {
     pub(crate) first_applied: i64,
     pub events_applied: u64,
     pub duplicates: u64,
+    /// The journey stage after the last applied event, the event time that moved the account
+    /// into it (`i64::MIN` while unaware) and the transitions so far.
+    pub stage: JourneyStage,
+    pub(crate) stage_entered: i64,
+    pub journey_transitions: u32,
+    /// The latest event time of an applied demo request; `i64::MIN` before the first.
+    pub(crate) last_hand_raiser: i64,
 }
 
 impl Default for AccountScoreState {
@@ -77,11 +84,25 @@ impl Default for AccountScoreState {
             first_applied: i64::MAX,
             events_applied: 0,
             duplicates: 0,
+            stage: JourneyStage::Unaware,
+            stage_entered: i64::MIN,
+            journey_transitions: 0,
+            last_hand_raiser: i64::MIN,
         }
     }
 }
 
 impl AccountScoreState {
+    /// When the account entered its journey stage (event time); `None` while unaware.
+    pub fn stage_entered_at(&self) -> Option<i64> {
+        (self.stage_entered != i64::MIN).then_some(self.stage_entered)
+    }
+
+    /// The latest event time of an applied demo request, if any.
+    pub fn last_hand_raiser_at(&self) -> Option<i64> {
+        (self.last_hand_raiser != i64::MIN).then_some(self.last_hand_raiser)
+    }
+
     /// The earliest event time among the applied events, if known.
     pub fn first_applied_at(&self) -> Option<i64> {
         (self.first_applied != i64::MAX).then_some(self.first_applied)
