@@ -107,6 +107,7 @@ struct Applied {
     contact: Option<String>,
     persona: String,
     positive_rule: bool,
+    hand_raiser: bool,
 }
 
 /// S, E and B of a set of applied events, recomputed from scratch (no incremental decay).
@@ -135,6 +136,9 @@ struct Expected {
     /// The required personas an engaged contact covers at as-of, and those missing.
     covered: Vec<String>,
     missing: Vec<String>,
+    /// The journey stage after the last applied event (README, "Account journey"): the
+    /// simulated world has no CRM outcomes yet, so at most `mqa`.
+    stage: &'static str,
 }
 
 /// Coverage at as-of (README, "Buying committee coverage"): each contact's persona is that of
@@ -192,6 +196,7 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &
             contact,
             persona: persona(event),
             positive_rule: rule.is_some() && base > 0.0,
+            hand_raiser: event.kind == EventKind::DemoRequest,
         });
         let (s, _, _) = score(&applied);
         let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
@@ -210,7 +215,18 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &
     }
     let (score, engagement, breadth) = score(&applied);
     let (covered, missing) = coverage(&applied, required);
-    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings, covered, missing }
+    let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+    let raised = applied.iter().any(|a| a.hand_raiser && a.t > as_of - 30 * DAY);
+    let stage = if applied.is_empty() {
+        "unaware"
+    } else if score >= threshold || raised {
+        "mqa"
+    } else if score >= 0.5 * threshold || breadth >= 2 {
+        "engaged"
+    } else {
+        "aware"
+    };
+    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings, covered, missing, stage }
 }
 
 /// Alerts after a 24 h cooldown per (account, kind), in event time.
@@ -758,6 +774,7 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     let mut expected_alert_ids = BTreeSet::new();
     // Accounts with some persona covered, and with some missing: the world must show both.
     let mut coverage_seen = (0, 0);
+    let mut stages_seen = BTreeSet::new();
     for (account, log) in &logs {
         let threshold = match tiers.get(account) {
             Some(1) => 50.0,
@@ -815,12 +832,16 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         assert_eq!(names("missing"), expected.missing, "missing: {}", story());
         let ratio = expected.covered.len() as f64 / required.len() as f64;
         assert!(close(json["coverage"]["ratio"].as_f64().unwrap_or(f64::NAN), ratio), "ratio: {}", story());
+        assert_eq!(json["stage"].as_str(), Some(expected.stage), "stage: {}", story());
+        stages_seen.insert(expected.stage);
         coverage_seen.0 += usize::from(!expected.covered.is_empty());
         coverage_seen.1 += usize::from(!expected.missing.is_empty());
         expected_alert_ids.extend(expected_alerts(&expected.crossings));
     }
     assert!(expected_alert_ids.len() > 5, "the world should raise alerts: {}", expected_alert_ids.len());
     assert!(coverage_seen.0 > 0 && coverage_seen.1 > 0, "covered and missing personas: {coverage_seen:?}");
+    // (A dense world of few accounts has them all engaged or beyond.)
+    assert!(stages_seen.len() >= 2, "the world should spread over the journey: {stages_seen:?}");
     let alert_ids = || -> Vec<String> {
         read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts))
             .into_iter()

@@ -149,9 +149,17 @@ impl KafkaConfig {
     }
 
     /// A client that could not be created; a file setting librdkafka names (`ssl.ca.location
-    /// failed: ...`) is said with its value, which librdkafka leaves out.
+    /// failed: ...`) is said with its value, which librdkafka leaves out. librdkafka's text of a
+    /// refused setting ends with the setting's value: a secret's is blanked out.
     fn creation_error(&self, error: &dyn std::fmt::Display) -> KafkaSetupError {
         let mut text = error.to_string();
+        for (key, value) in self.passthrough() {
+            let secret = ["password", "secret", "token", ".pem", "key"].iter().any(|word| key.contains(word))
+                && !key.ends_with(".location");
+            if secret && !value.is_empty() {
+                text = text.replace(value, "<redacted>");
+            }
+        }
         let files: Vec<String> = self
             .passthrough()
             .filter(|(key, _)| key.ends_with(".location") && text.contains(key.as_str()))
@@ -638,6 +646,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_setting_s_error_never_shows_a_secret() {
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert("sasl.oauthbearer.client.secret".into(), "pipeline-secret".into());
+        config.librdkafka.insert("ssl.ca.location".into(), "/etc/ca.pem".into());
+        let librdkafka = "Client config error: Configuration property \"sasl.oauthbearer.client.secret\" not \
+                          supported in this build sasl.oauthbearer.client.secret pipeline-secret";
+        let text = config.creation_error(&librdkafka).to_string();
+        assert!(!text.contains("pipeline-secret"), "{text}");
+        assert!(text.contains("sasl.oauthbearer.client.secret <redacted>"), "{text}");
+        let text = config.creation_error(&"ssl.ca.location failed: no such file").to_string();
+        assert!(text.contains("kafka.librdkafka ssl.ca.location = /etc/ca.pem"), "{text}");
+    }
 
     #[test]
     fn passthrough_settings_win_and_env_keys_get_dots() {
