@@ -264,7 +264,15 @@ pub struct World {
     n: u64,
     total: u64,
     id_prefix: String,
+    /// CRM changes to come, by event time: (time, account index, opportunity id, stage,
+    /// amount). A hand-raiser opens an opportunity some days later, which is then won, lost
+    /// or left open; a few open without any hand-raiser.
+    outcomes: std::collections::BTreeMap<(i64, u64), (usize, String, &'static str, u64)>,
+    opportunities: u64,
 }
+
+/// A day in milliseconds.
+const DAY_MS: i64 = 86_400_000;
 
 fn quote(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
@@ -291,7 +299,53 @@ impl World {
             n: 0,
             total: total.max(1),
             id_prefix: id_prefix.into(),
+            outcomes: std::collections::BTreeMap::new(),
+            opportunities: 0,
         }
+    }
+
+    /// Plans a new opportunity of account `index`, opened at `opened` and decided later.
+    fn plan_opportunity(&mut self, index: usize, opened: i64) {
+        self.opportunities += 1;
+        let id = format!("{}-opp-{}", self.id_prefix, self.opportunities);
+        let amount = 5_000 * (2 + self.rng.below(40));
+        let n = self.opportunities;
+        self.outcomes.insert((opened, n), (index, id.clone(), "open", amount));
+        let decided = opened + DAY_MS * (5 + self.rng.below(30) as i64);
+        let outcome = match self.rng.below(10) {
+            0..=3 => Some("closed_won"),
+            4..=7 => Some("closed_lost"),
+            _ => None,
+        };
+        if let Some(stage) = outcome {
+            self.outcomes.insert((decided, n), (index, id, stage, amount));
+        }
+    }
+
+    /// The next CRM change due by `t`, as an event for the CRM raw topic.
+    fn due_outcome(&mut self, id: &str, t: i64) -> Option<SimEvent> {
+        let (&key, _) = self.outcomes.iter().next().filter(|((at, _), _)| *at <= t)?;
+        let (index, opportunity_id, stage, amount) = self.outcomes.remove(&key)?;
+        let account = self.accounts[index].id.clone();
+        let json = format!(
+            r#"{{"event_id":{},"kind":"opportunity","occurred_at":{},"account_id":{},"properties":{{"opportunity_id":{},"stage":"{stage}","stage_name":{},"amount":{amount},"currency":"USD"}}}}"#,
+            quote(id),
+            key.0,
+            quote(&account),
+            quote(&opportunity_id),
+            quote(match stage {
+                "open" => "Discovery",
+                "closed_won" => "Closed Won",
+                _ => "Closed Lost",
+            }),
+        );
+        Some(SimEvent {
+            json,
+            kind: "opportunity".into(),
+            channel: Channel::Raw,
+            expect: Expect::Engaged,
+            account: Some(account),
+        })
     }
 
     fn time(&self) -> i64 {
@@ -308,6 +362,9 @@ impl World {
         let n = self.n;
         let t = self.time();
         let id = format!("{}-{n}", self.id_prefix);
+        if let Some(outcome) = self.due_outcome(&id, t) {
+            return outcome;
+        }
         let channel = self.channel();
         let roll = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let c = &self.config;
@@ -355,7 +412,13 @@ impl World {
             );
             return SimEvent { json, kind: "web_visit".into(), channel, expect: Expect::Unresolved, account: None };
         }
-        let event = self.engaged_event(&id, t, channel);
+        let (event, index) = self.engaged_event(&id, t, channel);
+        // Half the hand-raisers open an opportunity 1-10 days later; one engaged event in 400
+        // opens one with no hand-raise (an inbound deal the program did not see).
+        if (event.kind == "demo_request" && self.rng.chance(0.5)) || self.rng.below(400) == 0 {
+            let opened = t + DAY_MS * (1 + self.rng.below(10) as i64);
+            self.plan_opportunity(index, opened);
+        }
         // Retries come soon after the original: keep the last few valid events to repeat.
         if self.recent.len() == RECENT {
             self.recent.remove(0);
@@ -364,7 +427,8 @@ impl World {
         event
     }
 
-    fn engaged_event(&mut self, id: &str, t: i64, channel: Channel) -> SimEvent {
+    /// An event of a TAL account's contact, and the account's index.
+    fn engaged_event(&mut self, id: &str, t: i64, channel: Channel) -> (SimEvent, usize) {
         let account_index = self.zipf.sample(&mut self.rng);
         let account = self.accounts[account_index].clone();
         let contact = self.rng.pick(&account.contacts).clone();
@@ -426,7 +490,10 @@ impl World {
             r#"{{"event_id":{},"kind":"{kind}","occurred_at":{t},{who},"user_agent":"Mozilla/5.0 (Macintosh) Safari/605.1.15","properties":{properties}}}"#,
             quote(id)
         );
-        SimEvent { json, kind: kind.into(), channel, expect: Expect::Engaged, account: Some(account.id) }
+        (
+            SimEvent { json, kind: kind.into(), channel, expect: Expect::Engaged, account: Some(account.id) },
+            account_index,
+        )
     }
 }
 
@@ -467,6 +534,25 @@ mod tests {
         assert!(a.iter().any(|e| e.channel == Channel::Raw) && a.iter().any(|e| e.channel == Channel::Http));
         for event in a.iter().filter(|e| e.expect == Expect::Engaged) {
             serde_json::from_str::<serde_json::Value>(&event.json).expect("valid events are JSON");
+        }
+        // CRM outcomes: opportunities open after hand-raisers, and some are won and lost.
+        for stage in ["\"open\"", "\"closed_won\"", "\"closed_lost\""] {
+            assert!(
+                a.iter().any(|e| e.kind == "opportunity" && e.json.contains(&format!("\"stage\":{stage}"))),
+                "no {stage} opportunity change"
+            );
+        }
+        // A change never comes before the opening of its opportunity.
+        let mut opened = std::collections::HashMap::new();
+        for event in a.iter().filter(|e| e.kind == "opportunity") {
+            let json: serde_json::Value = serde_json::from_str(&event.json).expect("JSON");
+            let id = json["properties"]["opportunity_id"].as_str().expect("id").to_owned();
+            let t = json["occurred_at"].as_i64().expect("time");
+            if json["properties"]["stage"] == "open" {
+                opened.insert(id, t);
+            } else {
+                assert!(opened.get(&id).is_some_and(|at| *at < t), "{} decided before it opened", event.json);
+            }
         }
         let world = World::new(config, 1, "t");
         assert!(world.accounts.iter().all(|a| (3..=12).contains(&a.contacts.len())));
