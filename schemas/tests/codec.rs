@@ -269,6 +269,23 @@ fn written_with_old_schema<T: serde::Serialize>(old_schema: &str, value: &T, dro
     bytes
 }
 
+/// The fields AccountState v3 added (opportunities and the journey).
+const ADDED_IN_STATE_V3: [&str; 6] =
+    ["opportunities", "first_applied_at", "stage", "stage_entered_at", "journey_transitions", "last_hand_raiser_at"];
+
+/// [`sample_state`] with the v3 fields at their defaults: what an older state reads as.
+fn sample_state_before_v3() -> AccountState {
+    AccountState {
+        opportunities: vec![],
+        first_applied_at: None,
+        stage: JourneyStage::Unaware,
+        stage_entered_at: None,
+        journey_transitions: 0,
+        last_hand_raiser_at: None,
+        ..sample_state()
+    }
+}
+
 /// Messages written before the `opportunity` kind (EngagementEvent v1, AccountState v2, the
 /// chunk v1) still decode: with no opportunity, no opportunities and no first applied time.
 #[test]
@@ -279,25 +296,9 @@ fn records_written_before_opportunities_still_decode() {
         written_with_old_schema(include_str!("../avro/history/engagement_event.v1.avsc"), &event, &["opportunity"]);
     assert_eq!(decode::<EngagementEvent>(&bytes).expect("v1 event decodes"), event);
 
-    let mut state = sample_state();
-    state.opportunities = vec![];
-    state.first_applied_at = None;
-    state.stage = JourneyStage::Unaware;
-    state.stage_entered_at = None;
-    state.journey_transitions = 0;
-    state.last_hand_raiser_at = None;
-    let bytes = written_with_old_schema(
-        include_str!("../avro/history/account_state.v2.avsc"),
-        &state,
-        &[
-            "opportunities",
-            "first_applied_at",
-            "stage",
-            "stage_entered_at",
-            "journey_transitions",
-            "last_hand_raiser_at",
-        ],
-    );
+    let state = sample_state_before_v3();
+    let bytes =
+        written_with_old_schema(include_str!("../avro/history/account_state.v2.avsc"), &state, &ADDED_IN_STATE_V3);
     assert_eq!(decode::<AccountState>(&bytes).expect("v2 state decodes"), state);
 
     let chunk = AccountStateChunk {
@@ -346,25 +347,11 @@ fn records_written_before_committee_coverage_still_decode() {
 /// An AccountState written before chunks existed reads as an unsplit state.
 #[test]
 fn account_state_v1_reads_as_unsplit() {
-    let mut state = sample_state();
-    state.opportunities = vec![];
-    state.first_applied_at = None;
-    state.stage = JourneyStage::Unaware;
-    state.stage_entered_at = None;
-    state.journey_transitions = 0;
-    state.last_hand_raiser_at = None;
+    let mut state = sample_state_before_v3();
     let bytes = written_with_old_schema(
         include_str!("../avro/history/account_state.v1.avsc"),
         &state,
-        &[
-            "chunks",
-            "opportunities",
-            "first_applied_at",
-            "stage",
-            "stage_entered_at",
-            "journey_transitions",
-            "last_hand_raiser_at",
-        ],
+        &[&["chunks"][..], &ADDED_IN_STATE_V3].concat(),
     );
     state.chunks = vec![];
     assert_eq!(decode::<AccountState>(&bytes).expect("v1 decodes"), state);
