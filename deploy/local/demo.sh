@@ -16,7 +16,8 @@
 #      free-mail and unknown visitors, duplicates, malformed events) sent over the HTTP
 #      collector and the raw topics; every two seconds a summary (events in, rejected,
 #      unresolved, scored, crossings, alerts, throughput) from the services' /metrics; then
-#      the top accounts from the scorer's query API,
+#      the top accounts from the scorer's query API, the journey funnel (accounts per stage,
+#      CRM outcomes included) and the TAL's engagement rate by tier,
 #   5. stops everything cleanly (SIGTERM) after --duration seconds or on Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -144,4 +145,37 @@ curl -fs -H "Authorization: Bearer demo-api-token" "http://127.0.0.1:8081/v1/acc
 import json, sys
 for a in json.load(sys.stdin)["accounts"]:
     print("  {:<12} {:<9} score now {:9.1f}  armed={}".format(a["account_id"], a["tier"], a["score_now"], a["armed"]))
+' || true
+
+say "7. the journey funnel and the TAL's engagement rate by tier (scorer gauges, refreshed every 10 s)"
+# Wait for a refresh that has seen every account the scorer holds.
+for _ in $(seq 1 15); do
+  held=$(metric_sum 8081 "abm_scorer_accounts ")
+  staged=$(metric_sum 8081 abm_scorer_accounts_by_stage)
+  [ "$held" -gt 0 ] && [ "$held" = "$staged" ] && break
+  sleep 1
+done
+{ curl -fs "http://127.0.0.1:8081/metrics" || true; } | python3 -c '
+import re, sys
+stage, engaged, tal = {}, {}, {}
+for line in sys.stdin:
+    m = re.match(r"abm_scorer_(accounts_by_stage|engaged_accounts|tal_accounts_by_tier)\{(.*)\} (\S+)", line)
+    if not m:
+        continue
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m.group(2)))
+    value = int(float(m.group(3)))
+    if m.group(1) == "accounts_by_stage":
+        stage[labels["stage"]] = stage.get(labels["stage"], 0) + value
+    elif m.group(1) == "engaged_accounts":
+        engaged[labels["tier"]] = value
+    else:
+        tal[labels["tier"]] = value
+total = sum(stage.values()) or 1
+for name in ["aware", "engaged", "mqa", "opportunity", "customer"]:
+    n = stage.get(name, 0)
+    print("  {:<12} {:5d} accounts {}".format(name, n, "#" * round(40 * n / total)))
+for tier in ["tier_1", "tier_2", "tier_3"]:
+    if tal.get(tier):
+        print("  {:<7} engaged in the last 30 days: {:4d} of {:4d} TAL accounts ({:.0%})".format(
+            tier, engaged.get(tier, 0), tal[tier], engaged.get(tier, 0) / tal[tier]))
 ' || true

@@ -10,6 +10,7 @@ pub mod changelog;
 pub mod engine;
 pub mod metrics;
 pub mod processor;
+pub mod program;
 pub mod store;
 
 /// The scorer holds many small per-account blocks: mimalloc keeps them without a per-block
@@ -167,6 +168,24 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         stall_after: Duration::from_millis(config.scorer.stall_after_ms.max(2000)),
         metrics: abm::eos::LoopMetrics::register(&context.registry, "scorer").context("registering metrics")?,
     };
+    let gauges = program::ProgramGauges::register(&context.registry).context("registering metrics")?;
+    let refresher = tokio::spawn({
+        let (store, tal, shutdown) = (store.clone(), tal.clone(), context.shutdown.clone());
+        async move {
+            let mut ticks = tokio::time::interval(program::REFRESH);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                let (store, tal, gauges) = (store.clone(), tal.clone(), gauges.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    gauges.set(&program::count(&store, &tal, abm::clock::now_ms()))
+                })
+                .await;
+            }
+        }
+    });
     let processor = Arc::new(ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone()));
     context.health.set_ready();
     let loop_result = abm::eos::run_on_thread(
@@ -178,6 +197,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     )
     .await;
     context.health.set_stopping();
+    refresher.abort();
     server.await.context("HTTP server task")?.context("HTTP server")?;
     loop_result
 }
