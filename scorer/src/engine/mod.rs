@@ -249,14 +249,21 @@ impl Engine {
         let mut trimmed = state.prune(as_of, self.dedup_window_ms, &self.config);
         trimmed.opportunities = opportunities_dropped;
 
-        let crossings = self.evaluate(account_id, state, event, committee);
-        let transition = self.advance_journey(account_id, state, event);
+        // The score's parts at as-of, once for both evaluations (as-of is set: an event was applied).
+        let parts = self.score_parts(state, None);
+        let crossings = self.evaluate(account_id, state, event, committee, &parts);
+        let transition = self.advance_journey(account_id, state, event, &parts);
         Applied::Scored { points, rule: rule_index, crossings, transition, trimmed }
     }
 
     /// The journey stage `state` is in at its as-of time: the first, from the last stage
     /// upwards, whose criteria hold (README, "Account journey").
     pub fn stage(&self, state: &AccountScoreState) -> JourneyStage {
+        self.stage_with(state, &self.score_parts(state, None))
+    }
+
+    /// [`stage`](Self::stage) with the score's parts at as-of already computed.
+    fn stage_with(&self, state: &AccountScoreState, parts: &ScoreAt) -> JourneyStage {
         let Some(as_of) = state.as_of else {
             return JourneyStage::Unaware;
         };
@@ -268,7 +275,6 @@ impl Engine {
             return JourneyStage::Opportunity;
         }
         let journey = &self.config.journey;
-        let parts = self.score_parts(state, None);
         let threshold = self.threshold(state.tier);
         let hand_raiser_window = (journey.mqa_hand_raiser_days * DAY_MS as f64) as i64;
         let raised = state.last_hand_raiser > as_of - hand_raiser_window && state.last_hand_raiser <= as_of;
@@ -289,8 +295,9 @@ impl Engine {
         account_id: &str,
         state: &mut AccountScoreState,
         event: &EngagementEvent,
+        parts: &ScoreAt,
     ) -> Option<JourneyTransition> {
-        let stage = self.stage(state);
+        let stage = self.stage_with(state, parts);
         if stage == state.stage {
             return None;
         }
@@ -307,7 +314,7 @@ impl Engine {
             to: stage,
             at: event.occurred_at,
             trigger_event_id: event.event_id.clone(),
-            score: self.score(state),
+            score: parts.score,
         })
     }
 
@@ -318,23 +325,20 @@ impl Engine {
         state: &mut AccountScoreState,
         event: &EngagementEvent,
         committee: Option<&[String]>,
+        parts: &ScoreAt,
     ) -> Vec<ScoreCrossing> {
         let mut crossings = Vec::new();
-        let Some(as_of) = state.as_of else {
-            return crossings;
-        };
-        let parts = self.score_parts(state, Some(as_of));
         let threshold = self.threshold(state.tier);
         if state.armed && parts.score >= threshold {
             state.armed = false;
             state.threshold_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, &parts, committee));
+            crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, parts, committee));
         } else if !state.armed && parts.score < threshold * (1.0 - self.config.hysteresis) {
             state.armed = true;
         }
         if event.kind == EventKind::DemoRequest {
             state.hand_raiser_crossings += 1;
-            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, &parts, committee));
+            crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, parts, committee));
         }
         crossings
     }
