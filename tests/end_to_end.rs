@@ -881,7 +881,6 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     // Every alert carries the committee's coverage, and its next step names what is missing.
     for (_, alert) in read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts)) {
         let coverage = alert.coverage.as_ref().unwrap_or_else(|| panic!("{} has no coverage", alert.alert_id));
-        assert_eq!(coverage.covered.len() + coverage.missing.len(), coverage.required.len(), "{alert:?}");
         let named = alert.next_step.contains("Multi-thread: no ");
         assert_eq!(named, !coverage.missing.is_empty(), "{}: {}", alert.alert_id, alert.next_step);
     }

@@ -49,8 +49,11 @@ pub struct TalEntry {
 }
 
 impl TalEntry {
+    /// An empty committee (only another writer than `ingest import-tal` can make one) means
+    /// the tier's default, as an empty CSV cell does.
     pub fn of(account: abm_schemas::Account) -> TalEntry {
-        TalEntry { tier: account.tier, committee: account.committee.map(Vec::into_boxed_slice) }
+        let committee = account.committee.filter(|personas| !personas.is_empty()).map(Vec::into_boxed_slice);
+        TalEntry { tier: account.tier, committee }
     }
 
     pub fn membership(&self) -> Membership<'_> {
@@ -296,7 +299,8 @@ impl Processor for ScorerProcessor {
         let mut split = self.split();
         for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
-            // Encode under the shard's read guard (no await, no other map touched): no deep copy.
+            // Encode under the shard's read guard (no await; the TAL is read, never written,
+            // meanwhile): no deep copy.
             let (score_payload, rank) = {
                 let Some(state) = accounts.get(account_id.as_str()) else { continue };
                 state_payload.clear();

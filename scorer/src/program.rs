@@ -122,6 +122,25 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_tal_committee_means_the_tier_default() {
+        let account = |committee: Option<Vec<String>>| abm_schemas::Account {
+            account_id: "a".into(),
+            name: "A".into(),
+            domains: vec![],
+            tier: Tier::Tier2,
+            owner: "o".into(),
+            industry: None,
+            employees: None,
+            committee,
+            updated_at: 0,
+        };
+        assert_eq!(TalEntry::of(account(Some(vec![]))).committee, None);
+        assert_eq!(TalEntry::of(account(None)).committee, None);
+        let legal = TalEntry::of(account(Some(vec!["legal".into()])));
+        assert_eq!(legal.membership().committee, Some(&["legal".to_owned()][..]));
+    }
+
+    #[test]
     fn the_funnel_counts_stages_by_tier_and_engagement_of_tal_accounts() {
         let engine = Arc::new(Engine::new(ScoringConfig::default()).expect("valid"));
         let store = Store::new(engine.clone());

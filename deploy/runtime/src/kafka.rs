@@ -153,12 +153,19 @@ impl KafkaConfig {
     /// refused setting ends with the setting's value: a secret's is blanked out.
     fn creation_error(&self, error: &dyn std::fmt::Display) -> KafkaSetupError {
         let mut text = error.to_string();
-        for (key, value) in self.passthrough() {
-            let secret = ["password", "secret", "token", ".pem", "key"].iter().any(|word| key.contains(word))
-                && !key.ends_with(".location");
-            if secret && !value.is_empty() {
-                text = text.replace(value, "<redacted>");
-            }
+        // The longest first: a secret that starts another must not leave the other's tail.
+        let mut secrets: Vec<&str> = self
+            .passthrough()
+            .filter(|(key, value)| {
+                !value.is_empty()
+                    && !key.ends_with(".location")
+                    && (crate::service::is_secret_key(key) || key.contains("key"))
+            })
+            .map(|(_, value)| value)
+            .collect();
+        secrets.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        for value in secrets {
+            text = text.replace(value, crate::service::REDACTED);
         }
         let files: Vec<String> = self
             .passthrough()
@@ -656,7 +663,21 @@ mod tests {
                           supported in this build sasl.oauthbearer.client.secret pipeline-secret";
         let text = config.creation_error(&librdkafka).to_string();
         assert!(!text.contains("pipeline-secret"), "{text}");
-        assert!(text.contains("sasl.oauthbearer.client.secret <redacted>"), "{text}");
+        assert!(text.contains(&format!("sasl.oauthbearer.client.secret {}", crate::service::REDACTED)), "{text}");
+        // Java-client settings pasted in carry passwords too; a secret that starts another
+        // leaves nothing of the other.
+        config.librdkafka.insert(
+            "sasl.jaas.config".into(),
+            "org.apache.kafka.common.security.scram.ScramLoginModule required password=\"hunter22\";".into(),
+        );
+        config.librdkafka.insert("sasl.password".into(), "abc".into());
+        config.librdkafka.insert("ssl.key.password".into(), "abcdef".into());
+        let refused = "No such configuration property: sasl.jaas.config org.apache.kafka.common.security.scram.\
+                       ScramLoginModule required password=\"hunter22\"; ssl.key.password abcdef";
+        let text = config.creation_error(&refused).to_string();
+        for secret in ["hunter22", "abc", "def"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
         let text = config.creation_error(&"ssl.ca.location failed: no such file").to_string();
         assert!(text.contains("kafka.librdkafka ssl.ca.location = /etc/ca.pem"), "{text}");
     }
