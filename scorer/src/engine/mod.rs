@@ -382,12 +382,7 @@ impl Engine {
     /// contact engaged in `(at - 30 days, at]` (as in breadth) has it as its persona.
     pub fn coverage(&self, state: &AccountScoreState, at: i64, committee: Option<&[String]>) -> CommitteeCoverage {
         let required = committee.unwrap_or_else(|| self.config.committee.for_tier(state.tier));
-        let engaged: Vec<&str> = state
-            .contacts
-            .iter()
-            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
-            .map(|c| c.persona)
-            .collect();
+        let engaged: Vec<&str> = state.engaged_at(at).map(|c| c.persona).collect();
         let (covered, missing): (Vec<String>, Vec<String>) =
             required.iter().cloned().partition(|persona| engaged.contains(&persona.as_str()));
         let ratio = if required.is_empty() { 1.0 } else { covered.len() as f64 / required.len() as f64 };

@@ -226,7 +226,7 @@ impl AccountScoreState {
 
     /// `B` at `at`: distinct contacts engaged in `(at - 30 days, at]`.
     pub fn breadth_at(&self, at: i64) -> u32 {
-        let count = self.contacts.engagement_times().filter(|t| *t > at - BREADTH_WINDOW_MS && *t <= at).count();
+        let count = self.contacts.engagement_times().filter(|t| in_breadth_window(*t, at)).count();
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
@@ -255,11 +255,14 @@ impl AccountScoreState {
     }
 
     /// Contacts engaged in the breadth window before `at`, most recent first.
+    /// The contacts engaged in `(at - 30 days, at]`: those breadth counts (and coverage reads).
+    pub(crate) fn engaged_at(&self, at: i64) -> impl Iterator<Item = Contact<'_>> {
+        self.contacts.iter().filter(move |c| in_breadth_window(c.last_engaged_at, at))
+    }
+
     pub fn engaged_contacts(&self, at: i64) -> Vec<EngagedContact> {
         let mut contacts: Vec<EngagedContact> = self
-            .contacts
-            .iter()
-            .filter(|c| c.last_engaged_at > at - BREADTH_WINDOW_MS && c.last_engaged_at <= at)
+            .engaged_at(at)
             .map(|c| EngagedContact {
                 contact_id: c.key.to_owned(),
                 persona: c.persona.to_owned(),
@@ -386,4 +389,9 @@ fn grow_gently<T>(items: &mut Vec<T>) {
     if items.len() == items.capacity() {
         items.reserve_exact(growth(items.len()));
     }
+}
+
+/// Whether a contact last engaged at `t` counts at `at`: `t` in `(at - 30 days, at]`.
+fn in_breadth_window(t: i64, at: i64) -> bool {
+    t > at - BREADTH_WINDOW_MS && t <= at
 }
