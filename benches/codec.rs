@@ -65,6 +65,7 @@ mod fixed {
             stage_entered_at: Some(1_699_000_000_000),
             journey_transitions: 2,
             last_hand_raiser_at: None,
+            stage_entries: vec![],
         }
     }
 }

@@ -36,6 +36,7 @@ async fn avro_framed_events_survive_a_real_topic() {
         name: topic.clone(),
         partitions: 3,
         compacted: false,
+        retention_ms: None,
         doc: String::new(),
     };
     let created = kafka.ensure_topics("test", &[spec]).await.expect("topic created");

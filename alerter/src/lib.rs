@@ -121,6 +121,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
                 name: name.clone(),
                 partitions,
                 compacted: false,
+                retention_ms: topics.spec(TopicRole::SalesAlerts).and_then(|s| s.retention_ms),
                 doc: String::new(),
             })
             .collect();

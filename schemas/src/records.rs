@@ -604,6 +604,45 @@ pub struct AccountState {
     /// The latest event time of an applied demo request.
     #[serde(default)]
     pub last_hand_raiser_at: Option<i64>,
+    /// One entry per journey stage ever entered, in stage order (unaware has none).
+    #[serde(default)]
+    pub stage_entries: Vec<StageEntry>,
+}
+
+/// When an account first entered a journey stage, and the sequences of its first and latest
+/// transitions into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageEntry {
+    pub stage: JourneyStage,
+    /// The event time of the first transition into the stage.
+    pub first_entered_at: i64,
+    pub first_sequence: i64,
+    pub last_sequence: i64,
+}
+
+/// What the program metrics need of one account (`abm.account-program`, compacted, key =
+/// account id), written in the scorer's transaction with the account's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountProgram {
+    pub account_id: String,
+    /// The tier the account's last applied event was scored with.
+    pub tier: Tier,
+    pub as_of: Option<i64>,
+    pub first_applied_at: Option<i64>,
+    pub events_applied: i64,
+    pub stage: JourneyStage,
+    pub stage_entered_at: Option<i64>,
+    pub stage_entries: Vec<StageEntry>,
+    /// Every contact the state keeps: persona and latest positive-points event time.
+    pub contacts: Vec<ProgramContact>,
+    pub opportunities: Vec<OpportunityState>,
+}
+
+/// A contact of an [`AccountProgram`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramContact {
+    pub persona: String,
+    pub last_engaged_at: i64,
 }
 
 /// The latest state of one CRM opportunity, as an account's state keeps it.

@@ -124,7 +124,25 @@ fn sample_state() -> AccountState {
         stage_entered_at: Some(1_699_500_000_000),
         journey_transitions: 4,
         last_hand_raiser_at: Some(1_699_400_000_000),
+        stage_entries: sample_stage_entries(),
     }
+}
+
+fn sample_stage_entries() -> Vec<StageEntry> {
+    vec![
+        StageEntry {
+            stage: JourneyStage::Aware,
+            first_entered_at: 1_690_000_000_000,
+            first_sequence: 1,
+            last_sequence: 3,
+        },
+        StageEntry {
+            stage: JourneyStage::Opportunity,
+            first_entered_at: 1_699_500_000_000,
+            first_sequence: 4,
+            last_sequence: 4,
+        },
+    ]
 }
 
 /// Encodes, checks the header names the record's schema, decodes, and compares.
@@ -184,6 +202,18 @@ fn every_record_round_trips() {
         coverage: Some(sample_coverage()),
         stage: JourneyStage::Mqa,
         stage_entered_at: Some(1_699_000_000_000),
+    });
+    check_round_trip(AccountProgram {
+        account_id: "acc-42".into(),
+        tier: Tier::Tier2,
+        as_of: Some(1_700_000_000_000),
+        first_applied_at: None,
+        events_applied: 9,
+        stage: JourneyStage::Opportunity,
+        stage_entered_at: Some(1_699_500_000_000),
+        stage_entries: sample_stage_entries(),
+        contacts: vec![ProgramContact { persona: "champion".into(), last_engaged_at: 1_699_900_000_000 }],
+        opportunities: sample_state().opportunities,
     });
     check_round_trip(JourneyTransition {
         transition_id: "acc-42:journey:3".into(),
@@ -282,8 +312,18 @@ fn sample_state_before_v3() -> AccountState {
         stage_entered_at: None,
         journey_transitions: 0,
         last_hand_raiser_at: None,
+        stage_entries: vec![],
         ..sample_state()
     }
+}
+
+/// A state written before stage entries (AccountState v3) reads with none.
+#[test]
+fn states_written_before_stage_entries_still_decode() {
+    let state = AccountState { stage_entries: vec![], ..sample_state() };
+    let bytes =
+        written_with_old_schema(include_str!("../avro/history/account_state.v3.avsc"), &state, &["stage_entries"]);
+    assert_eq!(decode::<AccountState>(&bytes).expect("v3 state decodes"), state);
 }
 
 /// Messages written before the `opportunity` kind (EngagementEvent v1, AccountState v2, the
@@ -297,8 +337,11 @@ fn records_written_before_opportunities_still_decode() {
     assert_eq!(decode::<EngagementEvent>(&bytes).expect("v1 event decodes"), event);
 
     let state = sample_state_before_v3();
-    let bytes =
-        written_with_old_schema(include_str!("../avro/history/account_state.v2.avsc"), &state, &ADDED_IN_STATE_V3);
+    let bytes = written_with_old_schema(
+        include_str!("../avro/history/account_state.v2.avsc"),
+        &state,
+        &[&ADDED_IN_STATE_V3[..], &["stage_entries"]].concat(),
+    );
     assert_eq!(decode::<AccountState>(&bytes).expect("v2 state decodes"), state);
 
     let chunk = AccountStateChunk {
@@ -351,7 +394,7 @@ fn account_state_v1_reads_as_unsplit() {
     let bytes = written_with_old_schema(
         include_str!("../avro/history/account_state.v1.avsc"),
         &state,
-        &[&["chunks"][..], &ADDED_IN_STATE_V3].concat(),
+        &[&["chunks"][..], &ADDED_IN_STATE_V3, &["stage_entries"]].concat(),
     );
     state.chunks = vec![];
     assert_eq!(decode::<AccountState>(&bytes).expect("v1 decodes"), state);
@@ -361,6 +404,7 @@ fn account_state_v1_reads_as_unsplit() {
 fn fingerprints_are_distinct_and_match_the_avsc_files() {
     let fingerprints = [
         JourneyTransition::codec().fingerprint(),
+        AccountProgram::codec().fingerprint(),
         Account::codec().fingerprint(),
         EngagementEvent::codec().fingerprint(),
         RejectedEvent::codec().fingerprint(),
@@ -726,9 +770,12 @@ fn fingerprints_equal_the_avro_reference_implementation() {
         (EngagementEvent::codec().fingerprint(), 0x5241_f051_ef57_7ea9),
         (ScoreCrossing::codec().fingerprint(), 0x9028_6b35_53b5_cd20),
         (SalesAlert::codec().fingerprint(), 0x6461_0eb3_c727_1019),
-        (AccountState::codec().fingerprint(), 0x6eaa_2427_1817_1f55),
         (JourneyTransition::codec().fingerprint(), 0x2399_726b_ef98_2419),
         (AccountStateChunk::codec().fingerprint(), 0x09a4_063a_0217_873f),
+        // Since stage entries and the program record (AccountState v4, AccountProgram v1),
+        // from fastavro; AccountState v3 had 0x6eaa_2427_1817_1f55.
+        (AccountState::codec().fingerprint(), 0xbf4d_bb85_f17a_2f8e),
+        (AccountProgram::codec().fingerprint(), 0xfdb5_61a2_000d_3b0b),
         // Since RejectedEvent v2 (reason `not_allowed`), from fastavro.
         (RejectedEvent::codec().fingerprint(), 0x2bb6_5620_4044_4ef6),
     ];

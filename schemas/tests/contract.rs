@@ -16,6 +16,7 @@ fn schema_files() -> Vec<(&'static str, &'static str)> {
     use abm_schemas::*;
     vec![
         (Account::SCHEMA_FILE, Account::SCHEMA_JSON),
+        (AccountProgram::SCHEMA_FILE, AccountProgram::SCHEMA_JSON),
         (AccountScore::SCHEMA_FILE, AccountScore::SCHEMA_JSON),
         (AccountState::SCHEMA_FILE, AccountState::SCHEMA_JSON),
         (AccountStateChunk::SCHEMA_FILE, AccountStateChunk::SCHEMA_JSON),

@@ -6,6 +6,10 @@
 //! - `GET /v1/accounts?top=N&tier=T` — leaderboard by score decayed to now (or `?at=<ms>`),
 //!   from the store's ranking: its cost follows N, not the number of accounts.
 //!
+//! - `GET /v1/program?tier=T&at=<ms>` — the ABM program's figures over every account of every
+//!   instance (README, "Program metrics"); `503` with `Retry-After` until this instance has read
+//!   the program's topics once. The body is [`program::Report`]: its types are the contract.
+//!
 //! Errors are JSON: `{"error": "...", ...}` with 400 or 404.
 
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{AccountScoreState, Engine, ScoreView};
 use crate::processor::Tal;
+use crate::program::{self, Book};
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -30,15 +35,23 @@ struct ApiState {
     engine: Arc<Engine>,
     store: Store,
     tal: Arc<Tal>,
+    book: Arc<Book>,
     leaderboard_examined: prometheus::Histogram,
 }
 
 /// The routes, to be merged with the ops routes.
-pub fn routes(engine: Arc<Engine>, store: Store, tal: Arc<Tal>, leaderboard_examined: prometheus::Histogram) -> Router {
+pub fn routes(
+    engine: Arc<Engine>,
+    store: Store,
+    tal: Arc<Tal>,
+    book: Arc<Book>,
+    leaderboard_examined: prometheus::Histogram,
+) -> Router {
     Router::new()
         .route("/v1/accounts", get(leaderboard))
         .route("/v1/accounts/{account_id}", get(account))
-        .with_state(ApiState { engine, store, tal, leaderboard_examined })
+        .route("/v1/program", get(program_report))
+        .with_state(ApiState { engine, store, tal, book, leaderboard_examined })
 }
 
 use abm::clock::now_ms;
@@ -262,6 +275,35 @@ async fn leaderboard(State(api): State<ApiState>, Query(query): Query<Leaderboar
     api.leaderboard_examined.observe(top.examined as f64);
     let entries = top.entries;
     Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ProgramQuery {
+    tier: Option<String>,
+    at: Option<i64>,
+}
+
+async fn program_report(State(api): State<ApiState>, Query(query): Query<ProgramQuery>) -> Response {
+    let tier = match query.tier.as_deref().map(|t| (t, parse_tier(t))) {
+        None => None,
+        Some((_, Some(tier))) => Some(tier),
+        Some((text, None)) => {
+            return error(StatusCode::BAD_REQUEST, format!("unknown tier {text:?}: use 1, 2, 3 or untiered"));
+        }
+    };
+    if !api.book.is_loaded() {
+        let body = Json(serde_json::json!({
+            "error": "the program's topics (abm.account-program, abm.sales-alerts) are still being read",
+        }));
+        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
+    }
+    let at = query.at.unwrap_or_else(now_ms);
+    let (book, tal, engine) = (api.book.clone(), api.tal.clone(), api.engine.clone());
+    // One pass over every account of the program: off the runtime's threads.
+    match tokio::task::spawn_blocking(move || program::report(&book, &tal, &engine, at, tier)).await {
+        Ok(report) => Json(report).into_response(),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the program request failed".to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,11 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         tracing::info!(accounts = tal.len(), "TAL loaded");
     }
 
+    // The program's book: every account's facts and every alert, read whole in the background
+    // (`/v1/program` answers 503 until both topics were read to their end once).
+    let book = Arc::new(program::Book::default());
+    follow_program(&config.kafka, &topics, &book, &metrics, &context);
+
     let store = Store::new(engine.clone());
     let listener = ops::bind(config.http.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "scorer listening");
@@ -137,7 +142,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         context.registry.clone(),
         context.health.clone(),
         ops::protect(
-            api::routes(engine.clone(), store.clone(), tal.clone(), metrics.leaderboard_examined.clone()),
+            api::routes(engine.clone(), store.clone(), tal.clone(), book.clone(), metrics.leaderboard_examined.clone()),
             &config.http,
         ),
         &config.http,
@@ -156,6 +161,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         scores: topics.name(TopicRole::AccountScores).to_owned(),
         crossings: topics.name(TopicRole::ScoreCrossings).to_owned(),
         journey: topics.name(TopicRole::Journey).to_owned(),
+        program: topics.name(TopicRole::AccountProgram).to_owned(),
         rejected: topics.name(TopicRole::Rejected).to_owned(),
     };
     let settings = EosSettings {
@@ -170,7 +176,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     };
     let gauges = program::ProgramGauges::register(&context.registry).context("registering metrics")?;
     let refresher = tokio::spawn({
-        let (store, tal, shutdown) = (store.clone(), tal.clone(), context.shutdown.clone());
+        let (book, tal, engine, shutdown) = (book.clone(), tal.clone(), engine.clone(), context.shutdown.clone());
         async move {
             let mut ticks = tokio::time::interval(program::REFRESH);
             loop {
@@ -178,9 +184,12 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
                     _ = shutdown.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                let (store, tal, gauges) = (store.clone(), tal.clone(), gauges.clone());
+                if !book.is_loaded() {
+                    continue;
+                }
+                let (book, tal, engine, gauges) = (book.clone(), tal.clone(), engine.clone(), gauges.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    gauges.set(&program::count(&store, &tal, abm::clock::now_ms()))
+                    gauges.set(&program::report(&book, &tal, &engine, abm::clock::now_ms(), None))
                 })
                 .await;
             }
@@ -200,6 +209,61 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     refresher.abort();
     server.await.context("HTTP server task")?.context("HTTP server")?;
     loop_result
+}
+
+/// Follows `abm.account-program` and `abm.sales-alerts` into `book`, each on a task of its own;
+/// a record that does not decode is counted and left out.
+fn follow_program(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    book: &Arc<program::Book>,
+    metrics: &Metrics,
+    context: &Context,
+) {
+    let facts = {
+        let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["account_program"]));
+        move |key: &[u8], value: Option<&[u8]>| match value.map(abm_schemas::decode::<abm_schemas::AccountProgram>) {
+            None => book.forget(&String::from_utf8_lossy(key)),
+            Some(Ok(record)) => book.record(record),
+            Some(Err(error)) => {
+                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable AccountProgram record");
+                errors.inc();
+            }
+        }
+    };
+    let alerts = {
+        let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["sales_alerts"]));
+        move |key: &[u8], value: Option<&[u8]>| match value.map(abm_schemas::decode::<abm_schemas::SalesAlert>) {
+            None => {}
+            Some(Ok(alert)) => book.alert(&alert),
+            Some(Err(error)) => {
+                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable SalesAlert record");
+                errors.inc();
+            }
+        }
+    };
+    type OnRecord = Box<dyn FnMut(&[u8], Option<&[u8]>) + Send>;
+    let follow = |role: TopicRole, on_record: OnRecord, done: fn(&program::Book)| {
+        let (kafka, topic, shutdown, book) =
+            (kafka.clone(), topics.name(role).to_owned(), context.shutdown.clone(), book.clone());
+        tokio::spawn(async move {
+            let client_id = format!("abm-scorer-program-{}", role.key());
+            match abm::kafka::follow_table(&kafka, &client_id, &topic, shutdown, on_record).await {
+                Ok(()) => {
+                    done(&book);
+                    tracing::info!(
+                        topic,
+                        accounts = book.accounts(),
+                        alerts = book.alert_count(),
+                        "program topic read"
+                    );
+                }
+                Err(error) => tracing::error!(%error, topic, "program metrics: cannot read the topic"),
+            }
+        });
+    };
+    follow(TopicRole::AccountProgram, Box::new(facts), program::Book::facts_loaded);
+    follow(TopicRole::SalesAlerts, Box::new(alerts), program::Book::alerts_loaded);
 }
 
 /// The changelog is written to the input's partition numbers: it needs at least as many.

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     pub tal_accounts: IntGauge,
     pub tal_decode_errors: IntCounter,
+    /// Records of abm.account-program and abm.sales-alerts that did not decode, by topic role.
+    pub program_decode_errors: IntCounterVec,
     pub leaderboard_examined: Histogram,
 }
 
@@ -132,6 +134,13 @@ impl Metrics {
                 "abm_scorer_tal_decode_errors_total",
                 "abm.accounts records that did not decode.",
             )?,
+            program_decode_errors: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_program_decode_errors_total",
+                    "Records of abm.account-program (topic=\"account_program\") and abm.sales-alerts (topic=\"sales_alerts\") that did not decode: left out of the program metrics.",
+                ),
+                &["topic"],
+            )?,
             leaderboard_examined: Histogram::with_opts(
                 HistogramOpts::new(
                     "abm_scorer_leaderboard_examined_accounts",
@@ -179,6 +188,7 @@ impl Metrics {
         registry.register(Box::new(metrics.apply_latency.clone()))?;
         registry.register(Box::new(metrics.tal_accounts.clone()))?;
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
+        registry.register(Box::new(metrics.program_decode_errors.clone()))?;
         registry.register(Box::new(metrics.leaderboard_examined.clone()))?;
         Ok(metrics)
     }

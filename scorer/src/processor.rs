@@ -4,7 +4,8 @@
 //! atomically: the crossings emitted since the last one (`abm.score-crossings`), the latest
 //! `AccountState` of every account changed since (`abm.scorer.state`, written to the same
 //! partition number as the input partition it belongs to), their latest `AccountScore`
-//! (`abm.account-scores`; coalesced: at most one per account per transaction), and the input
+//! (`abm.account-scores`; coalesced: at most one per account per transaction) and
+//! `AccountProgram` (`abm.account-program`, likewise), and the input
 //! offsets. A newly assigned partition's accounts are restored from the committed changelog
 //! before any of its events is applied, so after a crash no event is counted twice or lost
 //! and `read_committed` readers see each crossing once.
@@ -34,6 +35,7 @@ pub struct LoopTopics {
     pub scores: String,
     pub crossings: String,
     pub journey: String,
+    pub program: String,
     pub rejected: String,
 }
 
@@ -301,12 +303,13 @@ impl Processor for ScorerProcessor {
             let accounts = self.store.partition(*partition);
             // Encode under the shard's read guard (no await; the TAL is read, never written,
             // meanwhile): no deep copy.
-            let (score_payload, rank) = {
+            let (score_payload, program_payload, rank) = {
                 let Some(state) = accounts.get(account_id.as_str()) else { continue };
                 state_payload.clear();
                 state.encode_record_into(account_id, &self.engine, &mut state_payload);
                 let record = self.account_score(account_id, &state);
-                (abm_schemas::encode(&record)?, crate::store::rank_of(&self.engine, &state, record.score))
+                let program = abm_schemas::encode(&crate::program::record_of(account_id, &state))?;
+                (abm_schemas::encode(&record)?, program, crate::store::rank_of(&self.engine, &state, record.score))
             };
             // The leaderboard's ranking follows each written batch (once per changed account).
             self.store.place(*partition, account_id, rank);
@@ -322,6 +325,7 @@ impl Processor for ScorerProcessor {
                 written.tombstones += one.tombstones;
             }
             out.send(&self.topics.scores, account_id, &score_payload, None)?;
+            out.send(&self.topics.program, account_id, &program_payload, None)?;
         }
         self.staged.add(&self.metrics.state_records, written.records + written.tombstones);
         self.staged.add(&self.metrics.state_bytes, written.bytes);

@@ -244,12 +244,18 @@ impl KafkaConfig {
     pub async fn ensure_topics(&self, client_id: &str, specs: &[TopicSpec]) -> Result<Vec<String>, KafkaSetupError> {
         let admin: AdminClient<DefaultClientContext> =
             self.client_config(client_id).create().map_err(|e| self.creation_error(&e))?;
+        let retention: Vec<Option<String>> = specs.iter().map(|s| s.retention_ms.map(|ms| ms.to_string())).collect();
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
-            .map(|spec| {
+            .zip(&retention)
+            .map(|(spec, retention)| {
                 let topic =
                     NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(self.replication_factor));
-                if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic }
+                let topic = if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic };
+                match retention {
+                    Some(ms) => topic.set("retention.ms", ms),
+                    None => topic,
+                }
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(self.timeout())).request_timeout(Some(self.timeout()));

@@ -27,6 +27,7 @@ pub enum TopicRole {
     ScorerState,
     ParkedAlerts,
     Journey,
+    AccountProgram,
 }
 
 /// The raw topics and the event kind each one's records default to: the one map between event
@@ -41,7 +42,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 15] = [
+    pub const ALL: [TopicRole; 16] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -57,6 +58,7 @@ impl TopicRole {
         TopicRole::ScorerState,
         TopicRole::ParkedAlerts,
         TopicRole::Journey,
+        TopicRole::AccountProgram,
     ];
 
     /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
@@ -79,6 +81,7 @@ impl TopicRole {
             TopicRole::ScorerState => "scorer_state",
             TopicRole::ParkedAlerts => "parked_alerts",
             TopicRole::Journey => "journey",
+            TopicRole::AccountProgram => "account_program",
         }
     }
 
@@ -101,6 +104,9 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
     pub compacted: bool,
+    /// `retention.ms` of a topic the services create; the broker's default when absent.
+    #[serde(default)]
+    pub retention_ms: Option<i64>,
     pub doc: String,
 }
 

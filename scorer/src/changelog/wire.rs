@@ -8,8 +8,8 @@
 //! is added to all three (and to `encode_chunk_into` when it is chunked).
 
 use abm_schemas::{
-    AccountState, AccountStateChunk, CapCount, EngagedContact, RuleContribution, SeenEvent, StateStructure, Tier,
-    WindowEvent,
+    AccountState, AccountStateChunk, CapCount, EngagedContact, JourneyStage, RuleContribution, SeenEvent,
+    StateStructure, Tier, WindowEvent,
 };
 
 use crate::engine::state::{CapEntry, Recent, RecentLog, Stamp};
@@ -30,8 +30,8 @@ impl AccountScoreState {
                 .map(|(index, points)| RuleContribution { rule: rule_name(*index), points: *points })
                 .collect(),
             armed: self.armed,
-            threshold_crossings: self.threshold_crossings as i64,
-            hand_raiser_crossings: self.hand_raiser_crossings as i64,
+            threshold_crossings: i64::from(self.threshold_crossings),
+            hand_raiser_crossings: i64::from(self.hand_raiser_crossings),
             contacts: self
                 .contacts
                 .iter()
@@ -68,6 +68,7 @@ impl AccountScoreState {
             stage_entered_at: self.stage_entered_at(),
             journey_transitions: i64::from(self.journey_transitions),
             last_hand_raiser_at: self.last_hand_raiser_at(),
+            stage_entries: self.stage_entries.to_vec(),
         }
     }
 
@@ -99,8 +100,8 @@ impl AccountScoreState {
             w.double(*points);
         });
         w.boolean(self.armed);
-        w.long(self.threshold_crossings as i64);
-        w.long(self.hand_raiser_crossings as i64);
+        w.long(i64::from(self.threshold_crossings));
+        w.long(i64::from(self.hand_raiser_crossings));
         w.array(self.contacts.iter(), |w, c| {
             w.string(c.key);
             w.string(c.persona);
@@ -143,6 +144,12 @@ impl AccountScoreState {
         w.optional_long(self.stage_entered_at());
         w.long(i64::from(self.journey_transitions));
         w.optional_long(self.last_hand_raiser_at());
+        w.array(self.stage_entries.iter(), |w, e| {
+            w.symbol(e.stage as usize);
+            w.long(e.first_entered_at);
+            w.long(e.first_sequence);
+            w.long(e.last_sequence);
+        });
     }
 
     /// Entries of the structures a split state keeps in chunks (window, caps, seen ids).
@@ -212,8 +219,8 @@ impl AccountScoreState {
             engagement: record.engagement,
             rule_points: record.rule_points.iter().filter_map(|r| Some((rule_index(&r.rule)?, r.points))).collect(),
             armed: record.armed,
-            threshold_crossings: u64::try_from(record.threshold_crossings).unwrap_or(0),
-            hand_raiser_crossings: u64::try_from(record.hand_raiser_crossings).unwrap_or(0),
+            threshold_crossings: u32::try_from(record.threshold_crossings.max(0)).unwrap_or(u32::MAX),
+            hand_raiser_crossings: u32::try_from(record.hand_raiser_crossings.max(0)).unwrap_or(u32::MAX),
             contacts: ContactLog::from_entries(record.contacts.iter().map(|c| Contact {
                 key: &c.contact_id,
                 persona: &c.persona,
@@ -251,8 +258,29 @@ impl AccountScoreState {
             stage_entered: record.stage_entered_at.unwrap_or(i64::MIN),
             journey_transitions: u32::try_from(record.journey_transitions.max(0)).unwrap_or(u32::MAX),
             last_hand_raiser: record.last_hand_raiser_at.unwrap_or(i64::MIN),
+            stage_entries: stage_entries(record),
         }
     }
+}
+
+/// The stage entries of a record; a state written before they were kept (none, but a stage
+/// past unaware) starts with its current stage, entered at `stage_entered_at` by its latest
+/// transition.
+fn stage_entries(record: &AccountState) -> crate::engine::StageEntries {
+    let mut entries = crate::engine::StageEntries::from_entries(record.stage_entries.iter().copied());
+    if entries.iter().next().is_none()
+        && record.stage != JourneyStage::Unaware
+        && let Some(at) = record.stage_entered_at
+    {
+        let sequence = record.journey_transitions.max(1);
+        entries = crate::engine::StageEntries::from_entries([abm_schemas::StageEntry {
+            stage: record.stage,
+            first_entered_at: at,
+            first_sequence: sequence,
+            last_sequence: sequence,
+        }]);
+    }
+    entries
 }
 
 /// The Avro form of a cap entry's contact: `#` and the hash's 16 hex digits.

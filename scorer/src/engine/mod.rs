@@ -17,7 +17,7 @@ use abm_schemas::{
 
 pub use config::{Committee, JourneyConfig, RuleConfig, ScoringConfig, ScoringConfigError, Thresholds};
 pub use rules::{Rules, url_path};
-pub use state::{AccountScoreState, Contact, ContactLog, Opportunities, Trimmed};
+pub use state::{AccountScoreState, Contact, ContactLog, Opportunities, StageEntries, Trimmed};
 
 /// Milliseconds in a day; "UTC day" of an event time is `t.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -305,6 +305,7 @@ impl Engine {
         state.stage_entered = event.occurred_at;
         state.journey_transitions += 1;
         let sequence = state.journey_transitions;
+        state.enter_stage(stage, event.occurred_at, sequence);
         Some(JourneyTransition {
             transition_id: journey_transition_id(account_id, sequence),
             account_id: account_id.to_owned(),
@@ -331,13 +332,13 @@ impl Engine {
         let threshold = self.threshold(state.tier);
         if state.armed && parts.score >= threshold {
             state.armed = false;
-            state.threshold_crossings += 1;
+            state.threshold_crossings = state.threshold_crossings.saturating_add(1);
             crossings.push(self.crossing(account_id, state, CrossingKind::Threshold, event, parts, committee));
         } else if !state.armed && parts.score < threshold * (1.0 - self.config.hysteresis) {
             state.armed = true;
         }
         if event.kind == EventKind::DemoRequest {
-            state.hand_raiser_crossings += 1;
+            state.hand_raiser_crossings = state.hand_raiser_crossings.saturating_add(1);
             crossings.push(self.crossing(account_id, state, CrossingKind::HandRaiser, event, parts, committee));
         }
         crossings
@@ -353,8 +354,8 @@ impl Engine {
         committee: Option<&[String]>,
     ) -> ScoreCrossing {
         let sequence = match kind {
-            CrossingKind::Threshold => state.threshold_crossings,
-            CrossingKind::HandRaiser => state.hand_raiser_crossings,
+            CrossingKind::Threshold => u64::from(state.threshold_crossings),
+            CrossingKind::HandRaiser => u64::from(state.hand_raiser_crossings),
         };
         let as_of = state.as_of.unwrap_or(event.occurred_at);
         ScoreCrossing {

@@ -15,7 +15,7 @@ mod stamps;
 
 use std::collections::VecDeque;
 
-use abm_schemas::{EngagedContact, EventKind, JourneyStage, RecentEvent, Tier};
+use abm_schemas::{EngagedContact, EventKind, JourneyStage, RecentEvent, StageEntry, Tier};
 
 pub use contacts::{Contact, ContactLog};
 pub use opportunities::Opportunities;
@@ -39,8 +39,10 @@ pub struct AccountScoreState {
     /// paid by every account; `stamps.rs` bounds its size.)
     pub rule_points: Box<[(u16, f64)]>,
     pub armed: bool,
-    pub threshold_crossings: u64,
-    pub hand_raiser_crossings: u64,
+    /// Crossings so far (u32: four billion per account is out of reach, and the state stays in
+    /// its allocator class; see `stamps.rs`).
+    pub threshold_crossings: u32,
+    pub hand_raiser_crossings: u32,
     pub contacts: ContactLog,
     /// Kind and time of applied events in the 90-day window.
     pub(crate) window: Vec<Stamp>,
@@ -62,6 +64,32 @@ pub struct AccountScoreState {
     pub journey_transitions: u32,
     /// The latest event time of an applied demo request; `i64::MIN` before the first.
     pub(crate) last_hand_raiser: i64,
+    /// One entry per journey stage ever entered, in stage order (at most five: unaware has none).
+    pub stage_entries: StageEntries,
+}
+
+/// The journey stages an account entered, one [`StageEntry`] each, in stage order: one pointer
+/// in the state (its size is bounded in `stamps.rs`), nothing allocated before the first.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[allow(clippy::box_collection)] // One pointer, not a Vec's three words, in every account's state.
+pub struct StageEntries(Option<Box<Vec<StageEntry>>>);
+
+impl StageEntries {
+    /// At most one entry per stage, unaware left out, in stage order.
+    pub fn from_entries(entries: impl IntoIterator<Item = StageEntry>) -> StageEntries {
+        let mut entries: Vec<StageEntry> = entries.into_iter().filter(|e| e.stage != JourneyStage::Unaware).collect();
+        entries.sort_by_key(|e| e.stage);
+        entries.dedup_by_key(|e| e.stage);
+        StageEntries((!entries.is_empty()).then(|| Box::new(entries)))
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, StageEntry> {
+        self.0.as_deref().map_or([].iter(), |entries| entries.iter())
+    }
+
+    pub fn to_vec(&self) -> Vec<StageEntry> {
+        self.iter().copied().collect()
+    }
 }
 
 impl Default for AccountScoreState {
@@ -88,11 +116,24 @@ impl Default for AccountScoreState {
             stage_entered: i64::MIN,
             journey_transitions: 0,
             last_hand_raiser: i64::MIN,
+            stage_entries: StageEntries::default(),
         }
     }
 }
 
 impl AccountScoreState {
+    /// Notes the account's `sequence`-th transition, into `stage` at event time `at`.
+    pub(crate) fn enter_stage(&mut self, stage: JourneyStage, at: i64, sequence: u32) {
+        let sequence = i64::from(sequence);
+        let entries = self.stage_entries.0.get_or_insert_with(Box::default);
+        if let Some(entry) = entries.iter_mut().find(|e| e.stage == stage) {
+            entry.last_sequence = sequence;
+            return;
+        }
+        entries.push(StageEntry { stage, first_entered_at: at, first_sequence: sequence, last_sequence: sequence });
+        entries.sort_by_key(|e| e.stage);
+    }
+
     /// When the account entered its journey stage (event time); `None` while unaware.
     pub fn stage_entered_at(&self) -> Option<i64> {
         (self.stage_entered != i64::MIN).then_some(self.stage_entered)
@@ -392,6 +433,6 @@ fn grow_gently<T>(items: &mut Vec<T>) {
 }
 
 /// Whether a contact last engaged at `t` counts at `at`: `t` in `(at - 30 days, at]`.
-fn in_breadth_window(t: i64, at: i64) -> bool {
+pub(crate) fn in_breadth_window(t: i64, at: i64) -> bool {
     t > at - BREADTH_WINDOW_MS && t <= at
 }

@@ -65,8 +65,9 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<Stamp>(), 8);
         assert_eq!(std::mem::size_of::<CapEntry>(), 16);
-        // 192 bytes until the opportunities (one pointer) and the first applied time: 208, in
-        // the allocator's 224-byte class. Growing past 224 costs every account 32 bytes more.
+        // 224 bytes with the opportunities and the stage entries (one pointer each; the
+        // crossing counts are u32 to make room): the allocator's 224-byte class. Growing past
+        // 224 costs every account 32 bytes more.
         assert!(std::mem::size_of::<AccountScoreState>() <= 224, "{}", std::mem::size_of::<AccountScoreState>());
     }
 }
