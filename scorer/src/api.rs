@@ -359,4 +359,44 @@ mod tests {
         assert_eq!(json["stage"], "unaware");
         assert_eq!(json["stage_entered_at"], serde_json::Value::Null);
     }
+
+    /// The program body's names are the API's contract too.
+    #[test]
+    fn the_program_body_has_the_documented_fields() {
+        let engine = Engine::new(ScoringConfig::default()).expect("default config");
+        let (book, tal) = (Book::default(), Tal::default());
+        let json = serde_json::to_value(program::report(&book, &tal, &engine, 1_000, None)).expect("serializes");
+        let keys =
+            |value: &serde_json::Value| -> Vec<String> { value.as_object().expect("object").keys().cloned().collect() };
+        assert_eq!(keys(&json), ["all", "at", "non_tal", "tal", "tier", "tiers"]);
+        assert_eq!(keys(&json["tiers"]), ["tier_1", "tier_2", "tier_3", "untiered"]);
+        let figures = &json["all"];
+        assert_eq!(
+            keys(figures),
+            [
+                "accounts",
+                "accounts_by_stage",
+                "alerts",
+                "conversion",
+                "engaged",
+                "engaged_tal_accounts",
+                "engagement_rate",
+                "mean_coverage",
+                "opportunities",
+                "tal_accounts"
+            ]
+        );
+        assert_eq!(keys(&figures["accounts_by_stage"]).len(), 6);
+        assert_eq!(
+            keys(&figures["conversion"][0]),
+            ["converted", "entered", "median_days_to_next", "next", "next_accounts", "rate", "stage"]
+        );
+        assert_eq!(
+            keys(&figures["opportunities"]),
+            ["by_currency", "lost", "median_days_to_won", "open", "win_rate", "won", "won_accounts"]
+        );
+        assert_eq!(keys(&figures["alerts"]), ["alerts", "followed", "median_days_to_opportunity", "windows"]);
+        assert_eq!(keys(&figures["alerts"]["windows"][0]), ["days", "followed", "matured", "rate"]);
+        assert_eq!(figures["engagement_rate"], serde_json::Value::Null);
+    }
 }

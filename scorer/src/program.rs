@@ -295,7 +295,8 @@ struct Sums {
 /// instance, to the bit.
 fn sum(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.iter().sum()
+    // From +0 (an empty `Sum` of floats is -0).
+    values.iter().fold(0.0, |total, x| total + x)
 }
 
 /// The middle value (the mean of the two middle ones for an even count); `None` for none.

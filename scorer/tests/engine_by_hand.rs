@@ -499,6 +499,23 @@ fn the_journey_moves_through_its_stages_evaluated_from_the_last_upwards() {
     assert_eq!(state.stage, abm_schemas::JourneyStage::Customer);
     assert_eq!(state.stage_entered_at(), Some(T0 + 4 * DAY_MS));
     assert_eq!(state.journey_transitions, 6);
+    // The first entry of each stage entered, and the sequences of its first and latest
+    // transitions into it: mqa was entered by transitions 3 and 5.
+    let entries: Vec<(&str, i64, i64, i64)> = state
+        .stage_entries
+        .iter()
+        .map(|e| (e.stage.as_str(), e.first_entered_at, e.first_sequence, e.last_sequence))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("aware", T0, 1, 1),
+            ("engaged", T0, 2, 2),
+            ("mqa", T0 + DAY_MS, 3, 5),
+            ("opportunity", T0 + 2 * DAY_MS, 4, 4),
+            ("customer", T0 + 4 * DAY_MS, 6, 6),
+        ]
+    );
     let view = engine.view(ACCOUNT, &state, None);
     assert_eq!((view.stage, view.stage_entered_at), (state.stage, state.stage_entered_at()));
 }

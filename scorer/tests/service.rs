@@ -425,3 +425,413 @@ fn the_query_api_needs_a_token_and_the_probes_do_not() {
         assert_eq!(status, if protect_ops { 401 } else { 200 });
     }
 }
+
+/// What the test knows of one account, from the engine applied to its log in order: the
+/// journey as its list of transitions, the state's contacts and deals.
+struct Truth {
+    tier: Tier,
+    on_tal: bool,
+    committee: Vec<String>,
+    stage: JourneyStage,
+    /// (to, at) of each transition, in order (the n-th has sequence n).
+    transitions: Vec<(JourneyStage, i64)>,
+    contacts: Vec<(String, i64)>,
+    deals: Vec<abm_schemas::OpportunityState>,
+    first_applied_at: Option<i64>,
+    alerts: Vec<i64>,
+}
+
+fn median_of(mut values: Vec<f64>) -> serde_json::Value {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+}
+
+fn share(part: usize, whole: usize) -> serde_json::Value {
+    if whole == 0 { serde_json::Value::Null } else { serde_json::json!(part as f64 / whole as f64) }
+}
+
+/// The README's program figures for `accounts` at `at`, recomputed from the transitions (not
+/// from stage entries, as the scorer keeps them), in the API's shape.
+fn program_figures(accounts: &[&Truth], at: i64) -> serde_json::Value {
+    let engaged_at = |t: i64| t > at - 30 * DAY_MS && t <= at;
+    let engaged = |a: &&&Truth| a.contacts.iter().any(|(_, t)| engaged_at(*t));
+    let tal = accounts.iter().filter(|a| a.on_tal).count();
+    let engaged_tal = accounts.iter().filter(|a| a.on_tal).filter(engaged).count();
+    let coverage: f64 = {
+        let mut ratios: Vec<f64> = accounts
+            .iter()
+            .map(|a| {
+                let covered = a
+                    .committee
+                    .iter()
+                    .filter(|p| a.contacts.iter().any(|(persona, t)| persona == *p && engaged_at(*t)))
+                    .count();
+                covered as f64 / a.committee.len() as f64
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.iter().fold(0.0, |total, x| total + x)
+    };
+    let by_stage: serde_json::Map<String, serde_json::Value> = JourneyStage::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), serde_json::json!(accounts.iter().filter(|a| a.stage == *s).count())))
+        .collect();
+    let conversion: Vec<serde_json::Value> = JourneyStage::ALL[1..5]
+        .iter()
+        .map(|stage| {
+            let next = JourneyStage::ALL[*stage as usize + 1];
+            let first = |a: &Truth, s: JourneyStage| a.transitions.iter().position(|(to, _)| *to == s);
+            let entered: Vec<&&Truth> = accounts.iter().filter(|a| first(a, *stage).is_some()).collect();
+            let converted = entered
+                .iter()
+                .filter(|a| {
+                    let i = first(a, *stage).unwrap_or(0);
+                    a.transitions[i + 1..].iter().any(|(to, _)| to > stage)
+                })
+                .count();
+            let days: Vec<f64> = entered
+                .iter()
+                .filter_map(|a| {
+                    let (i, j) = (first(a, *stage)?, first(a, next)?);
+                    (j > i).then(|| (a.transitions[j].1 - a.transitions[i].1) as f64 / DAY_MS as f64)
+                })
+                .collect();
+            serde_json::json!({
+                "stage": stage.as_str(),
+                "entered": entered.len(),
+                "converted": converted,
+                "rate": share(converted, entered.len()),
+                "next": next.as_str(),
+                "next_accounts": days.len(),
+                "median_days_to_next": median_of(days),
+            })
+        })
+        .collect();
+    let deals = || accounts.iter().flat_map(|a| a.deals.iter());
+    let count = |stage: OpportunityStage| deals().filter(|d| d.stage == stage).count();
+    let (won, lost) = (count(OpportunityStage::ClosedWon), count(OpportunityStage::ClosedLost));
+    let amount = |stage: OpportunityStage| {
+        let mut amounts: Vec<f64> = deals().filter(|d| d.stage == stage).map(|d| d.amount).collect();
+        amounts.sort_by(f64::total_cmp);
+        amounts.iter().fold(0.0, |total, x| total + x)
+    };
+    let days_to_won: Vec<f64> = accounts
+        .iter()
+        .filter_map(|a| {
+            let won = a.deals.iter().filter(|d| d.stage == OpportunityStage::ClosedWon).map(|d| d.updated_at).min()?;
+            Some((won - a.first_applied_at?) as f64 / DAY_MS as f64)
+        })
+        .collect();
+    let mut alerts = 0;
+    let mut windows = [(0, 0), (0, 0)];
+    let mut to_opportunity = Vec::new();
+    for a in accounts {
+        for alert in a.alerts.iter().filter(|t| **t <= at) {
+            alerts += 1;
+            let created: Vec<i64> = a.deals.iter().map(|d| d.created_at).filter(|t| t >= alert).collect();
+            for (i, days) in [30, 90].into_iter().enumerate() {
+                let end = alert + days * DAY_MS;
+                if end <= at {
+                    windows[i].0 += 1;
+                    windows[i].1 += usize::from(created.iter().any(|t| *t <= end));
+                }
+            }
+            if let Some(first) = created.iter().filter(|t| **t <= at).min() {
+                to_opportunity.push((first - alert) as f64 / DAY_MS as f64);
+            }
+        }
+    }
+    let mut figures = serde_json::json!({
+        "accounts": accounts.len(),
+        "tal_accounts": tal,
+        "engaged": accounts.iter().filter(engaged).count(),
+        "engaged_tal_accounts": engaged_tal,
+        "engagement_rate": share(engaged_tal, tal),
+        "mean_coverage": if accounts.is_empty() { serde_json::Value::Null } else { serde_json::json!(coverage / accounts.len() as f64) },
+        "accounts_by_stage": by_stage,
+        "conversion": conversion,
+        "opportunities": {
+            "open": count(OpportunityStage::Open),
+            "won": won,
+            "lost": lost,
+            "win_rate": share(won, won + lost),
+            "won_accounts": days_to_won.len(),
+            "median_days_to_won": median_of(days_to_won),
+        },
+        "alerts": {
+            "alerts": alerts,
+            "windows": [
+                {"days": 30, "matured": windows[0].0, "followed": windows[0].1, "rate": share(windows[0].1, windows[0].0)},
+                {"days": 90, "matured": windows[1].0, "followed": windows[1].1, "rate": share(windows[1].1, windows[1].0)},
+            ],
+            "followed": to_opportunity.len(),
+            "median_days_to_opportunity": median_of(to_opportunity),
+        },
+    });
+    if deals().next().is_some() {
+        figures["opportunities"]["by_currency"] = serde_json::json!({
+            "EUR": {
+                "open_pipeline": amount(OpportunityStage::Open),
+                "won_revenue": amount(OpportunityStage::ClosedWon),
+                "won": won,
+                "mean_won_deal": if won == 0 { serde_json::Value::Null } else { serde_json::json!(amount(OpportunityStage::ClosedWon) / won as f64) },
+            }
+        });
+    }
+    figures
+}
+
+/// The first leaf of `expected` that is not in `got` at the same path (numbers within 1e-9).
+fn mismatch(got: &serde_json::Value, expected: &serde_json::Value, path: &str) -> Option<String> {
+    match (got, expected) {
+        (serde_json::Value::Object(got), serde_json::Value::Object(expected)) => {
+            expected.iter().find_map(|(key, value)| {
+                let at = format!("{path}.{key}");
+                match got.get(key) {
+                    None => Some(format!("{at} missing")),
+                    Some(got) => mismatch(got, value, &at),
+                }
+            })
+        }
+        (serde_json::Value::Array(got), serde_json::Value::Array(expected)) if got.len() == expected.len() => {
+            got.iter().zip(expected).enumerate().find_map(|(i, (g, e))| mismatch(g, e, &format!("{path}[{i}]")))
+        }
+        (serde_json::Value::Number(g), serde_json::Value::Number(e)) => {
+            let (g, e) = (g.as_f64().unwrap_or(f64::NAN), e.as_f64().unwrap_or(f64::NAN));
+            (!close(g, e)).then(|| format!("{path}: {g} vs {e}"))
+        }
+        _ => (got != expected).then(|| format!("{path}: {got} vs {expected}")),
+    }
+}
+
+#[test]
+fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
+    let env = Env::new("scorer-program");
+    env.create_topics();
+    // acc-0..acc-19 on the TAL (tiers 1, 2, 3 in turn; acc-0 with a committee of its own),
+    // acc-20..acc-23 not on it.
+    let accounts = 24;
+    let tal_tier = |i: u64| [Tier::Tier1, Tier::Tier2, Tier::Tier3][(i % 3) as usize];
+    let tal = producer();
+    for i in 0..20 {
+        let mut record = account(&format!("acc-{i}"), tal_tier(i));
+        if i == 0 {
+            record.committee = Some(vec!["champion".into(), "legal".into()]);
+        }
+        send(&tal, &env.topic(TopicRole::Accounts), &record.account_id.clone(), &record);
+    }
+    flush(&tal);
+    let events = stream(3_000, accounts, 33);
+    let engine = Engine::new(ScoringConfig::default()).expect("valid");
+    let committees = &engine.config().committee;
+    let mut truths: BTreeMap<String, Truth> = BTreeMap::new();
+    for (account, log) in by_account(&events) {
+        let index: u64 = account.trim_start_matches("acc-").parse().expect("acc-N");
+        let on_tal = index < 20;
+        let tier = if on_tal { tal_tier(index) } else { Tier::Untiered };
+        let mut state = AccountScoreState::default();
+        let mut transitions = Vec::new();
+        for event in &log {
+            if let Applied::Scored { transition: Some(t), .. } = engine.apply(&account, &mut state, event, tier) {
+                transitions.push((t.to, t.at));
+            }
+        }
+        let committee =
+            if index == 0 { vec!["champion".into(), "legal".into()] } else { committees.for_tier(tier).to_vec() };
+        let record = state.to_record(&account, &engine);
+        truths.insert(
+            account,
+            Truth {
+                tier,
+                on_tal,
+                committee,
+                stage: state.stage,
+                transitions,
+                contacts: record.contacts.iter().map(|c| (c.persona.clone(), c.last_engaged_at)).collect(),
+                deals: record.opportunities.clone(),
+                first_applied_at: record.first_applied_at,
+                alerts: Vec::new(),
+            },
+        );
+    }
+    for i in 0..20 {
+        let id = format!("acc-{i}");
+        truths.entry(id).or_insert_with(|| Truth {
+            tier: tal_tier(i),
+            on_tal: true,
+            committee: committees.for_tier(tal_tier(i)).to_vec(),
+            stage: JourneyStage::Unaware,
+            transitions: vec![],
+            contacts: vec![],
+            deals: vec![],
+            first_applied_at: None,
+            alerts: vec![],
+        });
+    }
+    // Alerts, as the alerter would publish them: one per account for 12 accounts, an hour
+    // apart from T0 (some before their account's first deal, some after).
+    let alerts = producer();
+    for i in 0..12u64 {
+        let id = format!("acc-{}", i * 2);
+        let at = T0 + i as i64 * 3_600_000;
+        let alert = abm_schemas::SalesAlert {
+            alert_id: format!("{id}:threshold:1"),
+            crossing_id: format!("{id}:threshold:1"),
+            account_id: id.clone(),
+            account_name: id.clone(),
+            tier: Tier::Tier1,
+            owner: "sdr@vendor.example".into(),
+            kind: CrossingKind::Threshold,
+            score: 60.0,
+            threshold: 50.0,
+            as_of: at,
+            top_rules: vec![],
+            contacts: vec![],
+            recent_events: vec![],
+            next_step: String::new(),
+            coverage: None,
+        };
+        send(&alerts, &env.topic(TopicRole::SalesAlerts), &id, &alert);
+        truths.get_mut(&id).expect("TAL account").alerts.push(at);
+    }
+    flush(&alerts);
+
+    let mut env_b = env.clone();
+    env_b.port = abm_testkit::free_port();
+    let with_instance = |env: &Env, name: &str| {
+        let mut vars = env.vars();
+        vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
+        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix())));
+        vars
+    };
+    let a = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env, "a"));
+    wait_for_status(env.port, "/readyz", 200, Duration::from_secs(60), "A ready");
+    let b = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env_b, "b"));
+    wait_for_status(env_b.port, "/readyz", 200, Duration::from_secs(60), "B ready");
+    let metric = |port: u16, name: &str| -> f64 {
+        let body = http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        // Summed over the metric's series.
+        body.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Both instances own partitions (a lag gauge per partition) before the stream starts.
+    let owned = |port: u16| {
+        let body = http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        body.lines().filter(|line| line.starts_with("abm_scorer_consumer_lag{")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while owned(env.port) == 0 || owned(env_b.port) == 0 || owned(env.port) + owned(env_b.port) < 6 {
+        assert!(Instant::now() < deadline, "the partitions were not split between A and B");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let feed = producer();
+    for event in &events {
+        send(&feed, &env.topic(TopicRole::Engagement), event.account_id.as_deref().unwrap_or(""), event);
+    }
+    flush(&feed);
+    let handled =
+        |port: u16| metric(port, "abm_scorer_events_applied_total") + metric(port, "abm_scorer_duplicates_total");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while handled(env.port) + handled(env_b.port) < events.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "A and B handled {} of {}",
+            handled(env.port) + handled(env_b.port),
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(handled(env.port) > 0.0 && handled(env_b.port) > 0.0, "both instances did part of the work");
+
+    // While the stream is within the windows (T0 + 5 d: engagement and coverage), and after
+    // every alert window has ended (T0 + 95 d), per tier and list, and for one tier.
+    let all: Vec<&Truth> = truths.values().collect();
+    for (at, query) in [(T0 + 5 * DAY_MS, ""), (T0 + 95 * DAY_MS, ""), (T0 + 5 * DAY_MS, "&tier=tier_2")] {
+        let chosen: Vec<&Truth> = all.iter().copied().filter(|t| query.is_empty() || t.tier == Tier::Tier2).collect();
+        let pick =
+            |keep: &dyn Fn(&Truth) -> bool| -> Vec<&Truth> { chosen.iter().copied().filter(|t| keep(t)).collect() };
+        let mut expected = serde_json::json!({
+            "at": at,
+            "all": program_figures(&chosen, at),
+            "tal": program_figures(&pick(&|t| t.on_tal), at),
+            "non_tal": program_figures(&pick(&|t| !t.on_tal), at),
+            "tiers": {},
+        });
+        for tier in Tier::ALL {
+            if query.is_empty() || tier == Tier::Tier2 {
+                expected["tiers"][tier.as_str()] = program_figures(&pick(&|t| t.tier == tier), at);
+            }
+        }
+        let path = format!("/v1/program?at={at}{query}");
+        // The book follows the topics a moment behind the scorers' commits.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (from_a, from_b) = loop {
+            let get = |port: u16| -> Option<serde_json::Value> {
+                let (status, body) = http_get(port, &path)?;
+                (status == 200).then(|| serde_json::from_str(&body).expect("JSON"))
+            };
+            let (from_a, from_b) = (get(env.port), get(env_b.port));
+            let wrong = match (&from_a, &from_b) {
+                (Some(from_a), Some(from_b)) => {
+                    mismatch(from_a, &expected, &path).or_else(|| mismatch(from_b, &expected, &path))
+                }
+                _ => Some("no answer".into()),
+            };
+            match wrong {
+                None => break (from_a, from_b),
+                Some(wrong) if Instant::now() > deadline => panic!("{wrong}"),
+                Some(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        // Two instances answer as one, to the bit, and as the recomputation.
+        assert_eq!(from_a, from_b, "{path}");
+    }
+    // Figures that could not fail would prove nothing: this world has them all.
+    let (status, body) = http_get(env.port, &format!("/v1/program?at={}", T0 + 95 * DAY_MS)).expect("answers");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let all = &json["all"];
+    for (what, value) in [
+        ("customers", &all["accounts_by_stage"]["customer"]),
+        ("won", &all["opportunities"]["won"]),
+        ("lost", &all["opportunities"]["lost"]),
+        ("followed alerts", &all["alerts"]["windows"][0]["followed"]),
+        ("non-TAL accounts", &json["non_tal"]["accounts"]),
+    ] {
+        assert!(value.as_u64().unwrap_or(0) > 0, "{what}: {value} in {body}");
+    }
+    let engaged = serde_json::from_str::<serde_json::Value>(
+        &http_get(env.port, &format!("/v1/program?at={}", T0 + 5 * DAY_MS)).expect("answers").1,
+    )
+    .expect("JSON");
+    assert!(engaged["all"]["engaged"].as_u64().unwrap_or(0) > 0, "{engaged}");
+    assert!(engaged["all"]["mean_coverage"].as_f64().unwrap_or(0.0) > 0.0, "{engaged}");
+    // The gauges carry the same program (at the wall clock): the TAL by tier on both.
+    // (Refreshed every 10 s.) The program's figures, not this instance's share of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in [env.port, env_b.port] {
+        loop {
+            let text = http_get(port, "/metrics").expect("metrics").1;
+            let tal = text.contains(r#"abm_scorer_tal_accounts_by_tier{tier="tier_2"} 7"#);
+            let lost = text.contains(r#"abm_scorer_program_win_rate{list="all"} "#);
+            let accounts: f64 = text
+                .lines()
+                .filter(|line| line.starts_with("abm_scorer_accounts_by_stage{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if tal && lost && accounts == 24.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    drop((a, b));
+}

@@ -390,6 +390,31 @@ mod tests {
         event
     }
 
+    /// A state written before stage entries (none) starts with its current stage, entered at
+    /// `stage_entered_at` by its latest transition; entries read back as written, one per stage.
+    #[test]
+    fn stage_entries_of_older_states_start_with_the_current_stage() {
+        use abm_schemas::{JourneyStage, StageEntry};
+        let engine = Engine::new(ScoringConfig::default()).expect("valid");
+        let mut state = AccountScoreState::default();
+        engine.apply("acc", &mut state, &visit("e1", 1_700_000_000_000), Tier::Tier1);
+        let mut record = state.to_record("acc", &engine);
+        assert_eq!(record.stage_entries.len(), 1, "aware");
+        record.stage_entries.clear();
+        record.stage = JourneyStage::Mqa;
+        record.stage_entered_at = Some(5);
+        record.journey_transitions = 3;
+        let restored = AccountScoreState::from_record(&record, &engine);
+        let entry = StageEntry { stage: JourneyStage::Mqa, first_entered_at: 5, first_sequence: 3, last_sequence: 3 };
+        assert_eq!(restored.stage_entries.to_vec(), [entry]);
+        // Repeated or unaware entries in a record (another writer's) are kept once, in order.
+        let aware = StageEntry { stage: JourneyStage::Aware, ..entry };
+        let unaware = StageEntry { stage: JourneyStage::Unaware, ..entry };
+        record.stage_entries = vec![entry, unaware, aware, entry];
+        let restored = AccountScoreState::from_record(&record, &engine);
+        assert_eq!(restored.stage_entries.to_vec(), [aware, entry]);
+    }
+
     #[test]
     fn cap_contacts_round_trip_as_hashes_and_full_keys_are_hashed() {
         let hash = abm_schemas::hash::stable_hash("c-1");
