@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use abm::topics::TopicRole;
-use abm_schemas::{EmailAction, EngagementEvent, EventKind, OpportunityStage, SalesAlert};
+use abm_schemas::{
+    EmailAction, EngagementEvent, EventKind, JourneyStage, OpportunityStage, OpportunityState, SalesAlert, Tier,
+};
 use abm_sim::{Channel, Expect, World, WorldConfig, raw_role, tal_csv};
 use abm_testkit::{
     PrivateBroker, SecureListeners, ServiceProcess, TestTopics, TokenEndpoint, flush, free_port, http_get, metric,
-    producer_to, read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
+    producer_to, program, read_all_from, run_to_exit, send_bytes, unique, wait_for_status, with_env, workspace_binary,
 };
 
 const DAY: i64 = 86_400_000;
@@ -139,6 +141,14 @@ struct Expected {
     /// The journey stage after the last applied event (README, "Account journey"); `None` for
     /// an account with more opportunities than the scorer keeps (not recomputed here).
     stage: Option<&'static str>,
+    /// (stage, event time) of each journey transition, in order; `None` with `stage`.
+    transitions: Option<Vec<(JourneyStage, i64)>>,
+    /// (persona, latest engagement) of the contacts the state keeps: those engaged in the 30
+    /// days before as-of.
+    contacts: Vec<(String, i64)>,
+    /// The latest state of each opportunity.
+    deals: Vec<OpportunityState>,
+    first_applied_at: Option<i64>,
 }
 
 /// Coverage at as-of (README, "Buying committee coverage"): each contact's persona is that of
@@ -163,14 +173,78 @@ fn coverage(applied: &[Applied], required: &[String]) -> (Vec<String>, Vec<Strin
     required.iter().cloned().partition(|persona| engaged.contains(persona.as_str()))
 }
 
+/// Each opportunity's latest state: the change with the largest time, then the later applied;
+/// created at the earliest time of any of its changes.
+fn latest_deals(changes: &[(i64, String, OpportunityStage, f64, String)]) -> Vec<OpportunityState> {
+    let mut latest: BTreeMap<&str, (i64, usize, i64)> = BTreeMap::new();
+    for (index, (t, id, ..)) in changes.iter().enumerate() {
+        let entry = latest.entry(id.as_str()).or_insert((*t, index, *t));
+        if (*t, index) >= (entry.0, entry.1) {
+            (entry.0, entry.1) = (*t, index);
+        }
+        entry.2 = entry.2.min(*t);
+    }
+    latest
+        .into_iter()
+        .map(|(id, (t, index, created))| {
+            let (_, _, stage, amount, currency) = &changes[index];
+            OpportunityState {
+                opportunity_id: id.to_owned(),
+                stage: *stage,
+                stage_name: None,
+                amount: *amount,
+                currency: currency.clone(),
+                created_at: created,
+                updated_at: t,
+            }
+        })
+        .collect()
+}
+
+/// The journey stage of the applied events so far (README, "Account journey"), from the last
+/// stage upwards; `None` past the opportunities the scorer keeps (20), not recomputed here.
+fn stage_of(
+    applied: &[Applied],
+    changes: &[(i64, String, OpportunityStage, f64, String)],
+    threshold: f64,
+) -> Option<&'static str> {
+    let deals = latest_deals(changes);
+    let has = |stage: OpportunityStage| deals.iter().any(|d| d.stage == stage);
+    let (score, _, breadth) = score(applied);
+    let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
+    let raised = applied.iter().any(|a| a.hand_raiser && a.t > as_of - 30 * DAY);
+    Some(if deals.len() > 20 {
+        return None;
+    } else if applied.is_empty() {
+        "unaware"
+    } else if has(OpportunityStage::ClosedWon) {
+        "customer"
+    } else if has(OpportunityStage::Open) {
+        "opportunity"
+    } else if score >= threshold || raised {
+        "mqa"
+    } else if score >= 0.5 * threshold || breadth >= 2 {
+        "engaged"
+    } else {
+        "aware"
+    })
+}
+
+fn stage_named(name: &str) -> JourneyStage {
+    JourneyStage::ALL.into_iter().find(|s| s.as_str() == name).unwrap_or_default()
+}
+
 fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &[String]) -> Expected {
     // event id → the account's as-of when it was applied: a repeat is a duplicate while the
     // as-of advanced less than the dedup window (7 days) since (README, "Duplicates").
     let mut seen: HashMap<String, i64> = HashMap::new();
     let mut caps: HashMap<(String, i64), u32> = HashMap::new();
     let mut applied = Vec::new();
-    // (time, opportunity id, stage) of each applied opportunity change, in applied order.
-    let mut changes: Vec<(i64, String, OpportunityStage)> = Vec::new();
+    // (time, opportunity id, stage, amount, currency) of each applied opportunity change, in
+    // applied order.
+    let mut changes: Vec<(i64, String, OpportunityStage, f64, String)> = Vec::new();
+    let mut transitions = Some(Vec::new());
+    let mut stage_before = "unaware";
     let mut duplicates = 0;
     let (mut armed, mut thresholds, mut hands) = (true, 0, 0);
     let mut crossings = Vec::new();
@@ -193,7 +267,13 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &
             }
         }
         if let Some(change) = &event.opportunity {
-            changes.push((event.occurred_at, change.opportunity_id.clone(), change.stage));
+            changes.push((
+                event.occurred_at,
+                change.opportunity_id.clone(),
+                change.stage,
+                change.amount,
+                change.currency.clone(),
+            ));
         }
         applied.push(Applied {
             t: event.occurred_at,
@@ -217,36 +297,53 @@ fn recompute(account: &str, log: &[EngagementEvent], threshold: f64, required: &
             hands += 1;
             crossings.push((format!("{account}:hand_raiser:{hands}"), "hand_raiser", as_of));
         }
+        // The journey after each applied event: a change is a transition at the event's time.
+        match stage_of(&applied, &changes, threshold) {
+            None => transitions = None,
+            Some(stage) if stage != stage_before => {
+                stage_before = stage;
+                if let Some(list) = transitions.as_mut() {
+                    list.push((stage_named(stage), event.occurred_at));
+                }
+            }
+            Some(_) => {}
+        }
     }
     let (score, engagement, breadth) = score(&applied);
     let (covered, missing) = coverage(&applied, required);
+    let stage = stage_of(&applied, &changes, threshold);
     let as_of = applied.iter().map(|a| a.t).max().unwrap_or(0);
-    let raised = applied.iter().any(|a| a.hand_raiser && a.t > as_of - 30 * DAY);
-    // Each opportunity's latest change: the largest time, then the later applied.
-    let mut latest: BTreeMap<&str, (i64, usize, OpportunityStage)> = BTreeMap::new();
-    for (index, (t, id, stage)) in changes.iter().enumerate() {
-        let entry = latest.entry(id.as_str()).or_insert((*t, index, *stage));
-        if (*t, index) >= (entry.0, entry.1) {
-            *entry = (*t, index, *stage);
+    let mut latest: BTreeMap<&str, (i64, usize)> = BTreeMap::new();
+    for (index, a) in applied.iter().enumerate().filter(|(_, a)| a.positive_rule) {
+        if let Some(contact) = &a.contact {
+            let entry = latest.entry(contact).or_insert((a.t, index));
+            if (a.t, index) >= *entry {
+                *entry = (a.t, index);
+            }
         }
     }
-    let has = |stage: OpportunityStage| latest.values().any(|(_, _, s)| *s == stage);
-    let stage = if latest.len() > 20 {
-        None
-    } else if applied.is_empty() {
-        Some("unaware")
-    } else if has(OpportunityStage::ClosedWon) {
-        Some("customer")
-    } else if has(OpportunityStage::Open) {
-        Some("opportunity")
-    } else if score >= threshold || raised {
-        Some("mqa")
-    } else if score >= 0.5 * threshold || breadth >= 2 {
-        Some("engaged")
-    } else {
-        Some("aware")
-    };
-    Expected { score, engagement, breadth, applied: applied.len(), duplicates, crossings, covered, missing, stage }
+    let contacts = latest
+        .values()
+        .filter(|(t, _)| *t > as_of - 30 * DAY)
+        .map(|(t, index)| (applied[*index].persona.clone(), *t))
+        .collect();
+    let deals = latest_deals(&changes);
+    let first_applied_at = applied.iter().map(|a| a.t).min();
+    Expected {
+        score,
+        engagement,
+        breadth,
+        applied: applied.len(),
+        duplicates,
+        crossings,
+        covered,
+        missing,
+        stage,
+        transitions,
+        contacts,
+        deals,
+        first_applied_at,
+    }
 }
 
 /// Alerts after a 24 h cooldown per (account, kind), in event time.
@@ -795,6 +892,14 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     // Accounts with some persona covered, and with some missing: the world must show both.
     let mut coverage_seen = (0, 0);
     let mut stages_seen = BTreeSet::new();
+    // What the program metrics are recomputed from, per account.
+    let tier_of = |account: &str| match tiers.get(account) {
+        Some(1) => Tier::Tier1,
+        Some(2) => Tier::Tier2,
+        Some(3) => Tier::Tier3,
+        _ => Tier::Untiered,
+    };
+    let mut truths: BTreeMap<String, program::Truth> = BTreeMap::new();
     for (account, log) in &logs {
         let threshold = match tiers.get(account) {
             Some(1) => 50.0,
@@ -859,6 +964,43 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
         coverage_seen.0 += usize::from(!expected.covered.is_empty());
         coverage_seen.1 += usize::from(!expected.missing.is_empty());
         expected_alert_ids.extend(expected_alerts(&expected.crossings));
+        let transitions = expected.transitions.clone().unwrap_or_else(|| panic!("{account}: journey not recomputed"));
+        truths.insert(
+            account.clone(),
+            program::Truth {
+                tier: tier_of(account),
+                on_tal: tiers.contains_key(account),
+                committee: required.clone(),
+                stage: stage_named(expected.stage.unwrap_or("unaware")),
+                transitions,
+                contacts: expected.contacts.clone(),
+                deals: expected.deals.clone(),
+                first_applied_at: expected.first_applied_at,
+                alerts: vec![],
+            },
+        );
+    }
+    // TAL accounts without an event are in the program too (unaware).
+    for account in tiers.keys().filter(|a| !logs.contains_key(*a)) {
+        let required = committees
+            .get(account)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| default_committee(tiers.get(account).copied()));
+        truths.insert(
+            account.clone(),
+            program::Truth {
+                tier: tier_of(account),
+                on_tal: true,
+                committee: required,
+                stage: JourneyStage::Unaware,
+                transitions: vec![],
+                contacts: vec![],
+                deals: vec![],
+                first_applied_at: None,
+                alerts: vec![],
+            },
+        );
     }
     assert!(expected_alert_ids.len() > 5, "the world should raise alerts: {}", expected_alert_ids.len());
     assert!(coverage_seen.0 > 0 && coverage_seen.1 > 0, "covered and missing personas: {coverage_seen:?}");
@@ -888,5 +1030,49 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
     let distinct: BTreeSet<String> = alerts.iter().cloned().collect();
     assert_eq!(distinct.len(), alerts.len(), "no alert twice");
     assert_eq!(distinct, expected_alert_ids, "alerts = expected crossings after the 24 h cooldown");
+
+    // The program metrics (README, "Program metrics") over the whole world equal the
+    // recomputation from the accounts above and the alerts published: at the end of the stream
+    // (engagement, coverage) and 60 days later (every 30-day alert window ended).
+    for (_, alert) in read_all_from::<SalesAlert>(&bootstrap, &topics.name(TopicRole::SalesAlerts)) {
+        if let Some(truth) = truths.get_mut(&alert.account_id) {
+            truth.alerts.push(alert.as_of);
+        }
+    }
+    let truths: Vec<program::Truth> = truths.into_values().collect();
+    let end = abm::clock::now_ms();
+    for at in [end, end + 60 * DAY] {
+        let expected = program::report(&truths, at, None);
+        let path = format!("/v1/program?at={at}");
+        // The program's book follows abm.account-program a moment behind the scorer's commits.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = http_get(ports["scorer"], &path)
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+            let wrong = answer.map_or(Some("no answer".to_owned()), |got| program::mismatch(&got, &expected, &path));
+            match wrong {
+                None => break,
+                Some(wrong) => assert!(Instant::now() < deadline, "{wrong}\nscorer: {}", scorer.stderr()),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let all = &expected["all"];
+        eprintln!(
+            "program at {at}: engagement rate {}, mean coverage {}, stages {}, win rate {}, alerts followed within 30 days {}",
+            all["engagement_rate"],
+            all["mean_coverage"],
+            all["accounts_by_stage"],
+            all["opportunities"]["win_rate"],
+            all["alerts"]["windows"][0]["rate"]
+        );
+    }
+    // Figures that could not fail would prove nothing: the world has engagement, outcomes and
+    // alerts followed by opportunities.
+    let later = program::report(&truths, end + 60 * DAY, None);
+    let now = program::report(&truths, end, None);
+    assert!(now["all"]["engaged"].as_u64().unwrap_or(0) > 0, "{now}");
+    assert!(later["all"]["opportunities"]["won"].as_u64().unwrap_or(0) > 0, "{later}");
+    assert!(later["all"]["alerts"]["windows"][0]["followed"].as_u64().unwrap_or(0) > 0, "{later}");
     let _ = std::fs::remove_file(csv);
 }

@@ -12,7 +12,7 @@ use abm_schemas::{
     JourneyTransition, OpportunityStage, ScoreCrossing, Tier, WebVisit,
 };
 use abm_sim::Rng;
-use abm_testkit::{ServiceProcess, http_get, wait_for_status};
+use abm_testkit::{ServiceProcess, http_get, program, wait_for_status};
 use scorer::engine::{AccountScoreState, Applied, DAY_MS, Engine, ScoringConfig};
 use support::*;
 
@@ -426,188 +426,6 @@ fn the_query_api_needs_a_token_and_the_probes_do_not() {
     }
 }
 
-/// What the test knows of one account, from the engine applied to its log in order: the
-/// journey as its list of transitions, the state's contacts and deals.
-struct Truth {
-    tier: Tier,
-    on_tal: bool,
-    committee: Vec<String>,
-    stage: JourneyStage,
-    /// (to, at) of each transition, in order (the n-th has sequence n).
-    transitions: Vec<(JourneyStage, i64)>,
-    contacts: Vec<(String, i64)>,
-    deals: Vec<abm_schemas::OpportunityState>,
-    first_applied_at: Option<i64>,
-    alerts: Vec<i64>,
-}
-
-fn median_of(mut values: Vec<f64>) -> serde_json::Value {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return serde_json::Value::Null;
-    }
-    serde_json::json!(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
-}
-
-fn share(part: usize, whole: usize) -> serde_json::Value {
-    if whole == 0 { serde_json::Value::Null } else { serde_json::json!(part as f64 / whole as f64) }
-}
-
-/// The README's program figures for `accounts` at `at`, recomputed from the transitions (not
-/// from stage entries, as the scorer keeps them), in the API's shape.
-fn program_figures(accounts: &[&Truth], at: i64) -> serde_json::Value {
-    let engaged_at = |t: i64| t > at - 30 * DAY_MS && t <= at;
-    let engaged = |a: &&&Truth| a.contacts.iter().any(|(_, t)| engaged_at(*t));
-    let tal = accounts.iter().filter(|a| a.on_tal).count();
-    let engaged_tal = accounts.iter().filter(|a| a.on_tal).filter(engaged).count();
-    let coverage: f64 = {
-        let mut ratios: Vec<f64> = accounts
-            .iter()
-            .map(|a| {
-                let covered = a
-                    .committee
-                    .iter()
-                    .filter(|p| a.contacts.iter().any(|(persona, t)| persona == *p && engaged_at(*t)))
-                    .count();
-                covered as f64 / a.committee.len() as f64
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios.iter().fold(0.0, |total, x| total + x)
-    };
-    let by_stage: serde_json::Map<String, serde_json::Value> = JourneyStage::ALL
-        .iter()
-        .map(|s| (s.as_str().to_owned(), serde_json::json!(accounts.iter().filter(|a| a.stage == *s).count())))
-        .collect();
-    let conversion: Vec<serde_json::Value> = JourneyStage::ALL[1..5]
-        .iter()
-        .map(|stage| {
-            let next = JourneyStage::ALL[*stage as usize + 1];
-            let first = |a: &Truth, s: JourneyStage| a.transitions.iter().position(|(to, _)| *to == s);
-            let entered: Vec<&&Truth> = accounts.iter().filter(|a| first(a, *stage).is_some()).collect();
-            let converted = entered
-                .iter()
-                .filter(|a| {
-                    let i = first(a, *stage).unwrap_or(0);
-                    a.transitions[i + 1..].iter().any(|(to, _)| to > stage)
-                })
-                .count();
-            let days: Vec<f64> = entered
-                .iter()
-                .filter_map(|a| {
-                    let (i, j) = (first(a, *stage)?, first(a, next)?);
-                    (j > i).then(|| (a.transitions[j].1 - a.transitions[i].1) as f64 / DAY_MS as f64)
-                })
-                .collect();
-            serde_json::json!({
-                "stage": stage.as_str(),
-                "entered": entered.len(),
-                "converted": converted,
-                "rate": share(converted, entered.len()),
-                "next": next.as_str(),
-                "next_accounts": days.len(),
-                "median_days_to_next": median_of(days),
-            })
-        })
-        .collect();
-    let deals = || accounts.iter().flat_map(|a| a.deals.iter());
-    let count = |stage: OpportunityStage| deals().filter(|d| d.stage == stage).count();
-    let (won, lost) = (count(OpportunityStage::ClosedWon), count(OpportunityStage::ClosedLost));
-    let amount = |stage: OpportunityStage| {
-        let mut amounts: Vec<f64> = deals().filter(|d| d.stage == stage).map(|d| d.amount).collect();
-        amounts.sort_by(f64::total_cmp);
-        amounts.iter().fold(0.0, |total, x| total + x)
-    };
-    let days_to_won: Vec<f64> = accounts
-        .iter()
-        .filter_map(|a| {
-            let won = a.deals.iter().filter(|d| d.stage == OpportunityStage::ClosedWon).map(|d| d.updated_at).min()?;
-            Some((won - a.first_applied_at?) as f64 / DAY_MS as f64)
-        })
-        .collect();
-    let mut alerts = 0;
-    let mut windows = [(0, 0), (0, 0)];
-    let mut to_opportunity = Vec::new();
-    for a in accounts {
-        for alert in a.alerts.iter().filter(|t| **t <= at) {
-            alerts += 1;
-            let created: Vec<i64> = a.deals.iter().map(|d| d.created_at).filter(|t| t >= alert).collect();
-            for (i, days) in [30, 90].into_iter().enumerate() {
-                let end = alert + days * DAY_MS;
-                if end <= at {
-                    windows[i].0 += 1;
-                    windows[i].1 += usize::from(created.iter().any(|t| *t <= end));
-                }
-            }
-            if let Some(first) = created.iter().filter(|t| **t <= at).min() {
-                to_opportunity.push((first - alert) as f64 / DAY_MS as f64);
-            }
-        }
-    }
-    let mut figures = serde_json::json!({
-        "accounts": accounts.len(),
-        "tal_accounts": tal,
-        "engaged": accounts.iter().filter(engaged).count(),
-        "engaged_tal_accounts": engaged_tal,
-        "engagement_rate": share(engaged_tal, tal),
-        "mean_coverage": if accounts.is_empty() { serde_json::Value::Null } else { serde_json::json!(coverage / accounts.len() as f64) },
-        "accounts_by_stage": by_stage,
-        "conversion": conversion,
-        "opportunities": {
-            "open": count(OpportunityStage::Open),
-            "won": won,
-            "lost": lost,
-            "win_rate": share(won, won + lost),
-            "won_accounts": days_to_won.len(),
-            "median_days_to_won": median_of(days_to_won),
-        },
-        "alerts": {
-            "alerts": alerts,
-            "windows": [
-                {"days": 30, "matured": windows[0].0, "followed": windows[0].1, "rate": share(windows[0].1, windows[0].0)},
-                {"days": 90, "matured": windows[1].0, "followed": windows[1].1, "rate": share(windows[1].1, windows[1].0)},
-            ],
-            "followed": to_opportunity.len(),
-            "median_days_to_opportunity": median_of(to_opportunity),
-        },
-    });
-    if deals().next().is_some() {
-        figures["opportunities"]["by_currency"] = serde_json::json!({
-            "EUR": {
-                "open_pipeline": amount(OpportunityStage::Open),
-                "won_revenue": amount(OpportunityStage::ClosedWon),
-                "won": won,
-                "mean_won_deal": if won == 0 { serde_json::Value::Null } else { serde_json::json!(amount(OpportunityStage::ClosedWon) / won as f64) },
-            }
-        });
-    }
-    figures
-}
-
-/// The first leaf of `expected` that is not in `got` at the same path (numbers within 1e-9).
-fn mismatch(got: &serde_json::Value, expected: &serde_json::Value, path: &str) -> Option<String> {
-    match (got, expected) {
-        (serde_json::Value::Object(got), serde_json::Value::Object(expected)) => {
-            expected.iter().find_map(|(key, value)| {
-                let at = format!("{path}.{key}");
-                match got.get(key) {
-                    None => Some(format!("{at} missing")),
-                    Some(got) => mismatch(got, value, &at),
-                }
-            })
-        }
-        (serde_json::Value::Array(got), serde_json::Value::Array(expected)) if got.len() == expected.len() => {
-            got.iter().zip(expected).enumerate().find_map(|(i, (g, e))| mismatch(g, e, &format!("{path}[{i}]")))
-        }
-        (serde_json::Value::Number(g), serde_json::Value::Number(e)) => {
-            let (g, e) = (g.as_f64().unwrap_or(f64::NAN), e.as_f64().unwrap_or(f64::NAN));
-            (!close(g, e)).then(|| format!("{path}: {g} vs {e}"))
-        }
-        _ => (got != expected).then(|| format!("{path}: {got} vs {expected}")),
-    }
-}
-
 #[test]
 fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
     let env = Env::new("scorer-program");
@@ -628,7 +446,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
     let events = stream(3_000, accounts, 33);
     let engine = Engine::new(ScoringConfig::default()).expect("valid");
     let committees = &engine.config().committee;
-    let mut truths: BTreeMap<String, Truth> = BTreeMap::new();
+    let mut truths: BTreeMap<String, program::Truth> = BTreeMap::new();
     for (account, log) in by_account(&events) {
         let index: u64 = account.trim_start_matches("acc-").parse().expect("acc-N");
         let on_tal = index < 20;
@@ -645,7 +463,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
         let record = state.to_record(&account, &engine);
         truths.insert(
             account,
-            Truth {
+            program::Truth {
                 tier,
                 on_tal,
                 committee,
@@ -660,7 +478,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
     }
     for i in 0..20 {
         let id = format!("acc-{i}");
-        truths.entry(id).or_insert_with(|| Truth {
+        truths.entry(id).or_insert_with(|| program::Truth {
             tier: tal_tier(i),
             on_tal: true,
             committee: committees.for_tier(tal_tier(i)).to_vec(),
@@ -751,23 +569,10 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
 
     // While the stream is within the windows (T0 + 5 d: engagement and coverage), and after
     // every alert window has ended (T0 + 95 d), per tier and list, and for one tier.
-    let all: Vec<&Truth> = truths.values().collect();
-    for (at, query) in [(T0 + 5 * DAY_MS, ""), (T0 + 95 * DAY_MS, ""), (T0 + 5 * DAY_MS, "&tier=tier_2")] {
-        let chosen: Vec<&Truth> = all.iter().copied().filter(|t| query.is_empty() || t.tier == Tier::Tier2).collect();
-        let pick =
-            |keep: &dyn Fn(&Truth) -> bool| -> Vec<&Truth> { chosen.iter().copied().filter(|t| keep(t)).collect() };
-        let mut expected = serde_json::json!({
-            "at": at,
-            "all": program_figures(&chosen, at),
-            "tal": program_figures(&pick(&|t| t.on_tal), at),
-            "non_tal": program_figures(&pick(&|t| !t.on_tal), at),
-            "tiers": {},
-        });
-        for tier in Tier::ALL {
-            if query.is_empty() || tier == Tier::Tier2 {
-                expected["tiers"][tier.as_str()] = program_figures(&pick(&|t| t.tier == tier), at);
-            }
-        }
+    let all: Vec<program::Truth> = truths.into_values().collect();
+    for (at, tier) in [(T0 + 5 * DAY_MS, None), (T0 + 95 * DAY_MS, None), (T0 + 5 * DAY_MS, Some(Tier::Tier2))] {
+        let expected = program::report(&all, at, tier);
+        let query = tier.map_or(String::new(), |t| format!("&tier={}", t.as_str()));
         let path = format!("/v1/program?at={at}{query}");
         // The book follows the topics a moment behind the scorers' commits.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -779,7 +584,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
             let (from_a, from_b) = (get(env.port), get(env_b.port));
             let wrong = match (&from_a, &from_b) {
                 (Some(from_a), Some(from_b)) => {
-                    mismatch(from_a, &expected, &path).or_else(|| mismatch(from_b, &expected, &path))
+                    program::mismatch(from_a, &expected, &path).or_else(|| program::mismatch(from_b, &expected, &path))
                 }
                 _ => Some("no answer".into()),
             };

@@ -3,6 +3,8 @@
 //! real process, plain HTTP requests and metric reads, and the lifecycle checks every service
 //! binary must pass. A dev-dependency only: no service binary links it.
 
+pub mod program;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
