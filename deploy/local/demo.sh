@@ -16,8 +16,9 @@
 #      free-mail and unknown visitors, duplicates, malformed events) sent over the HTTP
 #      collector and the raw topics; every two seconds a summary (events in, rejected,
 #      unresolved, scored, crossings, alerts, throughput) from the services' /metrics; then
-#      the top accounts from the scorer's query API, the journey funnel (accounts per stage,
-#      CRM outcomes included) and the TAL's engagement rate by tier,
+#      the top accounts from the scorer's query API and the ABM program (GET /v1/program: the
+#      journey funnel, the TAL's engagement rate and coverage by tier, stage conversion,
+#      pipeline and win rate TAL vs non-TAL, alerts followed by opportunities),
 #   5. stops everything cleanly (SIGTERM) after --duration seconds or on Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -147,35 +148,39 @@ for a in json.load(sys.stdin)["accounts"]:
     print("  {:<12} {:<9} score now {:9.1f}  armed={}".format(a["account_id"], a["tier"], a["score_now"], a["armed"]))
 ' || true
 
-say "7. the journey funnel and the TAL's engagement rate by tier (scorer gauges, refreshed every 10 s)"
-# Wait for a refresh that has seen every account the scorer holds.
+say "7. the ABM program: journey funnel, engagement rate, coverage, conversion, pipeline (GET /v1/program)"
+program() { curl -fs -H "Authorization: Bearer demo-api-token" "http://127.0.0.1:8081/v1/program" || true; }
+# Wait until the program's book has every account the scorer holds (it follows abm.account-program).
 for _ in $(seq 1 15); do
   held=$(metric_sum 8081 "abm_scorer_accounts ")
-  staged=$(metric_sum 8081 abm_scorer_accounts_by_stage)
-  [ "$held" -gt 0 ] && [ "$held" = "$staged" ] && break
+  known=$(program | python3 -c 'import json,sys
+try: s = json.load(sys.stdin)["all"]["accounts_by_stage"]; print(sum(s.values()) - s["unaware"])
+except Exception: print(-1)')
+  [ "$held" -gt 0 ] && [ "$held" = "$known" ] && break
   sleep 1
 done
-{ curl -fs "http://127.0.0.1:8081/metrics" || true; } | python3 -c '
-import re, sys
-stage, engaged, tal = {}, {}, {}
-for line in sys.stdin:
-    m = re.match(r"abm_scorer_(accounts_by_stage|engaged_accounts|tal_accounts_by_tier)\{(.*)\} (\S+)", line)
-    if not m:
-        continue
-    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m.group(2)))
-    value = int(float(m.group(3)))
-    if m.group(1) == "accounts_by_stage":
-        stage[labels["stage"]] = stage.get(labels["stage"], 0) + value
-    elif m.group(1) == "engaged_accounts":
-        engaged[labels["tier"]] = value
-    else:
-        tal[labels["tier"]] = value
-total = sum(stage.values()) or 1
-for name in ["aware", "engaged", "mqa", "opportunity", "customer"]:
-    n = stage.get(name, 0)
+program | python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+everyone = report["all"]
+stages = everyone["accounts_by_stage"]
+total = sum(stages.values()) or 1
+for name in ["unaware", "aware", "engaged", "mqa", "opportunity", "customer"]:
+    n = stages.get(name, 0)
     print("  {:<12} {:5d} accounts {}".format(name, n, "#" * round(40 * n / total)))
+pct = lambda x: "-" if x is None else "{:.0%}".format(x)
 for tier in ["tier_1", "tier_2", "tier_3"]:
-    if tal.get(tier):
-        print("  {:<7} engaged in the last 30 days: {:4d} of {:4d} TAL accounts ({:.0%})".format(
-            tier, engaged.get(tier, 0), tal[tier], engaged.get(tier, 0) / tal[tier]))
+    f = report["tiers"][tier]
+    if f["tal_accounts"]:
+        print("  {:<7} engaged in the last 30 days: {:4d} of {:4d} TAL accounts ({}), mean committee coverage {}".format(
+            tier, f["engaged_tal_accounts"], f["tal_accounts"], pct(f["engagement_rate"]), pct(f["mean_coverage"])))
+print("  conversion: " + ", ".join("{} -> later {} of {}".format(c["stage"], c["converted"], c["entered"]) for c in everyone["conversion"]))
+for name in ["tal", "non_tal"]:
+    o = report[name]["opportunities"]
+    money = ", ".join("{} open {:,.0f} won {:,.0f}".format(c, m["open_pipeline"], m["won_revenue"]) for c, m in o["by_currency"].items())
+    print("  {:<7} opportunities: {} open, {} won, {} lost, win rate {}; {}".format(name, o["open"], o["won"], o["lost"], pct(o["win_rate"]), money or "no pipeline"))
+a = everyone["alerts"]
+print("  alerts followed by an opportunity: {} of {} alerts (median {} days later); within 30 days: {} of the {} alerts 30 days old".format(
+    a["followed"], a["alerts"], "-" if a["median_days_to_opportunity"] is None else "{:.1f}".format(a["median_days_to_opportunity"]),
+    a["windows"][0]["followed"], a["windows"][0]["matured"]))
 ' || true
