@@ -178,20 +178,25 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let refresher = tokio::spawn({
         let (book, tal, engine, shutdown) = (book.clone(), tal.clone(), engine.clone(), context.shutdown.clone());
         async move {
-            let mut ticks = tokio::time::interval(program::REFRESH);
+            let mut wait = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = ticks.tick() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
+                wait = program::REFRESH;
                 if !book.is_loaded() {
+                    wait = Duration::from_secs(1);
                     continue;
                 }
                 let (book, tal, engine, gauges) = (book.clone(), tal.clone(), engine.clone(), gauges.clone());
+                let started = std::time::Instant::now();
                 let _ = tokio::task::spawn_blocking(move || {
                     gauges.set(&program::report(&book, &tal, &engine, abm::clock::now_ms(), None))
                 })
                 .await;
+                // At most 1/20 of a core: a pass over a large book waits 20 times its length.
+                wait = wait.max(started.elapsed() * program::REFRESH_COST_FACTOR);
             }
         }
     });

@@ -26,8 +26,13 @@ use crate::engine::state::in_breadth_window;
 use crate::engine::{AccountScoreState, DAY_MS, Engine};
 use crate::processor::Tal;
 
-/// How often the gauges are computed again (one pass over the book).
+/// How often the gauges are computed again (one pass over the book) ...
 pub const REFRESH: Duration = Duration::from_secs(10);
+
+/// ... or, when a pass takes longer than `REFRESH / REFRESH_COST_FACTOR`, that many times its
+/// length after it (the gauges cost at most 1/20 of a core: about 1 s per 1M accounts, so
+/// every 20 s at 1M accounts; benches/README.md).
+pub const REFRESH_COST_FACTOR: u32 = 20;
 
 /// Alerts kept per account in the book (the latest by alert time).
 pub const MAX_ALERTS_PER_ACCOUNT: usize = 256;
@@ -111,11 +116,21 @@ pub struct AlertFact {
     pub at: i64,
 }
 
-/// Every account's facts and alerts, as read from Kafka.
+/// What the book holds for an account: its facts (once its first `AccountProgram` is read) and
+/// its alerts (possibly read first).
+#[derive(Debug, Default)]
+struct Entry {
+    facts: Option<Facts>,
+    alerts: Vec<AlertFact>,
+}
+
+/// Every account's facts and alerts, as read from Kafka: one map, so that a query looks each
+/// account up once.
 #[derive(Debug, Default)]
 pub struct Book {
-    accounts: DashMap<String, Facts>,
-    alerts: DashMap<String, Vec<AlertFact>>,
+    accounts: DashMap<String, Entry>,
+    /// Accounts with facts.
+    with_facts: std::sync::atomic::AtomicUsize,
     /// Both topics read to their end once (until then the figures would be partial).
     facts_loaded: AtomicBool,
     alerts_loaded: AtomicBool,
@@ -138,21 +153,33 @@ impl Book {
     }
 
     /// The account's latest record (the topic is compacted by account: the last one wins).
-    pub fn record(&self, record: AccountProgram) {
-        let account_id = record.account_id.clone();
-        self.accounts.insert(account_id, Facts::from(record));
+    pub fn record(&self, mut record: AccountProgram) {
+        let account_id = std::mem::take(&mut record.account_id);
+        let facts = Facts::from(record);
+        let mut entry = self.accounts.entry(account_id).or_default();
+        if entry.facts.replace(facts).is_none() {
+            self.with_facts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A tombstone of `abm.account-program`: the account is gone from the program.
     pub fn forget(&self, account_id: &str) {
-        self.accounts.remove(account_id);
+        if let Some(mut entry) = self.accounts.get_mut(account_id)
+            && entry.facts.take().is_some()
+        {
+            self.with_facts.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// An alert of `abm.sales-alerts` (the same alert read twice counts once).
     pub fn alert(&self, alert: &SalesAlert) {
         let fact =
             AlertFact { id_hash: abm_schemas::hash::stable_hash(&alert.alert_id), kind: alert.kind, at: alert.as_of };
-        let mut alerts = self.alerts.entry(alert.account_id.clone()).or_default();
+        let mut entry = match self.accounts.get_mut(alert.account_id.as_str()) {
+            Some(entry) => entry,
+            None => self.accounts.entry(alert.account_id.clone()).or_default(),
+        };
+        let alerts = &mut entry.alerts;
         if alerts.iter().any(|a| a.id_hash == fact.id_hash) {
             return;
         }
@@ -163,12 +190,13 @@ impl Book {
         }
     }
 
+    /// Accounts with facts.
     pub fn accounts(&self) -> usize {
-        self.accounts.len()
+        self.with_facts.load(Ordering::Relaxed)
     }
 
     pub fn alert_count(&self) -> usize {
-        self.alerts.iter().map(|a| a.len()).sum()
+        self.accounts.iter().map(|e| e.alerts.len()).sum()
     }
 }
 
@@ -322,37 +350,106 @@ fn next_stage(stage: JourneyStage) -> JourneyStage {
     JourneyStage::ALL.get(stage as usize + 1).copied().unwrap_or(stage)
 }
 
-impl Sums {
-    fn add(&mut self, on_tal: bool, facts: Option<&Facts>, required: &[String], alerts: &[AlertFact], at: i64) {
-        self.accounts += 1;
-        self.tal_accounts += u64::from(on_tal);
+/// What one account gives every segment it is in: computed once, added to each.
+struct One<'a> {
+    on_tal: bool,
+    engaged: bool,
+    coverage: f64,
+    stage: JourneyStage,
+    facts: Option<&'a Facts>,
+    entered: [bool; 6],
+    converted: [bool; 6],
+    days_to_next: [Option<f64>; 6],
+    days_to_won: Option<f64>,
+    alerts: u64,
+    matured: [u64; 2],
+    followed_in: [u64; 2],
+    days_to_opportunity: Vec<f64>,
+}
+
+impl<'a> One<'a> {
+    fn of(on_tal: bool, facts: Option<&'a Facts>, required: &[String], alerts: &[AlertFact], at: i64) -> One<'a> {
         let contacts = facts.map_or(&[][..], |f| &f.contacts[..]);
-        let engaged = contacts.iter().any(|(_, t)| in_breadth_window(*t, at));
-        self.engaged += u64::from(engaged);
-        self.engaged_tal += u64::from(engaged && on_tal);
         let covered = required
             .iter()
             .filter(|persona| contacts.iter().any(|(p, t)| **p == ***persona && in_breadth_window(*t, at)))
             .count();
-        self.coverage.push(if required.is_empty() { 1.0 } else { covered as f64 / required.len() as f64 });
-        let stage = facts.map_or(JourneyStage::Unaware, |f| f.stage);
-        self.by_stage[stage as usize] += 1;
-        let Some(facts) = facts else { return };
+        let mut one = One {
+            on_tal,
+            engaged: contacts.iter().any(|(_, t)| in_breadth_window(*t, at)),
+            coverage: if required.is_empty() { 1.0 } else { covered as f64 / required.len() as f64 },
+            stage: facts.map_or(JourneyStage::Unaware, |f| f.stage),
+            facts,
+            entered: [false; 6],
+            converted: [false; 6],
+            days_to_next: [None; 6],
+            days_to_won: None,
+            alerts: 0,
+            matured: [0; 2],
+            followed_in: [0; 2],
+            days_to_opportunity: Vec::new(),
+        };
+        let Some(facts) = facts else { return one };
         let entry = |stage: JourneyStage| facts.stage_entries.iter().find(|e| e.stage == stage);
         for e in facts.stage_entries.iter() {
             let s = e.stage as usize;
-            self.entered[s] += 1;
-            let later = facts.stage_entries.iter().any(|l| l.stage > e.stage && l.last_sequence > e.first_sequence);
-            self.converted[s] += u64::from(later);
+            one.entered[s] = true;
+            one.converted[s] =
+                facts.stage_entries.iter().any(|l| l.stage > e.stage && l.last_sequence > e.first_sequence);
             if let Some(next) = entry(next_stage(e.stage)).filter(|n| n.stage != e.stage)
                 && next.first_sequence > e.first_sequence
             {
-                self.days_to_next[s].push(days(next.first_entered_at - e.first_entered_at));
+                one.days_to_next[s] = Some(days(next.first_entered_at - e.first_entered_at));
             }
         }
-        let mut first_won: Option<i64> = None;
+        let first_won = facts
+            .opportunities
+            .iter()
+            .filter(|deal| deal.stage == OpportunityStage::ClosedWon)
+            .map(|deal| deal.updated_at)
+            .min();
+        if let (Some(won), Some(first)) = (first_won, facts.first_applied_at) {
+            one.days_to_won = Some(days(won - first));
+        }
+        for alert in alerts.iter().filter(|a| a.at <= at) {
+            one.alerts += 1;
+            let created = || facts.opportunities.iter().map(|o| o.created_at).filter(|t| *t >= alert.at);
+            for (i, window) in ALERT_WINDOWS_DAYS.iter().enumerate() {
+                let end = alert.at + window * DAY_MS;
+                if end <= at {
+                    one.matured[i] += 1;
+                    one.followed_in[i] += u64::from(created().any(|t| t <= end));
+                }
+            }
+            if let Some(first) = created().filter(|t| *t <= at).min() {
+                one.days_to_opportunity.push(days(first - alert.at));
+            }
+        }
+        one
+    }
+}
+
+impl Sums {
+    fn add(&mut self, one: &One<'_>) {
+        self.accounts += 1;
+        self.tal_accounts += u64::from(one.on_tal);
+        self.engaged += u64::from(one.engaged);
+        self.engaged_tal += u64::from(one.engaged && one.on_tal);
+        self.coverage.push(one.coverage);
+        self.by_stage[one.stage as usize] += 1;
+        let Some(facts) = one.facts else { return };
+        for s in 0..6 {
+            self.entered[s] += u64::from(one.entered[s]);
+            self.converted[s] += u64::from(one.converted[s]);
+            if let Some(days) = one.days_to_next[s] {
+                self.days_to_next[s].push(days);
+            }
+        }
         for deal in facts.opportunities.iter() {
-            let money = self.money.entry(deal.currency.to_string()).or_default();
+            let money = match self.money.get_mut(&*deal.currency) {
+                Some(money) => money,
+                None => self.money.entry(deal.currency.to_string()).or_default(),
+            };
             match deal.stage {
                 OpportunityStage::Open => {
                     self.open += 1;
@@ -361,29 +458,18 @@ impl Sums {
                 OpportunityStage::ClosedWon => {
                     self.won += 1;
                     money.1.push(deal.amount);
-                    first_won = Some(first_won.map_or(deal.updated_at, |t| t.min(deal.updated_at)));
                 }
                 OpportunityStage::ClosedLost => self.lost += 1,
                 OpportunityStage::Other => {}
             }
         }
-        if let (Some(won), Some(first)) = (first_won, facts.first_applied_at) {
-            self.days_to_won.push(days(won - first));
+        self.days_to_won.extend(one.days_to_won);
+        self.alerts += one.alerts;
+        for i in 0..2 {
+            self.matured[i] += one.matured[i];
+            self.followed_in[i] += one.followed_in[i];
         }
-        for alert in alerts.iter().filter(|a| a.at <= at) {
-            self.alerts += 1;
-            let created = || facts.opportunities.iter().map(|o| o.created_at).filter(|t| *t >= alert.at);
-            for (i, window) in ALERT_WINDOWS_DAYS.iter().enumerate() {
-                let end = alert.at + window * DAY_MS;
-                if end <= at {
-                    self.matured[i] += 1;
-                    self.followed_in[i] += u64::from(created().any(|t| t <= end));
-                }
-            }
-            if let Some(first) = created().filter(|t| *t <= at).min() {
-                self.days_to_opportunity.push(days(first - alert.at));
-            }
-        }
+        self.days_to_opportunity.extend_from_slice(&one.days_to_opportunity);
     }
 
     fn figures(mut self) -> Figures {
@@ -465,14 +551,13 @@ pub fn report(book: &Book, tal: &Tal, engine: &Engine, at: i64, tier: Option<Tie
         .chain(Tier::ALL.into_iter().map(Segment::Tier))
         .map(|segment| (segment, Sums::default()))
         .collect();
-    let no_alerts: Vec<AlertFact> = Vec::new();
-    let mut add = |account_id: &str, account_tier: Tier, on_tal: bool, committee: Option<&[String]>| {
+    let mut add = |entry: Option<&Entry>, account_tier: Tier, on_tal: bool, committee: Option<&[String]>| {
         if tier.is_some_and(|t| t != account_tier) {
             return;
         }
-        let facts = book.accounts.get(account_id);
-        let alerts = book.alerts.get(account_id);
+        let (facts, alerts) = entry.map_or((None, &[][..]), |e| (e.facts.as_ref(), &e.alerts[..]));
         let required = committee.unwrap_or_else(|| engine.config().committee.for_tier(account_tier));
+        let one = One::of(on_tal, facts, required, alerts, at);
         for (segment, sums) in &mut sums {
             let member = match segment {
                 Segment::All => true,
@@ -481,16 +566,22 @@ pub fn report(book: &Book, tal: &Tal, engine: &Engine, at: i64, tier: Option<Tie
                 Segment::Tier(t) => *t == account_tier,
             };
             if member {
-                sums.add(on_tal, facts.as_deref(), required, alerts.as_deref().unwrap_or(&no_alerts), at);
+                sums.add(&one);
             }
         }
     };
-    for entry in tal.iter() {
-        add(entry.key(), entry.tier, true, entry.committee.as_deref());
-    }
+    // One pass over the book (TAL accounts with facts or alerts, and the others), then the TAL
+    // accounts the book has nothing of.
     for account in book.accounts.iter() {
-        if !tal.contains_key(account.key()) {
-            add(account.key(), Tier::Untiered, false, None);
+        match tal.get(account.key()) {
+            Some(on_tal) => add(Some(account.value()), on_tal.tier, true, on_tal.committee.as_deref()),
+            None if account.facts.is_some() => add(Some(account.value()), Tier::Untiered, false, None),
+            None => {}
+        }
+    }
+    for on_tal in tal.iter() {
+        if !book.accounts.contains_key(on_tal.key()) {
+            add(None, on_tal.tier, true, on_tal.committee.as_deref());
         }
     }
     let mut figures = sums.into_iter().map(|(segment, sums)| (segment, sums.figures()));
