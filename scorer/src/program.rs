@@ -81,8 +81,15 @@ pub struct Deal {
     pub updated_at: i64,
 }
 
+/// Bounds on what the book keeps of one record (the scorer writes far fewer: `max_contacts`,
+/// `max_opportunities`; a record from another writer may not).
+pub const MAX_FACT_CONTACTS: usize = 1024;
+pub const MAX_FACT_OPPORTUNITIES: usize = 256;
+
 impl From<AccountProgram> for Facts {
-    fn from(record: AccountProgram) -> Facts {
+    fn from(mut record: AccountProgram) -> Facts {
+        record.contacts.truncate(MAX_FACT_CONTACTS);
+        record.opportunities.truncate(MAX_FACT_OPPORTUNITIES);
         let mut entries: Vec<StageEntry> =
             record.stage_entries.into_iter().filter(|e| e.stage != JourneyStage::Unaware).collect();
         entries.sort_by_key(|e| e.stage);
