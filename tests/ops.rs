@@ -112,9 +112,26 @@ fn every_metric_of_the_rules_and_dashboard_exists_and_prometheus_scrapes_all_thr
             .filter_map(|line| line.strip_prefix("# HELP ").and_then(|rest| rest.split(' ').next()).map(str::to_owned))
             .collect()
     };
+    // One CRM outcome, so that the program's per-currency gauges have a series.
+    let mut deal =
+        abm_schemas::EngagementEvent::new("ops-deal", abm_schemas::EventKind::Opportunity, 1_700_000_000_000, "ops");
+    deal.account_id = Some("ops-account".into());
+    deal.opportunity = Some(abm_schemas::Opportunity {
+        opportunity_id: "ops-o1".into(),
+        stage: abm_schemas::OpportunityStage::Open,
+        stage_name: None,
+        amount: 1_000.0,
+        currency: "USD".into(),
+    });
+    let kafka = abm_testkit::producer();
+    abm_testkit::send(&kafka, &topics.name(abm::topics::TopicRole::Engagement), "ops-account", &deal);
+    abm_testkit::flush(&kafka);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !exposed().contains("abm_scorer_consumer_lag") || !exposed().contains("abm_alerter_consumer_lag") {
-        assert!(Instant::now() < deadline, "consumer lag gauges never appeared");
+    while !exposed().contains("abm_scorer_consumer_lag")
+        || !exposed().contains("abm_alerter_consumer_lag")
+        || !exposed().contains("abm_scorer_program_open_pipeline")
+    {
+        assert!(Instant::now() < deadline, "consumer lag or program gauges never appeared");
         std::thread::sleep(Duration::from_millis(500));
     }
     let exposed = exposed();

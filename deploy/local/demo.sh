@@ -156,7 +156,7 @@ for _ in $(seq 1 15); do
   known=$(program | python3 -c 'import json,sys
 try: s = json.load(sys.stdin)["all"]["accounts_by_stage"]; print(sum(s.values()) - s["unaware"])
 except Exception: print(-1)')
-  [ "$held" -gt 0 ] && [ "$held" = "$known" ] && break
+  [ "$held" -gt 0 ] && [ "$known" -ge "$held" ] && break
   sleep 1
 done
 program | python3 -c '

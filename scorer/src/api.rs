@@ -36,6 +36,8 @@ struct ApiState {
     store: Store,
     tal: Arc<Tal>,
     book: Arc<Book>,
+    /// One program pass at a time (each is a walk over every account): others wait their turn.
+    program_passes: Arc<tokio::sync::Semaphore>,
     leaderboard_examined: prometheus::Histogram,
 }
 
@@ -51,7 +53,14 @@ pub fn routes(
         .route("/v1/accounts", get(leaderboard))
         .route("/v1/accounts/{account_id}", get(account))
         .route("/v1/program", get(program_report))
-        .with_state(ApiState { engine, store, tal, book, leaderboard_examined })
+        .with_state(ApiState {
+            engine,
+            store,
+            tal,
+            book,
+            program_passes: Arc::new(tokio::sync::Semaphore::new(1)),
+            leaderboard_examined,
+        })
 }
 
 use abm::clock::now_ms;
@@ -277,6 +286,10 @@ async fn leaderboard(State(api): State<ApiState>, Query(query): Query<Leaderboar
     Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()
 }
 
+/// The largest `at` (either side of 1970) a program request takes: year ±33658, far from i64's
+/// limits, so that no window arithmetic can overflow.
+const MAX_AT_MS: i64 = 1_000_000_000_000_000;
+
 #[derive(Debug, Deserialize)]
 struct ProgramQuery {
     tier: Option<String>,
@@ -298,6 +311,12 @@ async fn program_report(State(api): State<ApiState>, Query(query): Query<Program
         return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
     }
     let at = query.at.unwrap_or_else(now_ms);
+    if !(-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
+        return error(StatusCode::BAD_REQUEST, format!("at must be epoch milliseconds within ±{MAX_AT_MS}"));
+    }
+    let Ok(_turn) = api.program_passes.clone().acquire_owned().await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the program request failed".to_owned());
+    };
     let (book, tal, engine) = (api.book.clone(), api.tal.clone(), api.engine.clone());
     // One pass over every account of the program: off the runtime's threads.
     match tokio::task::spawn_blocking(move || program::report(&book, &tal, &engine, at, tier)).await {

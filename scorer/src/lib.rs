@@ -186,9 +186,11 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
                 }
                 wait = program::REFRESH;
                 if !book.is_loaded() {
+                    gauges.loaded(false);
                     wait = Duration::from_secs(1);
                     continue;
                 }
+                gauges.loaded(true);
                 let (book, tal, engine, gauges) = (book.clone(), tal.clone(), engine.clone(), gauges.clone());
                 let started = std::time::Instant::now();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -200,7 +202,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             }
         }
     });
-    let processor = Arc::new(ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone()));
+    let processor =
+        Arc::new(ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone(), book.clone()));
     context.health.set_ready();
     let loop_result = abm::eos::run_on_thread(
         config.kafka.clone(),
@@ -217,7 +220,9 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 }
 
 /// Follows `abm.account-program` and `abm.sales-alerts` into `book`, each on a task of its own;
-/// a record that does not decode is counted and left out.
+/// a record that does not decode is counted and left out. A reader that cannot start (the
+/// broker away at start-up, a topic missing) tries again every 5 s: meanwhile `/v1/program`
+/// answers 503 and `abm_scorer_program_loaded` is 0.
 fn follow_program(
     kafka: &KafkaConfig,
     topics: &Topics,
@@ -225,50 +230,84 @@ fn follow_program(
     metrics: &Metrics,
     context: &Context,
 ) {
+    type OnRecord = Box<dyn FnMut(&[u8], Option<&[u8]>) + Send>;
     let facts = {
         let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["account_program"]));
-        move |key: &[u8], value: Option<&[u8]>| match value.map(abm_schemas::decode::<abm_schemas::AccountProgram>) {
-            None => book.forget(&String::from_utf8_lossy(key)),
-            Some(Ok(record)) => book.record(record),
-            Some(Err(error)) => {
-                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable AccountProgram record");
-                errors.inc();
-            }
+        move || -> OnRecord {
+            let (book, errors) = (book.clone(), errors.clone());
+            Box::new(move |key: &[u8], value: Option<&[u8]>| {
+                match value.map(abm_schemas::decode::<abm_schemas::AccountProgram>) {
+                    None => book.forget(&String::from_utf8_lossy(key)),
+                    Some(Ok(record)) => book.record(record),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable AccountProgram record");
+                        errors.inc();
+                    }
+                }
+            })
         }
     };
     let alerts = {
         let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["sales_alerts"]));
-        move |key: &[u8], value: Option<&[u8]>| match value.map(abm_schemas::decode::<abm_schemas::SalesAlert>) {
-            None => {}
-            Some(Ok(alert)) => book.alert(&alert),
-            Some(Err(error)) => {
-                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable SalesAlert record");
-                errors.inc();
-            }
+        move || -> OnRecord {
+            let (book, errors) = (book.clone(), errors.clone());
+            Box::new(move |key: &[u8], value: Option<&[u8]>| {
+                match value.map(abm_schemas::decode::<abm_schemas::SalesAlert>) {
+                    None => {}
+                    Some(Ok(alert)) => book.alert(&alert),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable SalesAlert record");
+                        errors.inc();
+                    }
+                }
+            })
         }
     };
-    type OnRecord = Box<dyn FnMut(&[u8], Option<&[u8]>) + Send>;
-    let follow = |role: TopicRole, on_record: OnRecord, done: fn(&program::Book)| {
-        let (kafka, topic, shutdown, book) =
-            (kafka.clone(), topics.name(role).to_owned(), context.shutdown.clone(), book.clone());
+    fn follow(
+        kafka: &KafkaConfig,
+        topic: String,
+        client_id: String,
+        book: &Arc<program::Book>,
+        shutdown: tokio_util::sync::CancellationToken,
+        on_record: impl Fn() -> OnRecord + Send + 'static,
+        done: fn(&program::Book),
+    ) {
+        let (kafka, book) = (kafka.clone(), book.clone());
         tokio::spawn(async move {
-            let client_id = format!("abm-scorer-program-{}", role.key());
-            match abm::kafka::follow_table(&kafka, &client_id, &topic, shutdown, on_record).await {
-                Ok(()) => {
-                    done(&book);
-                    tracing::info!(
-                        topic,
-                        accounts = book.accounts(),
-                        alerts = book.alert_count(),
-                        "program topic read"
-                    );
+            while !shutdown.is_cancelled() {
+                match abm::kafka::follow_table(&kafka, &client_id, &topic, shutdown.clone(), on_record()).await {
+                    Ok(()) => {
+                        done(&book);
+                        tracing::info!(
+                            topic,
+                            accounts = book.accounts(),
+                            alerts = book.alert_count(),
+                            "program topic read"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, topic, "program metrics: cannot read the topic; trying again in 5 s");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
                 }
-                Err(error) => tracing::error!(%error, topic, "program metrics: cannot read the topic"),
             }
         });
-    };
-    follow(TopicRole::AccountProgram, Box::new(facts), program::Book::facts_loaded);
-    follow(TopicRole::SalesAlerts, Box::new(alerts), program::Book::alerts_loaded);
+    }
+    for (role, on_record, done) in [
+        (
+            TopicRole::AccountProgram,
+            Box::new(facts) as Box<dyn Fn() -> OnRecord + Send>,
+            program::Book::facts_loaded as fn(&program::Book),
+        ),
+        (TopicRole::SalesAlerts, Box::new(alerts), program::Book::alerts_loaded),
+    ] {
+        let client_id = format!("abm-scorer-program-{}", role.key());
+        follow(kafka, topics.name(role).to_owned(), client_id, book, context.shutdown.clone(), on_record, done);
+    }
 }
 
 /// The changelog is written to the input's partition numbers: it needs at least as many.

@@ -82,7 +82,15 @@ pub struct ScorerProcessor {
     staged: StagedCounters,
     /// What was last written for each split (hot) account.
     split: Mutex<SplitStates>,
+    /// The program's book, and the restored accounts whose `AccountProgram` it may lack (states
+    /// written before the program metrics existed): written in the next transactions, at most
+    /// [`BACKFILL_PER_COMMIT`] each, once the book is loaded.
+    book: Arc<crate::program::Book>,
+    backfill: Mutex<BTreeMap<i32, Vec<String>>>,
 }
+
+/// Restored accounts checked for a missing `AccountProgram` per transaction.
+pub const BACKFILL_PER_COMMIT: usize = 5_000;
 
 use abm::clock::now_ms;
 
@@ -94,6 +102,7 @@ impl ScorerProcessor {
         topics: LoopTopics,
         metrics: Metrics,
         kafka: KafkaConfig,
+        book: Arc<crate::program::Book>,
     ) -> ScorerProcessor {
         let applied_by_kind =
             EventKind::ALL.iter().map(|kind| metrics.events_applied.with_label_values(&[kind.as_str()])).collect();
@@ -108,7 +117,43 @@ impl ScorerProcessor {
             applied_by_kind,
             staged: StagedCounters::default(),
             split: Mutex::new(SplitStates::default()),
+            book,
+            backfill: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn backfill(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Vec<String>>> {
+        self.backfill.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the `AccountProgram` of restored accounts the book does not have (up to
+    /// [`BACKFILL_PER_COMMIT`] checked), skipping those this batch wrote already.
+    fn write_backfill(&self, out: &Outbox<'_>, written: &Dirty) -> anyhow::Result<()> {
+        if !self.book.is_loaded() {
+            return Ok(());
+        }
+        let mut backfill = self.backfill();
+        let mut budget = BACKFILL_PER_COMMIT;
+        let mut sent = 0;
+        for (partition, pending) in backfill.iter_mut() {
+            let accounts = self.store.partition(*partition);
+            while budget > 0 {
+                let Some(account_id) = pending.pop() else { break };
+                budget -= 1;
+                if self.book.has_facts(&account_id) || written.get(partition).is_some_and(|d| d.contains(&account_id)) {
+                    continue;
+                }
+                let Some(state) = accounts.get(account_id.as_str()) else { continue };
+                let payload = abm_schemas::encode(&crate::program::record_of(&account_id, &state))?;
+                out.send(&self.topics.program, &account_id, &payload, None)?;
+                sent += 1;
+            }
+        }
+        backfill.retain(|_, pending| !pending.is_empty());
+        if sent > 0 {
+            tracing::info!(accounts = sent, "wrote the AccountProgram of restored accounts the program lacked");
+        }
+        Ok(())
     }
 
     fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
@@ -295,6 +340,7 @@ impl Processor for ScorerProcessor {
 
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
         let dirty = std::mem::take(&mut *self.dirty());
+        self.write_backfill(out, &dirty)?;
         let mut state_payload = Vec::with_capacity(4096);
         let mut written = crate::changelog::Written::default();
         let max_bytes = self.engine.config().max_state_bytes;
@@ -356,6 +402,8 @@ impl Processor for ScorerProcessor {
             // Until librdkafka's statistics report it, the partition's lag is known to be 0+.
             self.metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(0);
             count += accounts.len();
+            let ids: Vec<String> = accounts.iter().map(|entry| entry.key().to_string()).collect();
+            self.backfill().insert(partition, ids);
             self.store.install(partition, accounts);
             self.split().restored(partition, split);
         }
@@ -375,6 +423,7 @@ impl Processor for ScorerProcessor {
             let _ = self.metrics.consumer_lag.remove_label_values(&[&partition.to_string()]);
         }
         self.dirty().retain(|partition, _| !partitions.contains(partition));
+        self.backfill().retain(|partition, _| !partitions.contains(partition));
         self.metrics.accounts.set(self.store.account_count() as i64);
     }
 

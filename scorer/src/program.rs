@@ -85,11 +85,30 @@ pub struct Deal {
 /// `max_opportunities`; a record from another writer may not).
 pub const MAX_FACT_CONTACTS: usize = 1024;
 pub const MAX_FACT_OPPORTUNITIES: usize = 256;
+/// Longest persona the book keeps (bytes; longer ones are cut at a character boundary).
+pub const MAX_FACT_TEXT: usize = 64;
+
+fn truncate_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
 
 impl From<AccountProgram> for Facts {
     fn from(mut record: AccountProgram) -> Facts {
         record.contacts.truncate(MAX_FACT_CONTACTS);
         record.opportunities.truncate(MAX_FACT_OPPORTUNITIES);
+        for contact in &mut record.contacts {
+            truncate_text(&mut contact.persona, MAX_FACT_TEXT);
+        }
+        for deal in &mut record.opportunities {
+            // A currency is a Prometheus label value: ingest accepts three letters only.
+            truncate_text(&mut deal.currency, 3);
+        }
         let mut entries: Vec<StageEntry> =
             record.stage_entries.into_iter().filter(|e| e.stage != JourneyStage::Unaware).collect();
         entries.sort_by_key(|e| e.stage);
@@ -195,6 +214,11 @@ impl Book {
             alerts.sort_by_key(|a| std::cmp::Reverse(a.at));
             alerts.truncate(MAX_ALERTS_PER_ACCOUNT);
         }
+    }
+
+    /// Whether the book has an `AccountProgram` of the account.
+    pub fn has_facts(&self, account_id: &str) -> bool {
+        self.accounts.get(account_id).is_some_and(|entry| entry.facts.is_some())
     }
 
     /// Accounts with facts.
@@ -396,6 +420,22 @@ impl<'a> One<'a> {
             followed_in: [0; 2],
             days_to_opportunity: Vec::new(),
         };
+        // Alerts count whether or not the account's facts have been read yet.
+        let deals = facts.map_or(&[][..], |f| &f.opportunities[..]);
+        for alert in alerts.iter().filter(|a| a.at <= at) {
+            one.alerts += 1;
+            let created = || deals.iter().map(|o| o.created_at).filter(|t| *t >= alert.at);
+            for (i, window) in ALERT_WINDOWS_DAYS.iter().enumerate() {
+                let end = alert.at.saturating_add(window.saturating_mul(DAY_MS));
+                if end <= at {
+                    one.matured[i] += 1;
+                    one.followed_in[i] += u64::from(created().any(|t| t <= end));
+                }
+            }
+            if let Some(first) = created().filter(|t| *t <= at).min() {
+                one.days_to_opportunity.push(days(first.saturating_sub(alert.at)));
+            }
+        }
         let Some(facts) = facts else { return one };
         let entry = |stage: JourneyStage| facts.stage_entries.iter().find(|e| e.stage == stage);
         for e in facts.stage_entries.iter() {
@@ -406,7 +446,7 @@ impl<'a> One<'a> {
             if let Some(next) = entry(next_stage(e.stage)).filter(|n| n.stage != e.stage)
                 && next.first_sequence > e.first_sequence
             {
-                one.days_to_next[s] = Some(days(next.first_entered_at - e.first_entered_at));
+                one.days_to_next[s] = Some(days(next.first_entered_at.saturating_sub(e.first_entered_at)));
             }
         }
         let first_won = facts
@@ -416,21 +456,7 @@ impl<'a> One<'a> {
             .map(|deal| deal.updated_at)
             .min();
         if let (Some(won), Some(first)) = (first_won, facts.first_applied_at) {
-            one.days_to_won = Some(days(won - first));
-        }
-        for alert in alerts.iter().filter(|a| a.at <= at) {
-            one.alerts += 1;
-            let created = || facts.opportunities.iter().map(|o| o.created_at).filter(|t| *t >= alert.at);
-            for (i, window) in ALERT_WINDOWS_DAYS.iter().enumerate() {
-                let end = alert.at + window * DAY_MS;
-                if end <= at {
-                    one.matured[i] += 1;
-                    one.followed_in[i] += u64::from(created().any(|t| t <= end));
-                }
-            }
-            if let Some(first) = created().filter(|t| *t <= at).min() {
-                one.days_to_opportunity.push(days(first - alert.at));
-            }
+            one.days_to_won = Some(days(won.saturating_sub(first)));
         }
         one
     }
@@ -444,6 +470,12 @@ impl Sums {
         self.engaged_tal += u64::from(one.engaged && one.on_tal);
         self.coverage.push(one.coverage);
         self.by_stage[one.stage as usize] += 1;
+        self.alerts += one.alerts;
+        for i in 0..2 {
+            self.matured[i] += one.matured[i];
+            self.followed_in[i] += one.followed_in[i];
+        }
+        self.days_to_opportunity.extend_from_slice(&one.days_to_opportunity);
         let Some(facts) = one.facts else { return };
         for s in 0..6 {
             self.entered[s] += u64::from(one.entered[s]);
@@ -471,12 +503,6 @@ impl Sums {
             }
         }
         self.days_to_won.extend(one.days_to_won);
-        self.alerts += one.alerts;
-        for i in 0..2 {
-            self.matured[i] += one.matured[i];
-            self.followed_in[i] += one.followed_in[i];
-        }
-        self.days_to_opportunity.extend_from_slice(&one.days_to_opportunity);
     }
 
     fn figures(mut self) -> Figures {
@@ -579,15 +605,21 @@ pub fn report(book: &Book, tal: &Tal, engine: &Engine, at: i64, tier: Option<Tie
     };
     // One pass over the book (TAL accounts with facts or alerts, and the others), then the TAL
     // accounts the book has nothing of.
+    // (The TAL accounts counted in the first pass are remembered: one the book gains meanwhile,
+    // in a shard already walked, is counted in the second.)
+    let mut counted: std::collections::HashSet<String> = std::collections::HashSet::new();
     for account in book.accounts.iter() {
         match tal.get(account.key()) {
-            Some(on_tal) => add(Some(account.value()), on_tal.tier, true, on_tal.committee.as_deref()),
+            Some(on_tal) => {
+                add(Some(account.value()), on_tal.tier, true, on_tal.committee.as_deref());
+                counted.insert(account.key().clone());
+            }
             None if account.facts.is_some() => add(Some(account.value()), Tier::Untiered, false, None),
             None => {}
         }
     }
     for on_tal in tal.iter() {
-        if !book.accounts.contains_key(on_tal.key()) {
+        if !counted.contains(on_tal.key()) {
             add(None, on_tal.tier, true, on_tal.committee.as_deref());
         }
     }
@@ -606,6 +638,7 @@ pub fn report(book: &Book, tal: &Tal, engine: &Engine, at: i64, tier: Option<Tie
 /// over the whole program: take one instance's (or the maximum over instances), never the sum.
 #[derive(Debug, Clone)]
 pub struct ProgramGauges {
+    loaded: prometheus::IntGauge,
     accounts_by_stage: IntGaugeVec,
     engaged_accounts: IntGaugeVec,
     tal_accounts_by_tier: IntGaugeVec,
@@ -626,6 +659,10 @@ impl ProgramGauges {
         let int = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
         let float = |name: &str, help: &str, labels: &[&str]| GaugeVec::new(Opts::new(name, help), labels);
         let gauges = ProgramGauges {
+            loaded: prometheus::IntGauge::new(
+                "abm_scorer_program_loaded",
+                "1 once this instance has read abm.account-program and abm.sales-alerts to their end (GET /v1/program answers 503 until then), else 0.",
+            )?,
             accounts_by_stage: int(
                 "abm_scorer_accounts_by_stage",
                 "Accounts in each journey stage, by tier (the whole program: do not sum over instances).",
@@ -673,6 +710,7 @@ impl ProgramGauges {
                 &["window_days"],
             )?,
         };
+        registry.register(Box::new(gauges.loaded.clone()))?;
         registry.register(Box::new(gauges.accounts_by_stage.clone()))?;
         registry.register(Box::new(gauges.engaged_accounts.clone()))?;
         registry.register(Box::new(gauges.tal_accounts_by_tier.clone()))?;
@@ -684,6 +722,11 @@ impl ProgramGauges {
         registry.register(Box::new(gauges.win_rate.clone()))?;
         registry.register(Box::new(gauges.alert_conversion.clone()))?;
         Ok(gauges)
+    }
+
+    /// Whether the book has been read to its end once.
+    pub fn loaded(&self, loaded: bool) {
+        self.loaded.set(i64::from(loaded));
     }
 
     /// Sets every gauge from `report` (every tier and stage, zeros included).
@@ -702,6 +745,9 @@ impl ProgramGauges {
                 self.conversion.with_label_values(&[conversion.stage.as_str(), t]).set(value(conversion.rate));
             }
         }
+        // A currency no longer in the program leaves the gauges.
+        self.open_pipeline.reset();
+        self.won_revenue.reset();
         for (list, figures) in LISTS.iter().zip([&report.all, &report.tal, &report.non_tal]) {
             for (currency, money) in &figures.opportunities.by_currency {
                 self.open_pipeline.with_label_values(&[*list, currency.as_str()]).set(money.open_pipeline);

@@ -263,3 +263,22 @@ fn a_stage_counts_as_converted_when_a_later_one_is_entered_after_it_even_if_ente
         ]
     );
 }
+
+#[test]
+fn an_alert_counts_before_its_account_s_facts_are_read() {
+    let engine = Engine::new(ScoringConfig::default()).expect("default config");
+    let (tal, book) = (Tal::default(), Book::default());
+    tal.insert("e".into(), TalEntry { tier: Tier::Tier1, committee: None });
+    // abm.sales-alerts read before abm.account-program has e's record; x is not on the TAL
+    // and has no record: not an account of the program, its alert is not counted.
+    book.alert(&alert("e:threshold:1", "e", CrossingKind::Threshold, ago(40)));
+    book.alert(&alert("x:threshold:1", "x", CrossingKind::Threshold, ago(40)));
+    let all = report(&book, &tal, &engine, AT, None).all;
+    assert_eq!((all.accounts, all.accounts_by_stage[&JourneyStage::Unaware]), (1, 1));
+    assert_eq!(all.alerts.alerts, 1);
+    let windows: Vec<(i64, u64, u64)> = all.alerts.windows.iter().map(|w| (w.days, w.matured, w.followed)).collect();
+    assert_eq!(windows, [(30, 1, 0), (90, 0, 0)]);
+    // An at far out of range cannot overflow the windows.
+    let far = report(&book, &tal, &engine, i64::MAX, None).all;
+    assert_eq!(far.alerts.windows[1].matured, 1);
+}

@@ -514,7 +514,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
             coverage: None,
         };
         send(&alerts, &env.topic(TopicRole::SalesAlerts), &id, &alert);
-        truths.get_mut(&id).expect("TAL account").alerts.push(at);
+        truths.get_mut(&id).expect("an account of the stream").alerts.push(at);
     }
     flush(&alerts);
 
@@ -639,4 +639,61 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
         }
     }
     drop((a, b));
+}
+
+/// A state restored from the changelog whose account has no `AccountProgram` yet (written by a
+/// scorer from before the program metrics) is written to `abm.account-program` once the book is
+/// loaded: the program counts it without waiting for its next event.
+#[test]
+fn restored_accounts_missing_from_the_program_are_backfilled() {
+    let env = Env::new("scorer-backfill");
+    env.create_topics();
+    let engine = Engine::new(ScoringConfig::default()).expect("valid");
+    let mut state = AccountScoreState::default();
+    let demo = {
+        let mut demo = EngagementEvent::new("d1", EventKind::DemoRequest, T0, "test");
+        demo.account_id = Some("old-1".into());
+        demo.demo_request = Some(DemoRequest { form: "f".into() });
+        demo
+    };
+    engine.apply("old-1", &mut state, &visit("v1", "old-1", "/pricing", T0, "c1", "champion"), Tier::Untiered);
+    engine.apply("old-1", &mut state, &demo, Tier::Untiered);
+    let payload = abm_schemas::encode(&state.to_record("old-1", &engine)).expect("encodes");
+    let kafka = producer();
+    let changelog = env.topic(TopicRole::ScorerState);
+    let record = rdkafka::producer::BaseRecord::to(&changelog).key("old-1").payload(&payload).partition(0);
+    kafka.send(record).map_err(|(error, _)| error).expect("queued");
+    flush(&kafka);
+
+    let scorer = start(&env);
+    // The backfill rides on the transactions that follow: the next event of any account.
+    let event = visit("n1", "new-1", "/", T0, "c9", "unknown");
+    send(&kafka, &env.topic(TopicRole::Engagement), "new-1", &event);
+    flush(&kafka);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at = T0 + DAY_MS;
+    loop {
+        let program = http_get(env.port, &format!("/v1/program?at={at}"))
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        if let Some(program) = &program
+            && program["non_tal"]["accounts"] == 2
+        {
+            // old-1 (restored) in mqa, new-1 aware; both engaged a day before at.
+            assert_eq!(program["non_tal"]["accounts_by_stage"]["mqa"], 1, "{program}");
+            assert_eq!(program["non_tal"]["accounts_by_stage"]["aware"], 1, "{program}");
+            assert_eq!(program["non_tal"]["engaged"], 2, "{program}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored account never reached the program: {program:?}\n{}",
+            scorer.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let records = read_all::<abm_schemas::AccountProgram>(&env.topic(TopicRole::AccountProgram));
+    let old: Vec<_> = records.iter().filter(|(key, _)| key == "old-1").collect();
+    assert_eq!(old.len(), 1, "written once");
+    assert_eq!(old[0].1.stage, JourneyStage::Mqa);
 }

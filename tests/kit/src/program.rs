@@ -17,6 +17,7 @@ pub fn report(accounts: &[Truth], at: i64, tier: Option<Tier>) -> serde_json::Va
     let pick = |keep: &dyn Fn(&Truth) -> bool| -> Vec<&Truth> { chosen.iter().copied().filter(|t| keep(t)).collect() };
     let mut expected = serde_json::json!({
         "at": at,
+        "tier": tier.map(|t| t.as_str()),
         "all": figures(&chosen, at),
         "tal": figures(&pick(&|t| t.on_tal), at),
         "non_tal": figures(&pick(&|t| !t.on_tal), at),
@@ -75,7 +76,7 @@ pub fn figures(accounts: &[&Truth], at: i64) -> serde_json::Value {
                     .iter()
                     .filter(|p| a.contacts.iter().any(|(persona, t)| persona == *p && engaged_at(*t)))
                     .count();
-                covered as f64 / a.committee.len() as f64
+                if a.committee.is_empty() { 1.0 } else { covered as f64 / a.committee.len() as f64 }
             })
             .collect();
         ratios.sort_by(f64::total_cmp);
@@ -197,6 +198,11 @@ pub fn figures(accounts: &[&Truth], at: i64) -> serde_json::Value {
 pub fn mismatch(got: &serde_json::Value, expected: &serde_json::Value, path: &str) -> Option<String> {
     match (got, expected) {
         (serde_json::Value::Object(got), serde_json::Value::Object(expected)) => {
+            // Both ways: a key the answer has and the recomputation does not (an extra tier, a
+            // currency) is a mismatch too.
+            if let Some(extra) = got.keys().find(|key| !expected.contains_key(*key)) {
+                return Some(format!("{path}.{extra}: not expected"));
+            }
             expected.iter().find_map(|(key, value)| {
                 let at = format!("{path}.{key}");
                 match got.get(key) {

@@ -434,5 +434,5 @@ fn grow_gently<T>(items: &mut Vec<T>) {
 
 /// Whether a contact last engaged at `t` counts at `at`: `t` in `(at - 30 days, at]`.
 pub(crate) fn in_breadth_window(t: i64, at: i64) -> bool {
-    t > at - BREADTH_WINDOW_MS && t <= at
+    t > at.saturating_sub(BREADTH_WINDOW_MS) && t <= at
 }
