@@ -63,6 +63,13 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// Optional topic per tier that also receives that tier's alerts, e.g. `tier_1 = "abm.sales-alerts.tier-1"`.
     pub tier_topics: BTreeMap<Tier, String>,
+    /// Each alert also as a plain JSON object to `abm.sales-alerts.json` (topic role
+    /// `sales_alerts_json`), in the same transaction, for tools without Avro (default false).
+    pub json_alerts: bool,
+    /// `compression.type` of everything the alerter writes (alerts, tier topics, JSON alerts):
+    /// `lz4` (default), `gzip`, `snappy`, `zstd` or `none`. Consumers without lz4 (n8n,
+    /// kafkajs) need `gzip` or `none`.
+    pub compression: String,
     /// Webhook endpoints (`[[alerter.webhooks]]`).
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -76,6 +83,8 @@ impl Default for Settings {
             stall_after_ms: 20_000,
             policy: PolicyConfig::default(),
             tier_topics: BTreeMap::new(),
+            json_alerts: false,
+            compression: "lz4".into(),
             webhooks: Vec::new(),
         }
     }
@@ -101,10 +110,19 @@ fn webhook_consumer(
     Ok(config.create()?)
 }
 
+/// The values of `alerter.compression` (librdkafka's `compression.type`).
+pub const COMPRESSIONS: [&str; 5] = ["lz4", "gzip", "snappy", "zstd", "none"];
+
 /// Runs the alerter until `context.shutdown` is cancelled.
 pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let settings = &config.alerter;
     settings.policy.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        COMPRESSIONS.contains(&settings.compression.as_str()),
+        "alerter.compression = {:?}: use one of {}",
+        settings.compression,
+        COMPRESSIONS.join(", ")
+    );
     let mut names = std::collections::BTreeSet::new();
     for hook in &settings.webhooks {
         anyhow::ensure!(names.insert(hook.name.as_str()), "alerter.webhooks: the name {:?} is used twice", hook.name);
@@ -206,6 +224,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         alerts: alerts_topic,
         rejected: topics.name(TopicRole::Rejected).to_owned(),
         by_tier: settings.tier_topics.clone(),
+        json: settings.json_alerts.then(|| topics.name(TopicRole::SalesAlertsJson).to_owned()),
     };
     let eos = EosSettings {
         client_id: "abm-alerter".into(),
@@ -215,6 +234,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         max_batch_events: 10_000,
         stall_after: Duration::from_millis(settings.stall_after_ms.max(2000)),
+        compression: Some(settings.compression.clone()),
         metrics: abm::eos::LoopMetrics::register(&context.registry, "alerter").context("registering metrics")?,
     };
     let processor =

@@ -2,7 +2,8 @@
 //!
 //! Reads `abm.score-crossings` (read_committed), decides with the [`crate::policy`], and writes
 //! each alert to `abm.sales-alerts` in the same partition number as its crossing (and to its
-//! tier's topic when configured), in the same transaction as the input offsets. The alert
+//! tier's topic, and as plain JSON to `abm.sales-alerts.json`, when configured), in the same
+//! transaction as the input offsets. The alert
 //! history of a newly assigned partition is rebuilt from that partition of `abm.sales-alerts`
 //! before any of its crossings is handled, so cooldowns and deduplication survive restarts and
 //! rebalances, and after kill -9 no alert id is published twice or lost.
@@ -29,6 +30,8 @@ pub struct AlertTopics {
     pub rejected: String,
     /// Optional extra topic per tier.
     pub by_tier: BTreeMap<Tier, String>,
+    /// The JSON copy of each alert (`alerter.json_alerts`).
+    pub json: Option<String>,
 }
 
 /// The TAL as read from `abm.accounts`.
@@ -94,6 +97,10 @@ impl Processor for AlertProcessor {
                 out.send(&self.topics.alerts, &alert.account_id, &payload, Some(message.partition()))?;
                 if let Some(topic) = self.topics.by_tier.get(&alert.tier) {
                     out.send(topic, &alert.account_id, &payload, None)?;
+                }
+                if let Some(topic) = &self.topics.json {
+                    let json = serde_json::to_vec(alert.as_ref())?;
+                    out.send(topic, &alert.account_id, &json, Some(message.partition()))?;
                 }
                 self.staged.add(&self.metrics.alerts.with_label_values(&[alert.kind.as_str(), alert.tier.as_str()]), 1);
             }

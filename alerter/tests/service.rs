@@ -510,3 +510,88 @@ fn a_failing_webhook_never_shows_its_url_or_headers_in_logs_or_parked_alerts() {
     assert!(!metrics.contains(secret), "metrics show a webhook secret:\n{metrics}");
     let _ = std::fs::remove_file(&config);
 }
+
+/// With `alerter.json_alerts`, each alert is also a plain JSON object on its own topic, in the
+/// same transaction; with `alerter.compression = "gzip"` a client without lz4 (kafkajs, what
+/// n8n's Kafka trigger uses) reads it, where the default lz4 stops it.
+#[test]
+fn json_alerts_are_the_avro_alerts_as_plain_objects_and_gzip_lets_kafkajs_read_them() {
+    let alerter = Alerter::new("alerter-json");
+    let kafka = producer();
+    send(&kafka, &alerter.topic(TopicRole::Accounts), "a", &tal_account("a", Tier::Tier1));
+    let stream = [
+        crossing("a", CrossingKind::Threshold, 1, T0),
+        crossing("a", CrossingKind::HandRaiser, 1, T0 + H),
+        crossing("b", CrossingKind::Threshold, 1, T0),
+    ];
+    for c in &stream {
+        send(&kafka, &alerter.topic(TopicRole::ScoreCrossings), &c.account_id, c);
+    }
+    flush(&kafka);
+    let mut env = alerter.env();
+    env.push(("ABM_ALERTER__JSON_ALERTS", "true".into()));
+    env.push(("ABM_ALERTER__COMPRESSION", "gzip".into()));
+    let process = ServiceProcess::start(Path::new(ALERTER), &[], &env);
+    wait_for_status(alerter.port, "/readyz", 200, Duration::from_secs(60), "alerter did not get ready");
+    alerter.wait_for_alerts(3, &process);
+    let avro: BTreeMap<String, serde_json::Value> = read_all::<SalesAlert>(&alerter.topic(TopicRole::SalesAlerts))
+        .into_iter()
+        .map(|(_, alert)| (alert.alert_id.clone(), serde_json::to_value(&alert).expect("serializes")))
+        .collect();
+    let json_topic = alerter.topic(TopicRole::SalesAlertsJson);
+    let json: BTreeMap<String, serde_json::Value> = read_all_bytes(&json_topic)
+        .into_iter()
+        .map(|(key, bytes)| {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON object");
+            assert_eq!(value["account_id"].as_str(), Some(key.as_str()), "keyed by account");
+            (value["alert_id"].as_str().expect("alert_id").to_owned(), value)
+        })
+        .collect();
+    assert_eq!(json.len(), 3);
+    assert_eq!(json, avro, "the JSON alerts are the Avro alerts, field for field");
+    let a = &json["a:hand_raiser:1"];
+    assert_eq!(
+        (a["kind"].as_str(), a["tier"].as_str(), a["as_of"].as_i64()),
+        (Some("hand_raiser"), Some("tier_1"), Some(T0 + H))
+    );
+
+    // kafkajs, no lz4 codec: reads the gzip topic...
+    let bootstrap = abm_testkit::bootstrap_servers();
+    let (ok, stdout, stderr) = abm_testkit::run_node("read-json-alerts.mjs", &[&bootstrap, &json_topic, "3", "30000"]);
+    assert!(ok, "kafkajs could not read the gzip alerts: {stderr}");
+    let read: BTreeSet<String> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).expect("JSON")["alert_id"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(read, json.keys().cloned().collect::<BTreeSet<_>>());
+    // ...and cannot read the same records compressed with lz4 (the default): the reason the
+    // setting exists.
+    let lz4_topic = format!("{}.lz4-copy", alerter.topics.prefix);
+    let spec = abm::topics::TopicSpec {
+        role: TopicRole::SalesAlertsJson,
+        name: lz4_topic.clone(),
+        partitions: 1,
+        compacted: false,
+        retention_ms: None,
+        doc: String::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(abm_testkit::kafka().ensure_topics("test", &[spec])).expect("topic created");
+    for (key, bytes) in read_all_bytes(&json_topic) {
+        send_bytes(&kafka, &lz4_topic, &key, &bytes);
+    }
+    flush(&kafka);
+    let (ok, _, stderr) = abm_testkit::run_node("read-json-alerts.mjs", &[&bootstrap, &lz4_topic, "3", "15000"]);
+    assert!(!ok, "kafkajs read lz4 batches: the gzip check above would prove nothing");
+    assert!(stderr.to_lowercase().contains("lz4"), "{stderr}");
+    drop(process);
+
+    // A codec librdkafka does not have is refused at start-up, clearly.
+    let mut env = alerter.env();
+    env.push(("ABM_ALERTER__COMPRESSION", "brotli".into()));
+    let (status, stderr) = run_to_exit(Path::new(ALERTER), &[], &env, Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(stderr.contains("alerter.compression = \"brotli\": use one of lz4, gzip, snappy, zstd, none"), "{stderr}");
+}

@@ -23,6 +23,9 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# The client-library tests drive real Node clients (tests/node: kafkajs) with Node 20 and npm.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 # What the build links: the system OpenSSL and libcurl (rdkafka's `ssl` and `curl` features).
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
@@ -44,6 +47,12 @@ if ! command -v kubernetes-validate >/dev/null; then
   echo "test.sh: installing kubernetes-validate (PyPI) for the ops tests" >&2
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.34.1 >/dev/null
   hash -r
+fi
+
+# The Node client libraries, pinned by tests/node/package-lock.json, from the npm registry.
+if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+  echo "test.sh: installing the Node client libraries (npm ci in tests/node)" >&2
+  npm ci --prefix tests/node --no-audit --no-fund --silent
 fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then

@@ -172,6 +172,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         commit_interval: Duration::from_millis(config.scorer.commit_interval_ms),
         max_batch_events: config.scorer.max_batch_events.max(1),
         stall_after: Duration::from_millis(config.scorer.stall_after_ms.max(2000)),
+        compression: None,
         metrics: abm::eos::LoopMetrics::register(&context.registry, "scorer").context("registering metrics")?,
     };
     let gauges = program::ProgramGauges::register(&context.registry).context("registering metrics")?;

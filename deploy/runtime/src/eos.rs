@@ -218,6 +218,9 @@ pub struct EosSettings {
     /// consumer is replaced); a loop thread that does not come back from a call for twice this
     /// (plus the Kafka timeout, twice) ends the process.
     pub stall_after: Duration,
+    /// The transactional producer's `compression.type` when the service sets one (it wins over
+    /// `kafka.librdkafka`); the Kafka defaults' `lz4` otherwise.
+    pub compression: Option<String>,
     pub metrics: LoopMetrics,
 }
 
@@ -1041,6 +1044,9 @@ pub fn run<P: Processor>(
 ) -> anyhow::Result<()> {
     let mut producer_config = kafka.producer_config(&settings.client_id);
     producer_config.set("transactional.id", &settings.transactional_id);
+    if let Some(codec) = &settings.compression {
+        producer_config.set("compression.type", codec);
+    }
     let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
     if producer_config.get("transaction.timeout.ms").is_none() {
         // 10 s, or less when the session timeout is set shorter: always below it.

@@ -24,6 +24,7 @@ pub enum TopicRole {
     AccountScores,
     ScoreCrossings,
     SalesAlerts,
+    SalesAlertsJson,
     ScorerState,
     ParkedAlerts,
     Journey,
@@ -42,7 +43,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 16] = [
+    pub const ALL: [TopicRole; 17] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -55,6 +56,7 @@ impl TopicRole {
         TopicRole::AccountScores,
         TopicRole::ScoreCrossings,
         TopicRole::SalesAlerts,
+        TopicRole::SalesAlertsJson,
         TopicRole::ScorerState,
         TopicRole::ParkedAlerts,
         TopicRole::Journey,
@@ -78,6 +80,7 @@ impl TopicRole {
             TopicRole::AccountScores => "account_scores",
             TopicRole::ScoreCrossings => "score_crossings",
             TopicRole::SalesAlerts => "sales_alerts",
+            TopicRole::SalesAlertsJson => "sales_alerts_json",
             TopicRole::ScorerState => "scorer_state",
             TopicRole::ParkedAlerts => "parked_alerts",
             TopicRole::Journey => "journey",

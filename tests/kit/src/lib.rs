@@ -808,3 +808,19 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// Runs `tests/node/<script>` with Node, whose client libraries `deploy/local/test.sh`
+/// installs (`npm ci`): (exited 0, stdout, stderr). The script bounds its own run time.
+pub fn run_node(script: &str, args: &[&str]) -> (bool, String, String) {
+    let path = repository_root().join("tests/node").join(script);
+    assert!(
+        repository_root().join("tests/node/node_modules").is_dir(),
+        "tests/node/node_modules is missing: run deploy/local/test.sh (or npm ci --prefix tests/node)"
+    );
+    let output = Command::new("node").arg(&path).args(args).output().expect("node runs (Node 20: see the README)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
