@@ -987,20 +987,7 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             .cloned()
             .flatten()
             .unwrap_or_else(|| default_committee(tiers.get(account).copied()));
-        truths.insert(
-            account.clone(),
-            program::Truth {
-                tier: tier_of(account),
-                on_tal: true,
-                committee: required,
-                stage: JourneyStage::Unaware,
-                transitions: vec![],
-                contacts: vec![],
-                deals: vec![],
-                first_applied_at: None,
-                alerts: vec![],
-            },
-        );
+        truths.insert(account.clone(), program::Truth::unaware(tier_of(account), required));
     }
     assert!(expected_alert_ids.len() > 5, "the world should raise alerts: {}", expected_alert_ids.len());
     assert!(coverage_seen.0 > 0 && coverage_seen.1 > 0, "covered and missing personas: {coverage_seen:?}");

@@ -47,23 +47,7 @@ fn deal(id: &str, opportunity: &str, stage: OpportunityStage, amount: f64, curre
 }
 
 fn alert(id: &str, account: &str, kind: CrossingKind, at: i64) -> SalesAlert {
-    SalesAlert {
-        alert_id: id.into(),
-        crossing_id: id.into(),
-        account_id: account.into(),
-        account_name: account.into(),
-        tier: Tier::Tier1,
-        owner: "sdr@vendor.example".into(),
-        kind,
-        score: 60.0,
-        threshold: 50.0,
-        as_of: at,
-        top_rules: vec![],
-        contacts: vec![],
-        recent_events: vec![],
-        next_step: String::new(),
-        coverage: None,
-    }
+    abm_testkit::program::sales_alert(id, account, kind, at)
 }
 
 /// The world: a (tier 1), b and c (tier 2) on the TAL, x not on it.

@@ -326,9 +326,7 @@ fn two_instances_split_the_partitions_and_the_survivor_carries_on_with_the_same_
     let mut env_b = env.clone();
     env_b.port = abm_testkit::free_port();
     let with_instance = |env: &Env, name: &str| {
-        let mut vars = env.vars();
-        vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
-        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix())));
+        let mut vars = env.instance_vars(name);
         // Detect the killed member after 6 s (the broker's minimum) instead of librdkafka's 45 s.
         vars.push(("ABM_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000".into()));
         vars.push(("ABM_KAFKA__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "1000".into()));
@@ -478,17 +476,9 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
     }
     for i in 0..20 {
         let id = format!("acc-{i}");
-        truths.entry(id).or_insert_with(|| program::Truth {
-            tier: tal_tier(i),
-            on_tal: true,
-            committee: committees.for_tier(tal_tier(i)).to_vec(),
-            stage: JourneyStage::Unaware,
-            transitions: vec![],
-            contacts: vec![],
-            deals: vec![],
-            first_applied_at: None,
-            alerts: vec![],
-        });
+        truths
+            .entry(id)
+            .or_insert_with(|| program::Truth::unaware(tal_tier(i), committees.for_tier(tal_tier(i)).to_vec()));
     }
     // Alerts, as the alerter would publish them: one per account for 12 accounts, an hour
     // apart from T0 (some before their account's first deal, some after).
@@ -496,23 +486,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
     for i in 0..12u64 {
         let id = format!("acc-{}", i * 2);
         let at = T0 + i as i64 * 3_600_000;
-        let alert = abm_schemas::SalesAlert {
-            alert_id: format!("{id}:threshold:1"),
-            crossing_id: format!("{id}:threshold:1"),
-            account_id: id.clone(),
-            account_name: id.clone(),
-            tier: Tier::Tier1,
-            owner: "sdr@vendor.example".into(),
-            kind: CrossingKind::Threshold,
-            score: 60.0,
-            threshold: 50.0,
-            as_of: at,
-            top_rules: vec![],
-            contacts: vec![],
-            recent_events: vec![],
-            next_step: String::new(),
-            coverage: None,
-        };
+        let alert = program::sales_alert(&format!("{id}:threshold:1"), &id, CrossingKind::Threshold, at);
         send(&alerts, &env.topic(TopicRole::SalesAlerts), &id, &alert);
         truths.get_mut(&id).expect("an account of the stream").alerts.push(at);
     }
@@ -520,12 +494,7 @@ fn two_instances_answer_the_program_as_one_and_as_recomputed_from_scratch() {
 
     let mut env_b = env.clone();
     env_b.port = abm_testkit::free_port();
-    let with_instance = |env: &Env, name: &str| {
-        let mut vars = env.vars();
-        vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
-        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", env.prefix())));
-        vars
-    };
+    let with_instance = |env: &Env, name: &str| env.instance_vars(name);
     let a = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env, "a"));
     wait_for_status(env.port, "/readyz", 200, Duration::from_secs(60), "A ready");
     let b = ServiceProcess::start(Path::new(SCORER), &[], &with_instance(&env_b, "b"));

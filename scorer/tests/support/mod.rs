@@ -39,6 +39,14 @@ impl Env {
         vars
     }
 
+    /// [`vars`](Self::vars) for instance `name` of the group: its own instance id.
+    pub fn instance_vars(&self, name: &str) -> Vec<(&'static str, String)> {
+        let mut vars = self.vars();
+        vars.retain(|(key, _)| *key != "ABM_SCORER__INSTANCE_ID");
+        vars.push(("ABM_SCORER__INSTANCE_ID", format!("{}-{name}", self.prefix())));
+        vars
+    }
+
     pub fn create_topics(&self) {
         self.topics.create();
     }

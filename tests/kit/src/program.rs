@@ -2,12 +2,51 @@
 //! account, in `GET /v1/program`'s shape: one recomputation for the scorer's tests and the
 //! end-to-end test, written from the definitions, not from the scorer's code.
 
-use abm_schemas::{JourneyStage, OpportunityStage, OpportunityState, Tier};
+use abm_schemas::{CrossingKind, JourneyStage, OpportunityStage, OpportunityState, SalesAlert, Tier};
 
 const DAY_MS: i64 = 86_400_000;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+impl Truth {
+    /// A TAL account without events.
+    pub fn unaware(tier: Tier, committee: Vec<String>) -> Truth {
+        Truth {
+            tier,
+            on_tal: true,
+            committee,
+            stage: JourneyStage::Unaware,
+            transitions: vec![],
+            contacts: vec![],
+            deals: vec![],
+            first_applied_at: None,
+            alerts: vec![],
+        }
+    }
+}
+
+/// An alert as the alerter publishes it, with what the program reads of it: `alert_id`,
+/// `account_id`, `kind`, `as_of` (the rest plain).
+pub fn sales_alert(alert_id: &str, account_id: &str, kind: CrossingKind, as_of: i64) -> SalesAlert {
+    SalesAlert {
+        alert_id: alert_id.into(),
+        crossing_id: alert_id.into(),
+        account_id: account_id.into(),
+        account_name: account_id.into(),
+        tier: Tier::Tier1,
+        owner: "sdr@vendor.example".into(),
+        kind,
+        score: 60.0,
+        threshold: 50.0,
+        as_of,
+        top_rules: vec![],
+        contacts: vec![],
+        recent_events: vec![],
+        next_step: String::new(),
+        coverage: None,
+    }
 }
 
 /// The whole report at `at`: every account, TAL and non-TAL, each tier; only `tier`'s
