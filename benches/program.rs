@@ -96,7 +96,7 @@ fn main() {
     let book = Book::default();
     let started = Instant::now();
     for payload in &encoded {
-        book.record(abm_schemas::decode::<AccountProgram>(payload).expect("decodes"));
+        book.read_program(b"", Some(payload)).expect("decodes");
     }
     let elapsed = started.elapsed();
     drop(encoded);

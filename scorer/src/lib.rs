@@ -231,52 +231,29 @@ fn follow_program(
     metrics: &Metrics,
     context: &Context,
 ) {
-    type OnRecord = Box<dyn FnMut(&[u8], Option<&[u8]>) + Send>;
-    let facts = {
-        let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["account_program"]));
-        move || -> OnRecord {
-            let (book, errors) = (book.clone(), errors.clone());
-            Box::new(move |key: &[u8], value: Option<&[u8]>| {
-                match value.map(abm_schemas::decode::<abm_schemas::AccountProgram>) {
-                    None => book.forget(&String::from_utf8_lossy(key)),
-                    Some(Ok(record)) => book.record(record),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable AccountProgram record");
-                        errors.inc();
-                    }
-                }
-            })
-        }
-    };
-    let alerts = {
-        let (book, errors) = (book.clone(), metrics.program_decode_errors.with_label_values(&["sales_alerts"]));
-        move || -> OnRecord {
-            let (book, errors) = (book.clone(), errors.clone());
-            Box::new(move |key: &[u8], value: Option<&[u8]>| {
-                match value.map(abm_schemas::decode::<abm_schemas::SalesAlert>) {
-                    None => {}
-                    Some(Ok(alert)) => book.alert(&alert),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable SalesAlert record");
-                        errors.inc();
-                    }
-                }
-            })
-        }
-    };
-    fn follow(
-        kafka: &KafkaConfig,
-        topic: String,
-        client_id: String,
-        book: &Arc<program::Book>,
-        shutdown: tokio_util::sync::CancellationToken,
-        on_record: impl Fn() -> OnRecord + Send + 'static,
-        done: fn(&program::Book),
-    ) {
-        let (kafka, book) = (kafka.clone(), book.clone());
+    type Read = fn(&program::Book, &[u8], Option<&[u8]>) -> Result<(), abm_schemas::DecodeError>;
+    type Loaded = fn(&program::Book);
+    let readers: [(TopicRole, Read, Loaded); 2] = [
+        (TopicRole::AccountProgram, program::Book::read_program, program::Book::facts_loaded),
+        (TopicRole::SalesAlerts, program::Book::read_alert, program::Book::alerts_loaded),
+    ];
+    for (role, read, done) in readers {
+        let (kafka, book, shutdown) = (kafka.clone(), book.clone(), context.shutdown.clone());
+        let topic = topics.name(role).to_owned();
+        let client_id = format!("abm-scorer-program-{}", role.key());
+        let errors = metrics.program_decode_errors.with_label_values(&[role.key()]);
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
-                match abm::kafka::follow_table(&kafka, &client_id, &topic, shutdown.clone(), on_record()).await {
+                let on_record = {
+                    let (book, errors, topic) = (book.clone(), errors.clone(), topic.clone());
+                    move |key: &[u8], value: Option<&[u8]>| {
+                        if let Err(error) = read(&book, key, value) {
+                            tracing::warn!(%error, topic, key = %String::from_utf8_lossy(key), "undecodable record left out of the program");
+                            errors.inc();
+                        }
+                    }
+                };
+                match abm::kafka::follow_table(&kafka, &client_id, &topic, shutdown.clone(), on_record).await {
                     Ok(()) => {
                         done(&book);
                         tracing::info!(
@@ -297,17 +274,6 @@ fn follow_program(
                 }
             }
         });
-    }
-    for (role, on_record, done) in [
-        (
-            TopicRole::AccountProgram,
-            Box::new(facts) as Box<dyn Fn() -> OnRecord + Send>,
-            program::Book::facts_loaded as fn(&program::Book),
-        ),
-        (TopicRole::SalesAlerts, Box::new(alerts), program::Book::alerts_loaded),
-    ] {
-        let client_id = format!("abm-scorer-program-{}", role.key());
-        follow(kafka, topics.name(role).to_owned(), client_id, book, context.shutdown.clone(), on_record, done);
     }
 }
 

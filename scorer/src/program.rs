@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use abm_schemas::{AccountProgram, CrossingKind, JourneyStage, OpportunityStage, SalesAlert, StageEntry, Tier};
+use abm_schemas::{AccountProgram, CrossingKind, JourneyStage, OpportunityStage, SalesAlert, Tier};
 use dashmap::DashMap;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
 use crate::engine::state::in_breadth_window;
-use crate::engine::{AccountScoreState, DAY_MS, Engine};
+use crate::engine::{AccountScoreState, DAY_MS, Engine, StageEntries};
 use crate::processor::Tal;
 
 /// How often the gauges are computed again (one pass over the book) ...
@@ -65,7 +65,8 @@ pub fn record_of(account_id: &str, state: &AccountScoreState) -> AccountProgram 
 pub struct Facts {
     pub stage: JourneyStage,
     pub first_applied_at: Option<i64>,
-    pub stage_entries: Box<[StageEntry]>,
+    /// At most one per stage, in stage order (the state's own normalisation).
+    pub stage_entries: StageEntries,
     /// (persona, latest engagement) of each contact.
     pub contacts: Box<[(Box<str>, i64)]>,
     pub opportunities: Box<[Deal]>,
@@ -109,14 +110,10 @@ impl From<AccountProgram> for Facts {
             // A currency is a Prometheus label value: ingest accepts three letters only.
             truncate_text(&mut deal.currency, 3);
         }
-        let mut entries: Vec<StageEntry> =
-            record.stage_entries.into_iter().filter(|e| e.stage != JourneyStage::Unaware).collect();
-        entries.sort_by_key(|e| e.stage);
-        entries.dedup_by_key(|e| e.stage);
         Facts {
             stage: record.stage,
             first_applied_at: record.first_applied_at,
-            stage_entries: entries.into_boxed_slice(),
+            stage_entries: StageEntries::from_entries(record.stage_entries),
             contacts: record.contacts.into_iter().map(|c| (c.persona.into_boxed_str(), c.last_engaged_at)).collect(),
             opportunities: record
                 .opportunities
@@ -176,6 +173,23 @@ impl Book {
     /// Whether both topics have been read to their end once.
     pub fn is_loaded(&self) -> bool {
         self.facts_loaded.load(Ordering::Acquire) && self.alerts_loaded.load(Ordering::Acquire)
+    }
+
+    /// One record of `abm.account-program` as read: an `AccountProgram`, or a tombstone.
+    pub fn read_program(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), abm_schemas::DecodeError> {
+        match value {
+            None => self.forget(&String::from_utf8_lossy(key)),
+            Some(bytes) => self.record(abm_schemas::decode(bytes)?),
+        }
+        Ok(())
+    }
+
+    /// One record of `abm.sales-alerts` as read (a tombstone means nothing there).
+    pub fn read_alert(&self, _key: &[u8], value: Option<&[u8]>) -> Result<(), abm_schemas::DecodeError> {
+        if let Some(bytes) = value {
+            self.alert(&abm_schemas::decode(bytes)?);
+        }
+        Ok(())
     }
 
     /// The account's latest record (the topic is compacted by account: the last one wins).
