@@ -8,9 +8,10 @@
 //! Confluent wire format:      00    | 4-byte big-endian registry schema id         | datum
 //! ```
 //!
-//! This crate writes single-object encoding. It recognises the Confluent header so that a
-//! registry-backed resolver can be added later behind the same [`Codec::decode`] call; today
-//! such a message is a typed error ([`DecodeError::RegistryFramed`]), not a panic.
+//! This crate writes either, per topic (single-object unless [`crate::registry`] says the topic
+//! is written in Confluent framing), and reads both: a registry id is resolved to its writer
+//! schema through [`crate::registry`], then decoded as a fingerprint would be. With no registry
+//! configured, a Confluent-framed message is a typed error ([`DecodeError::RegistryFramed`]).
 //!
 //! A [`Codec`] parses its schemas and resolves them once, when it is built. Decoding a message
 //! written with the codec's own schema (the hot path) deserialises straight from the bytes into
@@ -19,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
@@ -55,14 +57,28 @@ pub enum DecodeError {
     Truncated { len: usize },
     #[error("not an Avro single-object message: starts with {found:02x?}, expected [c3, 01]")]
     BadMagic { found: [u8; 2] },
-    #[error("Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured")]
+    #[error("Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured (registry.url)")]
     RegistryFramed { schema_id: u32 },
+    #[error("{record}: the schema registry has no schema with id {schema_id}")]
+    UnknownRegistryId { record: String, schema_id: u32 },
+    #[error("{record}: registry schema id {schema_id} cannot be read as this record: {detail}")]
+    IncompatibleWriter { record: String, schema_id: u32, detail: String },
+    #[error("{record}: registry schema id {schema_id} could not be looked up ({detail}); retry")]
+    RegistryUnavailable { record: String, schema_id: u32, detail: String },
     #[error("{record}: writer schema fingerprint {fingerprint:016x} is not a known version of this record")]
     UnknownSchema { record: String, fingerprint: u64 },
     #[error("{record}: malformed datum: {detail}")]
     Malformed { record: String, detail: String },
     #[error("{record}: {trailing} unexpected bytes after the datum")]
     TrailingBytes { record: String, trailing: usize },
+}
+
+impl DecodeError {
+    /// Whether the message may decode later: only when the schema registry could not be asked.
+    /// Every other error is about the message itself, and it should be rejected, not retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::RegistryUnavailable { .. })
+    }
 }
 
 /// A value that does not fit its schema (a bug in the caller, not bad input).
@@ -191,6 +207,9 @@ pub struct Codec<T> {
     resolving: HashMap<u64, GenericDatumReader<'static>>,
     /// apache-avro's own (non-standard) fingerprint of `schema`, written by earlier builds.
     legacy_fingerprint: u64,
+    /// Resolvers for writer schemas met through a registry that are none of the known versions
+    /// (bounded by [`crate::registry::MAX_SCHEMAS`], as the schemas they borrow).
+    foreign: std::sync::RwLock<HashMap<u64, Arc<GenericDatumReader<'static>>>>,
     _record: PhantomData<fn() -> T>,
 }
 
@@ -250,6 +269,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             writer,
             direct,
             resolving,
+            foreign: std::sync::RwLock::default(),
             _record: PhantomData,
         })
     }
@@ -277,9 +297,40 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
 
     /// Appends the single-object message for `value` to `buffer`.
     pub fn encode_into(&self, value: &T, buffer: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.encode_framed_into(value, None, buffer)
+    }
+
+    /// The message for `value` as `topic` is written: Confluent-framed with the topic's schema
+    /// id when [`crate::registry::write_confluent`] set one, single-object otherwise.
+    pub fn encode_for(&self, topic: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
+        let mut buffer = Vec::with_capacity(128);
+        let schema_id = match crate::registry::writing(topic) {
+            Some((id, fingerprint)) if fingerprint == self.fingerprint => Some(id),
+            Some((id, _)) => {
+                return Err(EncodeError {
+                    record: self.record.clone(),
+                    detail: format!("topic {topic} is written with registry schema id {id}, which is not this record's schema"),
+                });
+            }
+            None => None,
+        };
+        self.encode_framed_into(value, schema_id, &mut buffer)?;
+        Ok(buffer)
+    }
+
+    /// Appends `value` framed as single-object (`schema_id` `None`) or Confluent (the id).
+    fn encode_framed_into(&self, value: &T, schema_id: Option<u32>, buffer: &mut Vec<u8>) -> Result<(), EncodeError> {
         let start = buffer.len();
-        buffer.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        buffer.extend_from_slice(&self.fingerprint.to_le_bytes());
+        match schema_id {
+            Some(id) => {
+                buffer.push(CONFLUENT_MAGIC);
+                buffer.extend_from_slice(&id.to_be_bytes());
+            }
+            None => {
+                buffer.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                buffer.extend_from_slice(&self.fingerprint.to_le_bytes());
+            }
+        }
         if let Err(error) = self.writer.write_ser(buffer, value) {
             buffer.truncate(start);
             return Err(EncodeError { record: self.record.clone(), detail: error.to_string() });
@@ -290,21 +341,27 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
     /// Decodes a framed message into `T`, resolving older or newer schema versions it knows.
     pub fn decode(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let (writer_id, mut datum) = split_header(bytes)?;
-        let fingerprint = match writer_id {
-            WriterId::Fingerprint(fingerprint) => fingerprint,
+        let (fingerprint, registered) = match writer_id {
+            WriterId::Fingerprint(fingerprint) => (fingerprint, None),
             WriterId::RegistryId(schema_id) => {
-                return Err(DecodeError::RegistryFramed { schema_id });
+                let known = crate::registry::writer_schema(schema_id, &self.record)?;
+                (known.fingerprint, Some((schema_id, known)))
             }
         };
         let malformed = |error: apache_avro::Error| DecodeError::Malformed {
             record: self.record.clone(),
             detail: error.to_string(),
         };
+        let resolve = |reader: &GenericDatumReader<'static>, datum: &mut &[u8]| -> Result<T, DecodeError> {
+            let value = reader.read_value(datum).map_err(malformed)?;
+            apache_avro::from_value::<T>(&value).map_err(malformed)
+        };
         let value = if fingerprint == self.fingerprint || fingerprint == self.legacy_fingerprint {
             self.direct.read_deser::<T>(&mut datum).map_err(malformed)?
         } else if let Some(reader) = self.resolving.get(&fingerprint) {
-            let value = reader.read_value(&mut datum).map_err(malformed)?;
-            apache_avro::from_value::<T>(&value).map_err(malformed)?
+            resolve(reader, &mut datum)?
+        } else if let Some((schema_id, known)) = registered {
+            resolve(self.foreign_reader(schema_id, known)?.as_ref(), &mut datum)?
         } else {
             return Err(DecodeError::UnknownSchema { record: self.record.clone(), fingerprint });
         };
@@ -312,5 +369,23 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             return Err(DecodeError::TrailingBytes { record: self.record.clone(), trailing: datum.len() });
         }
         Ok(value)
+    }
+
+    /// The resolver from a registered writer schema that is none of this build's versions
+    /// (another producer's evolution of the record) to the codec's schema, built once.
+    fn foreign_reader(
+        &self,
+        schema_id: u32,
+        known: crate::registry::Known,
+    ) -> Result<Arc<GenericDatumReader<'static>>, DecodeError> {
+        if let Some(reader) = self.foreign.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&known.fingerprint) {
+            return Ok(reader.clone());
+        }
+        let reader = GenericDatumReader::builder(known.schema).reader_schema(self.schema).build().map_err(|error| {
+            DecodeError::IncompatibleWriter { record: self.record.clone(), schema_id, detail: error.to_string() }
+        })?;
+        let reader = Arc::new(reader);
+        self.foreign.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(known.fingerprint, reader.clone());
+        Ok(reader)
     }
 }

@@ -18,6 +18,7 @@ pub mod codec;
 mod direct;
 pub mod hash;
 pub mod records;
+pub mod registry;
 
 use std::sync::LazyLock;
 
@@ -44,10 +45,22 @@ pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
     T::codec().encode(value)
 }
 
-/// Decodes an Avro single-object message into a record.
+/// Encodes a record as `topic` is written: Confluent-framed when the topic is registered for
+/// it (see [`registry`]), single-object otherwise.
+pub fn encode_for<T: AvroRecord>(topic: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
+    T::codec().encode_for(topic, value)
+}
+
+/// Decodes a message in either framing (single-object, or Confluent's with a registry id)
+/// into a record.
 pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
     let codec = T::codec();
-    if let Some((codec::WriterId::Fingerprint(fingerprint), datum)) = codec::split_header(bytes).ok()
+    let fingerprint = match codec::split_header(bytes) {
+        Ok((codec::WriterId::Fingerprint(fingerprint), datum)) => Some((fingerprint, datum)),
+        Ok((codec::WriterId::RegistryId(id), datum)) => registry::known_fingerprint(id).map(|f| (f, datum)),
+        Err(_) => None,
+    };
+    if let Some((fingerprint, datum)) = fingerprint
         && fingerprint == codec.fingerprint()
         && let Some(value) = T::decode_direct(datum)
     {
