@@ -17,6 +17,7 @@ use std::time::Duration;
 use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
+use abm::registry::{Output, RegistryConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
@@ -43,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub topics: TopicOverrides,
+    pub registry: RegistryConfig,
     pub alerter: Settings,
 }
 
@@ -145,6 +147,10 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             .collect();
         config.kafka.ensure_topics("abm-alerter", &specs).await?;
     }
+    let mut outputs = vec![Output::of(&topics, TopicRole::SalesAlerts), Output::of(&topics, TopicRole::Rejected)];
+    outputs.extend(settings.tier_topics.values().map(|topic| Output { role: TopicRole::SalesAlerts, topic: topic.clone() }));
+    let inputs = [TopicRole::ScoreCrossings, TopicRole::Accounts, TopicRole::SalesAlerts].map(|role| Output::of(&topics, role));
+    abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 
     let tal: Arc<Tal> = Arc::new(Tal::default());

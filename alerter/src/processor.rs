@@ -76,6 +76,8 @@ impl Processor for AlertProcessor {
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
         let crossing = match abm_schemas::decode::<ScoreCrossing>(message.payload().unwrap_or_default()) {
             Ok(crossing) => crossing,
+            // The schema registry did not answer: the batch is aborted and read again.
+            Err(error) if error.is_retryable() => return Err(anyhow::anyhow!("decoding a ScoreCrossing: {error}")),
             Err(error) => {
                 self.staged.add(&self.metrics.suppressed.with_label_values(&["undecodable"]), 1);
                 let text = format!("undecodable ScoreCrossing: {error}");
@@ -121,8 +123,13 @@ impl Processor for AlertProcessor {
             partitions,
             |partition, _, value| {
                 let (Some(histories), Some(payload)) = (rebuilt.get_mut(&partition), value) else { return Ok(()) };
-                let alert: SalesAlert = match abm_schemas::decode(payload) {
+                let alert: SalesAlert = match abm_schemas::decode_patiently(payload, abm_schemas::REGISTRY_PATIENCE) {
                     Ok(alert) => alert,
+                    // The registry did not answer: the restore fails (and is tried again), it
+                    // does not go on without this alert's cooldown.
+                    Err(error) if error.is_retryable() => {
+                        return Err(anyhow::anyhow!("rebuilding the alert history of partition {partition}: {error}"));
+                    }
                     // Counted and skipped: one bad record must not crash-loop the alerter.
                     Err(error) => {
                         self.metrics.history_skipped.inc();

@@ -307,11 +307,19 @@ pub async fn run_endpoint(
         watch.progressed();
         abm::watch::inject_fault(&mut fault, &consumer);
         let payload = message.payload().unwrap_or_default();
-        let handled = match abm_schemas::decode::<SalesAlert>(payload) {
+        let decoded = tokio::task::block_in_place(|| {
+            abm_schemas::decode_patiently::<SalesAlert>(payload, abm_schemas::REGISTRY_PATIENCE)
+        });
+        let handled = match decoded {
             Ok(alert) => match endpoint.deliver(&alert, true).await {
                 Ok(()) => true,
                 Err(reason) => park_until_done(&parker, &parked_topic, payload, &reason, &endpoint, &shutdown).await,
             },
+            Err(error) if error.is_retryable() => {
+                // The offset is not stored: the alert is delivered after the restart.
+                tracing::error!(endpoint = %name, %error, "the schema registry does not answer; the webhook task stops");
+                return Err(anyhow::anyhow!("webhook {name}: {error}"));
+            }
             Err(error) => {
                 tracing::warn!(endpoint = %name, %error, "undecodable alert skipped by the webhook");
                 true

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
+use abm::registry::{Output, RegistryConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
@@ -56,6 +57,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub topics: TopicOverrides,
+    pub registry: RegistryConfig,
     pub ingest: Settings,
 }
 
@@ -149,6 +151,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let keys =
         keys::Keys::new(settings.write_keys.clone(), settings.browser_keys.clone()).map_err(anyhow::Error::msg)?;
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
+    let outputs = [TopicRole::Engagement, TopicRole::Unresolved, TopicRole::Rejected].map(|role| Output::of(&topics, role));
+    abm::registry::prepare(&config.registry, &outputs, &[Output::of(&topics, TopicRole::Accounts)]).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
     if keys.is_empty() {
         tracing::warn!(
@@ -277,7 +281,11 @@ pub async fn import_tal(config: Config, path: &std::path::Path, dry_run: bool) -
     prepare_kafka(&config.kafka, &topics, "abm-ingest-import").await?;
     let producer: FutureProducer = config.kafka.producer_config("abm-ingest-import").create()?;
     let topic = topics.name(TopicRole::Accounts);
-    let payloads = accounts.iter().map(abm_schemas::encode).collect::<Result<Vec<_>, _>>()?;
+    abm::registry::prepare(&config.registry, &[Output::of(&topics, TopicRole::Accounts)], &[]).await?;
+    let payloads = accounts
+        .iter()
+        .map(|account| Ok(abm_schemas::registry::frame_for(topic, &abm_schemas::encode(account)?)?.into_owned()))
+        .collect::<Result<Vec<_>, abm_schemas::EncodeError>>()?;
     let mut deliveries = Vec::with_capacity(accounts.len());
     for (account, payload) in accounts.iter().zip(&payloads) {
         let record = rdkafka::producer::FutureRecord::to(topic).key(&account.account_id).payload(payload);

@@ -67,7 +67,11 @@ impl Sink {
         let started = Instant::now();
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            let future = FutureRecord::to(self.topic(record.output)).key(&record.key).payload(&record.payload);
+            let topic = self.topic(record.output);
+            // Confluent framing for the topics the registry config asks it for (a header swap).
+            let payload = abm_schemas::registry::frame_for(topic, &record.payload)
+                .map_err(|error| SinkError::Unavailable(error.to_string()))?;
+            let future = FutureRecord::to(topic).key(&record.key).payload(payload.as_ref());
             match self.producer.send_result(future) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

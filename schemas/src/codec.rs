@@ -8,8 +8,8 @@
 //! Confluent wire format:      00    | 4-byte big-endian registry schema id         | datum
 //! ```
 //!
-//! This crate writes either, per topic (single-object unless [`crate::registry`] says the topic
-//! is written in Confluent framing), and reads both: a registry id is resolved to its writer
+//! The codec writes single-object messages; [`crate::registry::frame_for`] turns them into
+//! Confluent's framing for the topics written that way, where they are sent. It reads both: a registry id is resolved to its writer
 //! schema through [`crate::registry`], then decoded as a fingerprint would be. With no registry
 //! configured, a Confluent-framed message is a typed error ([`DecodeError::RegistryFramed`]).
 //!
@@ -297,40 +297,9 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
 
     /// Appends the single-object message for `value` to `buffer`.
     pub fn encode_into(&self, value: &T, buffer: &mut Vec<u8>) -> Result<(), EncodeError> {
-        self.encode_framed_into(value, None, buffer)
-    }
-
-    /// The message for `value` as `topic` is written: Confluent-framed with the topic's schema
-    /// id when [`crate::registry::write_confluent`] set one, single-object otherwise.
-    pub fn encode_for(&self, topic: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
-        let mut buffer = Vec::with_capacity(128);
-        let schema_id = match crate::registry::writing(topic) {
-            Some((id, fingerprint)) if fingerprint == self.fingerprint => Some(id),
-            Some((id, _)) => {
-                return Err(EncodeError {
-                    record: self.record.clone(),
-                    detail: format!("topic {topic} is written with registry schema id {id}, which is not this record's schema"),
-                });
-            }
-            None => None,
-        };
-        self.encode_framed_into(value, schema_id, &mut buffer)?;
-        Ok(buffer)
-    }
-
-    /// Appends `value` framed as single-object (`schema_id` `None`) or Confluent (the id).
-    fn encode_framed_into(&self, value: &T, schema_id: Option<u32>, buffer: &mut Vec<u8>) -> Result<(), EncodeError> {
         let start = buffer.len();
-        match schema_id {
-            Some(id) => {
-                buffer.push(CONFLUENT_MAGIC);
-                buffer.extend_from_slice(&id.to_be_bytes());
-            }
-            None => {
-                buffer.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-                buffer.extend_from_slice(&self.fingerprint.to_le_bytes());
-            }
-        }
+        buffer.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        buffer.extend_from_slice(&self.fingerprint.to_le_bytes());
         if let Err(error) = self.writer.write_ser(buffer, value) {
             buffer.truncate(start);
             return Err(EncodeError { record: self.record.clone(), detail: error.to_string() });

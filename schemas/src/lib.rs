@@ -45,12 +45,6 @@ pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
     T::codec().encode(value)
 }
 
-/// Encodes a record as `topic` is written: Confluent-framed when the topic is registered for
-/// it (see [`registry`]), single-object otherwise.
-pub fn encode_for<T: AvroRecord>(topic: &str, value: &T) -> Result<Vec<u8>, EncodeError> {
-    T::codec().encode_for(topic, value)
-}
-
 /// Decodes a message in either framing (single-object, or Confluent's with a registry id)
 /// into a record.
 pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -68,6 +62,25 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
     }
     codec.decode(bytes)
 }
+
+/// [`decode`], waiting out a schema registry that does not answer (the one retryable error):
+/// tried again every second for up to `patience`. For readers that cannot rewind, such as the
+/// followers of compacted tables and restores; blocks the calling thread meanwhile.
+pub fn decode_patiently<T: AvroRecord>(bytes: &[u8], patience: std::time::Duration) -> Result<T, DecodeError> {
+    let started = std::time::Instant::now();
+    loop {
+        match decode(bytes) {
+            Err(error) if error.is_retryable() && started.elapsed() < patience => {
+                std::thread::sleep(std::time::Duration::from_secs(1).min(patience));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How long the readers that cannot rewind wait for the schema registry before they count a
+/// message as undecodable ([`decode_patiently`]).
+pub const REGISTRY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// [`decode`] through the codec only (what the direct decoders are tested against).
 pub fn decode_with_codec<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {

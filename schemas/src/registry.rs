@@ -6,7 +6,8 @@
 //!
 //! - **Writing**: [`write_confluent`] records, once at start-up, that a topic is written in
 //!   Confluent framing with a given id (the id under which the record's schema was registered
-//!   as `<topic>-value`); [`crate::encode_for`] then frames each message for its topic.
+//!   as `<topic>-value`); [`frame_for`], where messages are sent, then swaps the single-object
+//!   header the codec wrote for `00 | id` (the datum is the same bytes in both framings).
 //! - **Reading**: every reader accepts both framings. A registry id is looked up once, through
 //!   the [`SchemaSource`] the service installs (an HTTP client of the registry, in the runtime),
 //!   parsed, fingerprinted and kept; the codec then decodes the datum as it does a
@@ -17,6 +18,7 @@
 //! bounded ([`MAX_SCHEMAS`] schemas); an id the registry does not know is remembered as missing
 //! for [`MISSING_RETRY`] so that a stream of bad ids cannot turn into a stream of lookups.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 
-use crate::codec::{DecodeError, fingerprint};
+use crate::codec::{DecodeError, EncodeError, WriterId, fingerprint, split_header};
 
 /// At most this many distinct writer schemas are kept (a real topic sees a handful).
 pub const MAX_SCHEMAS: usize = 1024;
@@ -158,4 +160,31 @@ pub fn writing(topic: &str) -> Option<(u32, u64)> {
         return None;
     }
     read(&TABLE.writing).get(topic).copied()
+}
+
+/// The message to send to `topic`: `payload` itself, unless `topic` is written in Confluent
+/// framing and `payload` is a single-object message, whose header is then replaced by
+/// `00 | schema id`. A single-object message of another schema than the one registered for
+/// the topic is an error (a record sent to the wrong topic); other payloads (JSON, tombstones'
+/// absence of one) pass unchanged.
+pub fn frame_for<'a>(topic: &str, payload: &'a [u8]) -> Result<Cow<'a, [u8]>, EncodeError> {
+    let Some((id, registered)) = writing(topic) else {
+        return Ok(Cow::Borrowed(payload));
+    };
+    match split_header(payload) {
+        Ok((WriterId::Fingerprint(fingerprint), datum)) if fingerprint == registered => {
+            let mut framed = Vec::with_capacity(5 + datum.len());
+            framed.push(crate::codec::CONFLUENT_MAGIC);
+            framed.extend_from_slice(&id.to_be_bytes());
+            framed.extend_from_slice(datum);
+            Ok(Cow::Owned(framed))
+        }
+        Ok((WriterId::Fingerprint(fingerprint), _)) => Err(EncodeError {
+            record: format!("schema {fingerprint:016x}"),
+            detail: format!(
+                "topic {topic} is written with registry schema id {id} ({registered:016x}), not this record's schema"
+            ),
+        }),
+        _ => Ok(Cow::Borrowed(payload)),
+    }
 }

@@ -63,18 +63,22 @@ fn a_topic_registered_for_confluent_framing_is_written_with_its_id_and_read_back
     assert_eq!(known.fingerprint, Account::codec().fingerprint(), "the registered schema is the codec's");
     registry::write_confluent("t101.accounts", 101, known.fingerprint);
     let value = account("a-101");
-    let bytes = abm_schemas::encode_for("t101.accounts", &value).expect("encodes");
+    let single = abm_schemas::encode(&value).expect("encodes");
+    let bytes = registry::frame_for("t101.accounts", &single).expect("framed").into_owned();
     assert_eq!(bytes[..5], [0, 0, 0, 0, 101], "magic 0, then the id big-endian");
     assert_eq!(bytes, confluent(101, &value));
     assert_eq!(abm_schemas::decode::<Account>(&bytes), Ok(value.clone()));
     // Another topic keeps single-object framing; both framings read alike.
-    let single = abm_schemas::encode_for("t101.other", &value).expect("encodes");
-    assert_eq!(single[..2], [0xC3, 0x01]);
+    let other = registry::frame_for("t101.other", &single).expect("unchanged");
+    assert_eq!(other.as_ref(), single.as_slice());
     assert_eq!(abm_schemas::decode::<Account>(&single), Ok(value));
     // A topic registered with one record's schema refuses to frame another record with it.
     let event = EngagementEvent::new("e1", abm_schemas::EventKind::WebVisit, 1, "test");
-    let error = abm_schemas::encode_for("t101.accounts", &event).expect_err("wrong record for the topic");
+    let event = abm_schemas::encode(&event).expect("encodes");
+    let error = registry::frame_for("t101.accounts", &event).expect_err("wrong record for the topic");
     assert!(error.to_string().contains("registry schema id 101"), "{error}");
+    // What is not a single-object message (JSON, say) passes as it is.
+    assert_eq!(registry::frame_for("t101.accounts", b"{}").expect("unchanged").as_ref(), b"{}");
 }
 
 #[test]

@@ -26,6 +26,7 @@ use std::time::Duration;
 use abm::eos::EosSettings;
 use abm::kafka::KafkaConfig;
 use abm::ops::{self, HttpConfig};
+use abm::registry::{Output, RegistryConfig};
 use abm::service::{Context, ServiceConfig, prepare_kafka};
 use abm::tal::TalChange;
 use abm::telemetry::LogConfig;
@@ -49,6 +50,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub topics: TopicOverrides,
+    pub registry: RegistryConfig,
     pub scorer: Settings,
     pub scoring: ScoringConfig,
 }
@@ -98,6 +100,17 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-scorer").await?;
     check_partitions(&config.kafka, &topics).await?;
+    let outputs = [
+        TopicRole::AccountScores,
+        TopicRole::ScoreCrossings,
+        TopicRole::Journey,
+        TopicRole::AccountProgram,
+        TopicRole::Rejected,
+    ]
+    .map(|role| Output::of(&topics, role));
+    let inputs = [TopicRole::Engagement, TopicRole::Accounts, TopicRole::AccountProgram, TopicRole::SalesAlerts]
+        .map(|role| Output::of(&topics, role));
+    abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 
     // The TAL first: events must be scored with their account's tier.

@@ -271,6 +271,8 @@ impl Processor for ScorerProcessor {
         let payload = message.payload().unwrap_or_default();
         let mut event = match abm_schemas::decode::<EngagementEvent>(payload) {
             Ok(event) => event,
+            // The schema registry did not answer: the batch is aborted and read again.
+            Err(error) if error.is_retryable() => return Err(anyhow::anyhow!("decoding an EngagementEvent: {error}")),
             Err(error) => {
                 self.staged.add(&self.metrics.rejected.with_label_values(&["undecodable"]), 1);
                 let text = format!("undecodable EngagementEvent: {error}");

@@ -179,7 +179,7 @@ impl Book {
     pub fn read_program(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), abm_schemas::DecodeError> {
         match value {
             None => self.forget(&String::from_utf8_lossy(key)),
-            Some(bytes) => self.record(abm_schemas::decode(bytes)?),
+            Some(bytes) => self.record(abm_schemas::decode_patiently(bytes, abm_schemas::REGISTRY_PATIENCE)?),
         }
         Ok(())
     }
@@ -187,7 +187,7 @@ impl Book {
     /// One record of `abm.sales-alerts` as read (a tombstone means nothing there).
     pub fn read_alert(&self, _key: &[u8], value: Option<&[u8]>) -> Result<(), abm_schemas::DecodeError> {
         if let Some(bytes) = value {
-            self.alert(&abm_schemas::decode(bytes)?);
+            self.alert(&abm_schemas::decode_patiently(bytes, abm_schemas::REGISTRY_PATIENCE)?);
         }
         Ok(())
     }

@@ -147,10 +147,13 @@ impl Outbox<'_> {
     }
 
     /// Queues a record with `value`, or a tombstone (`None`: deletes `key` from a compacted
-    /// topic), waiting while the queue is full.
+    /// topic), waiting while the queue is full. A single-object `value` for a topic written in
+    /// Confluent framing is sent with the topic's registry header
+    /// (`abm_schemas::registry::frame_for`).
     pub fn write(&self, topic: &str, key: &str, value: Option<&[u8]>, partition: Option<i32>) -> anyhow::Result<()> {
+        let framed = value.map(|value| abm_schemas::registry::frame_for(topic, value)).transpose()?;
         let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key);
-        if let Some(value) = value {
+        if let Some(value) = framed.as_deref() {
             record = record.payload(value);
         }
         if let Some(partition) = partition {

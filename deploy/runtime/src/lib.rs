@@ -15,6 +15,8 @@
 //! - [`eos`] — the exactly-once consume-process-produce loop (Kafka transactions).
 //! - [`watch`] — the progress watch of the non-transactional consumer loops (a wedged
 //!   consumer is replaced).
+//! - [`registry`] — the schema registry: Confluent framing of the topics configured for it,
+//!   schemas registered at start-up, registry ids resolved for every reader.
 //! - [`topics`] — the declarative topic list (`deploy/topics.toml`) and per-role names.
 //! - [`service`] — the common `main`: parse `--config`, load, init, run, one-line errors.
 //! - [`tal`] — the TAL follower: each service's own view of `abm.accounts`.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod eos;
 pub mod kafka;
 pub mod ops;
+pub mod registry;
 pub mod service;
 pub mod shutdown;
 pub mod tal;

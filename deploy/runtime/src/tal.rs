@@ -43,7 +43,7 @@ where
 {
     let topic = topics.name(TopicRole::Accounts).to_owned();
     crate::kafka::follow_table(kafka, client_id, &topic, shutdown, move |key, value| {
-        let change = match value.map(abm_schemas::decode::<Account>) {
+        let change = match value.map(|bytes| abm_schemas::decode_patiently::<Account>(bytes, abm_schemas::REGISTRY_PATIENCE)) {
             None => TalChange::Remove(String::from_utf8_lossy(key).into_owned()),
             Some(Ok(account)) => TalChange::Upsert(account),
             Some(Err(error)) => {

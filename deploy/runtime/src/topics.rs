@@ -88,6 +88,32 @@ impl TopicRole {
         }
     }
 
+    /// The Avro schema of the one record type this role's topics carry, for the schema
+    /// registry (`<topic>-value`); `None` for topics that are not one Avro record: raw JSON,
+    /// the JSON alerts, the scorer's changelog (states and their chunks) and the parked alerts
+    /// (copies of alert messages as they were read).
+    pub fn value_schema(self) -> Option<&'static str> {
+        use abm_schemas::AvroRecord;
+        match self {
+            TopicRole::RawWebVisits
+            | TopicRole::RawAdClicks
+            | TopicRole::RawEmailEvents
+            | TopicRole::RawDemoRequests
+            | TopicRole::RawCrmOpportunities
+            | TopicRole::SalesAlertsJson
+            | TopicRole::ScorerState
+            | TopicRole::ParkedAlerts => None,
+            TopicRole::Accounts => Some(abm_schemas::Account::SCHEMA_JSON),
+            TopicRole::Engagement | TopicRole::Unresolved => Some(abm_schemas::EngagementEvent::SCHEMA_JSON),
+            TopicRole::Rejected => Some(abm_schemas::RejectedEvent::SCHEMA_JSON),
+            TopicRole::AccountScores => Some(abm_schemas::AccountScore::SCHEMA_JSON),
+            TopicRole::ScoreCrossings => Some(abm_schemas::ScoreCrossing::SCHEMA_JSON),
+            TopicRole::SalesAlerts => Some(abm_schemas::SalesAlert::SCHEMA_JSON),
+            TopicRole::Journey => Some(abm_schemas::JourneyTransition::SCHEMA_JSON),
+            TopicRole::AccountProgram => Some(abm_schemas::AccountProgram::SCHEMA_JSON),
+        }
+    }
+
     /// The kind a raw topic's records default to; `None` for the other roles.
     pub fn raw_kind(self) -> Option<EventKind> {
         RAW_TOPICS.iter().find(|(role, _)| *role == self).map(|(_, kind)| *kind)
