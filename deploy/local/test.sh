@@ -9,7 +9,9 @@
 # kafka.sh's: user abm, ca.pem, client.pem, client.key, sasl-password, and oauth.key, the key of
 # an OAUTHBEARER issuer the broker trusts with kafka.sh's issuer and audience). Otherwise this starts the local
 # Apache Kafka (deploy/local/kafka.sh: fetched from Maven Central on first use, then cached)
-# and leaves it running for the next run; `deploy/local/kafka.sh stop` stops it.
+# and leaves it running for the next run; `deploy/local/kafka.sh stop` stops it. Likewise the
+# schema registry (deploy/local/registry.sh: Apicurio Registry from Maven Central, run with a
+# Java 21+ JDK) unless SCHEMA_REGISTRY_URL names one (its Confluent-compatible API).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -23,6 +25,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v curl >/dev/null || missing+=(curl)
 # The client-library tests drive real Node clients (tests/node: kafkajs) with Node 20 and npm.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
@@ -55,6 +58,23 @@ if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/
   npm ci --prefix tests/node --no-audit --no-fund --silent
 fi
 
+# The Python client libraries (confluent-kafka's registry-aware Avro deserializer), pinned by
+# tests/python/requirements.txt, from PyPI into a virtual environment of their own.
+venv=tests/python/.venv
+if [ ! -f "$venv/.installed" ] || [ tests/python/requirements.txt -nt "$venv/.installed" ]; then
+  echo "test.sh: installing the Python client libraries (pip, tests/python/requirements.txt)" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$venv/.installed"
+fi
+
+if [ -z "${SCHEMA_REGISTRY_URL:-}" ]; then
+  deploy/local/registry.sh start
+  SCHEMA_REGISTRY_URL=$(deploy/local/registry.sh url)
+  export SCHEMA_REGISTRY_URL
+fi
+
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   deploy/local/kafka.sh start
   KAFKA_BOOTSTRAP_SERVERS=$(deploy/local/kafka.sh bootstrap)
@@ -64,5 +84,5 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   KAFKA_TLS_DIR=$(deploy/local/kafka.sh tls-dir)
   export KAFKA_BOOTSTRAP_SERVERS KAFKA_SASL_BOOTSTRAP_SERVERS KAFKA_SSL_BOOTSTRAP_SERVERS KAFKA_TLS_DIR
 fi
-echo "test.sh: testing against Kafka at $KAFKA_BOOTSTRAP_SERVERS" >&2
+echo "test.sh: testing against Kafka at $KAFKA_BOOTSTRAP_SERVERS and the schema registry at $SCHEMA_REGISTRY_URL" >&2
 exec cargo test --workspace "$@"

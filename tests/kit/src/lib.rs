@@ -824,3 +824,39 @@ pub fn run_node(script: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The Confluent-compatible API of the schema registry under test: `SCHEMA_REGISTRY_URL` (the
+/// test command sets it), else the local registry's (`deploy/local/registry.sh url`).
+pub fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| {
+        let script = repository_root().join("deploy/local/registry.sh");
+        let output = Command::new("bash").arg(script).arg("url").output().expect("registry.sh runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    })
+}
+
+/// Lets this test process read Confluent-framed records (`abm_schemas::decode` looks registry
+/// ids up in the registry under test), as the services do with `registry.url` set.
+pub fn use_registry() {
+    let config = abm::registry::RegistryConfig { url: registry_url(), ..abm::registry::RegistryConfig::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(abm::registry::prepare(&config, &[], &[])).expect("the registry under test answers");
+}
+
+/// Runs `tests/python/<script>` with the virtual environment's Python, whose client libraries
+/// `deploy/local/test.sh` installs (`tests/python/requirements.txt`): (exited 0, stdout,
+/// stderr). The script bounds its own run time.
+pub fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
+    let python = repository_root().join("tests/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "tests/python/.venv is missing: run deploy/local/test.sh (it installs tests/python/requirements.txt)"
+    );
+    let path = repository_root().join("tests/python").join(script);
+    let output = Command::new(python).arg(&path).args(args).output().expect("python runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
