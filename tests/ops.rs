@@ -269,7 +269,7 @@ fn print_config_shows_no_secret() {
         ),
         (
             "scorer",
-            "[kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"SECRET-oauth\"\n\"ssl.key.password\" = \"SECRET-key-password\"\n\"ssl.key.passphrase\" = \"SECRET-passphrase\"\n[http.api_tokens]\nconsole = \"SECRET-api-token\"\n",
+            "[kafka.librdkafka]\n\"sasl.oauthbearer.client.secret\" = \"SECRET-oauth\"\n\"ssl.key.password\" = \"SECRET-key-password\"\n\"ssl.key.passphrase\" = \"SECRET-passphrase\"\n[http.api_tokens]\nconsole = \"SECRET-api-token\"\n[registry]\nurl = \"https://abm:SECRET-in-url@registry.example\"\nbasic_auth_user_info = \"abm:SECRET-registry\"\n",
         ),
         (
             "alerter",
@@ -299,7 +299,7 @@ fn print_config_shows_no_secret() {
 
 /// Maps whose keys the operator names (documented as `<name>`, `<setting>`, `<role>`), and lists
 /// of tables: documented as a whole, by their prefix.
-const NAMED_MAPS: [&str; 11] = [
+const NAMED_MAPS: [&str; 12] = [
     "kafka.librdkafka",
     "topics",
     "http.api_tokens",
@@ -311,6 +311,7 @@ const NAMED_MAPS: [&str; 11] = [
     "alerter.webhooks",
     "alerter.cooldown_hours_by_tier",
     "alerter.tier_topics",
+    "registry.topics",
 ];
 
 /// The dotted keys of `table` (under `prefix`), stopping at the named maps.
@@ -380,12 +381,13 @@ fn the_top_level_is_the_documented_layout() {
 }
 
 /// Production binaries link no simulator or test code: the services and the runtime have the
-/// simulator and the test kit as dev-dependencies at most, and the runtime no HTTP client.
+/// simulator and the test kit as dev-dependencies at most. (The runtime's one HTTP client,
+/// reqwest, is the schema registry's: every service may talk to one.)
 #[test]
 fn no_service_depends_on_the_simulator_or_the_test_kit() {
     let root = abm_testkit::repository_root();
     for (manifest, forbidden) in [
-        ("deploy/runtime/Cargo.toml", &["abm-sim", "abm-testkit", "reqwest"][..]),
+        ("deploy/runtime/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
         ("schemas/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
         ("ingest/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
         ("scorer/Cargo.toml", &["abm-sim", "abm-testkit"][..]),
