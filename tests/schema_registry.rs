@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use abm::topics::TopicRole;
 use abm_schemas::{AccountScore, AvroRecord, SalesAlert};
 use abm_testkit::{
-    ServiceProcess, TestTopics, bootstrap_servers, flush, free_port, producer, read_all, read_all_bytes, registry_url,
+    SecureListeners, ServiceProcess, TestTopics, bootstrap_servers, flush, free_port, producer, read_all, read_all_bytes, registry_tls_url, registry_url,
     run_python, run_to_exit, send, use_registry, wait_for_status, with_env, workspace_binary,
 };
 
@@ -271,4 +271,39 @@ fn a_schema_change_the_registry_refuses_stops_the_start_with_its_reason() {
     assert_ne!(Some(id), first["id"].as_u64().and_then(|id| u32::try_from(id).ok()), "a new version");
     alerter.signal("TERM");
     assert!(alerter.wait(Duration::from_secs(30)).success(), "{}", alerter.stderr());
+}
+
+/// Over https, trusting `registry.ca_location`: the alerter registers its alerts' schema and
+/// starts; with a CA that signed nothing there, start-up stops with the TLS failure named.
+#[test]
+fn the_registry_is_reached_over_tls_with_the_configured_ca() {
+    let secure = SecureListeners::of_broker_under_test();
+    for (ca, starts) in [("ca.pem", true), ("untrusted-ca.pem", false)] {
+        let topics = TestTopics::new("registry-tls");
+        let port = free_port();
+        let mut env = with_env(
+            topics.env(),
+            &[
+                ("ABM_REGISTRY__URL", registry_tls_url()),
+                ("ABM_REGISTRY__CA_LOCATION", secure.file(ca)),
+                ("ABM_REGISTRY__TOPICS__SALES_ALERTS", "confluent".to_owned()),
+                ("ABM_REGISTRY__TIMEOUT_MS", "3000".to_owned()),
+            ],
+        );
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+        env.extend(service_vars("alerter", &topics));
+        if starts {
+            let mut alerter = ServiceProcess::start(&workspace_binary("alerter"), &[], &env);
+            wait_for_status(port, "/readyz", 200, Duration::from_secs(90), &alerter.stderr());
+            assert!(registered_id(&topics.name(TopicRole::SalesAlerts)).is_some(), "registered over https");
+            alerter.signal("TERM");
+            assert!(alerter.wait(Duration::from_secs(30)).success(), "{}", alerter.stderr());
+        } else {
+            let (exit, stderr) = run_to_exit(&workspace_binary("alerter"), &[], &env, Duration::from_secs(90));
+            assert_eq!(exit.code(), Some(1), "{stderr}");
+            let line = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default();
+            assert!(line.starts_with("alerter: error: cannot reach the schema registry at https://"), "{stderr}");
+            assert!(line.to_lowercase().contains("certificate"), "says why: {line}");
+        }
+    }
 }

@@ -2,13 +2,15 @@
 # A Confluent-compatible schema registry on loopback: Apicurio Registry 3.x (its runnable
 # Quarkus application from Maven Central, in-memory storage: no Kafka, no database, no Docker).
 # Its Confluent API (what the services and every registry-aware client speak) is at
-# http://127.0.0.1:PORT/apis/ccompat/v7.
+# http://127.0.0.1:PORT/apis/ccompat/v7, and over TLS at https://127.0.0.1:PORT+2/apis/ccompat/v7
+# with the local Kafka's certificate (`deploy/local/kafka.sh tls-dir`: trust its ca.pem).
 #
 #   deploy/local/registry.sh fetch     resolve the pinned Apicurio jar bundle into the cache (Maven)
 #   deploy/local/registry.sh start     fetch if needed, start, wait until it answers
 #   deploy/local/registry.sh stop      stop the registry started from this cache
 #   deploy/local/registry.sh status    say whether it runs; exit 0 if it answers, 3 if not
 #   deploy/local/registry.sh url       print the Confluent API's URL (registry.url)
+#   deploy/local/registry.sh url-tls   print its https URL (trust `kafka.sh tls-dir`/ca.pem)
 #   deploy/local/registry.sh reset     stop it (in-memory storage: its subjects are gone)
 #
 # Like Confluent's Schema Registry (and unlike Apicurio's own default of no rule), the global
@@ -19,7 +21,7 @@
 # OpenJDK 21+ under /usr/lib/jvm, the `java` on PATH if it is 21+.
 #
 # Environment (all optional):
-#   LOCAL_REGISTRY_PORT            HTTP port (default 18081); the management port is PORT+1
+#   LOCAL_REGISTRY_PORT            HTTP port (default 18081); management PORT+1, HTTPS PORT+2
 #   LOCAL_REGISTRY_CACHE           where the bundle and the run directory live (default ~/.cache/abm)
 #   LOCAL_REGISTRY_JAVA_HOME       the JDK (21+) to run it with
 #   LOCAL_REGISTRY_HEAP            JVM heap (default 384m)
@@ -31,6 +33,8 @@ set -euo pipefail
 version=3.3.3
 port=${LOCAL_REGISTRY_PORT:-18081}
 management_port=$((port + 1))
+tls_port=$((port + 2))
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${LOCAL_REGISTRY_CACHE:-${LOCAL_KAFKA_CACHE:-$HOME/.cache/abm}}
 case $cache in /*) ;; *) cache="$PWD/$cache" ;; esac
 home="$cache/apicurio-registry-$version"
@@ -40,6 +44,7 @@ logfile="$run/registry.log"
 heap=${LOCAL_REGISTRY_HEAP:-384m}
 start_timeout=${LOCAL_REGISTRY_START_TIMEOUT:-180}
 api="http://127.0.0.1:$port/apis/ccompat/v7"
+tls_api="https://127.0.0.1:$tls_port/apis/ccompat/v7"
 
 say() { printf 'registry.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -98,11 +103,16 @@ start() {
   local java
   java=$(find_java) || die "Apicurio Registry needs Java 21 or later (found none under /usr/lib/jvm or on PATH; set LOCAL_REGISTRY_JAVA_HOME)"
   mkdir -p "$run"
-  local jar="$home/$(cat "$home/.jar")"
-  say "starting Apicurio Registry $version on 127.0.0.1:$port with $java"
-  # Both listeners on loopback only (the management port listens on 0.0.0.0:9000 by default).
+  local jar="$home/$(cat "$home/.jar")" tls
+  # The HTTPS listener uses the local Kafka's certificate (SAN 127.0.0.1 and localhost).
+  tls=$("$here/kafka.sh" tls-dir) || die "cannot make the local TLS certificates (deploy/local/kafka.sh tls-dir)"
+  say "starting Apicurio Registry $version on 127.0.0.1:$port (https $tls_port) with $java"
+  # Every listener on loopback only (the management port listens on 0.0.0.0:9000 by default).
   nohup "$java" "-Xmx$heap" \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+    -Dquarkus.http.ssl-port="$tls_port" \
+    -Dquarkus.http.ssl.certificate.files="$tls/broker.pem" \
+    -Dquarkus.http.ssl.certificate.key-files="$tls/broker.key" \
     -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$management_port" \
     -Dquarkus.log.level=WARN -Dquarkus.banner.enabled=false \
     -jar "$jar" >"$logfile" 2>&1 </dev/null &
@@ -162,6 +172,7 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   url) echo "$api" ;;
+  url-tls) echo "$tls_api" ;;
   reset) stop ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -11,7 +11,8 @@
 # Apache Kafka (deploy/local/kafka.sh: fetched from Maven Central on first use, then cached)
 # and leaves it running for the next run; `deploy/local/kafka.sh stop` stops it. Likewise the
 # schema registry (deploy/local/registry.sh: Apicurio Registry from Maven Central, run with a
-# Java 21+ JDK) unless SCHEMA_REGISTRY_URL names one (its Confluent-compatible API).
+# Java 21+ JDK) unless SCHEMA_REGISTRY_URL names one (its Confluent-compatible API; and
+# SCHEMA_REGISTRY_TLS_URL the same over https, with a certificate of KAFKA_TLS_DIR's CA).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -72,7 +73,8 @@ fi
 if [ -z "${SCHEMA_REGISTRY_URL:-}" ]; then
   deploy/local/registry.sh start
   SCHEMA_REGISTRY_URL=$(deploy/local/registry.sh url)
-  export SCHEMA_REGISTRY_URL
+  SCHEMA_REGISTRY_TLS_URL=$(deploy/local/registry.sh url-tls)
+  export SCHEMA_REGISTRY_URL SCHEMA_REGISTRY_TLS_URL
 fi
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then

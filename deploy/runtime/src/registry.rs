@@ -473,4 +473,52 @@ mod tests {
         assert_eq!(encode_path("abm.sales-alerts-value"), "abm.sales-alerts-value");
         assert_eq!(encode_path("a/b c"), "a%2Fb%20c");
     }
+
+    /// A one-shot HTTP server: answers each connection with `status` and `body` and hands
+    /// back the request's head.
+    fn answering(status: &'static str, body: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (heads, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(1) {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !String::from_utf8_lossy(&request).contains("\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&request).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (url, received)
+    }
+
+    #[tokio::test]
+    async fn basic_auth_is_sent_and_a_refusal_names_the_setting() {
+        let (url, heads) = answering("200 OK", r#"{"id":7}"#);
+        let config = RegistryConfig { url, basic_auth_user_info: "abm:s3cret".into(), ..RegistryConfig::default() };
+        let client = Client::new(&config).expect("client");
+        assert_eq!(client.register("t-value", "\"string\"").await.expect("registered"), 7);
+        let head = heads.recv().expect("a request").to_ascii_lowercase();
+        assert!(head.starts_with("post /subjects/t-value/versions "), "{head}");
+        // base64("abm:s3cret")
+        assert!(head.contains("authorization: basic YWJtOnMzY3JldA==".to_ascii_lowercase().as_str()), "{head}");
+
+        let (url, _) = answering("401 Unauthorized", r#"{"error_code":401,"message":"Unauthorized"}"#);
+        let config = RegistryConfig { url, basic_auth_user_info: "abm:wrong".into(), ..RegistryConfig::default() };
+        let error = Client::new(&config).expect("client").register("t-value", "\"string\"").await.expect_err("401");
+        let text = error.to_string();
+        assert!(text.contains("refused access") && text.contains("registry.basic_auth_user_info"), "{text}");
+        assert!(!text.contains("wrong"), "the password is not shown: {text}");
+    }
 }

@@ -828,9 +828,19 @@ pub fn run_node(script: &str, args: &[&str]) -> (bool, String, String) {
 /// The Confluent-compatible API of the schema registry under test: `SCHEMA_REGISTRY_URL` (the
 /// test command sets it), else the local registry's (`deploy/local/registry.sh url`).
 pub fn registry_url() -> String {
-    std::env::var("SCHEMA_REGISTRY_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| {
+    ask_registry("SCHEMA_REGISTRY_URL", "url")
+}
+
+/// The same API over TLS, with a certificate signed by the local Kafka's CA
+/// ([`SecureListeners::file`]`("ca.pem")`): `SCHEMA_REGISTRY_TLS_URL`, else `registry.sh url-tls`.
+pub fn registry_tls_url() -> String {
+    ask_registry("SCHEMA_REGISTRY_TLS_URL", "url-tls")
+}
+
+fn ask_registry(variable: &str, command: &str) -> String {
+    std::env::var(variable).ok().filter(|url| !url.is_empty()).unwrap_or_else(|| {
         let script = repository_root().join("deploy/local/registry.sh");
-        let output = Command::new("bash").arg(script).arg("url").output().expect("registry.sh runs");
+        let output = Command::new("bash").arg(script).arg(command).output().expect("registry.sh runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     })
 }
