@@ -55,18 +55,24 @@ pub struct Collector {
     /// Time a request body may take to arrive (`http.body_read_timeout_ms`).
     pub body_read_timeout: std::time::Duration,
     pub validation: ValidationConfig,
+    /// The Segment-compatible endpoints (`ingest.segment`).
+    pub segment: crate::segment::SegmentConfig,
     pub tal: Arc<TalIndex>,
     pub sink: Sink,
     pub metrics: Metrics,
 }
 
 pub fn routes(collector: Arc<Collector>) -> Router {
-    Router::new().route("/v1/events", post(collect).options(preflight)).with_state(collector)
+    let mut router = Router::new().route("/v1/events", post(collect).options(preflight));
+    if collector.segment.enabled {
+        router = crate::segment_http::routes(router);
+    }
+    router.with_state(collector)
 }
 
 use abm::clock::now_ms;
 
-fn answer(
+pub(crate) fn answer(
     collector: &Collector,
     status: StatusCode,
     body: serde_json::Value,
@@ -84,7 +90,7 @@ fn answer(
 /// Basic with the key as user name and any password (as Segment's trackers send it), or a
 /// `write_key` query parameter (browsers' `sendBeacon` cannot set headers; browser keys are
 /// public), decoded like any URL-encoded value (the tracker sends `encodeURIComponent(key)`).
-fn authenticate<'a>(
+pub(crate) fn authenticate<'a>(
     collector: &'a Collector,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -104,7 +110,7 @@ fn query_key(query: Option<&str>) -> Option<String> {
 }
 
 /// The request's `Origin`, when a browser key allows it; `Err(origin)` when it does not.
-fn allowed_origin<'h>(config: &BrowserKeyConfig, headers: &'h HeaderMap) -> Result<Option<&'h str>, String> {
+pub(crate) fn allowed_origin<'h>(config: &BrowserKeyConfig, headers: &'h HeaderMap) -> Result<Option<&'h str>, String> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(None) };
     let origin = origin.to_str().map_err(|_| "<not text>".to_owned())?;
     if config.origins.is_empty() || config.origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
@@ -190,7 +196,7 @@ async fn preflight(State(collector): State<Arc<Collector>>, RawQuery(query): Raw
     }
 }
 
-fn header_key(value: &str) -> Option<String> {
+pub(crate) fn header_key(value: &str) -> Option<String> {
     Some(if let Some(token) = value.strip_prefix("Bearer ") {
         token.trim().to_owned()
     } else {
@@ -202,7 +208,7 @@ fn header_key(value: &str) -> Option<String> {
 }
 
 /// Reads at most `limit` bytes of the body; `Err(first bytes)` when it is longer.
-async fn read_limited(body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String> {
     let mut body = body;
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -219,7 +225,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8
     Ok(Ok(bytes))
 }
 
-fn gunzip(bytes: &[u8], limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String> {
+pub(crate) fn gunzip(bytes: &[u8], limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, String> {
     let mut decoded = Vec::new();
     // Every member of a multi-member gzip stream (RFC 1952 2.2: concatenated members are one file).
     let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
@@ -251,37 +257,49 @@ async fn collect(
             None,
         );
     };
-    let mut cors_origin = None;
-    if let Scope::Browser { name, config } = scope {
-        match allowed_origin(config, &headers) {
-            Ok(origin) => cors_origin = origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
-            Err(origin) => {
-                let error = format!(
-                    "origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)"
-                );
-                return answer(&collector, StatusCode::FORBIDDEN, json!({ "error": error }), None);
-            }
-        }
-        if let Err(wait) = collector.keys.admit(name, config, client_address(&collector, &headers, &extensions)) {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            collector.metrics.rate_limited.with_label_values(&[name]).inc();
-            let mut response = answer(
-                &collector,
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({ "error": format!("rate limit of browser key {name:?}: retry after {seconds} s"), "retry_after_seconds": seconds }),
-                None,
-            );
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return with_cors(response, cors_origin);
-        }
-    }
+    let cors_origin = match admit(&collector, scope, &headers, &extensions) {
+        Ok(origin) => origin,
+        Err(refusal) => return refusal,
+    };
     with_cors(receive(&collector, key_name, scope, &headers, body).await, cors_origin)
 }
 
+/// A browser key's checks: its allowed origins (403) and rate limits (429). The origin to
+/// answer CORS for when the request may go on; the answer when it may not.
+pub(crate) fn admit(
+    collector: &Collector,
+    scope: Scope<'_>,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<Option<HeaderValue>, Response> {
+    let Scope::Browser { name, config } = scope else { return Ok(None) };
+    let cors_origin = match allowed_origin(config, headers) {
+        Ok(origin) => origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
+        Err(origin) => {
+            let error =
+                format!("origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)");
+            return Err(answer(collector, StatusCode::FORBIDDEN, json!({ "error": error }), None));
+        }
+    };
+    if let Err(wait) = collector.keys.admit(name, config, client_address(collector, headers, extensions)) {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        collector.metrics.rate_limited.with_label_values(&[name]).inc();
+        let mut response = answer(
+            collector,
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "error": format!("rate limit of browser key {name:?}: retry after {seconds} s"), "retry_after_seconds": seconds }),
+            None,
+        );
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Err(with_cors(response, cors_origin));
+    }
+    Ok(cors_origin)
+}
+
 /// Lets the page's script read the answer (and tells caches it depends on the origin).
-fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
+pub(crate) fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
     if let Some(origin) = origin {
         response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -324,7 +342,7 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
             Ok(decoded) => decoded,
             Err(message) => {
                 // Keep the undecodable body like any malformed input.
-                let items = [Item { raw: &bytes, framing_error: Some(message.clone()) }];
+                let items = [Item { framing_error: Some(message.clone()), ..Item::of(&bytes) }];
                 return finish(collector, &items, &arrival, &reject_source, Some(StatusCode::BAD_REQUEST)).await;
             }
         },
@@ -338,7 +356,7 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
                 "the body is larger than {limit} bytes{} (ingest.max_body_bytes); send smaller batches",
                 if gzipped { " after decompression" } else { "" }
             );
-            let items = [Item { raw: &head, framing_error: None }];
+            let items = [Item::of(&head)];
             return oversized(collector, &items[0], &arrival, &reject_source, message).await;
         }
     };
@@ -349,7 +367,7 @@ async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, header
             items.len(),
             collector.max_batch_events
         );
-        let whole = Item { raw: &bytes, framing_error: None };
+        let whole = Item::of(&bytes);
         return oversized(collector, &whole, &arrival, &reject_source, message).await;
     }
     collector.metrics.batch_size.observe(items.len() as f64);
@@ -367,7 +385,7 @@ fn cut(text: &str) -> String {
 }
 
 /// The answer's body: counts, and the first `max_problems` rejected events.
-fn summary(prepared: &crate::pipeline::Prepared, max_problems: usize) -> serde_json::Value {
+pub(crate) fn summary(prepared: &crate::pipeline::Prepared, max_problems: usize) -> serde_json::Value {
     use crate::pipeline::Destination;
     let accepted = prepared.accepted();
     let rejected = prepared.results.len() - accepted;
@@ -389,6 +407,7 @@ fn summary(prepared: &crate::pipeline::Prepared, max_problems: usize) -> serde_j
         "rejected": rejected,
         "engaged": prepared.count(Destination::Engaged),
         "unresolved": prepared.count(Destination::Unresolved),
+        "pending": prepared.count(Destination::Pending),
         "problems_omitted": rejected - problems.len(),
         "problems": problems,
     })
@@ -433,7 +452,7 @@ async fn oversized(
     }
 }
 
-fn unavailable(collector: &Collector, events: usize, error: &SinkError) -> Response {
+pub(crate) fn unavailable(collector: &Collector, events: usize, error: &SinkError) -> Response {
     collector.metrics.deferred.with_label_values(&["http"]).inc_by(events as u64);
     let (status, retry_after) = match error {
         SinkError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "1"),

@@ -214,6 +214,11 @@ impl Keys {
         self.server.is_empty() && self.browser.is_empty()
     }
 
+    /// Every browser key's settings (the CORS preflight asks whether any allows an origin).
+    pub fn browser_configs(&self) -> impl Iterator<Item = &BrowserKeyConfig> {
+        self.browser.values()
+    }
+
     /// The key `presented` is, by name, with its scope. Every key is compared, each in constant
     /// time: the time taken says nothing of how much of a key was right, nor of which matched.
     pub fn find(&self, presented: &str) -> Option<(&str, Scope<'_>)> {

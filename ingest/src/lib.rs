@@ -4,7 +4,9 @@
 //! - [`resolve`] — account resolution against the TAL's domains.
 //! - [`pipeline`] — a body or raw record to the records to write and a result per event.
 //! - [`sink`] — writing to Kafka and waiting for the acknowledgements.
-//! - [`http`] — `POST /v1/events`, the tracker collector.
+//! - [`http`] — `POST /v1/events`, the tracker collector, and the Segment-compatible API.
+//! - [`segment`] — Segment and RudderStack messages in the native event format (pure).
+//! - [`stitch`] — identity stitching: a visitor's events wait for its identity (exactly once).
 //! - [`keys`] — server and browser write keys, a browser key's scope and rate limits.
 //! - [`raw`] — the raw-topic normaliser.
 //! - [`tal_import`] — the `import-tal` command's CSV parser.
@@ -16,7 +18,10 @@ pub mod metrics;
 pub mod pipeline;
 pub mod raw;
 pub mod resolve;
+pub mod segment;
+mod segment_http;
 pub mod sink;
+pub mod stitch;
 pub mod tal_import;
 pub mod validate;
 
@@ -95,6 +100,10 @@ pub struct Settings {
     /// of it.
     pub stall_after_ms: u64,
     pub validation: ValidationConfig,
+    /// The Segment-compatible endpoints and their mapping (`[ingest.segment]`).
+    pub segment: segment::SegmentConfig,
+    /// Identity stitching (`[ingest.stitch]`).
+    pub stitch: stitch::StitchConfig,
 }
 
 impl Default for Settings {
@@ -111,6 +120,8 @@ impl Default for Settings {
             raw_topics: true,
             stall_after_ms: 20_000,
             validation: ValidationConfig::default(),
+            segment: segment::SegmentConfig::default(),
+            stitch: stitch::StitchConfig::default(),
         }
     }
 }
@@ -151,8 +162,18 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let keys =
         keys::Keys::new(settings.write_keys.clone(), settings.browser_keys.clone()).map_err(anyhow::Error::msg)?;
     prepare_kafka(&config.kafka, &topics, "abm-ingest").await?;
-    let outputs = [TopicRole::Engagement, TopicRole::Unresolved, TopicRole::Rejected].map(|role| Output::of(&topics, role));
-    abm::registry::prepare(&config.registry, &outputs, &[Output::of(&topics, TopicRole::Accounts)]).await?;
+    settings.segment.check().map_err(anyhow::Error::msg)?;
+    settings.stitch.check().map_err(anyhow::Error::msg)?;
+    let outputs = [
+        TopicRole::Engagement,
+        TopicRole::Unresolved,
+        TopicRole::Rejected,
+        TopicRole::Identity,
+        TopicRole::IdentityGraph,
+    ]
+    .map(|role| Output::of(&topics, role));
+    let inputs = [TopicRole::Accounts, TopicRole::Identity, TopicRole::IdentityGraph].map(|role| Output::of(&topics, role));
+    abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
     if keys.is_empty() {
         tracing::warn!(
@@ -173,6 +194,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             engagement: topics.name(TopicRole::Engagement).to_owned(),
             unresolved: topics.name(TopicRole::Unresolved).to_owned(),
             rejected: topics.name(TopicRole::Rejected).to_owned(),
+            identity: topics.name(TopicRole::Identity).to_owned(),
         },
         metrics.produce_latency.clone(),
     );
@@ -185,6 +207,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         max_reported_problems: settings.max_reported_problems,
         body_read_timeout: config.http.body_read_timeout(),
         validation: settings.validation.clone(),
+        segment: settings.segment.clone(),
         tal: tal.clone(),
         sink: sink.clone(),
         metrics: metrics.clone(),
@@ -220,7 +243,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         );
         let normaliser = Arc::new(raw::Normaliser {
             validation: settings.validation.clone(),
-            tal,
+            tal: tal.clone(),
             sink: sink.clone(),
             metrics,
             kinds: raw::Normaliser::kinds_for(&topics, &raw_topics()),
@@ -230,9 +253,44 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     } else {
         None
     };
+    let stitcher = if settings.stitch.enabled {
+        let stitch_topics = stitch::StitchTopics {
+            identity: topics.name(TopicRole::Identity).to_owned(),
+            graph: topics.name(TopicRole::IdentityGraph).to_owned(),
+            engagement: topics.name(TopicRole::Engagement).to_owned(),
+            unresolved: topics.name(TopicRole::Unresolved).to_owned(),
+            rejected: topics.name(TopicRole::Rejected).to_owned(),
+        };
+        let eos = abm::eos::EosSettings {
+            client_id: "abm-stitch".into(),
+            group_id: settings.stitch.group_id.clone(),
+            transactional_id: settings.stitch.instance_id.clone(),
+            input_topic: stitch_topics.identity.clone(),
+            commit_interval: Duration::from_millis(settings.stitch.commit_interval_ms),
+            max_batch_events: 10_000,
+            stall_after: Duration::from_millis(settings.stitch.stall_after_ms.max(2000)),
+            compression: None,
+            metrics: abm::eos::LoopMetrics::register(&context.registry, "ingest_stitch").context("registering metrics")?,
+        };
+        let stitch_metrics = stitch::StitchMetrics::register(&context.registry).context("registering metrics")?;
+        let processor = Arc::new(stitch::StitchProcessor::new(
+            settings.stitch.clone(),
+            tal,
+            stitch_topics,
+            config.kafka.clone(),
+            stitch_metrics,
+        ));
+        let (kafka, health, shutdown) = (config.kafka.clone(), context.health.clone(), context.shutdown.clone());
+        Some(tokio::spawn(abm::eos::run_on_thread(kafka, eos, processor, health, shutdown)))
+    } else {
+        None
+    };
     context.health.set_ready();
 
     server.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(stitcher) = stitcher {
+        stitcher.await.context("identity stitcher task")?.context("identity stitcher")?;
+    }
     sink.flush(Duration::from_millis(settings.produce_timeout_ms));
     if let Some(normaliser) = normaliser {
         normaliser.await.context("raw-topic normaliser task")??;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub raw_stalled_seconds: prometheus::Gauge,
     pub raw_heals: prometheus::IntCounter,
+    pub segment_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -39,7 +40,7 @@ impl Metrics {
             accepted: IntCounterVec::new(
                 Opts::new(
                     "abm_ingest_events_accepted_total",
-                    "Valid events written to Kafka, by transport and destination (engaged, unresolved).",
+                    "Valid events written to Kafka, by transport and destination: engaged (abm.engagement), unresolved (abm.unresolved), pending (abm.identity: a Segment visitor's event waiting for its identity).",
                 ),
                 &["transport", "destination"],
             )?,
@@ -93,12 +94,19 @@ impl Metrics {
                 "abm_ingest_raw_loop_heals_total",
                 "Times the raw-topic normaliser's input waited ingest.stall_after_ms untaken and its Kafka consumer was replaced.",
             )?,
+            segment_messages: IntCounterVec::new(
+                Opts::new(
+                    "abm_ingest_segment_messages_total",
+                    "Segment/RudderStack messages received, by type (track, page, screen, identify, group, alias, other) and what they became: event (counted again in abm_ingest_events_*), identity (to abm.identity), ignored (a track name mapped to no kind), invalid (kept in abm.rejected).",
+                ),
+                &["type", "outcome"],
+            )?,
         };
         // Every bounded label value starts at 0, so rates and alert rules see the series at once.
         for transport in ["http", "kafka"] {
             metrics.received.with_label_values(&[transport]);
             metrics.deferred.with_label_values(&[transport]);
-            for destination in ["engaged", "unresolved"] {
+            for destination in ["engaged", "unresolved", "pending"] {
                 metrics.accepted.with_label_values(&[transport, destination]);
             }
             for reason in crate::validate::REASONS {
@@ -122,13 +130,14 @@ impl Metrics {
         registry.register(Box::new(metrics.raw_stalled_seconds.clone()))?;
         registry.register(Box::new(metrics.raw_heals.clone()))?;
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
+        registry.register(Box::new(metrics.segment_messages.clone()))?;
         Ok(metrics)
     }
 
     /// Counts a batch whose records are all durable.
     pub fn count_written(&self, transport: &str, prepared: &Prepared) {
         self.received.with_label_values(&[transport]).inc_by(prepared.results.len() as u64);
-        for destination in [Destination::Engaged, Destination::Unresolved] {
+        for destination in [Destination::Engaged, Destination::Unresolved, Destination::Pending] {
             let n = prepared.count(destination) as u64;
             if n > 0 {
                 self.accepted.with_label_values(&[transport, destination.as_str()]).inc_by(n);

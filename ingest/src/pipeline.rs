@@ -12,11 +12,24 @@ use crate::validate::{Arrival, Rejection, ValidationConfig, reason_code, validat
 pub const MAX_KEPT_ORIGINAL: usize = 512 * 1024;
 
 /// One event of a batch, as bytes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Item<'a> {
     pub raw: &'a [u8],
     /// Set when the batch framing itself is broken (then `raw` is the whole body).
     pub framing_error: Option<String>,
+    /// The visitor the event belongs to (a Segment message's anonymousId): when it does not
+    /// resolve to an account, it waits for its visitor's identity (`abm.identity`) instead of
+    /// going to `abm.unresolved`.
+    pub visitor: Option<&'a str>,
+    /// What to keep when the event is rejected, when `raw` is a translation of it (a Segment
+    /// message); `raw` itself otherwise.
+    pub original: Option<&'a [u8]>,
+}
+
+impl<'a> Item<'a> {
+    pub fn of(raw: &'a [u8]) -> Item<'a> {
+        Item { raw, ..Item::default() }
+    }
 }
 
 /// Splits a body into events: a JSON array, a single JSON object, or NDJSON (one per line).
@@ -34,23 +47,26 @@ pub fn split(body: &[u8]) -> Vec<Item<'_>> {
                     .map(|raw| {
                         let text = raw.get().as_bytes();
                         let start = text.as_ptr() as usize - trimmed.as_ptr() as usize;
-                        Item { raw: &trimmed[start..start + text.len()], framing_error: None }
+                        Item::of(&trimmed[start..start + text.len()])
                     })
                     .collect()
             }
             Err(error) => {
-                vec![Item { raw: body, framing_error: Some(format!("the batch is not a valid JSON array: {error}")) }]
+                vec![Item {
+                    framing_error: Some(format!("the batch is not a valid JSON array: {error}")),
+                    ..Item::of(body)
+                }]
             }
         };
     }
     if trimmed[0] == b'{' && serde_json::from_slice::<&RawValue>(trimmed).is_ok() {
-        return vec![Item { raw: trimmed, framing_error: None }];
+        return vec![Item::of(trimmed)];
     }
     trimmed
         .split(|b| *b == b'\n')
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
         .filter(|line| !line.trim_ascii().is_empty())
-        .map(|line| Item { raw: line, framing_error: None })
+        .map(Item::of)
         .collect()
 }
 
@@ -60,6 +76,8 @@ pub fn split(body: &[u8]) -> Vec<Item<'_>> {
 pub enum Destination {
     Engaged,
     Unresolved,
+    /// Waiting for its visitor's identity (`abm.identity`, then the stitcher).
+    Pending,
 }
 
 impl Destination {
@@ -67,6 +85,7 @@ impl Destination {
         match self {
             Destination::Engaged => "engaged",
             Destination::Unresolved => "unresolved",
+            Destination::Pending => "pending",
         }
     }
 }
@@ -92,6 +111,8 @@ pub enum Output {
     Engagement,
     Unresolved,
     Rejected,
+    /// `abm.identity`: a visitor's observation (a [`abm_schemas::Visitor`]).
+    Identity,
 }
 
 /// A record to write: topic role, key, Avro payload.
@@ -139,20 +160,16 @@ pub fn prepare(
             None => validate(item.raw, arrival, config),
         };
         match outcome {
-            Ok(event) => accept(&mut prepared, index, event, tal)?,
+            Ok(event) => accept(&mut prepared, index, event, item.visitor, arrival.received_at, tal)?,
             Err(rejection) => {
                 let mut source = source.clone();
                 if source.batch_index.is_some() {
                     source.batch_index = Some(index as i32);
                 }
-                let original = &item.raw[..item.raw.len().min(MAX_KEPT_ORIGINAL)];
-                let message = if original.len() < item.raw.len() {
-                    format!(
-                        "{} (original truncated to {} of {} bytes)",
-                        rejection.message,
-                        original.len(),
-                        item.raw.len()
-                    )
+                let whole = item.original.unwrap_or(item.raw);
+                let original = &whole[..whole.len().min(MAX_KEPT_ORIGINAL)];
+                let message = if original.len() < whole.len() {
+                    format!("{} (original truncated to {} of {} bytes)", rejection.message, original.len(), whole.len())
                 } else {
                     rejection.message.clone()
                 };
@@ -187,13 +204,28 @@ fn accept(
     prepared: &mut Prepared,
     index: usize,
     mut event: EngagementEvent,
+    visitor: Option<&str>,
+    received_at: i64,
     tal: &TalIndex,
 ) -> Result<(), abm_schemas::EncodeError> {
-    let (output, destination, key) = match tal.resolve(&mut event) {
-        Resolution::Account(account) => (Output::Engagement, Destination::Engaged, account),
-        Resolution::Unresolved(key) => (Output::Unresolved, Destination::Unresolved, key),
+    let (output, destination, key, payload) = match (tal.resolve(&mut event), visitor) {
+        (Resolution::Account(account), _) => {
+            (Output::Engagement, Destination::Engaged, account, abm_schemas::encode(&event)?)
+        }
+        (Resolution::Unresolved(_), Some(visitor)) => {
+            let observed = abm_schemas::Visitor {
+                visitor_id: visitor.to_owned(),
+                events: vec![serde_bytes::ByteBuf::from(abm_schemas::encode(&event)?)],
+                updated_at: received_at,
+                ..abm_schemas::Visitor::default()
+            };
+            (Output::Identity, Destination::Pending, visitor.to_owned(), abm_schemas::encode(&observed)?)
+        }
+        (Resolution::Unresolved(key), None) => {
+            (Output::Unresolved, Destination::Unresolved, key, abm_schemas::encode(&event)?)
+        }
     };
-    prepared.records.push(Record { output, key, payload: abm_schemas::encode(&event)? });
+    prepared.records.push(Record { output, key, payload });
     prepared.results.push(EventResult {
         index,
         event_id: Some(event.event_id),

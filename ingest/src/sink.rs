@@ -27,6 +27,7 @@ pub struct OutputTopics {
     pub engagement: String,
     pub unresolved: String,
     pub rejected: String,
+    pub identity: String,
 }
 
 #[derive(Clone)]
@@ -52,6 +53,7 @@ impl Sink {
             Output::Engagement => &self.topics.engagement,
             Output::Unresolved => &self.topics.unresolved,
             Output::Rejected => &self.topics.rejected,
+            Output::Identity => &self.topics.identity,
         }
     }
 

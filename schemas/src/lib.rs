@@ -117,4 +117,5 @@ avro_record!(SalesAlert, "sales_alert.avsc", history: ["sales_alert.v1.avsc"]);
 avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc", "account_state.v2.avsc", "account_state.v3.avsc"]);
 avro_record!(AccountProgram, "account_program.avsc");
 avro_record!(JourneyTransition, "journey_transition.avsc");
+avro_record!(Visitor, "visitor.avsc");
 avro_record!(AccountStateChunk, "account_state_chunk.avsc", history: ["account_state_chunk.v1.avsc"]);

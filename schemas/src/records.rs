@@ -136,6 +136,20 @@ pub struct Contact {
     pub persona: Option<String>,
 }
 
+/// A website visitor as the identity stitcher knows it (`abm.identity`, `abm.identity-graph`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Visitor {
+    /// The tracker's anonymousId, else `user:<userId>`.
+    pub visitor_id: String,
+    pub user_id: Option<String>,
+    pub contact: Option<Contact>,
+    pub account_id: Option<String>,
+    pub domain: Option<String>,
+    /// Framed `EngagementEvent` messages waiting for an account, oldest first.
+    pub events: Vec<serde_bytes::ByteBuf>,
+    pub updated_at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebVisit {
     pub url: String,

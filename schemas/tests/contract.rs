@@ -25,6 +25,7 @@ fn schema_files() -> Vec<(&'static str, &'static str)> {
         (RejectedEvent::SCHEMA_FILE, RejectedEvent::SCHEMA_JSON),
         (SalesAlert::SCHEMA_FILE, SalesAlert::SCHEMA_JSON),
         (ScoreCrossing::SCHEMA_FILE, ScoreCrossing::SCHEMA_JSON),
+        (Visitor::SCHEMA_FILE, Visitor::SCHEMA_JSON),
     ]
 }
 

@@ -29,6 +29,8 @@ pub enum TopicRole {
     ParkedAlerts,
     Journey,
     AccountProgram,
+    Identity,
+    IdentityGraph,
 }
 
 /// The raw topics and the event kind each one's records default to: the one map between event
@@ -43,7 +45,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 17] = [
+    pub const ALL: [TopicRole; 19] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -61,6 +63,8 @@ impl TopicRole {
         TopicRole::ParkedAlerts,
         TopicRole::Journey,
         TopicRole::AccountProgram,
+        TopicRole::Identity,
+        TopicRole::IdentityGraph,
     ];
 
     /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
@@ -85,6 +89,8 @@ impl TopicRole {
             TopicRole::ParkedAlerts => "parked_alerts",
             TopicRole::Journey => "journey",
             TopicRole::AccountProgram => "account_program",
+            TopicRole::Identity => "identity",
+            TopicRole::IdentityGraph => "identity_graph",
         }
     }
 
@@ -111,6 +117,7 @@ impl TopicRole {
             TopicRole::SalesAlerts => Some(abm_schemas::SalesAlert::SCHEMA_JSON),
             TopicRole::Journey => Some(abm_schemas::JourneyTransition::SCHEMA_JSON),
             TopicRole::AccountProgram => Some(abm_schemas::AccountProgram::SCHEMA_JSON),
+            TopicRole::Identity | TopicRole::IdentityGraph => Some(abm_schemas::Visitor::SCHEMA_JSON),
         }
     }
 
