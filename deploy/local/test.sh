@@ -27,9 +27,12 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v curl >/dev/null || missing+=(curl)
-# The client-library tests drive real Node clients (tests/node: kafkajs) with Node 20 and npm.
+# The client-library tests drive real Node clients (tests/node: kafkajs, Segment's and
+# RudderStack's libraries) with Node 20 and npm, and analytics.js in Debian's Chromium (driven by
+# playwright-core with its executablePath; never `playwright install`).
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v chromium >/dev/null || missing+=(chromium)
 # What the build links: the system OpenSSL and libcurl (rdkafka's `ssl` and `curl` features).
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
