@@ -299,7 +299,7 @@ fn print_config_shows_no_secret() {
 
 /// Maps whose keys the operator names (documented as `<name>`, `<setting>`, `<role>`), and lists
 /// of tables: documented as a whole, by their prefix.
-const NAMED_MAPS: [&str; 12] = [
+const NAMED_MAPS: [&str; 13] = [
     "kafka.librdkafka",
     "topics",
     "http.api_tokens",
@@ -312,6 +312,7 @@ const NAMED_MAPS: [&str; 12] = [
     "alerter.cooldown_hours_by_tier",
     "alerter.tier_topics",
     "registry.topics",
+    "ingest.segment.track",
 ];
 
 /// The dotted keys of `table` (under `prefix`), stopping at the named maps.
