@@ -160,3 +160,124 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
     }
     let _ = std::fs::remove_file(&config);
 }
+
+/// Posts Segment batches to `/v1/batch` with the server key; panics unless each is answered 200.
+fn post_batches(port: u16, messages: &[serde_json::Value]) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = reqwest::Client::new();
+    for chunk in messages.chunks(200) {
+        let (status, body) = runtime.block_on(async {
+            let response = client
+                .post(format!("http://127.0.0.1:{port}/v1/batch"))
+                .basic_auth(SERVER_KEY, Some(""))
+                .json(&serde_json::json!({ "batch": chunk }))
+                .send()
+                .await
+                .expect("posted");
+            (response.status().as_u16(), response.text().await.unwrap_or_default())
+        });
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The stitcher releases each waiting event exactly once, whatever kill -9 interrupts: the
+/// collector takes every message once (its stitcher off), then a stitcher alone works through
+/// `abm.identity` while it is killed and restarted; `abm.engagement` ends with every page
+/// once, enriched with its visitor's contact.
+#[test]
+fn kill_9_during_stitching_loses_and_repeats_nothing() {
+    let topics = TestTopics::new("stitch-kill");
+    topics.create();
+    let kafka = producer();
+    send(&kafka, &topics.name(TopicRole::Accounts), "acme", &account("acme", "acme.example"));
+    flush(&kafka);
+    let prefix = topics.prefix.clone();
+    let config = std::env::temp_dir().join(format!("{prefix}-ingest.toml"));
+    std::fs::write(&config, format!("[ingest.write_keys]\nbackend = \"{SERVER_KEY}\"\n")).expect("config");
+    let config_arg = config.display().to_string();
+    let start = |stitch: bool, port: u16| {
+        let mut env = topics.env();
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+        env.push(("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest")));
+        env.push(("ABM_INGEST__RAW_TOPICS", "false".into()));
+        env.push(("ABM_INGEST__STITCH__ENABLED", stitch.to_string()));
+        env.push(("ABM_INGEST__STITCH__GROUP_ID", format!("{prefix}-stitch")));
+        env.push(("ABM_INGEST__STITCH__INSTANCE_ID", format!("{prefix}-stitch")));
+        env.push(("ABM_INGEST__STITCH__COMMIT_INTERVAL_MS", "20".into()));
+        let process = ServiceProcess::start(&workspace_binary("ingest"), &["--config", &config_arg], &env);
+        wait_for_status(port, "/readyz", 200, Duration::from_secs(90), "ingest did not get ready");
+        process
+    };
+
+    // 300 visitors, 20 pages each: the even ones identify before browsing, the odd ones after.
+    let (visitors, pages) = (300, 20);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let identify = |v: usize| {
+        serde_json::json!({"type": "identify", "anonymousId": format!("v{v}"), "userId": format!("u{v}"),
+            "messageId": format!("i{v}"), "traits": {"email": format!("p{v}@acme.example"), "title": "Director"}})
+    };
+    let page = |v: usize, p: usize| {
+        serde_json::json!({"type": "page", "anonymousId": format!("v{v}"), "messageId": format!("v{v}-p{p}"),
+            "timestamp": now - 3_600_000 + (p as i64) * 1000, "properties": {"url": format!("https://vendor.example/p{p}")}})
+    };
+    let mut messages = Vec::new();
+    for v in 0..visitors {
+        if v % 2 == 0 {
+            messages.push(identify(v));
+        }
+        messages.extend((0..pages).map(|p| page(v, p)));
+        if v % 2 == 1 {
+            messages.push(identify(v));
+        }
+    }
+    let port = free_port();
+    let mut collector = start(false, port);
+    post_batches(port, &messages);
+    collector.signal("TERM");
+    assert!(collector.wait(Duration::from_secs(30)).success(), "{}", collector.stderr());
+
+    // The stitcher alone, killed three times while it works.
+    let engagement = topics.name(TopicRole::Engagement);
+    let expected = visitors * pages;
+    let mut seed = now as u64 | 1;
+    for round in 0..3 {
+        let port = free_port();
+        let mut stitcher = start(true, port);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(100 + seed % 900));
+        stitcher.signal("KILL");
+        let _ = stitcher.wait(Duration::from_secs(30));
+        eprintln!("round {round}: killed with {} events released", abm_testkit::read_all_bytes(&engagement).len());
+    }
+    let port = free_port();
+    let mut stitcher = start(true, port);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let released = loop {
+        let released = abm_testkit::read_all::<abm_schemas::EngagementEvent>(&engagement);
+        if released.len() >= expected || Instant::now() > deadline {
+            break released;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // A little longer: anything beyond `expected` would be a repeat.
+    std::thread::sleep(Duration::from_secs(2));
+    let released = if released.len() >= expected { abm_testkit::read_all::<abm_schemas::EngagementEvent>(&engagement) } else { released };
+    let mut ids: Vec<&str> = released.iter().map(|(_, event)| event.event_id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(before, ids.len(), "an event was released twice");
+    assert_eq!(ids.len(), expected, "every page released once\n{}", stitcher.stderr());
+    for (key, event) in &released {
+        let visitor = event.event_id.split('-').next().unwrap_or_default();
+        let contact = event.contact.as_ref().expect("enriched");
+        assert_eq!(key, "acme");
+        assert_eq!(contact.email.as_deref(), Some(format!("p{}@acme.example", &visitor[1..]).as_str()), "{event:?}");
+        assert_eq!(contact.contact_id.as_deref(), Some(format!("u{}", &visitor[1..]).as_str()));
+    }
+    stitcher.signal("TERM");
+    assert!(stitcher.wait(Duration::from_secs(30)).success(), "{}", stitcher.stderr());
+    let _ = std::fs::remove_file(&config);
+}
