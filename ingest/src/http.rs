@@ -413,7 +413,7 @@ pub(crate) fn summary(prepared: &crate::pipeline::Prepared, max_problems: usize)
     })
 }
 
-async fn oversized(
+pub(crate) async fn oversized(
     collector: &Collector,
     item: &Item<'_>,
     arrival: &Arrival<'_>,

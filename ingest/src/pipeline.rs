@@ -17,6 +17,9 @@ pub struct Item<'a> {
     pub raw: &'a [u8],
     /// Set when the batch framing itself is broken (then `raw` is the whole body).
     pub framing_error: Option<String>,
+    /// Set when the event is refused before validation, with its reason (a Segment message
+    /// this API does not take).
+    pub refused: Option<Rejection>,
     /// The visitor the event belongs to (a Segment message's anonymousId): when it does not
     /// resolve to an account, it waits for its visitor's identity (`abm.identity`) instead of
     /// going to `abm.unresolved`.
@@ -153,11 +156,12 @@ pub fn prepare(
 ) -> Result<Prepared, abm_schemas::EncodeError> {
     let mut prepared = Prepared::default();
     for (index, item) in items.iter().enumerate() {
-        let outcome = match &item.framing_error {
-            Some(message) => {
+        let outcome = match (&item.framing_error, &item.refused) {
+            (Some(message), _) => {
                 Err(Rejection { reason: RejectReason::MalformedJson, message: message.clone(), event_id: None })
             }
-            None => validate(item.raw, arrival, config),
+            (None, Some(refused)) => Err(refused.clone()),
+            (None, None) => validate(item.raw, arrival, config),
         };
         match outcome {
             Ok(event) => accept(&mut prepared, index, event, item.visitor, arrival.received_at, tal)?,

@@ -22,9 +22,15 @@
 
 use std::collections::BTreeMap;
 
-use abm_schemas::{Contact, EventKind, Visitor};
+use abm_schemas::{Contact, EventKind, RejectReason, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+
+use crate::validate::Rejection;
+
+fn invalid(reason: RejectReason, message: impl Into<String>) -> Translated {
+    Translated::Invalid(Rejection::new(reason, message))
+}
 
 /// How a `track` event name maps to a kind: `{ kind = "email", action = "click" }`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -116,7 +122,7 @@ pub enum Translated {
     /// A `track` whose event name maps to no kind (counted, not kept).
     Ignored { event: String },
     /// Not a message this API takes: why (kept in `abm.rejected` like any bad input).
-    Invalid(String),
+    Invalid(Rejection),
 }
 
 /// The context a message arrived in.
@@ -181,13 +187,11 @@ fn host_of(website: &str) -> Option<String> {
 /// Translates one message.
 pub fn translate(message: &Value, envelope: &Envelope<'_>, config: &SegmentConfig) -> Translated {
     let Value::Object(object) = message else {
-        return Translated::Invalid("a Segment message must be a JSON object".into());
+        return invalid(RejectReason::MalformedJson, "a Segment message must be a JSON object");
     };
     let kind = text(object, "type").or(envelope.path_type).unwrap_or_default();
     let Some(kind) = type_of_path(kind) else {
-        return Translated::Invalid(format!(
-            "type {kind:?} is not one of track, page, screen, identify, group, alias"
-        ));
+        return invalid(RejectReason::UnknownKind, format!("type {kind:?} is not one of track, page, screen, identify, group, alias"));
     };
     let visitor = visitor_of(object, envelope);
     match kind {
@@ -225,10 +229,10 @@ fn identity(kind: &str, object: &Map<String, Value>, visitor: Option<String>, en
         _ => {
             // alias: the previous id's visitor is the user's.
             let Some(previous) = id(object, "previousId") else {
-                return Translated::Invalid("alias: previousId is required".into());
+                return invalid(RejectReason::MissingField, "alias: previousId is required");
             };
             let Some(user) = id(object, "userId") else {
-                return Translated::Invalid("alias: userId is required".into());
+                return invalid(RejectReason::MissingField, "alias: userId is required");
             };
             observed.visitor_id = previous;
             observed.user_id = Some(user);
@@ -240,7 +244,7 @@ fn identity(kind: &str, object: &Map<String, Value>, visitor: Option<String>, en
             observed.visitor_id = visitor;
             Translated::Identity(observed)
         }
-        None => Translated::Invalid(format!("{kind}: anonymousId or userId is required")),
+        None => invalid(RejectReason::MissingField, format!("{kind}: anonymousId or userId is required")),
     }
 }
 
@@ -292,7 +296,7 @@ fn event(
                 EventKind::Intent => json!({ "topic": first(&["topic"]), "strength": first(&["strength"]) }),
                 EventKind::WebVisit => json!({ "url": page("url"), "referrer": page("referrer"), "title": page("title") }),
                 EventKind::Opportunity | EventKind::Unknown => {
-                    return Translated::Invalid(format!("track {name:?} maps to kind {}", track.kind.as_str()));
+                    return invalid(RejectReason::UnknownKind, format!("track {name:?} maps to kind {}", track.kind.as_str()));
                 }
             };
             (track.kind, properties)
@@ -442,7 +446,12 @@ mod tests {
         let path = Envelope { path_type: type_of_path("t"), ..envelope() };
         let (event, _) = native(translate(&single, &path, &SegmentConfig::default()));
         assert_eq!(event["properties"], json!({"channel": "linkedin", "campaign": "abm"}));
-        assert!(matches!(translate(&json!({"type": "x"}), &envelope(), &SegmentConfig::default()), Translated::Invalid(_)));
-        assert!(matches!(translate(&json!({"type": "identify"}), &envelope(), &SegmentConfig::default()), Translated::Invalid(_)));
+        let reason = |message: Value| match translate(&message, &envelope(), &SegmentConfig::default()) {
+            Translated::Invalid(refusal) => refusal.reason,
+            other => panic!("not invalid: {other:?}"),
+        };
+        assert_eq!(reason(json!({"type": "x"})), RejectReason::UnknownKind);
+        assert_eq!(reason(json!({"type": "identify"})), RejectReason::MissingField);
+        assert_eq!(reason(json!([1])), RejectReason::MalformedJson);
     }
 }

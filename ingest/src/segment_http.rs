@@ -25,11 +25,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::http::{Collector, admit, answer, gunzip, header_key, read_limited, summary, unavailable, with_cors};
+use crate::http::{
+    Collector, admit, answer, gunzip, header_key, oversized, read_limited, summary, unavailable, with_cors,
+};
 use crate::keys::Scope;
 use crate::pipeline::{Item, Output, Record, prepare};
 use crate::segment::{Envelope, Translated, messages, source_config, translate, type_of_path};
-use crate::validate::Arrival;
+use crate::validate::{Arrival, Rejection};
 
 pub(crate) fn routes(router: Router<Arc<Collector>>) -> Router<Arc<Collector>> {
     let mut router = router
@@ -167,6 +169,10 @@ async fn receive(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    // The body as received, kept when it cannot be decompressed.
+    let received = match &read {
+        Ok(bytes) | Err(bytes) => bytes.clone(),
+    };
     let bytes = match read {
         Ok(bytes) if gzipped || bytes.starts_with(&[0x1f, 0x8b]) => gunzip(&bytes, limit),
         other => Ok(other),
@@ -203,19 +209,14 @@ async fn receive(
     let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
     let response = match (bytes, parsed) {
         (Err(message), _) => {
-            let items = [Item { framing_error: Some(message), ..Item::of(b"") }];
+            let items = [Item { framing_error: Some(message), ..Item::of(&received) }];
             finish(collector, &items, Vec::new(), &arrival, &reject_source, 0).await
         }
         (Ok(Err(head)), _) => {
             let message = format!(
                 "the body is larger than {limit} bytes (ingest.segment.max_batch_bytes, Segment's batch limit); send smaller batches"
             );
-            let items = [Item { framing_error: Some(message), ..Item::of(&head) }];
-            let mut response = finish(collector, &items, Vec::new(), &arrival, &reject_source, 0).await;
-            if response.status().is_client_error() || response.status().is_success() {
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            }
-            response
+            oversized(collector, &Item::of(&head), &arrival, &reject_source, message).await
         }
         (Ok(Ok(raw)), None) => {
             let items = [Item { framing_error: Some("the body is not valid JSON".into()), ..Item::of(&raw) }];
@@ -238,15 +239,13 @@ async fn receive(
                     collector.max_batch_events
                 );
                 let raw = serde_json::to_vec(&body).unwrap_or_default();
-                let items = [Item { framing_error: Some(message), ..Item::of(&raw) }];
-                let mut response = finish(collector, &items, Vec::new(), &arrival, &reject_source, 0).await;
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                let response = oversized(collector, &Item::of(&raw), &arrival, &reject_source, message).await;
                 return with_cors(response, cors_origin);
             }
             let originals: Vec<Vec<u8>> = list.iter().map(|m| serde_json::to_vec(m).unwrap_or_default()).collect();
             // Per event (or invalid message): what to validate, its visitor, why it is invalid,
             // and which message it was (kept as sent when it is rejected).
-            let mut entries: Vec<(Vec<u8>, Option<String>, Option<String>, usize)> = Vec::with_capacity(list.len());
+            let mut entries: Vec<(Vec<u8>, Option<String>, Option<Rejection>, usize)> = Vec::with_capacity(list.len());
             let mut identities = Vec::new();
             let mut ignored = 0;
             for (index, message) in list.iter().enumerate() {
@@ -269,8 +268,8 @@ async fn receive(
                             ignored += 1;
                             "ignored"
                         }
-                        Translated::Invalid(why) => {
-                            entries.push((original.clone(), None, Some(why), index));
+                        Translated::Invalid(refusal) => {
+                            entries.push((original.clone(), None, Some(refusal), index));
                             "invalid"
                         }
                     }
@@ -282,7 +281,8 @@ async fn receive(
                 .iter()
                 .map(|(raw, visitor, invalid, index)| Item {
                     raw,
-                    framing_error: invalid.clone(),
+                    framing_error: None,
+                    refused: invalid.clone(),
                     visitor: visitor.as_deref(),
                     original: Some(&originals[*index]),
                 })

@@ -53,6 +53,10 @@ pub struct StitchConfig {
     pub max_pending_events: usize,
     /// A visitor unseen this long is forgotten, its waiting events to `abm.unresolved` (default 90).
     pub retention_days: u32,
+    /// Visitors held per partition at most (default 100000): beyond it the least recently seen
+    /// sixteenth are forgotten as if expired (`evicted`), so no flood of new visitor ids can
+    /// grow the state without end.
+    pub max_visitors_per_partition: usize,
     /// As `ingest.stall_after_ms`, for the stitcher's loop (default 20000, at least 2000).
     pub stall_after_ms: u64,
 }
@@ -66,6 +70,7 @@ impl Default for StitchConfig {
             commit_interval_ms: 100,
             max_pending_events: 100,
             retention_days: 90,
+            max_visitors_per_partition: 100_000,
             stall_after_ms: 20_000,
         }
     }
@@ -78,6 +83,9 @@ impl StitchConfig {
         }
         if self.retention_days == 0 {
             return Err("ingest.stitch.retention_days must be at least 1".into());
+        }
+        if self.max_visitors_per_partition < 16 {
+            return Err("ingest.stitch.max_visitors_per_partition must be at least 16".into());
         }
         Ok(())
     }
@@ -182,6 +190,24 @@ pub fn settle(state: &mut Visitor, tal: &TalIndex, max_pending: usize) -> Settle
     settled
 }
 
+/// The visitors of one partition to forget, and why: `expired` when last seen before `cutoff`
+/// (when given), then, while more than `bound` remain, the least recently seen down to
+/// 15/16 of it (`evicted`).
+pub fn to_forget(states: &HashMap<String, Visitor>, cutoff: Option<i64>, bound: usize) -> Vec<(String, &'static str)> {
+    let expired = |visitor: &Visitor| cutoff.is_some_and(|cutoff| visitor.updated_at < cutoff);
+    let mut chosen: Vec<(String, &'static str)> =
+        states.iter().filter(|(_, v)| expired(v)).map(|(k, _)| (k.clone(), "expired")).collect();
+    let remaining = states.len() - chosen.len();
+    if remaining > bound {
+        let mut by_age: Vec<(i64, &String)> =
+            states.iter().filter(|(_, v)| !expired(v)).map(|(k, v)| (v.updated_at, k)).collect();
+        by_age.sort_unstable();
+        let excess = remaining - (bound - bound / 16);
+        chosen.extend(by_age.into_iter().take(excess).map(|(_, k)| (k.clone(), "evicted")));
+    }
+    chosen
+}
+
 /// Whether a visitor's state holds nothing worth keeping.
 fn is_empty(state: &Visitor) -> bool {
     state.events.is_empty()
@@ -226,7 +252,7 @@ impl StitchMetrics {
             events: prometheus::IntCounterVec::new(
                 prometheus::Opts::new(
                     "abm_ingest_stitch_events_total",
-                    "Waiting events the stitcher let go: resolved (to abm.engagement), overflow and expired (to abm.unresolved), undecodable. Events in = these + abm_ingest_stitch_waiting_events.",
+                    "Waiting events the stitcher let go: resolved (to abm.engagement), overflow, expired and evicted (to abm.unresolved), undecodable. Events in = these + abm_ingest_stitch_waiting_events.",
                 ),
                 &["outcome"],
             )?,
@@ -318,22 +344,23 @@ impl StitchProcessor {
         self.metrics.waiting.set(waiting as i64);
     }
 
-    /// Forgets visitors idle past the retention; their waiting events go to abm.unresolved.
-    fn sweep(&self, out: &Outbox<'_>, now: i64) -> anyhow::Result<()> {
+    /// Forgets visitors idle past the retention (`expired`), and the least recently seen of a
+    /// partition over its bound (`evicted`); their waiting events go to abm.unresolved.
+    fn sweep(&self, out: &Outbox<'_>, now: i64, idle: bool) -> anyhow::Result<()> {
         let cutoff = now.saturating_sub(i64::from(self.config.retention_days) * 86_400_000);
-        let mut expired = Vec::new();
+        let bound = self.config.max_visitors_per_partition;
+        let mut forgotten = Vec::new();
         {
             let mut visitors = lock(&self.visitors);
             for (partition, states) in visitors.iter_mut() {
-                let idle: Vec<String> = states.iter().filter(|(_, v)| v.updated_at < cutoff).map(|(k, _)| k.clone()).collect();
-                for visitor_id in idle {
+                for (visitor_id, why) in to_forget(states, idle.then_some(cutoff), bound) {
                     if let Some(state) = states.remove(&visitor_id) {
-                        expired.push((*partition, visitor_id, state));
+                        forgotten.push((*partition, visitor_id, state, why));
                     }
                 }
             }
         }
-        for (partition, visitor_id, state) in expired {
+        for (partition, visitor_id, state, why) in forgotten {
             let mut settled = Settled::default();
             for message in state.events {
                 match abm_schemas::decode::<EngagementEvent>(&message) {
@@ -341,7 +368,7 @@ impl StitchProcessor {
                     Err(_) => settled.undecodable += 1,
                 }
             }
-            self.release(out, &visitor_id, settled, "expired")?;
+            self.release(out, &visitor_id, settled, why)?;
             out.write(&self.topics.graph, &visitor_id, None, Some(partition))?;
         }
         Ok(())
@@ -401,8 +428,9 @@ impl Processor for StitchProcessor {
             }
             due
         };
-        if due {
-            self.sweep(out, abm::clock::now_ms())?;
+        let crowded = lock(&self.visitors).values().any(|states| states.len() > self.config.max_visitors_per_partition);
+        if due || crowded {
+            self.sweep(out, abm::clock::now_ms(), due)?;
         }
         Ok(())
     }
@@ -549,6 +577,22 @@ mod tests {
         // The event's own email stays its own (gmail), the account came from the group.
         assert_eq!(released[0].1.contact.as_ref().and_then(|c| c.email.as_deref()), Some("someone@gmail.com"));
         assert_eq!(visitor.updated_at, 10);
+    }
+
+    #[test]
+    fn idle_visitors_expire_and_a_crowded_partition_forgets_the_least_recently_seen() {
+        let states: HashMap<String, Visitor> = (0..40)
+            .map(|i| (format!("v{i:02}"), Visitor { visitor_id: format!("v{i:02}"), updated_at: i, ..Visitor::default() }))
+            .collect();
+        let mut forgotten = to_forget(&states, Some(5), 100);
+        forgotten.sort();
+        assert_eq!(forgotten, (0..5).map(|i| (format!("v{i:02}"), "expired")).collect::<Vec<_>>());
+        // 35 left over a bound of 32: down to 30 (32 - 32/16), the oldest first.
+        let mut forgotten = to_forget(&states, Some(5), 32);
+        forgotten.sort_by_key(|(id, _)| id.clone());
+        let evicted: Vec<&str> = forgotten.iter().filter(|(_, why)| *why == "evicted").map(|(id, _)| id.as_str()).collect();
+        assert_eq!(evicted, ["v05", "v06", "v07", "v08", "v09"]);
+        assert!(to_forget(&states, None, 40).is_empty());
     }
 
     #[test]
