@@ -173,27 +173,27 @@ async fn preflight(State(collector): State<Arc<Collector>>, RawQuery(query): Raw
     });
     let origin = browser.map(|config| allowed_origin(config, &headers));
     match origin {
-        Some(Ok(Some(origin))) => {
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            let h = response.headers_mut();
-            if let Ok(origin) = HeaderValue::from_str(origin) {
-                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            }
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type, content-encoding, authorization"),
-            );
-            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-            response
-        }
+        Some(Ok(Some(origin))) => cors_allowed(origin, "POST", "content-type, content-encoding, authorization"),
         _ => (
             StatusCode::FORBIDDEN,
             Json(json!({ "error": "no CORS for this request: a browser key (?write_key=) and one of its allowed origins are needed" })),
         )
             .into_response(),
     }
+}
+
+/// A CORS preflight's yes: `origin` may send with `methods` and `headers` (cached 10 minutes).
+pub(crate) fn cors_allowed(origin: &str, methods: &'static str, headers: &'static str) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    if let Ok(origin) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(headers));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
 }
 
 pub(crate) fn header_key(value: &str) -> Option<String> {
@@ -259,7 +259,7 @@ async fn collect(
     };
     let cors_origin = match admit(&collector, scope, &headers, &extensions) {
         Ok(origin) => origin,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     with_cors(receive(&collector, key_name, scope, &headers, body).await, cors_origin)
 }
@@ -271,14 +271,14 @@ pub(crate) fn admit(
     scope: Scope<'_>,
     headers: &HeaderMap,
     extensions: &Extensions,
-) -> Result<Option<HeaderValue>, Response> {
+) -> Result<Option<HeaderValue>, Box<Response>> {
     let Scope::Browser { name, config } = scope else { return Ok(None) };
     let cors_origin = match allowed_origin(config, headers) {
         Ok(origin) => origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
         Err(origin) => {
             let error =
                 format!("origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)");
-            return Err(answer(collector, StatusCode::FORBIDDEN, json!({ "error": error }), None));
+            return Err(Box::new(answer(collector, StatusCode::FORBIDDEN, json!({ "error": error }), None)));
         }
     };
     if let Err(wait) = collector.keys.admit(name, config, client_address(collector, headers, extensions)) {
@@ -293,7 +293,7 @@ pub(crate) fn admit(
         if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
-        return Err(with_cors(response, cors_origin));
+        return Err(Box::new(with_cors(response, cors_origin)));
     }
     Ok(cors_origin)
 }
@@ -307,35 +307,53 @@ pub(crate) fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> 
     response
 }
 
-/// Reads, validates, writes and answers for an authenticated request.
-async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, headers: &HeaderMap, body: Body) -> Response {
-    let received_at = now_ms();
-    let source_name = format!("http:{key_name}");
-    let reject_source = RejectSource {
+/// Where a request of write key `key_name` is kept from when something of it is rejected.
+pub(crate) fn http_source(key_name: &str) -> RejectSource {
+    RejectSource {
         transport: Transport::Http,
         write_key: Some(key_name.to_owned()),
         batch_index: Some(0),
         topic: None,
         partition: None,
         offset: None,
-    };
-    let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
-    let limit = collector.max_body_bytes;
-    let gzipped = headers
+    }
+}
+
+/// Whether the request says its body is gzip.
+pub(crate) fn gzip_encoded(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
+}
 
-    let read = match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
-        Ok(Ok(read)) => read,
-        Ok(Err(message)) => return answer(collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
+/// The body, at most `limit` bytes (`Err(first bytes)` when longer), read within
+/// `http.body_read_timeout_ms`; the answer (400, 408) when it could not be read.
+pub(crate) async fn read_body(collector: &Collector, body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, Response> {
+    match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(message)) => Err(answer(collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None)),
         Err(_) => {
             let message = format!(
                 "the request body did not arrive within {} ms (http.body_read_timeout_ms); nothing of it was processed",
                 collector.body_read_timeout.as_millis()
             );
-            return answer(collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None);
+            Err(answer(collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None))
         }
+    }
+}
+
+/// Reads, validates, writes and answers for an authenticated request.
+async fn receive(collector: &Collector, key_name: &str, scope: Scope<'_>, headers: &HeaderMap, body: Body) -> Response {
+    let received_at = now_ms();
+    let source_name = format!("http:{key_name}");
+    let reject_source = http_source(key_name);
+    let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
+    let limit = collector.max_body_bytes;
+    let gzipped = gzip_encoded(headers);
+    let read = match read_body(collector, body, limit).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
     let body = match read {
         Ok(bytes) if gzipped => match gunzip(&bytes, limit) {

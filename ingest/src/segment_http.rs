@@ -16,17 +16,18 @@
 
 use std::sync::Arc;
 
-use abm_schemas::{RejectSource, Transport};
+use abm_schemas::RejectSource;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::http::{
-    Collector, admit, answer, gunzip, header_key, oversized, read_limited, summary, unavailable, with_cors,
+    Collector, admit, answer, cors_allowed, gunzip, gzip_encoded, header_key, http_source, oversized, read_body, summary,
+    unavailable, with_cors,
 };
 use crate::keys::Scope;
 use crate::pipeline::{Item, Output, Record, prepare};
@@ -58,19 +59,7 @@ async fn preflight(State(collector): State<Arc<Collector>>, headers: HeaderMap) 
         )
             .into_response();
     }
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let h = response.headers_mut();
-    if let Ok(origin) = HeaderValue::from_str(origin) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    }
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, content-encoding, authorization, anonymousid, sentat"),
-    );
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    response
+    cors_allowed(origin, "GET, POST", "content-type, content-encoding, authorization, anonymousid, sentat")
 }
 
 /// `writeKey` from the query (`?writeKey=` as RudderStack sends it, or `?write_key=`).
@@ -108,7 +97,7 @@ async fn rudderstack_source_config(
     let name = name.to_owned();
     match admit(&collector, scope, &headers, &extensions) {
         Ok(origin) => with_cors(axum::Json(source_config(&name)).into_response(), origin),
-        Err(refusal) => refusal,
+        Err(refusal) => *refusal,
     }
 }
 
@@ -154,21 +143,11 @@ async fn receive(
 ) -> Response {
     let received_at = abm::clock::now_ms();
     let limit = collector.segment.max_batch_bytes;
-    let read = match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
-        Ok(Ok(read)) => read,
-        Ok(Err(message)) => return answer(collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None),
-        Err(_) => {
-            let message = format!(
-                "the request body did not arrive within {} ms (http.body_read_timeout_ms); nothing of it was processed",
-                collector.body_read_timeout.as_millis()
-            );
-            return answer(collector, StatusCode::REQUEST_TIMEOUT, json!({ "error": message }), None);
-        }
+    let read = match read_body(collector, body, limit).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
-    let gzipped = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let gzipped = gzip_encoded(headers);
     // The body as received, kept when it cannot be decompressed.
     let received = match &read {
         Ok(bytes) | Err(bytes) => bytes.clone(),
@@ -195,17 +174,10 @@ async fn receive(
     };
     let cors_origin = match admit(collector, scope, headers, extensions) {
         Ok(origin) => origin,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let source_name = format!("http:{key_name}");
-    let reject_source = RejectSource {
-        transport: Transport::Http,
-        write_key: Some(key_name.to_owned()),
-        batch_index: Some(0),
-        topic: None,
-        partition: None,
-        offset: None,
-    };
+    let reject_source = http_source(key_name);
     let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
     let response = match (bytes, parsed) {
         (Err(message), _) => {
@@ -245,7 +217,7 @@ async fn receive(
             let originals: Vec<Vec<u8>> = list.iter().map(|m| serde_json::to_vec(m).unwrap_or_default()).collect();
             // Per event (or invalid message): what to validate, its visitor, why it is invalid,
             // and which message it was (kept as sent when it is rejected).
-            let mut entries: Vec<(Vec<u8>, Option<String>, Option<Rejection>, usize)> = Vec::with_capacity(list.len());
+            let mut entries: Vec<Entry> = Vec::with_capacity(list.len());
             let mut identities = Vec::new();
             let mut ignored = 0;
             for (index, message) in list.iter().enumerate() {
@@ -302,6 +274,10 @@ async fn receive(
     };
     with_cors(response, cors_origin)
 }
+
+/// One message to validate: its native JSON (or itself, when refused or too large), its
+/// visitor, why it is refused, and its index in the batch (what is kept when it is rejected).
+type Entry = (Vec<u8>, Option<String>, Option<Rejection>, usize);
 
 async fn finish(
     collector: &Collector,
