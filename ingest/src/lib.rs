@@ -280,8 +280,11 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             config.kafka.clone(),
             stitch_metrics,
         ));
-        let (kafka, health, shutdown) = (config.kafka.clone(), context.health.clone(), context.shutdown.clone());
-        Some(tokio::spawn(abm::eos::run_on_thread(kafka, eos, processor, health, shutdown)))
+        config.kafka.check_changelog_partitions("abm-stitch-check", &eos.input_topic, topics.name(TopicRole::IdentityGraph)).await?;
+        // A health of its own: the collector takes events while the stitcher restores or
+        // rebalances (its loop still ends the process when it fails).
+        let (kafka, shutdown) = (config.kafka.clone(), context.shutdown.clone());
+        Some(tokio::spawn(abm::eos::run_on_thread(kafka, eos, processor, abm::ops::Health::default(), shutdown)))
     } else {
         None
     };

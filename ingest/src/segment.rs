@@ -169,12 +169,21 @@ fn path<'v>(value: &'v Value, keys: &[&str]) -> Option<&'v Value> {
     keys.iter().try_fold(value, |value, key| value.get(*key))
 }
 
-/// The visitor a message belongs to: its `anonymousId` (or the header's), else `user:<userId>`.
+/// The visitor a message belongs to: its `anonymousId` (or the header's), else `user:<userId>`;
+/// from a browser key, `web:` before it. Browsers choose these ids, so what a page says of a
+/// visitor never reaches a visitor that server keys describe (a page cannot re-point a
+/// backend's waiting events, nor inherit the account a backend's `group` gave).
 pub fn visitor_of(message: &Map<String, Value>, envelope: &Envelope<'_>) -> Option<String> {
-    id(message, "anonymousId")
+    let visitor = id(message, "anonymousId")
         .or_else(|| envelope.anonymous_id.filter(|id| !id.is_empty()).map(str::to_owned))
-        .or_else(|| id(message, "userId").map(|user| format!("user:{user}")))
-        .filter(|visitor| visitor.len() <= 256)
+        .or_else(|| id(message, "userId").map(|user| format!("user:{user}")))?;
+    namespaced(visitor, envelope)
+}
+
+/// `visitor` in the sender's namespace (`web:` for browser keys), if it is not too long.
+fn namespaced(visitor: String, envelope: &Envelope<'_>) -> Option<String> {
+    let visitor = if envelope.browser { format!("web:{visitor}") } else { visitor };
+    (visitor.len() <= 256).then_some(visitor)
 }
 
 /// The host of a website (`https://www.acme.example/about` → `www.acme.example`).
@@ -230,6 +239,9 @@ fn identity(kind: &str, object: &Map<String, Value>, visitor: Option<String>, en
             // alias: the previous id's visitor is the user's.
             let Some(previous) = id(object, "previousId") else {
                 return invalid(RejectReason::MissingField, "alias: previousId is required");
+            };
+            let Some(previous) = namespaced(previous, envelope) else {
+                return invalid(RejectReason::InvalidField, "alias: previousId is longer than 256 bytes");
             };
             let Some(user) = id(object, "userId") else {
                 return invalid(RejectReason::MissingField, "alias: userId is required");
@@ -432,6 +444,11 @@ mod tests {
         assert_eq!((visitor.account_id.as_deref(), visitor.domain.as_deref()), (Some("acme"), Some("www.acme.example")));
         let Translated::Identity(visitor) = translate(&group, &browser, &config) else { panic!("identity") };
         assert_eq!((visitor.account_id, visitor.domain.as_deref()), (None, Some("www.acme.example")));
+        // A page's visitors are apart from the backend's: the same ids, another namespace.
+        assert_eq!(visitor.visitor_id, "web:a1");
+        let page = json!({"type": "page", "userId": "42", "properties": {"url": "https://v.example/"}});
+        assert_eq!(native(translate(&page, &browser, &config)).1.as_deref(), Some("web:user:42"));
+        assert_eq!(native(translate(&page, &envelope(), &config)).1.as_deref(), Some("user:42"));
     }
 
     #[test]

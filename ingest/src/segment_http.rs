@@ -143,6 +143,22 @@ async fn receive(
 ) -> Response {
     let received_at = abm::clock::now_ms();
     let limit = collector.segment.max_batch_bytes;
+    // A key in the headers or the query is checked, and a browser key's origin and rate limit
+    // applied, before the body is read: a request without a known key costs no body. A key
+    // that comes only in the body (`writeKey`) is checked once the body is parsed.
+    let header_or_query = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(header_key)
+        .or_else(|| query_write_key(query));
+    let mut admitted = None;
+    if let Some(key) = header_or_query.as_deref() {
+        let Some((key_name, scope)) = collector.keys.find(key) else { return unauthorized(collector) };
+        match admit(collector, scope, headers, extensions) {
+            Ok(origin) => admitted = Some((key_name, scope, origin)),
+            Err(refusal) => return *refusal,
+        }
+    }
     let read = match read_body(collector, body, limit).await {
         Ok(read) => read,
         Err(answer) => return answer,
@@ -156,25 +172,22 @@ async fn receive(
         Ok(bytes) if gzipped || bytes.starts_with(&[0x1f, 0x8b]) => gunzip(&bytes, limit),
         other => Ok(other),
     };
-    // The key is needed before anything is kept under its name: from the headers or the
-    // query, else from the body (which must then be read as JSON first).
-    let header_or_query = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(header_key)
-        .or_else(|| query_write_key(query));
     let parsed: Option<Value> = match &bytes {
         Ok(Ok(bytes)) => serde_json::from_slice(bytes).ok(),
         _ => None,
     };
-    let body_key = parsed.as_ref().and_then(|body| messages(body).1.map(str::to_owned));
-    let Some((key_name, scope)) = header_or_query.or(body_key).as_deref().and_then(|key| collector.keys.find(key))
-    else {
-        return unauthorized(collector);
-    };
-    let cors_origin = match admit(collector, scope, headers, extensions) {
-        Ok(origin) => origin,
-        Err(refusal) => return *refusal,
+    let (key_name, scope, cors_origin) = match admitted {
+        Some(admitted) => admitted,
+        None => {
+            let body_key = parsed.as_ref().and_then(|body| messages(body).1);
+            let Some((key_name, scope)) = body_key.and_then(|key| collector.keys.find(key)) else {
+                return unauthorized(collector);
+            };
+            match admit(collector, scope, headers, extensions) {
+                Ok(origin) => (key_name, scope, origin),
+                Err(refusal) => return *refusal,
+            }
+        }
     };
     let source_name = format!("http:{key_name}");
     let reject_source = http_source(key_name);
@@ -220,6 +233,7 @@ async fn receive(
             let mut entries: Vec<Entry> = Vec::with_capacity(list.len());
             let mut identities = Vec::new();
             let mut ignored = 0;
+            let mut outcomes = Vec::with_capacity(list.len());
             for (index, message) in list.iter().enumerate() {
                 let original = &originals[index];
                 let outcome = if original.len() > collector.validation.max_event_bytes {
@@ -246,8 +260,7 @@ async fn receive(
                         }
                     }
                 };
-                let label = message_type_label(message, path_type);
-                collector.metrics.segment_messages.with_label_values(&[label, outcome]).inc();
+                outcomes.push((message_type_label(message, path_type), outcome));
             }
             let items: Vec<Item<'_>> = entries
                 .iter()
@@ -269,7 +282,14 @@ async fn receive(
                 }
             }
             collector.metrics.batch_size.observe(list.len() as f64);
-            finish(collector, &items, records, &arrival, &reject_source, ignored).await
+            let response = finish(collector, &items, records, &arrival, &reject_source, ignored).await;
+            // Counted once the batch is durable: a batch answered 429/503 is sent again.
+            if response.status().is_success() || response.status() == StatusCode::BAD_REQUEST {
+                for (label, outcome) in outcomes {
+                    collector.metrics.segment_messages.with_label_values(&[label, outcome]).inc();
+                }
+            }
+            response
         }
     };
     with_cors(response, cors_origin)

@@ -51,6 +51,9 @@ pub struct StitchConfig {
     pub commit_interval_ms: u64,
     /// Events kept waiting per visitor (default 100); older ones go to `abm.unresolved`.
     pub max_pending_events: usize,
+    /// Bytes of waiting events kept per visitor (default 262144): the visitor's state is one
+    /// record, which must stay well under Kafka's 1 MB; older events beyond go to `abm.unresolved`.
+    pub max_pending_bytes: usize,
     /// A visitor unseen this long is forgotten, its waiting events to `abm.unresolved` (default 90).
     pub retention_days: u32,
     /// Visitors held per partition at most (default 100000): beyond it the least recently seen
@@ -69,6 +72,7 @@ impl Default for StitchConfig {
             instance_id: format!("abm-stitch-{}", abm::service::hostname()),
             commit_interval_ms: 100,
             max_pending_events: 100,
+            max_pending_bytes: 262_144,
             retention_days: 90,
             max_visitors_per_partition: 100_000,
             stall_after_ms: 20_000,
@@ -80,6 +84,9 @@ impl StitchConfig {
     pub fn check(&self) -> Result<(), String> {
         if !(1..=10_000).contains(&self.max_pending_events) {
             return Err("ingest.stitch.max_pending_events must be 1 to 10000".into());
+        }
+        if !(16_384..=786_432).contains(&self.max_pending_bytes) {
+            return Err("ingest.stitch.max_pending_bytes must be 16384 to 786432".into());
         }
         if self.retention_days == 0 {
             return Err("ingest.stitch.retention_days must be at least 1".into());
@@ -163,8 +170,8 @@ pub struct Settled {
 }
 
 /// Tries every waiting event of `state` with its facts; keeps those that do not resolve, at
-/// most `max_pending` (the newest).
-pub fn settle(state: &mut Visitor, tal: &TalIndex, max_pending: usize) -> Settled {
+/// most `max_pending` of them and `max_bytes` of their messages (the newest).
+pub fn settle(state: &mut Visitor, tal: &TalIndex, max_pending: usize, max_bytes: usize) -> Settled {
     let mut settled = Settled::default();
     let mut waiting = Vec::new();
     for message in std::mem::take(&mut state.events) {
@@ -179,7 +186,17 @@ pub fn settle(state: &mut Visitor, tal: &TalIndex, max_pending: usize) -> Settle
             Resolution::Unresolved(_) => waiting.push((message, original)),
         }
     }
-    let excess = waiting.len().saturating_sub(max_pending);
+    // The newest that fit both bounds stay; everything older goes.
+    let mut kept_bytes = 0;
+    let mut kept = 0;
+    for (message, _) in waiting.iter().rev() {
+        if kept == max_pending || kept_bytes + message.len() > max_bytes {
+            break;
+        }
+        kept += 1;
+        kept_bytes += message.len();
+    }
+    let excess = waiting.len() - kept;
     for (index, (message, original)) in waiting.into_iter().enumerate() {
         if index < excess {
             settled.overflow.push(original);
@@ -286,6 +303,9 @@ pub struct StitchProcessor {
     staged: StagedCounters,
     visitors: Mutex<Partitions>,
     dirty: Mutex<BTreeMap<i32, BTreeSet<String>>>,
+    /// Visitors the open transaction forgets (tombstoned in it): removed from memory when it
+    /// commits, kept when it aborts (the graph still holds them then).
+    forgetting: Mutex<Vec<(i32, String)>>,
     last_sweep: Mutex<Instant>,
 }
 
@@ -313,6 +333,7 @@ impl StitchProcessor {
             staged: StagedCounters::default(),
             visitors: Mutex::default(),
             dirty: Mutex::default(),
+            forgetting: Mutex::default(),
             last_sweep: Mutex::new(Instant::now()),
         }
     }
@@ -351,18 +372,18 @@ impl StitchProcessor {
         let bound = self.config.max_visitors_per_partition;
         let mut forgotten = Vec::new();
         {
-            let mut visitors = lock(&self.visitors);
-            for (partition, states) in visitors.iter_mut() {
+            let visitors = lock(&self.visitors);
+            for (partition, states) in visitors.iter() {
                 for (visitor_id, why) in to_forget(states, idle.then_some(cutoff), bound) {
-                    if let Some(state) = states.remove(&visitor_id) {
-                        forgotten.push((*partition, visitor_id, state, why));
+                    if let Some(state) = states.get(&visitor_id) {
+                        forgotten.push((*partition, visitor_id, state.events.clone(), why));
                     }
                 }
             }
         }
-        for (partition, visitor_id, state, why) in forgotten {
+        for (partition, visitor_id, events, why) in forgotten {
             let mut settled = Settled::default();
-            for message in state.events {
+            for message in events {
                 match abm_schemas::decode::<EngagementEvent>(&message) {
                     Ok(event) => settled.overflow.push(event),
                     Err(_) => settled.undecodable += 1,
@@ -370,6 +391,7 @@ impl StitchProcessor {
             }
             self.release(out, &visitor_id, settled, why)?;
             out.write(&self.topics.graph, &visitor_id, None, Some(partition))?;
+            lock(&self.forgetting).push((partition, visitor_id));
         }
         Ok(())
     }
@@ -394,7 +416,7 @@ impl Processor for StitchProcessor {
             let mut visitors = lock(&self.visitors);
             let state = visitors.entry(partition).or_default().entry(visitor_id.clone()).or_default();
             merge(state, observed);
-            settle(state, &self.tal, self.config.max_pending_events)
+            settle(state, &self.tal, self.config.max_pending_events, self.config.max_pending_bytes)
         };
         self.release(out, &visitor_id, settled, "overflow")?;
         lock(&self.dirty).entry(partition).or_default().insert(visitor_id);
@@ -449,7 +471,11 @@ impl Processor for StitchProcessor {
                         states.insert(visitor_id, state);
                     }
                     Err(error) if error.is_retryable() => return Err(anyhow!("{error}")),
-                    Err(error) => tracing::error!(partition, %error, "undecodable visitor state skipped"),
+                    Err(error) => {
+                        // Its facts and waiting events cannot be read: counted, and left in the graph.
+                        self.metrics.events.with_label_values(&["undecodable"]).inc();
+                        tracing::error!(partition, %error, "undecodable visitor state skipped");
+                    }
                 },
             }
             Ok(())
@@ -470,6 +496,15 @@ impl Processor for StitchProcessor {
     }
 
     fn committed(&self, _duration: Duration) {
+        let forgotten = std::mem::take(&mut *lock(&self.forgetting));
+        {
+            let mut visitors = lock(&self.visitors);
+            for (partition, visitor_id) in forgotten {
+                if let Some(states) = visitors.get_mut(&partition) {
+                    states.remove(&visitor_id);
+                }
+            }
+        }
         self.staged.commit();
         self.update_gauges();
     }
@@ -477,6 +512,7 @@ impl Processor for StitchProcessor {
     fn aborted(&self, _reason: &str) {
         self.staged.discard();
         lock(&self.dirty).clear();
+        lock(&self.forgetting).clear();
     }
 }
 
@@ -537,17 +573,17 @@ mod tests {
         // Anonymous first: the pages wait, then identify releases them enriched.
         let mut late = Visitor::default();
         merge(&mut late, observe(vec![page("p1", 100), page("p2", 200)]));
-        let settled = settle(&mut late, &tal, 10);
+        let settled = settle(&mut late, &tal, 10, 1 << 20);
         assert!(settled.resolved.is_empty() && late.events.len() == 2);
         merge(&mut late, identify("cfo@acme.example", "CFO"));
-        let released = settle(&mut late, &tal, 10).resolved;
+        let released = settle(&mut late, &tal, 10, 1 << 20).resolved;
         assert!(late.events.is_empty());
         // Identified first: the same pages resolve as they arrive, to the same events.
         let mut early = Visitor::default();
         merge(&mut early, identify("cfo@acme.example", "CFO"));
-        assert!(settle(&mut early, &tal, 10).resolved.is_empty());
+        assert!(settle(&mut early, &tal, 10, 1 << 20).resolved.is_empty());
         merge(&mut early, observe(vec![page("p1", 100), page("p2", 200)]));
-        let at_once = settle(&mut early, &tal, 10).resolved;
+        let at_once = settle(&mut early, &tal, 10, 1 << 20).resolved;
         assert_eq!(released, at_once);
         assert_eq!(released.len(), 2);
         let (account, event) = &released[0];
@@ -566,13 +602,13 @@ mod tests {
         let mut visitor = Visitor::default();
         merge(&mut visitor, identify("someone@gmail.com", "Engineer"));
         merge(&mut visitor, observe((0..5).map(|i| page(&format!("p{i}"), i)).collect()));
-        let settled = settle(&mut visitor, &tal, 3);
+        let settled = settle(&mut visitor, &tal, 3, 1 << 20);
         assert!(settled.resolved.is_empty());
         let pushed: Vec<&str> = settled.overflow.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(pushed, ["p0", "p1"], "the oldest go");
         assert_eq!(visitor.events.len(), 3);
         merge(&mut visitor, Visitor { domain: Some("acme.example".into()), updated_at: 10, ..Visitor::default() });
-        let released = settle(&mut visitor, &tal, 3).resolved;
+        let released = settle(&mut visitor, &tal, 3, 1 << 20).resolved;
         assert_eq!(released.iter().map(|(_, e)| e.event_id.as_str()).collect::<Vec<_>>(), ["p2", "p3", "p4"]);
         // The event's own email stays its own (gmail), the account came from the group.
         assert_eq!(released[0].1.contact.as_ref().and_then(|c| c.email.as_deref()), Some("someone@gmail.com"));
@@ -593,6 +629,17 @@ mod tests {
         let evicted: Vec<&str> = forgotten.iter().filter(|(_, why)| *why == "evicted").map(|(id, _)| id.as_str()).collect();
         assert_eq!(evicted, ["v05", "v06", "v07", "v08", "v09"]);
         assert!(to_forget(&states, None, 40).is_empty());
+    }
+
+    #[test]
+    fn the_waiting_events_of_a_visitor_are_bounded_in_bytes_too() {
+        let tal = tal();
+        let mut visitor = Visitor::default();
+        merge(&mut visitor, observe((0..10).map(|i| page(&format!("p{i}"), i)).collect()));
+        let size = visitor.events[0].len();
+        let settled = settle(&mut visitor, &tal, 100, 3 * size + size / 2);
+        assert_eq!(settled.overflow.len(), 7, "only the newest three fit");
+        assert_eq!(abm_schemas::decode::<EngagementEvent>(&visitor.events[0]).expect("event").event_id, "p7");
     }
 
     #[test]

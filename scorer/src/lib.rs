@@ -99,7 +99,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(config.scoring.clone())?);
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-scorer").await?;
-    check_partitions(&config.kafka, &topics).await?;
+    let (engagement, state) = (topics.name(TopicRole::Engagement), topics.name(TopicRole::ScorerState));
+    config.kafka.check_changelog_partitions("abm-scorer-check", engagement, state).await?;
     let outputs = [
         TopicRole::AccountScores,
         TopicRole::ScoreCrossings,
@@ -288,28 +289,4 @@ fn follow_program(
             }
         });
     }
-}
-
-/// The changelog is written to the input's partition numbers: it needs at least as many.
-async fn check_partitions(kafka: &abm::kafka::KafkaConfig, topics: &Topics) -> anyhow::Result<()> {
-    let engagement = topics.name(TopicRole::Engagement).to_owned();
-    let state = topics.name(TopicRole::ScorerState).to_owned();
-    use rdkafka::consumer::Consumer as _;
-    let client: rdkafka::consumer::BaseConsumer = kafka.client_config("abm-scorer-check").create()?;
-    let timeout = kafka.timeout();
-    let (input, changelog) = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
-        let count = |topic: &str| -> anyhow::Result<usize> {
-            let metadata = client.fetch_metadata(Some(topic), timeout)?;
-            Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
-        };
-        Ok((count(&engagement)?, count(&state)?))
-    })
-    .await??;
-    anyhow::ensure!(
-        input > 0 && changelog >= input,
-        "{} has {changelog} partitions but {} has {input}: the changelog needs at least as many",
-        topics.name(TopicRole::ScorerState),
-        topics.name(TopicRole::Engagement)
-    );
-    Ok(())
 }

@@ -125,6 +125,31 @@ impl KafkaConfig {
         role_defaults
     }
 
+    /// Fails unless `changelog` has at least as many partitions as `input`: a loop keeps the
+    /// state of input partition p in changelog partition p (the scorer's accounts, the
+    /// stitcher's visitors), so a changelog with fewer partitions could not hold it.
+    pub async fn check_changelog_partitions(&self, client_id: &str, input: &str, changelog: &str) -> anyhow::Result<()> {
+        use rdkafka::consumer::Consumer as _;
+        let client: BaseConsumer = self.client_config(client_id).create()?;
+        let timeout = self.timeout();
+        let (input, changelog) = (input.to_owned(), changelog.to_owned());
+        let (names, counts) = (format!("{changelog} and {input}"), (input.clone(), changelog.clone()));
+        let (inputs, changelogs) = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+            let count = |topic: &str| -> anyhow::Result<usize> {
+                let metadata = client.fetch_metadata(Some(topic), timeout)?;
+                Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+            };
+            Ok((count(&counts.0)?, count(&counts.1)?))
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("counting the partitions of {names}: {error}"))??;
+        anyhow::ensure!(
+            inputs > 0 && changelogs >= inputs,
+            "{changelog} has {changelogs} partitions but {input} has {inputs}: the changelog needs at least as many"
+        );
+        Ok(())
+    }
+
     /// librdkafka (2.12) aborts the process on a failed assertion when creating a client fails
     /// after its OIDC token thread has started, as with a TLS file it cannot load. With
     /// `sasl.oauthbearer.method = oidc`, the same settings are first tried on a client without
