@@ -2,7 +2,8 @@
 //! `@segment/analytics-node` and `@rudderstack/rudder-sdk-node` (npm) from Node, and
 //! analytics.js 2.0 (`@segment/analytics-next`) in headless Chromium (Debian's, through
 //! playwright-core). Their events arrive scored, and a visitor who browses anonymously and
-//! identifies later ends with the score of one identified from the start (identity stitching).
+//! identifies later ends with the score of one identified from the start (identity stitching),
+//! with every Avro topic in Confluent framing through the schema registry under test.
 
 use std::time::{Duration, Instant};
 
@@ -75,14 +76,20 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
     )
     .expect("config");
     let prefix = &topics.prefix;
-    let mut env = topics.env();
+    // Every Avro topic in Confluent framing, the stitcher's too: the Segment path through the
+    // schema registry under test.
+    let registry = [
+        ("ABM_REGISTRY__URL", abm_testkit::registry_url()),
+        ("ABM_REGISTRY__FRAMING", "confluent".to_owned()),
+    ];
+    let mut env = abm_testkit::with_env(topics.env(), &registry);
     env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{ingest_port}")));
     env.push(("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest")));
     env.push(("ABM_INGEST__STITCH__GROUP_ID", format!("{prefix}-stitch")));
     env.push(("ABM_INGEST__STITCH__INSTANCE_ID", format!("{prefix}-stitch")));
     let mut ingest =
         ServiceProcess::start(&workspace_binary("ingest"), &["--config", &config.display().to_string()], &env);
-    let mut env = topics.env();
+    let mut env = abm_testkit::with_env(topics.env(), &registry);
     env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{scorer_port}")));
     env.push(("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")));
     env.push(("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")));
@@ -154,6 +161,11 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
         assert_eq!(contacts[0]["persona"], "economic_buyer", "from the title CFO: {view}");
     }
 
+    // The visitors' topics were Confluent-framed (magic byte 0).
+    for role in [TopicRole::Identity, TopicRole::IdentityGraph, TopicRole::Engagement] {
+        let records = abm_testkit::read_all_bytes(&topics.name(role));
+        assert!(!records.is_empty() && records.iter().all(|(_, bytes)| bytes.first() == Some(&0)), "{role:?}");
+    }
     for process in [&mut ingest, &mut scorer] {
         process.signal("TERM");
         assert!(process.wait(Duration::from_secs(30)).success(), "{}", process.stderr());
