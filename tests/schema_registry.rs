@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use abm::topics::TopicRole;
 use abm_schemas::{AccountScore, AvroRecord, SalesAlert};
 use abm_testkit::{
-    SecureListeners, ServiceProcess, TestTopics, bootstrap_servers, flush, free_port, producer, read_all, read_all_bytes, registry_tls_url, registry_url,
-    run_python, run_to_exit, send, use_registry, wait_for_status, with_env, workspace_binary,
+    SecureListeners, ServiceProcess, TestTopics, bootstrap_servers, flush, free_port, producer, read_all,
+    read_all_bytes, registry_tls_url, registry_url, run_python, run_to_exit, send, use_registry, wait_for_status,
+    with_env, workspace_binary,
 };
 
 /// `<topic>-value`'s latest registered id, asked of the registry's Confluent API.
@@ -109,11 +110,9 @@ fn the_pipeline_writes_confluent_framing_that_confluent_kafkas_own_deserializer_
     send(&kafka, &topics.name(TopicRole::Accounts), "acme", &abm_testkit::acme_account());
     flush(&kafka);
 
-    let registry = [
-        ("ABM_REGISTRY__URL", registry_url()),
-        ("ABM_REGISTRY__FRAMING", "confluent".to_owned()),
-    ];
-    let ports: BTreeMap<&str, u16> = [("ingest", free_port()), ("scorer", free_port()), ("alerter", free_port())].into();
+    let registry = [("ABM_REGISTRY__URL", registry_url()), ("ABM_REGISTRY__FRAMING", "confluent".to_owned())];
+    let ports: BTreeMap<&str, u16> =
+        [("ingest", free_port()), ("scorer", free_port()), ("alerter", free_port())].into();
     let mut services = Vec::new();
     for (service, port) in &ports {
         let mut env = with_env(topics.env(), &registry);
@@ -223,10 +222,7 @@ fn a_schema_change_the_registry_refuses_stops_the_start_with_its_reason() {
     let env = |topics: &TestTopics, port: u16| {
         let mut env = with_env(
             topics.env(),
-            &[
-                ("ABM_REGISTRY__URL", registry_url()),
-                ("ABM_REGISTRY__TOPICS__SALES_ALERTS", "confluent".to_owned()),
-            ],
+            &[("ABM_REGISTRY__URL", registry_url()), ("ABM_REGISTRY__TOPICS__SALES_ALERTS", "confluent".to_owned())],
         );
         env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
         env.extend(service_vars("alerter", topics));
@@ -237,7 +233,8 @@ fn a_schema_change_the_registry_refuses_stops_the_start_with_its_reason() {
     // cannot be read with today's schema, so BACKWARD compatibility refuses today's.
     let (status, answer) = register(&subject, &sales_alert_without("alert_id"));
     assert_eq!(status, 200, "{answer}");
-    let (exit, stderr) = run_to_exit(&workspace_binary("alerter"), &[], &env(&topics, free_port()), Duration::from_secs(90));
+    let (exit, stderr) =
+        run_to_exit(&workspace_binary("alerter"), &[], &env(&topics, free_port()), Duration::from_secs(90));
     assert_eq!(exit.code(), Some(1), "{stderr}");
     let line = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default();
     assert!(

@@ -78,10 +78,8 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
     let prefix = &topics.prefix;
     // Every Avro topic in Confluent framing, the stitcher's too: the Segment path through the
     // schema registry under test.
-    let registry = [
-        ("ABM_REGISTRY__URL", abm_testkit::registry_url()),
-        ("ABM_REGISTRY__FRAMING", "confluent".to_owned()),
-    ];
+    let registry =
+        [("ABM_REGISTRY__URL", abm_testkit::registry_url()), ("ABM_REGISTRY__FRAMING", "confluent".to_owned())];
     let mut env = abm_testkit::with_env(topics.env(), &registry);
     env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{ingest_port}")));
     env.push(("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest")));
@@ -135,7 +133,10 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
             .map(|events| events.iter().filter_map(|e| e["event_id"].as_str()).collect())
             .unwrap_or_default();
         for id in sent[library]["events"].as_array().expect("ids") {
-            assert!(ids.contains(&id.as_str().unwrap_or_default()), "{library}: messageId {id} is the event_id: {ids:?}");
+            assert!(
+                ids.contains(&id.as_str().unwrap_or_default()),
+                "{library}: messageId {id} is the event_id: {ids:?}"
+            );
         }
         // Both events count for the identified user, with the persona its identify's title gives.
         let contacts = view["contacts"].as_array().cloned().unwrap_or_default();
@@ -148,7 +149,11 @@ fn segment_and_rudderstack_clients_are_scored_and_a_late_identify_scores_as_an_e
     // before browsing (beta) or after two anonymous pages (acme).
     let late = scored(scorer_port, "acme", 3, deadline);
     let early = scored(scorer_port, "beta", 3, deadline);
-    assert_eq!((late["events_applied"].as_u64(), early["events_applied"].as_u64()), (Some(3), Some(3)), "{late}\n{early}");
+    assert_eq!(
+        (late["events_applied"].as_u64(), early["events_applied"].as_u64()),
+        (Some(3), Some(3)),
+        "{late}\n{early}"
+    );
     let (late_score, early_score) = (late["score"].as_f64().unwrap_or(0.0), early["score"].as_f64().unwrap_or(-1.0));
     assert!(late_score > 0.0, "{late}");
     // Equal up to the clock-skew correction of each event (sentAt vs arrival: a few ms, while
@@ -275,7 +280,11 @@ fn kill_9_during_stitching_loses_and_repeats_nothing() {
     };
     // A little longer: anything beyond `expected` would be a repeat.
     std::thread::sleep(Duration::from_secs(2));
-    let released = if released.len() >= expected { abm_testkit::read_all::<abm_schemas::EngagementEvent>(&engagement) } else { released };
+    let released = if released.len() >= expected {
+        abm_testkit::read_all::<abm_schemas::EngagementEvent>(&engagement)
+    } else {
+        released
+    };
     let mut ids: Vec<&str> = released.iter().map(|(_, event)| event.event_id.as_str()).collect();
     ids.sort_unstable();
     let before = ids.len();

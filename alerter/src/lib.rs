@@ -148,8 +148,11 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         config.kafka.ensure_topics("abm-alerter", &specs).await?;
     }
     let mut outputs = vec![Output::of(&topics, TopicRole::SalesAlerts), Output::of(&topics, TopicRole::Rejected)];
-    outputs.extend(settings.tier_topics.values().map(|topic| Output { role: TopicRole::SalesAlerts, topic: topic.clone() }));
-    let inputs = [TopicRole::ScoreCrossings, TopicRole::Accounts, TopicRole::SalesAlerts].map(|role| Output::of(&topics, role));
+    outputs.extend(
+        settings.tier_topics.values().map(|topic| Output { role: TopicRole::SalesAlerts, topic: topic.clone() }),
+    );
+    let inputs =
+        [TopicRole::ScoreCrossings, TopicRole::Accounts, TopicRole::SalesAlerts].map(|role| Output::of(&topics, role));
     abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
 

@@ -276,8 +276,9 @@ pub(crate) fn admit(
     let cors_origin = match allowed_origin(config, headers) {
         Ok(origin) => origin.and_then(|origin| HeaderValue::from_str(origin).ok()),
         Err(origin) => {
-            let error =
-                format!("origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)");
+            let error = format!(
+                "origin {origin:?} may not send with browser key {name:?} (ingest.browser_keys.{name}.origins)"
+            );
             return Err(Box::new(answer(collector, StatusCode::FORBIDDEN, json!({ "error": error }), None)));
         }
     };
@@ -321,15 +322,16 @@ pub(crate) fn http_source(key_name: &str) -> RejectSource {
 
 /// Whether the request says its body is gzip.
 pub(crate) fn gzip_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
+    headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
 }
 
 /// The body, at most `limit` bytes (`Err(first bytes)` when longer), read within
 /// `http.body_read_timeout_ms`; the answer (400, 408) when it could not be read.
-pub(crate) async fn read_body(collector: &Collector, body: Body, limit: usize) -> Result<Result<Vec<u8>, Vec<u8>>, Response> {
+pub(crate) async fn read_body(
+    collector: &Collector,
+    body: Body,
+    limit: usize,
+) -> Result<Result<Vec<u8>, Vec<u8>>, Response> {
     match tokio::time::timeout(collector.body_read_timeout, read_limited(body, limit)).await {
         Ok(Ok(read)) => Ok(read),
         Ok(Err(message)) => Err(answer(collector, StatusCode::BAD_REQUEST, json!({ "error": message }), None)),

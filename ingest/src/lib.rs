@@ -172,7 +172,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         TopicRole::IdentityGraph,
     ]
     .map(|role| Output::of(&topics, role));
-    let inputs = [TopicRole::Accounts, TopicRole::Identity, TopicRole::IdentityGraph].map(|role| Output::of(&topics, role));
+    let inputs =
+        [TopicRole::Accounts, TopicRole::Identity, TopicRole::IdentityGraph].map(|role| Output::of(&topics, role));
     abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
     if keys.is_empty() {
@@ -270,7 +271,8 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             max_batch_events: 10_000,
             stall_after: Duration::from_millis(settings.stitch.stall_after_ms.max(2000)),
             compression: None,
-            metrics: abm::eos::LoopMetrics::register(&context.registry, "ingest_stitch").context("registering metrics")?,
+            metrics: abm::eos::LoopMetrics::register(&context.registry, "ingest_stitch")
+                .context("registering metrics")?,
         };
         let stitch_metrics = stitch::StitchMetrics::register(&context.registry).context("registering metrics")?;
         let processor = Arc::new(stitch::StitchProcessor::new(
@@ -280,7 +282,10 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             config.kafka.clone(),
             stitch_metrics,
         ));
-        config.kafka.check_changelog_partitions("abm-stitch-check", &eos.input_topic, topics.name(TopicRole::IdentityGraph)).await?;
+        config
+            .kafka
+            .check_changelog_partitions("abm-stitch-check", &eos.input_topic, topics.name(TopicRole::IdentityGraph))
+            .await?;
         // A health of its own: the collector takes events while the stitcher restores or
         // rebalances (its loop still ends the process when it fails).
         let (kafka, shutdown) = (config.kafka.clone(), context.shutdown.clone());

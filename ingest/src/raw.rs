@@ -76,7 +76,10 @@ impl Normaliser {
         let items = split(&payload);
         let items = if items.is_empty() {
             // An empty record is kept too: as malformed JSON.
-            vec![crate::pipeline::Item { framing_error: Some("empty record".into()), ..crate::pipeline::Item::of(&payload) }]
+            vec![crate::pipeline::Item {
+                framing_error: Some("empty record".into()),
+                ..crate::pipeline::Item::of(&payload)
+            }]
         } else {
             items
         };

@@ -86,7 +86,9 @@ impl SegmentConfig {
         for (name, track) in &self.track {
             let at = format!("ingest.segment.track.{name:?}");
             match (track.kind, track.action.as_deref()) {
-                (EventKind::Unknown, _) => return Err(format!("{at}: kind \"unknown\" scores nothing; leave the name out")),
+                (EventKind::Unknown, _) => {
+                    return Err(format!("{at}: kind \"unknown\" scores nothing; leave the name out"));
+                }
                 (EventKind::Opportunity, _) => {
                     return Err(format!("{at}: CRM opportunities do not come from website trackers"));
                 }
@@ -200,7 +202,10 @@ pub fn translate(message: &Value, envelope: &Envelope<'_>, config: &SegmentConfi
     };
     let kind = text(object, "type").or(envelope.path_type).unwrap_or_default();
     let Some(kind) = type_of_path(kind) else {
-        return invalid(RejectReason::UnknownKind, format!("type {kind:?} is not one of track, page, screen, identify, group, alias"));
+        return invalid(
+            RejectReason::UnknownKind,
+            format!("type {kind:?} is not one of track, page, screen, identify, group, alias"),
+        );
     };
     let visitor = visitor_of(object, envelope);
     match kind {
@@ -303,12 +308,19 @@ fn event(
                     "campaign": first(&["campaign", "campaign_name", "email_subject"]),
                 }),
                 EventKind::ContentDownload => json!({ "asset": first(&["asset", "name", "title", "url"]) }),
-                EventKind::Webinar => json!({ "webinar_id": first(&["webinar_id", "webinar_name", "name"]), "action": track.action }),
+                EventKind::Webinar => {
+                    json!({ "webinar_id": first(&["webinar_id", "webinar_name", "name"]), "action": track.action })
+                }
                 EventKind::Meeting => json!({ "meeting_id": first(&["meeting_id", "id"]).unwrap_or(json!(name)) }),
                 EventKind::Intent => json!({ "topic": first(&["topic"]), "strength": first(&["strength"]) }),
-                EventKind::WebVisit => json!({ "url": page("url"), "referrer": page("referrer"), "title": page("title") }),
+                EventKind::WebVisit => {
+                    json!({ "url": page("url"), "referrer": page("referrer"), "title": page("title") })
+                }
                 EventKind::Opportunity | EventKind::Unknown => {
-                    return invalid(RejectReason::UnknownKind, format!("track {name:?} maps to kind {}", track.kind.as_str()));
+                    return invalid(
+                        RejectReason::UnknownKind,
+                        format!("track {name:?} maps to kind {}", track.kind.as_str()),
+                    );
                 }
             };
             (track.kind, properties)
@@ -329,10 +341,7 @@ fn event(
     if let Some(sent_at) = object.get("sentAt").filter(|v| !v.is_null()).or(envelope.batch_sent_at) {
         native.insert("sent_at".into(), sent_at.clone());
     }
-    let traits = object
-        .get("traits")
-        .or_else(|| path(message, &["context", "traits"]))
-        .and_then(Value::as_object);
+    let traits = object.get("traits").or_else(|| path(message, &["context", "traits"])).and_then(Value::as_object);
     let trait_text = |field: &str| traits.and_then(|t| text(t, field));
     let mut contact = Map::new();
     if let Some(user) = id(object, "userId") {
@@ -441,7 +450,10 @@ mod tests {
         let group = json!({"type": "group", "anonymousId": "a1", "groupId": "acme",
             "traits": {"website": "https://www.Acme.example/about"}});
         let Translated::Identity(visitor) = translate(&group, &envelope(), &config) else { panic!("identity") };
-        assert_eq!((visitor.account_id.as_deref(), visitor.domain.as_deref()), (Some("acme"), Some("www.acme.example")));
+        assert_eq!(
+            (visitor.account_id.as_deref(), visitor.domain.as_deref()),
+            (Some("acme"), Some("www.acme.example"))
+        );
         let Translated::Identity(visitor) = translate(&group, &browser, &config) else { panic!("identity") };
         assert_eq!((visitor.account_id, visitor.domain.as_deref()), (None, Some("www.acme.example")));
         // A page's visitors are apart from the backend's: the same ids, another namespace.

@@ -26,8 +26,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::http::{
-    Collector, admit, answer, cors_allowed, gunzip, gzip_encoded, header_key, http_source, oversized, read_body, summary,
-    unavailable, with_cors,
+    Collector, admit, answer, cors_allowed, gunzip, gzip_encoded, header_key, http_source, oversized, read_body,
+    summary, unavailable, with_cors,
 };
 use crate::keys::Scope;
 use crate::pipeline::{Item, Output, Record, prepare};
@@ -275,9 +275,16 @@ async fn receive(
             let mut records = Vec::with_capacity(identities.len());
             for visitor in &identities {
                 match abm_schemas::encode(visitor) {
-                    Ok(payload) => records.push(Record { output: Output::Identity, key: visitor.visitor_id.clone(), payload }),
+                    Ok(payload) => {
+                        records.push(Record { output: Output::Identity, key: visitor.visitor_id.clone(), payload })
+                    }
                     Err(error) => {
-                        return answer(collector, StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": error.to_string() }), None);
+                        return answer(
+                            collector,
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            json!({ "error": error.to_string() }),
+                            None,
+                        );
                     }
                 }
             }
@@ -321,7 +328,8 @@ async fn finish(
     collector.metrics.count_written("http", &prepared);
     let accepted = prepared.accepted();
     let rejected = prepared.results.len() - accepted;
-    let status = if accepted == 0 && identity_count == 0 && rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let status =
+        if accepted == 0 && identity_count == 0 && rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     let mut body = summary(&prepared, collector.max_reported_problems);
     body["success"] = json!(status == StatusCode::OK);
     body["identities"] = json!(identity_count);

@@ -459,27 +459,35 @@ impl Processor for StitchProcessor {
 
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<()> {
         let mut restored: Partitions = partitions.iter().map(|p| (*p, HashMap::new())).collect();
-        abm::kafka::read_to_end(&self.kafka, "abm-stitch-restore", &self.topics.graph, partitions, |partition, key, value| {
-            let Some(states) = restored.get_mut(&partition) else { return Ok(()) };
-            let visitor_id = String::from_utf8_lossy(key).into_owned();
-            match value {
-                None => {
-                    states.remove(&visitor_id);
+        abm::kafka::read_to_end(
+            &self.kafka,
+            "abm-stitch-restore",
+            &self.topics.graph,
+            partitions,
+            |partition, key, value| {
+                let Some(states) = restored.get_mut(&partition) else { return Ok(()) };
+                let visitor_id = String::from_utf8_lossy(key).into_owned();
+                match value {
+                    None => {
+                        states.remove(&visitor_id);
+                    }
+                    Some(bytes) => {
+                        match abm_schemas::decode_patiently::<Visitor>(bytes, abm_schemas::REGISTRY_PATIENCE) {
+                            Ok(state) => {
+                                states.insert(visitor_id, state);
+                            }
+                            Err(error) if error.is_retryable() => return Err(anyhow!("{error}")),
+                            Err(error) => {
+                                // Its facts and waiting events cannot be read: counted, and left in the graph.
+                                self.metrics.events.with_label_values(&["undecodable"]).inc();
+                                tracing::error!(partition, %error, "undecodable visitor state skipped");
+                            }
+                        }
+                    }
                 }
-                Some(bytes) => match abm_schemas::decode_patiently::<Visitor>(bytes, abm_schemas::REGISTRY_PATIENCE) {
-                    Ok(state) => {
-                        states.insert(visitor_id, state);
-                    }
-                    Err(error) if error.is_retryable() => return Err(anyhow!("{error}")),
-                    Err(error) => {
-                        // Its facts and waiting events cannot be read: counted, and left in the graph.
-                        self.metrics.events.with_label_values(&["undecodable"]).inc();
-                        tracing::error!(partition, %error, "undecodable visitor state skipped");
-                    }
-                },
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .with_context(|| format!("restoring the identity graph of partitions {partitions:?}"))?;
         lock(&self.visitors).extend(restored);
         self.update_gauges();
@@ -618,7 +626,9 @@ mod tests {
     #[test]
     fn idle_visitors_expire_and_a_crowded_partition_forgets_the_least_recently_seen() {
         let states: HashMap<String, Visitor> = (0..40)
-            .map(|i| (format!("v{i:02}"), Visitor { visitor_id: format!("v{i:02}"), updated_at: i, ..Visitor::default() }))
+            .map(|i| {
+                (format!("v{i:02}"), Visitor { visitor_id: format!("v{i:02}"), updated_at: i, ..Visitor::default() })
+            })
             .collect();
         let mut forgotten = to_forget(&states, Some(5), 100);
         forgotten.sort();
@@ -626,7 +636,8 @@ mod tests {
         // 35 left over a bound of 32: down to 30 (32 - 32/16), the oldest first.
         let mut forgotten = to_forget(&states, Some(5), 32);
         forgotten.sort_by_key(|(id, _)| id.clone());
-        let evicted: Vec<&str> = forgotten.iter().filter(|(_, why)| *why == "evicted").map(|(id, _)| id.as_str()).collect();
+        let evicted: Vec<&str> =
+            forgotten.iter().filter(|(_, why)| *why == "evicted").map(|(id, _)| id.as_str()).collect();
         assert_eq!(evicted, ["v05", "v06", "v07", "v08", "v09"]);
         assert!(to_forget(&states, None, 40).is_empty());
     }

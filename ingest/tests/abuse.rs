@@ -336,3 +336,74 @@ fn a_browser_key_cannot_forge_kinds_or_accounts_and_is_rate_limited() {
     }
     drop(ingest.process);
 }
+
+/// The Segment-compatible endpoints hold the same line: CORS only for a browser key's origins,
+/// no key no body, a body over the Segment limit kept as oversized, a message of no known type
+/// kept as sent, and a browser key's `group`, `identify` and pages land in the browser's own
+/// visitor namespace with no explicit account or persona.
+#[test]
+fn the_segment_endpoints_hold_the_same_line() {
+    use base64::Engine as _;
+    let ingest = start(
+        "abuse-segment",
+        &[("ABM_INGEST__SEGMENT__MAX_BATCH_BYTES", "4096".into()), ("ABM_INGEST__STITCH__ENABLED", "false".into())],
+        "",
+    );
+    // The preflight: yes for the key's origin, no for another.
+    let preflight = |origin: &str| {
+        let headers = [("Origin", origin.to_owned()), ("Access-Control-Request-Method", "POST".to_owned())];
+        http_request(ingest.port, "OPTIONS", "/v1/t", b"", &headers)
+    };
+    let (status, headers, _) = preflight(ORIGIN);
+    assert_eq!(status, 204);
+    assert_eq!(headers.get("access-control-allow-origin").map(String::as_str), Some(ORIGIN));
+    assert!(headers.get("access-control-allow-headers").is_some_and(|h| h.contains("authorization")));
+    assert_eq!(preflight("https://evil.example").0, 403);
+
+    // No key (nor one in the body): 401, nothing kept.
+    let page = format!(
+        r#"{{"type":"page","anonymousId":"a1","properties":{{"url":"https://v.example/"}},"timestamp":{}}}"#,
+        now_ms()
+    );
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/p", page.as_bytes(), &[]);
+    assert_eq!(status, 401, "{answer}");
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{BROWSER_KEY}:")));
+    let browser =
+        [("Authorization", basic.clone()), ("Origin", ORIGIN.to_owned()), ("Content-Type", "text/plain".to_owned())];
+
+    // A browser's batch: a page, a group naming an account, an identify naming a persona, and
+    // a message of no known type.
+    let batch = format!(
+        r#"{{"batch":[{page},
+            {{"type":"group","anonymousId":"a1","groupId":"acme","traits":{{"domain":"acme.example"}}}},
+            {{"type":"identify","anonymousId":"a1","traits":{{"email":"x@gmail.com","persona":"economic_buyer"}}}},
+            {{"type":"teleport","anonymousId":"a1"}}]}}"#
+    );
+    let (status, headers, answer) = http_request(ingest.port, "POST", "/v1/batch", batch.as_bytes(), &browser);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers.get("access-control-allow-origin").map(String::as_str), Some(ORIGIN));
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(
+        (answer["pending"].as_u64(), answer["identities"].as_u64(), answer["rejected"].as_u64()),
+        (Some(1), Some(2), Some(1)),
+        "{answer}"
+    );
+    let observed = read_all::<abm_schemas::Visitor>(&ingest.topics.name(TopicRole::Identity));
+    assert_eq!(observed.len(), 3);
+    for (key, visitor) in &observed {
+        assert_eq!((key.as_str(), visitor.visitor_id.as_str()), ("web:a1", "web:a1"), "the browser's namespace");
+        assert_eq!(visitor.account_id, None, "no explicit account from a browser");
+        assert_eq!(visitor.contact.as_ref().and_then(|c| c.persona.clone()), None, "no persona from a browser");
+    }
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    let teleport = rejected.iter().find(|(_, r)| r.reason == RejectReason::UnknownKind).expect("kept");
+    assert!(String::from_utf8_lossy(&teleport.1.original).contains("teleport"), "kept as sent");
+
+    // Over the Segment body limit (4096 here): 413, kept as oversized.
+    let big = format!(r#"{{"batch":[{}]}}"#, vec![page.as_str(); 80].join(","));
+    let server = [("Authorization", format!("Bearer {SERVER_KEY}"))];
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/batch", big.as_bytes(), &server);
+    assert_eq!(status, 413, "{answer}");
+    let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
+    assert!(rejected.iter().any(|(_, r)| r.reason == RejectReason::Oversized), "kept as oversized");
+}

@@ -57,7 +57,9 @@ pub enum DecodeError {
     Truncated { len: usize },
     #[error("not an Avro single-object message: starts with {found:02x?}, expected [c3, 01]")]
     BadMagic { found: [u8; 2] },
-    #[error("Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured (registry.url)")]
+    #[error(
+        "Confluent-framed message (registry schema id {schema_id}) but no schema registry is configured (registry.url)"
+    )]
     RegistryFramed { schema_id: u32 },
     #[error("{record}: the schema registry has no schema with id {schema_id}")]
     UnknownRegistryId { record: String, schema_id: u32 },
@@ -347,14 +349,19 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
         schema_id: u32,
         known: crate::registry::Known,
     ) -> Result<Arc<GenericDatumReader<'static>>, DecodeError> {
-        if let Some(reader) = self.foreign.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&known.fingerprint) {
+        if let Some(reader) =
+            self.foreign.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&known.fingerprint)
+        {
             return Ok(reader.clone());
         }
         let reader = GenericDatumReader::builder(known.schema).reader_schema(self.schema).build().map_err(|error| {
             DecodeError::IncompatibleWriter { record: self.record.clone(), schema_id, detail: error.to_string() }
         })?;
         let reader = Arc::new(reader);
-        self.foreign.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(known.fingerprint, reader.clone());
+        self.foreign
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(known.fingerprint, reader.clone());
         Ok(reader)
     }
 }

@@ -129,8 +129,7 @@ pub fn writer_schema(id: u32, record: &str) -> Result<Known, DecodeError> {
         return Err(DecodeError::UnknownRegistryId { record: record.to_owned(), schema_id: id });
     }
     match source.schema_text(id) {
-        Ok(text) => learn(id, &text)
-            .map_err(|detail| DecodeError::Malformed { record: record.to_owned(), detail }),
+        Ok(text) => learn(id, &text).map_err(|detail| DecodeError::Malformed { record: record.to_owned(), detail }),
         Err(LookupError::NotFound(_)) => {
             let mut missing = write(&TABLE.missing);
             if missing.len() >= MAX_SCHEMAS {

@@ -128,7 +128,12 @@ impl KafkaConfig {
     /// Fails unless `changelog` has at least as many partitions as `input`: a loop keeps the
     /// state of input partition p in changelog partition p (the scorer's accounts, the
     /// stitcher's visitors), so a changelog with fewer partitions could not hold it.
-    pub async fn check_changelog_partitions(&self, client_id: &str, input: &str, changelog: &str) -> anyhow::Result<()> {
+    pub async fn check_changelog_partitions(
+        &self,
+        client_id: &str,
+        input: &str,
+        changelog: &str,
+    ) -> anyhow::Result<()> {
         use rdkafka::consumer::Consumer as _;
         let client: BaseConsumer = self.client_config(client_id).create()?;
         let timeout = self.timeout();

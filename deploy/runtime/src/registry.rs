@@ -211,10 +211,8 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
-        let user_info = config
-            .basic_auth_user_info
-            .split_once(':')
-            .map(|(user, password)| (user.to_owned(), password.to_owned()));
+        let user_info =
+            config.basic_auth_user_info.split_once(':').map(|(user, password)| (user.to_owned(), password.to_owned()));
         let http = builder.build().context("building the schema registry's HTTP client")?;
         Ok(Client { http, base: config.url.trim_end_matches('/').to_owned(), user_info, timeout })
     }
@@ -253,7 +251,8 @@ impl Client {
             let request = self.request(reqwest::Method::POST, &path).header("Content-Type", CONTENT_TYPE).json(&body);
             match self.call(request).await {
                 Ok(Ok(answer)) => {
-                    return id_of(&answer).ok_or_else(|| anyhow!("the schema registry answered {answer} without an id"));
+                    return id_of(&answer)
+                        .ok_or_else(|| anyhow!("the schema registry answered {answer} without an id"));
                 }
                 Ok(Err(Refused { status: 409, message })) => bail!(
                     "the schema registry refused the schema for subject {subject} as incompatible with the versions \
@@ -315,7 +314,9 @@ impl Client {
                     }
                 }
                 Ok(Err(Refused { status: 404, .. })) => {}
-                Ok(Err(Refused { status, message })) => bail!("reading {subject} version {version}: HTTP {status}: {message}"),
+                Ok(Err(Refused { status, message })) => {
+                    bail!("reading {subject} version {version}: HTTP {status}: {message}")
+                }
                 Err(detail) => bail!("reading {subject} version {version}: {detail}"),
             }
         }
@@ -369,9 +370,9 @@ impl SchemaSource for HttpSource {
             runtime.block_on(client.schema_by_id(id))
         });
         match lookup {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err(LookupError::Unavailable("the registry lookup panicked".into()))),
+            Ok(thread) => {
+                thread.join().unwrap_or_else(|_| Err(LookupError::Unavailable("the registry lookup panicked".into())))
+            }
             Err(error) => Err(LookupError::Unavailable(format!("cannot start the registry lookup: {error}"))),
         }
     }

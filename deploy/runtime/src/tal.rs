@@ -43,15 +43,16 @@ where
 {
     let topic = topics.name(TopicRole::Accounts).to_owned();
     crate::kafka::follow_table(kafka, client_id, &topic, shutdown, move |key, value| {
-        let change = match value.map(|bytes| abm_schemas::decode_patiently::<Account>(bytes, abm_schemas::REGISTRY_PATIENCE)) {
-            None => TalChange::Remove(String::from_utf8_lossy(key).into_owned()),
-            Some(Ok(account)) => TalChange::Upsert(account),
-            Some(Err(error)) => {
-                tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable TAL record");
-                metrics.decode_errors.inc();
-                return;
-            }
-        };
+        let change =
+            match value.map(|bytes| abm_schemas::decode_patiently::<Account>(bytes, abm_schemas::REGISTRY_PATIENCE)) {
+                None => TalChange::Remove(String::from_utf8_lossy(key).into_owned()),
+                Some(Ok(account)) => TalChange::Upsert(account),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, key = %String::from_utf8_lossy(key), "undecodable TAL record");
+                    metrics.decode_errors.inc();
+                    return;
+                }
+            };
         let accounts = apply(change);
         metrics.accounts.set(i64::try_from(accounts).unwrap_or(i64::MAX));
     })
