@@ -8,6 +8,7 @@
 #
 # Targets (tests/fuzz/fuzz_targets/):
 #   collector_json     request bodies through split, validation and resolution (server and browser keys)
+#   segment_json       Segment/RudderStack bodies through the translation and the stitcher's merge and settle
 #   avro_decode        datums behind a valid header, decoded as every record the services read
 #   engagement_direct  the hand-written EngagementEvent decoder against the Avro library's
 #   state_restore      changelog records (heads, chunks, tombstones) through the scorer's Restorer
@@ -22,7 +23,7 @@ seconds=${FUZZ_SECONDS:-120}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(collector_json avro_decode engagement_direct state_restore)
+[ ${#targets[@]} -gt 0 ] || targets=(collector_json segment_json avro_decode engagement_direct state_restore)
 cargo +nightly fuzz build -O
 failed=0
 for target in "${targets[@]}"; do

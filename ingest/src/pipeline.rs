@@ -217,12 +217,7 @@ fn accept(
             (Output::Engagement, Destination::Engaged, account, abm_schemas::encode(&event)?)
         }
         (Resolution::Unresolved(_), Some(visitor)) => {
-            let observed = abm_schemas::Visitor {
-                visitor_id: visitor.to_owned(),
-                events: vec![serde_bytes::ByteBuf::from(abm_schemas::encode(&event)?)],
-                updated_at: received_at,
-                ..abm_schemas::Visitor::default()
-            };
+            let observed = abm_schemas::Visitor::waiting(visitor, abm_schemas::encode(&event)?, received_at);
             (Output::Identity, Destination::Pending, visitor.to_owned(), abm_schemas::encode(&observed)?)
         }
         (Resolution::Unresolved(key), None) => {

@@ -552,12 +552,11 @@ mod tests {
     }
 
     fn observe(events: Vec<Vec<u8>>) -> Visitor {
-        Visitor {
-            visitor_id: "a1".into(),
-            events: events.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-            updated_at: 5,
-            ..Visitor::default()
+        let mut observed = Visitor { visitor_id: "a1".into(), updated_at: 5, ..Visitor::default() };
+        for event in events {
+            merge(&mut observed, Visitor::waiting("a1", event, 5));
         }
+        observed
     }
 
     fn identify(email: &str, title: &str) -> Visitor {

@@ -150,6 +150,18 @@ pub struct Visitor {
     pub updated_at: i64,
 }
 
+impl Visitor {
+    /// An observation of `visitor_id` carrying one waiting event (its framed `EngagementEvent`).
+    pub fn waiting(visitor_id: impl Into<String>, event_message: Vec<u8>, updated_at: i64) -> Visitor {
+        Visitor {
+            visitor_id: visitor_id.into(),
+            events: vec![serde_bytes::ByteBuf::from(event_message)],
+            updated_at,
+            ..Visitor::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebVisit {
     pub url: String,
