@@ -68,6 +68,8 @@ listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,S
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 all_ports_answer() { port_answers "$port" && port_answers "$sasl_port" && port_answers "$ssl_port"; }
@@ -422,23 +424,7 @@ wait_ready() {
   die "the broker did not answer within ${start_limit}s"
 }
 
-stop() {
-  local pid
-  if ! pid=$(running_pid); then
-    say "not running (no live pid in $pidfile)"
-    rm -f "$pidfile"
-    return 0
-  fi
-  say "stopping broker pid $pid"
-  kill -TERM "$pid"
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
-    sleep 0.25
-  done
-  say "still running after 30s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
+stop() { stop_process broker "$pidfile"; }
 
 status() {
   local pid

@@ -48,6 +48,8 @@ tls_api="https://127.0.0.1:$tls_port/apis/ccompat/v7"
 
 say() { printf 'registry.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 running_pid() {
   [ -f "$pidfile" ] || return 1
@@ -138,23 +140,7 @@ start() {
   die "the registry did not answer within ${start_timeout}s"
 }
 
-stop() {
-  local pid
-  if ! pid=$(running_pid); then
-    say "not running (no live pid in $pidfile)"
-    rm -f "$pidfile"
-    return 0
-  fi
-  say "stopping registry pid $pid"
-  kill -TERM "$pid"
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
-    sleep 0.25
-  done
-  say "still running after 30s; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
+stop() { stop_process registry "$pidfile"; }
 
 status() {
   local pid

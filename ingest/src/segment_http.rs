@@ -35,13 +35,11 @@ use crate::segment::{Envelope, Translated, messages, source_config, translate, t
 use crate::validate::{Arrival, Rejection};
 
 pub(crate) fn routes(router: Router<Arc<Collector>>) -> Router<Arc<Collector>> {
-    let mut router = router
+    router
         .route("/sourceConfig", get(rudderstack_source_config).options(preflight))
         .route("/sourceConfig/", get(rudderstack_source_config).options(preflight))
-        .route("/v1/{message_type}", post(one_or_batch).options(preflight));
-    // RudderStack's SDKs post to /v1/batch as Segment's do; /v1/import is Segment's historical batch.
-    router = router.route("/v1/import", post(batch).options(preflight));
-    router
+        // `/v1/batch` (and Segment's historical `/v1/import`, short `/v1/b`) or one message.
+        .route("/v1/{message_type}", post(one_or_batch).options(preflight))
 }
 
 async fn preflight(State(collector): State<Arc<Collector>>, headers: HeaderMap) -> Response {
@@ -110,23 +108,13 @@ async fn one_or_batch(
     body: Body,
 ) -> Response {
     let path_type = match message_type.as_str() {
-        "batch" | "b" => None,
+        "batch" | "b" | "import" => None,
         other => match type_of_path(other) {
             Some(kind) => Some(kind),
             None => return (StatusCode::NOT_FOUND, axum::Json(json!({ "error": "no such endpoint" }))).into_response(),
         },
     };
     receive(&collector, path_type, query.as_deref(), &headers, &extensions, body).await
-}
-
-async fn batch(
-    State(collector): State<Arc<Collector>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: Body,
-) -> Response {
-    receive(&collector, None, query.as_deref(), &headers, &extensions, body).await
 }
 
 fn message_type_label(message: &Value, path_type: Option<&'static str>) -> &'static str {

@@ -402,7 +402,8 @@ fn the_segment_endpoints_hold_the_same_line() {
     // Over the Segment body limit (4096 here): 413, kept as oversized.
     let big = format!(r#"{{"batch":[{}]}}"#, vec![page.as_str(); 80].join(","));
     let server = [("Authorization", format!("Bearer {SERVER_KEY}"))];
-    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/batch", big.as_bytes(), &server);
+    // (Through /v1/import, Segment's historical name of /v1/batch.)
+    let (status, _, answer) = http_request(ingest.port, "POST", "/v1/import", big.as_bytes(), &server);
     assert_eq!(status, 413, "{answer}");
     let rejected = read_all::<RejectedEvent>(&ingest.topics.name(TopicRole::Rejected));
     assert!(rejected.iter().any(|(_, r)| r.reason == RejectReason::Oversized), "kept as oversized");

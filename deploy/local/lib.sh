@@ -1,0 +1,21 @@
+# Shared by the local service scripts (kafka.sh, registry.sh), which source it after defining
+# `say` (their own prefix) and `running_pid` (the live pid of their pid file, if any).
+
+# stop_process WHAT PIDFILE: SIGTERM, up to 30 s for it to exit, then SIGKILL.
+stop_process() {
+  local what=$1 pidfile=$2 pid
+  if ! pid=$(running_pid); then
+    say "not running (no live pid in $pidfile)"
+    rm -f "$pidfile"
+    return 0
+  fi
+  say "stopping $what pid $pid"
+  kill -TERM "$pid"
+  for _ in $(seq 1 120); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped"; return 0; }
+    sleep 0.25
+  done
+  say "still running after 30s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
