@@ -47,7 +47,14 @@ fn run_hot_account(name: &str, events: &[EngagementEvent]) -> serde_json::Value 
         assert!(Instant::now() < deadline, "the hot account was not applied in time:\n{}", scorer.stderr());
         std::thread::sleep(Duration::from_millis(500));
     };
-    // It kept committing: many transactions, and the last one durable.
+    // It kept committing: many transactions; and the last one is waited for, so that the kill
+    // below finds everything durable and the restore must give all of it back (a kill before
+    // the last commit would leave the restarted scorer re-applying the tail after its restore).
+    let durable = Instant::now() + Duration::from_secs(60);
+    while metric(env.port, "abm_scorer_snapshot_age_seconds", &[]) != 0.0 {
+        assert!(Instant::now() < durable, "the last batch was not committed within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(metric(env.port, "abm_scorer_transactions_total", &[]) >= 2.0);
     let bound = ScoringConfig::default().max_state_bytes;
     let records = read_all_bytes_from(&abm_testkit::bootstrap_servers(), &env.topic(TopicRole::ScorerState));
