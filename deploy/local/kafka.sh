@@ -74,14 +74,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 all_ports_answer() { port_answers "$port" && port_answers "$sasl_port" && port_answers "$ssl_port"; }
 
-running_pid() {
-  [ -f "$pidfile" ] || return 1
-  local pid
-  pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
-
 fetch() {
   if [ -f "$libs/.complete" ]; then
     return 0

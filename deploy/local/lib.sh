@@ -1,5 +1,15 @@
 # Shared by the local service scripts (kafka.sh, registry.sh), which source it after defining
-# `say` (their own prefix) and `running_pid` (the live pid of their pid file, if any).
+# `say` (their own prefix) and `pidfile`.
+
+# The live pid of $pidfile, if any.
+running_pid() {
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
 
 # stop_process WHAT PIDFILE: SIGTERM, up to 30 s for it to exit, then SIGKILL.
 stop_process() {

@@ -51,14 +51,6 @@ die() { say "error: $*"; exit 1; }
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-running_pid() {
-  [ -f "$pidfile" ] || return 1
-  local pid
-  pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
-
 answers() { curl -fsS -o /dev/null --max-time 2 "$api/subjects" 2>/dev/null; }
 
 java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }

@@ -152,12 +152,9 @@ async fn receive(
         Err(answer) => return answer,
     };
     let gzipped = gzip_encoded(headers);
-    // The body as received, kept when it cannot be decompressed.
-    let received = match &read {
-        Ok(bytes) | Err(bytes) => bytes.clone(),
-    };
+    // A body that cannot be decompressed is kept as received.
     let bytes = match read {
-        Ok(bytes) if gzipped || bytes.starts_with(&[0x1f, 0x8b]) => gunzip(&bytes, limit),
+        Ok(raw) if gzipped || raw.starts_with(&[0x1f, 0x8b]) => gunzip(&raw, limit).map_err(|message| (message, raw)),
         other => Ok(other),
     };
     let parsed: Option<Value> = match &bytes {
@@ -181,7 +178,7 @@ async fn receive(
     let reject_source = http_source(key_name);
     let arrival = Arrival { source: &source_name, received_at, default_kind: None, scope };
     let response = match (bytes, parsed) {
-        (Err(message), _) => {
+        (Err((message, received)), _) => {
             let items = [Item { framing_error: Some(message), ..Item::of(&received) }];
             finish(collector, &items, Vec::new(), &arrival, &reject_source, 0).await
         }

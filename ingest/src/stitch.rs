@@ -307,6 +307,7 @@ pub struct StitchProcessor {
     /// commits, kept when it aborts (the graph still holds them then).
     forgetting: Mutex<Vec<(i32, String)>>,
     last_sweep: Mutex<Instant>,
+    last_gauges: Mutex<Instant>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -335,6 +336,7 @@ impl StitchProcessor {
             dirty: Mutex::default(),
             forgetting: Mutex::default(),
             last_sweep: Mutex::new(Instant::now()),
+            last_gauges: Mutex::new(Instant::now()),
         }
     }
 
@@ -357,7 +359,15 @@ impl StitchProcessor {
         Ok(())
     }
 
-    fn update_gauges(&self) {
+    /// Sets the visitor gauges: a pass over every visitor, so at most once a second.
+    fn update_gauges(&self, force: bool) {
+        {
+            let mut last = lock(&self.last_gauges);
+            if !force && last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+        }
         let visitors = lock(&self.visitors);
         let count: usize = visitors.values().map(HashMap::len).sum();
         let waiting: usize = visitors.values().flat_map(HashMap::values).map(|v| v.events.len()).sum();
@@ -490,7 +500,7 @@ impl Processor for StitchProcessor {
         )
         .with_context(|| format!("restoring the identity graph of partitions {partitions:?}"))?;
         lock(&self.visitors).extend(restored);
-        self.update_gauges();
+        self.update_gauges(true);
         Ok(())
     }
 
@@ -514,7 +524,7 @@ impl Processor for StitchProcessor {
             }
         }
         self.staged.commit();
-        self.update_gauges();
+        self.update_gauges(false);
     }
 
     fn aborted(&self, _reason: &str) {

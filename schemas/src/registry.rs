@@ -86,11 +86,6 @@ pub fn install(source: Arc<dyn SchemaSource>) {
     *write(&TABLE.source) = Some(source);
 }
 
-/// Whether a source is installed.
-pub fn installed() -> bool {
-    read(&TABLE.source).is_some()
-}
-
 /// Records that the registry holds `schema_json` under `id` (at start-up: what the service
 /// registered or prefetched), and returns its fingerprint.
 pub fn learn(id: u32, schema_json: &str) -> Result<Known, String> {
