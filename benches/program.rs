@@ -90,7 +90,7 @@ fn main() {
     let tal = Tal::default();
     for i in (0..accounts).step_by(5) {
         let tier = [Tier::Tier1, Tier::Tier2, Tier::Tier3][i % 3];
-        tal.insert(format!("acc-{i:07}"), TalEntry { tier, committee: None });
+        tal.insert(format!("acc-{i:07}"), TalEntry { tier, committee: None, name: "".into(), owner: "".into() });
     }
     let before = abm_testkit::rss_bytes(std::process::id()) as usize;
     let book = Book::default();

@@ -12,7 +12,28 @@
 //!
 //! Errors are JSON: `{"error": "...", ...}` with 400 or 404.
 
+//! The query API on the scorer's HTTP port.
+//!
+//! Every instance answers for every account (see [`crate::directory`]): a query for an account
+//! of a partition held elsewhere is forwarded to its holder, the leaderboard is gathered from
+//! every instance, and while the partition is being restored or moved the answer is `503` with
+//! `Retry-After: 1`, never a score from state that is not there.
+//!
+//! - `GET /v1/accounts/{id}` — the account's score at its as-of time (E, B, m, tier, armed,
+//!   breakdown per rule, counts, contacts, recent events) and decayed to now (`now`).
+//!   `?at=<ms>` decays to that time instead of the wall clock.
+//! - `GET /v1/accounts?top=N&tier=T&stage=S&q=text&at=<ms>` — leaderboard by score decayed to
+//!   now (or `at`), over every instance. Without `stage` and `q` each instance reads its
+//!   ranking (its cost follows N, not the number of accounts); with them, it scans.
+//! - `GET /v1/program?tier=T&at=<ms>` — the ABM program's figures over every account of every
+//!   instance (README, "Program metrics"); `503` with `Retry-After` until this instance has read
+//!   the program's topics once. The body is [`program::Report`]: its types are the contract.
+//!
+//! Errors are JSON: `{"error": "...", ...}` with 400, 404 or 503. Each answer says which
+//! instance made it in `x-abm-instance`.
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use abm_schemas::{
     CommitteeCoverage, EngagedContact, EventKind, JourneyStage, OpportunityState, RecentEvent, RuleContribution, Tier,
@@ -20,54 +41,184 @@ use abm_schemas::{
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
+use crate::directory::{Directory, Holding, Route, partition_of};
 use crate::engine::{AccountScoreState, Engine, ScoreView};
 use crate::processor::Tal;
 use crate::program::{self, Book};
 use crate::store::Store;
 
-#[derive(Clone)]
-struct ApiState {
-    engine: Arc<Engine>,
-    store: Store,
-    tal: Arc<Tal>,
-    book: Arc<Book>,
+/// On a request from one instance to another: the sender's instance id. Such a request is
+/// answered by the receiver alone (never forwarded again).
+pub const FORWARDED: &str = "x-abm-forwarded";
+/// On a leaderboard request from one instance to another: `local`, this instance's partitions
+/// only, with the list of them.
+pub const SCOPE: &str = "x-abm-scope";
+/// On every answer: the instance that made it.
+pub const INSTANCE: &str = "x-abm-instance";
+
+/// What the query API reads.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    pub tal: Arc<Tal>,
+    pub book: Arc<Book>,
+    pub directory: Arc<Directory>,
+    /// For queries forwarded to other instances.
+    pub client: reqwest::Client,
     /// One program pass at a time (each is a walk over every account): others wait their turn.
-    program_passes: Arc<tokio::sync::Semaphore>,
-    leaderboard_examined: prometheus::Histogram,
+    pub program_passes: Arc<tokio::sync::Semaphore>,
+    /// One scanning leaderboard (a filter or a search) at a time.
+    pub scans: Arc<tokio::sync::Semaphore>,
+    pub leaderboard_examined: prometheus::Histogram,
+    pub forwarded: prometheus::IntCounterVec,
 }
 
-/// The routes, to be merged with the ops routes.
-pub fn routes(
-    engine: Arc<Engine>,
-    store: Store,
-    tal: Arc<Tal>,
-    book: Arc<Book>,
-    leaderboard_examined: prometheus::Histogram,
-) -> Router {
-    Router::new()
-        .route("/v1/accounts", get(leaderboard))
-        .route("/v1/accounts/{account_id}", get(account))
-        .route("/v1/program", get(program_report))
-        .with_state(ApiState {
+impl Api {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Store,
+        tal: Arc<Tal>,
+        book: Arc<Book>,
+        directory: Arc<Directory>,
+        forward_timeout: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> anyhow::Result<Api> {
+        let client = reqwest::Client::builder()
+            .timeout(forward_timeout)
+            .connect_timeout(forward_timeout.min(Duration::from_secs(2)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Api {
             engine,
             store,
             tal,
             book,
+            directory,
+            client,
             program_passes: Arc::new(tokio::sync::Semaphore::new(1)),
-            leaderboard_examined,
+            scans: Arc::new(tokio::sync::Semaphore::new(1)),
+            leaderboard_examined: metrics.leaderboard_examined.clone(),
+            forwarded: metrics.queries_forwarded.clone(),
         })
+    }
+}
+
+/// The routes, to be merged with the ops routes.
+pub fn routes(api: Api) -> Router {
+    Router::new()
+        .route("/v1/accounts", get(leaderboard))
+        .route("/v1/accounts/{account_id}", get(account))
+        .route("/v1/program", get(program_report))
+        .with_state(api)
+}
+
+/// Why a query has no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not now: the partition is being restored or moved, or its holder did not answer.
+    Unavailable(String),
+    /// A definite answer that is not a body: 400, 404 (the JSON error as the holder gave it).
+    Status(StatusCode, serde_json::Value),
+}
+
+impl Failure {
+    fn bad_request(message: String) -> Failure {
+        Failure::Status(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }))
+    }
+
+    pub fn into_response(self, instance: &str) -> Response {
+        let mut response = match self {
+            Failure::Unavailable(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                Json(serde_json::json!({ "error": reason, "retry_after_s": 1 })),
+            )
+                .into_response(),
+            Failure::Status(status, body) => (status, Json(body)).into_response(),
+        };
+        stamp(&mut response, instance);
+        response
+    }
+}
+
+fn stamp(response: &mut Response, instance: &str) {
+    if let Ok(value) = HeaderValue::from_str(instance) {
+        response.headers_mut().insert(INSTANCE, value);
+    }
+}
+
+fn answer(api: &Api, result: Result<serde_json::Value, Failure>) -> Response {
+    match result {
+        Ok(body) => {
+            let mut response = Json(body).into_response();
+            stamp(&mut response, api.directory.me());
+            response
+        }
+        Err(failure) => failure.into_response(api.directory.me()),
+    }
+}
+
+/// The credentials a forwarded query carries: the caller's, checked again by the holder.
+pub fn credentials(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(header::AUTHORIZATION).cloned()
+}
+
+/// Largest body taken from another instance.
+const MAX_FORWARDED_BODY: usize = 16 << 20;
+
+/// GETs `path_and_query` from another instance, as a forwarded query.
+async fn ask(
+    api: &Api,
+    instance_id: &str,
+    url: &str,
+    path_and_query: &str,
+    auth: Option<&HeaderValue>,
+    local_scope: bool,
+) -> Result<serde_json::Value, Failure> {
+    let mut request = api.client.get(format!("{}{path_and_query}", url.trim_end_matches('/'))).header(FORWARDED, api.directory.me());
+    if local_scope {
+        request = request.header(SCOPE, "local");
+    }
+    if let Some(auth) = auth {
+        request = request.header(header::AUTHORIZATION, auth.clone());
+    }
+    let unavailable = |detail: String| {
+        api.forwarded.with_label_values(&["unanswered"]).inc();
+        Failure::Unavailable(format!("instance {instance_id} ({url}) did not answer: {detail}"))
+    };
+    let response = request.send().await.map_err(|error| unavailable(error.without_url().to_string()))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|error| unavailable(error.without_url().to_string()))?;
+    if bytes.len() > MAX_FORWARDED_BODY {
+        return Err(unavailable(format!("an answer of {} bytes", bytes.len())));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| unavailable(format!("not JSON: {error}")))?;
+    match status.as_u16() {
+        200 => {
+            api.forwarded.with_label_values(&["answered"]).inc();
+            Ok(body)
+        }
+        503 => {
+            api.forwarded.with_label_values(&["unavailable"]).inc();
+            let reason = body.get("error").and_then(serde_json::Value::as_str).unwrap_or("unavailable");
+            Err(Failure::Unavailable(format!("instance {instance_id}: {reason}")))
+        }
+        400 | 401 | 403 | 404 => {
+            api.forwarded.with_label_values(&["answered"]).inc();
+            Err(Failure::Status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), body))
+        }
+        other => Err(unavailable(format!("status {other}"))),
+    }
 }
 
 use abm::clock::now_ms;
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
 
 // Response bodies: the API's own types, filled field by field from the engine's view, so the
 // engine's types never reach the wire (renaming an engine field is a compile error here, not a
@@ -195,51 +346,134 @@ struct AccountQuery {
 }
 
 async fn account(
-    State(api): State<ApiState>,
+    State(api): State<Api>,
+    headers: HeaderMap,
     Path(account_id): Path<String>,
     Query(query): Query<AccountQuery>,
 ) -> Response {
-    let entry = api.tal.get(&account_id).map(|entry| entry.clone());
+    let forwarded = headers.contains_key(FORWARDED);
+    let result = account_answer(&api, &account_id, query.at, credentials(&headers).as_ref(), forwarded).await;
+    answer(&api, result)
+}
+
+/// `GET /v1/accounts/{id}`'s body, from this instance or the account's holder.
+pub async fn account_answer(
+    api: &Api,
+    account_id: &str,
+    at: Option<i64>,
+    auth: Option<&HeaderValue>,
+    forwarded: bool,
+) -> Result<serde_json::Value, Failure> {
+    let partition = partition_of(account_id, api.directory.partitions());
+    match api.directory.route(partition, now_ms(), forwarded) {
+        Route::Here => local_account(api, account_id, partition, at),
+        Route::There { instance_id, url } => {
+            let mut path = format!("/v1/accounts/{}", encode_segment(account_id));
+            if let Some(at) = at {
+                path.push_str(&format!("?at={at}"));
+            }
+            ask(api, &instance_id, &url, &path, auth, false).await
+        }
+        Route::Unavailable(reason) => Err(Failure::Unavailable(reason)),
+    }
+}
+
+/// Percent-encodes a path segment (every byte but unreserved ones).
+fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn local_account(api: &Api, account_id: &str, partition: i32, at: Option<i64>) -> Result<serde_json::Value, Failure> {
+    let entry = api.tal.get(account_id).map(|entry| entry.clone());
     let tier = entry.as_ref().map(|entry| entry.tier);
     let committee = entry.as_ref().and_then(|entry| entry.committee.as_deref());
-    let state = match (api.store.get(&account_id), tier) {
+    let found = api.store.get(account_id);
+    // The partition may have been revoked while its state was read: then what was read (or
+    // not found) is no answer.
+    if api.directory.ownership().holding(partition) != Holding::Ready {
+        return Err(Failure::Unavailable(format!("partition {partition} left this instance during the query")));
+    }
+    let state = match (found, tier) {
         (Some(state), _) => state,
         // On the TAL but no events yet: a zero score, armed.
         (None, Some(tier)) => AccountScoreState { tier, ..AccountScoreState::default() },
         (None, None) => {
-            return (
+            return Err(Failure::Status(
                 StatusCode::NOT_FOUND,
-                Json(serde_json::json!({
-                    "error": "account not found: no events applied by this scorer instance and not on the TAL",
+                serde_json::json!({
+                    "error": "account not found: no events applied and not on the TAL",
                     "account_id": account_id,
-                })),
-            )
-                .into_response();
+                }),
+            ));
         }
     };
-    let view = api.engine.view_with(&account_id, &state, None, committee);
-    let later = api.engine.view_with(&account_id, &state, Some(query.at.unwrap_or_else(now_ms)), committee);
-    Json(AccountResponse::new(view, &later, tier.is_some())).into_response()
+    let view = api.engine.view_with(account_id, &state, None, committee);
+    let later = api.engine.view_with(account_id, &state, Some(at.unwrap_or_else(now_ms)), committee);
+    serde_json::to_value(AccountResponse::new(view, &later, tier.is_some()))
+        .map_err(|error| Failure::Unavailable(format!("the answer did not serialize: {error}")))
 }
 
-#[derive(Debug, Deserialize)]
-struct LeaderboardQuery {
-    top: Option<usize>,
-    tier: Option<String>,
-    at: Option<i64>,
+#[derive(Debug, Default, Deserialize)]
+pub struct LeaderboardQuery {
+    pub top: Option<usize>,
+    pub tier: Option<String>,
+    pub stage: Option<String>,
+    pub q: Option<String>,
+    pub at: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-struct Entry {
-    account_id: String,
-    tier: Tier,
-    score_now: f64,
-    score: f64,
-    as_of: Option<i64>,
-    armed: bool,
+/// One account of the leaderboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub account_id: String,
+    /// The TAL's name ("" when not on the TAL).
+    pub name: String,
+    pub tier: Tier,
+    pub score_now: f64,
+    pub score: f64,
+    pub as_of: Option<i64>,
+    pub armed: bool,
+    pub stage: JourneyStage,
+    /// The buying committee's coverage at `at` (0..1).
+    pub coverage: f64,
+    /// Events in the 7 and 30 days up to `at`.
+    pub events_7d: u32,
+    pub events_30d: u32,
+    /// `rising`, `steady` or `cooling`: the last 7 days' events against the 23 days before, per
+    /// day (README, "Leaderboard").
+    pub trend: Trend,
 }
 
-fn parse_tier(text: &str) -> Option<Tier> {
+/// The last 7 days' events per day against the 23 days before's (`events_30d - events_7d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    Rising,
+    Steady,
+    Cooling,
+}
+
+impl Trend {
+    pub fn of(events_7d: u32, events_30d: u32) -> Trend {
+        // 7d / 7 against (30d - 7d) / 23, in integers: 23 * 7d against 7 * (30d - 7d).
+        let (recent, before) = (23 * u64::from(events_7d), 7 * u64::from(events_30d.saturating_sub(events_7d)));
+        match recent.cmp(&before) {
+            std::cmp::Ordering::Greater => Trend::Rising,
+            std::cmp::Ordering::Equal => Trend::Steady,
+            std::cmp::Ordering::Less => Trend::Cooling,
+        }
+    }
+}
+
+pub fn parse_tier(text: &str) -> Option<Tier> {
     match text {
         "1" | "tier_1" => Some(Tier::Tier1),
         "2" | "tier_2" => Some(Tier::Tier2),
@@ -249,80 +483,281 @@ fn parse_tier(text: &str) -> Option<Tier> {
     }
 }
 
-/// Largest number of accounts one leaderboard request returns.
-const MAX_TOP: usize = 1000;
+pub fn parse_stage(text: &str) -> Option<JourneyStage> {
+    JourneyStage::ALL.into_iter().find(|stage| stage.as_str() == text)
+}
 
-async fn leaderboard(State(api): State<ApiState>, Query(query): Query<LeaderboardQuery>) -> Response {
-    let top = query.top.unwrap_or(10);
-    if top == 0 || top > MAX_TOP {
-        return error(StatusCode::BAD_REQUEST, format!("top must be between 1 and {MAX_TOP}"));
+/// Largest number of accounts one leaderboard request returns.
+pub const MAX_TOP: usize = 1000;
+/// Longest search text.
+const MAX_SEARCH: usize = 200;
+
+async fn leaderboard(State(api): State<Api>, headers: HeaderMap, Query(query): Query<LeaderboardQuery>) -> Response {
+    let local = headers.get(SCOPE).is_some_and(|scope| scope == "local") && headers.contains_key(FORWARDED);
+    let result = leaderboard_answer(&api, &query, credentials(&headers).as_ref(), local).await;
+    answer(&api, result)
+}
+
+/// A checked leaderboard request.
+#[derive(Debug, Clone)]
+struct Wanted {
+    top: usize,
+    tier: Option<Tier>,
+    stage: Option<JourneyStage>,
+    q: Option<String>,
+    at: i64,
+}
+
+impl Wanted {
+    fn of(query: &LeaderboardQuery) -> Result<Wanted, Failure> {
+        let top = query.top.unwrap_or(10);
+        if top == 0 || top > MAX_TOP {
+            return Err(Failure::bad_request(format!("top must be between 1 and {MAX_TOP}")));
+        }
+        let tier = match query.tier.as_deref().filter(|t| !t.is_empty()) {
+            None => None,
+            Some(text) => Some(parse_tier(text).ok_or_else(|| {
+                Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered"))
+            })?),
+        };
+        let stage = match query.stage.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(parse_stage(text).ok_or_else(|| {
+                Failure::bad_request(format!(
+                    "unknown stage {text:?}: use unaware, aware, engaged, mqa, opportunity or customer"
+                ))
+            })?),
+        };
+        let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        if q.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
+            return Err(Failure::bad_request(format!("q is longer than {MAX_SEARCH} bytes")));
+        }
+        let at = query.at.unwrap_or_else(now_ms);
+        if !(-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
+            return Err(Failure::bad_request(format!("at must be epoch milliseconds within ±{MAX_AT_MS}")));
+        }
+        Ok(Wanted { top, tier, stage, q, at })
     }
-    let tier = match query.tier.as_deref().map(|t| (t, parse_tier(t))) {
-        None => None,
-        Some((_, Some(tier))) => Some(tier),
-        Some((text, None)) => {
-            return error(StatusCode::BAD_REQUEST, format!("unknown tier {text:?}: use 1, 2, 3 or untiered"));
+
+    /// The same request for another instance's own partitions.
+    fn path(&self) -> String {
+        let mut path = format!("/v1/accounts?top={}&at={}", self.top, self.at);
+        if let Some(tier) = self.tier {
+            path.push_str(&format!("&tier={}", tier.as_str()));
+        }
+        if let Some(stage) = self.stage {
+            path.push_str(&format!("&stage={}", stage.as_str()));
+        }
+        if let Some(q) = &self.q {
+            path.push_str(&format!("&q={}", encode_segment(q)));
+        }
+        path
+    }
+}
+
+/// The leaderboard over every instance (`local`: over this instance's partitions, with their
+/// list). Its entries are ordered by score at `at`, then account id.
+pub async fn leaderboard_answer(
+    api: &Api,
+    query: &LeaderboardQuery,
+    auth: Option<&HeaderValue>,
+    local: bool,
+) -> Result<serde_json::Value, Failure> {
+    let wanted = Wanted::of(query)?;
+    let mine = local_top(api, &wanted).await?;
+    if local {
+        return Ok(serde_json::json!({ "at": wanted.at, "accounts": mine.entries, "partitions": mine.partitions }));
+    }
+    let total = api.directory.partitions();
+    let peers = api.directory.live_peers(now_ms());
+    let mut asks = tokio::task::JoinSet::new();
+    for peer in peers {
+        let (api, path, auth) = (api.clone(), wanted.path(), auth.cloned());
+        asks.spawn(async move { ask(&api, &peer.instance_id, &peer.url, &path, auth.as_ref(), true).await });
+    }
+    let mut entries = mine.entries;
+    let mut covered: Vec<u32> = vec![0; usize::try_from(total).unwrap_or(0)];
+    let mut cover = |partitions: &[i32]| {
+        for partition in partitions {
+            if let Some(count) = usize::try_from(*partition).ok().and_then(|p| covered.get_mut(p)) {
+                *count += 1;
+            }
         }
     };
-    let at = query.at.unwrap_or_else(now_ms);
+    cover(&mine.partitions);
+    let mut failure = None;
+    while let Some(joined) = asks.join_next().await {
+        let body = match joined {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+                continue;
+            }
+            Err(error) => {
+                failure.get_or_insert(Failure::Unavailable(format!("a gathering task failed: {error}")));
+                continue;
+            }
+        };
+        let partitions: Vec<i32> = serde_json::from_value(body["partitions"].clone()).unwrap_or_default();
+        let theirs: Vec<Entry> = serde_json::from_value(body["accounts"].clone()).unwrap_or_default();
+        cover(&partitions);
+        entries.extend(theirs);
+    }
+    // Every partition answered for exactly once, or no answer.
+    let missing: Vec<usize> = covered.iter().enumerate().filter(|(_, n)| **n == 0).map(|(p, _)| p).collect();
+    let twice: Vec<usize> = covered.iter().enumerate().filter(|(_, n)| **n > 1).map(|(p, _)| p).collect();
+    if !missing.is_empty() || !twice.is_empty() {
+        if let Some(Failure::Status(status, body)) = failure {
+            return Err(Failure::Status(status, body));
+        }
+        let mut reason = String::from("the leaderboard is being regathered:");
+        if !missing.is_empty() {
+            reason.push_str(&format!(" partitions {missing:?} have no live restored holder"));
+        }
+        if !twice.is_empty() {
+            reason.push_str(&format!(" partitions {twice:?} were answered twice (moving)"));
+        }
+        if let Some(Failure::Unavailable(detail)) = failure {
+            reason.push_str(&format!("; {detail}"));
+        }
+        return Err(Failure::Unavailable(reason));
+    }
+    entries.sort_by(|a, b| b.score_now.total_cmp(&a.score_now).then_with(|| a.account_id.cmp(&b.account_id)));
+    entries.truncate(wanted.top);
+    Ok(serde_json::json!({ "at": wanted.at, "accounts": entries }))
+}
+
+/// This instance's part of a leaderboard, and the partitions it covers.
+struct LocalTop {
+    entries: Vec<Entry>,
+    partitions: Vec<i32>,
+}
+
+async fn local_top(api: &Api, wanted: &Wanted) -> Result<LocalTop, Failure> {
+    let scanning = wanted.stage.is_some() || wanted.q.is_some();
+    // A scan walks every account: one at a time.
+    let _turn = if scanning {
+        Some(
+            api.scans
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Failure::Unavailable("the scorer is stopping".to_owned()))?,
+        )
+    } else {
+        None
+    };
+    let (api, wanted) = (api.clone(), wanted.clone());
     // Off the runtime's threads: a request walks shared structures (and may scan them all).
-    let (store, engine) = (api.store.clone(), api.engine.clone());
     let walked = tokio::task::spawn_blocking(move || {
-        store.top(tier, at, top, |account_id, state, score_now| Entry {
-            account_id: account_id.to_owned(),
-            tier: state.tier,
-            score_now,
-            score: engine.score(state),
-            as_of: state.as_of,
-            armed: state.armed,
-        })
+        let ownership = api.directory.ownership();
+        let before = ownership.version();
+        let (ready, _) = ownership.snapshot();
+        let (engine, tal, at) = (&api.engine, &api.tal, wanted.at);
+        let entry = |account_id: &str, state: &AccountScoreState, score_now: f64| {
+            let tal_entry = tal.get(account_id);
+            let committee = tal_entry.as_ref().and_then(|entry| entry.committee.clone());
+            let (events_7d, events_30d) = state
+                .counts_at(at)
+                .iter()
+                .fold((0u32, 0u32), |(a, b), c| (a.saturating_add(c.last_7_days), b.saturating_add(c.last_30_days)));
+            Entry {
+                account_id: account_id.to_owned(),
+                name: tal_entry.as_ref().map(|entry| entry.name.to_string()).unwrap_or_default(),
+                tier: state.tier,
+                score_now,
+                score: engine.score(state),
+                as_of: state.as_of,
+                armed: state.armed,
+                stage: state.stage,
+                coverage: engine.coverage(state, at, committee.as_deref()).ratio,
+                events_7d,
+                events_30d,
+                trend: Trend::of(events_7d, events_30d),
+            }
+        };
+        let top = if wanted.stage.is_some() || wanted.q.is_some() {
+            let (tier, stage, q) = (wanted.tier, wanted.stage, wanted.q.as_deref());
+            api.store.top_matching(
+                at,
+                wanted.top,
+                |account_id, state| {
+                    tier.is_none_or(|tier| state.tier == tier)
+                        && stage.is_none_or(|stage| state.stage == stage)
+                        && q.is_none_or(|q| {
+                            account_id.to_lowercase().contains(q)
+                                || tal.get(account_id).is_some_and(|entry| entry.name.to_lowercase().contains(q))
+                        })
+                },
+                entry,
+            )
+        } else {
+            api.store.top(wanted.tier, at, wanted.top, entry)
+        };
+        // What was walked is what the partitions held then: a partition that came or went
+        // meanwhile makes it no answer.
+        let steady = ownership.version() == before && api.store.partitions().iter().all(|p| ready.contains(p));
+        (top, ready, steady)
     })
     .await;
-    let Ok(top) = walked else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the leaderboard request failed".to_owned());
+    let Ok((top, partitions, steady)) = walked else {
+        return Err(Failure::Unavailable("the leaderboard request failed".to_owned()));
     };
+    if !steady {
+        return Err(Failure::Unavailable("this instance's partitions changed during the query".to_owned()));
+    }
     api.leaderboard_examined.observe(top.examined as f64);
-    let entries = top.entries;
-    Json(serde_json::json!({ "at": at, "accounts": entries })).into_response()
+    Ok(LocalTop { entries: top.entries, partitions })
 }
 
 /// The largest `at` (either side of 1970) a program request takes: year ±33658, far from i64's
 /// limits, so that no window arithmetic can overflow.
 const MAX_AT_MS: i64 = 1_000_000_000_000_000;
 
-#[derive(Debug, Deserialize)]
-struct ProgramQuery {
-    tier: Option<String>,
-    at: Option<i64>,
+#[derive(Debug, Default, Deserialize)]
+pub struct ProgramQuery {
+    pub tier: Option<String>,
+    pub at: Option<i64>,
 }
 
-async fn program_report(State(api): State<ApiState>, Query(query): Query<ProgramQuery>) -> Response {
-    let tier = match query.tier.as_deref().map(|t| (t, parse_tier(t))) {
-        None => None,
-        Some((_, Some(tier))) => Some(tier),
-        Some((text, None)) => {
-            return error(StatusCode::BAD_REQUEST, format!("unknown tier {text:?}: use 1, 2, 3 or untiered"));
+async fn program_report(State(api): State<Api>, Query(query): Query<ProgramQuery>) -> Response {
+    match program_answer(&api, &query).await {
+        Ok(report) => {
+            let mut response = Json(report).into_response();
+            stamp(&mut response, api.directory.me());
+            response
         }
+        Err(failure) => failure.into_response(api.directory.me()),
+    }
+}
+
+/// The program's figures. Every instance reads the program's topics whole, so each answers for
+/// every account without asking the others.
+pub async fn program_answer(api: &Api, query: &ProgramQuery) -> Result<program::Report, Failure> {
+    let tier = match query.tier.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            parse_tier(text)
+                .ok_or_else(|| Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered")))?,
+        ),
     };
     if !api.book.is_loaded() {
-        let body = Json(serde_json::json!({
-            "error": "the program's topics (abm.account-program, abm.sales-alerts) are still being read",
-        }));
-        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
+        return Err(Failure::Unavailable(
+            "the program's topics (abm.account-program, abm.sales-alerts) are still being read".to_owned(),
+        ));
     }
     let at = query.at.unwrap_or_else(now_ms);
     if !(-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
-        return error(StatusCode::BAD_REQUEST, format!("at must be epoch milliseconds within ±{MAX_AT_MS}"));
+        return Err(Failure::bad_request(format!("at must be epoch milliseconds within ±{MAX_AT_MS}")));
     }
     let Ok(_turn) = api.program_passes.clone().acquire_owned().await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the program request failed".to_owned());
+        return Err(Failure::Unavailable("the scorer is stopping".to_owned()));
     };
     let (book, tal, engine) = (api.book.clone(), api.tal.clone(), api.engine.clone());
     // One pass over every account of the program: off the runtime's threads.
-    match tokio::task::spawn_blocking(move || program::report(&book, &tal, &engine, at, tier)).await {
-        Ok(report) => Json(report).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the program request failed".to_owned()),
-    }
+    tokio::task::spawn_blocking(move || program::report(&book, &tal, &engine, at, tier))
+        .await
+        .map_err(|_| Failure::Unavailable("the program request failed".to_owned()))
 }
 
 #[cfg(test)]

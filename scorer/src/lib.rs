@@ -3,10 +3,14 @@
 //! - [`engine`] — the pure scoring engine (rules, decay, breadth, thresholds, state).
 //! - [`store`] — sharded in-memory state, grouped by input partition.
 //! - [`processor`] — the transactional consume-apply-produce loop, restores and rebalances.
-//! - [`api`] — the query API (`/v1/accounts/...`).
+//! - [`api`] — the query API (`/v1/accounts/...`), answered for every account by any instance.
+//! - [`console`] — the console's pages (`/console/...`).
+//! - [`directory`] — which instance holds which partition (`abm.scorer-members`).
 //! - [`metrics`] — `abm_scorer_*`.
 pub mod api;
 pub mod changelog;
+pub mod console;
+pub mod directory;
 pub mod engine;
 pub mod metrics;
 pub mod processor;
@@ -74,6 +78,17 @@ pub struct Settings {
     /// The loop heals (replaces its Kafka consumer) when its input has events for it but it
     /// made no progress for this long (default 20000 ms, at least 2000).
     pub stall_after_ms: u64,
+    /// The base URL other instances reach this one's HTTP API at, written to the directory
+    /// (`abm.scorer-members`). Default: `http://<host>:<port>`, host the `http.listen` address
+    /// or, when that is 0.0.0.0, the hostname (in Kubernetes, a StatefulSet's pod name under a
+    /// headless Service resolves).
+    pub advertised_url: String,
+    /// A directory record older than this is an instance gone without a word: its partitions
+    /// answer 503 until their new holder has restored them (default 10000 ms, at least 3000).
+    pub member_ttl_ms: u64,
+    /// How long a query forwarded to another instance may take before it is answered 503
+    /// (default 5000 ms).
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -84,6 +99,9 @@ impl Default for Settings {
             commit_interval_ms: 250,
             max_batch_events: 100_000,
             stall_after_ms: 20_000,
+            advertised_url: String::new(),
+            member_ttl_ms: 10_000,
+            forward_timeout_ms: 5_000,
         }
     }
 }
@@ -100,7 +118,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let topics = Topics::resolve(&config.topics);
     prepare_kafka(&config.kafka, &topics, "abm-scorer").await?;
     let (engagement, state) = (topics.name(TopicRole::Engagement), topics.name(TopicRole::ScorerState));
-    config.kafka.check_changelog_partitions("abm-scorer-check", engagement, state).await?;
+    let partitions = config.kafka.check_changelog_partitions("abm-scorer-check", engagement, state).await?;
     let outputs = [
         TopicRole::AccountScores,
         TopicRole::ScoreCrossings,
@@ -151,14 +169,56 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
 
     let store = Store::new(engine.clone());
     let listener = ops::bind(config.http.listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "scorer listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "scorer listening");
+
+    // The directory: every instance's address and partitions, read whole before answering.
+    let ownership = Arc::new(directory::Ownership::default());
+    let members = Arc::new(directory::Directory::new(
+        &config.scorer.instance_id,
+        i32::try_from(partitions).unwrap_or(i32::MAX),
+        Duration::from_millis(config.scorer.member_ttl_ms.max(3_000)),
+        ownership.clone(),
+    ));
+    let members_topic = topics.name(TopicRole::ScorerMembers).to_owned();
+    {
+        let (members, topic) = (members.clone(), members_topic.clone());
+        abm::kafka::follow_table(&config.kafka, "abm-scorer-directory", &members_topic, context.shutdown.clone(), move |key, value| {
+            if let Err(error) = members.apply(key, value) {
+                tracing::warn!(%error, topic, key = %String::from_utf8_lossy(key), "directory record left out");
+            }
+        })
+        .await?;
+    }
+    let url = advertised_url(&config, bound);
+    tracing::info!(url, instance = config.scorer.instance_id, partitions, "advertising this instance in {members_topic}");
+    let publisher = directory::publish(
+        &config.kafka,
+        &members_topic,
+        members.clone(),
+        url,
+        metrics.partitions_held.clone(),
+        context.shutdown.clone(),
+    )?;
+
+    let api = api::Api::new(
+        engine.clone(),
+        store.clone(),
+        tal.clone(),
+        book.clone(),
+        members,
+        Duration::from_millis(config.scorer.forward_timeout_ms.max(100)),
+        &metrics,
+    )?;
+    let console = console::Console {
+        api: api.clone(),
+        tokens: (!config.http.api_open).then(|| Arc::new(ops::api_tokens(&config.http))),
+    };
     let app = ops::router(
         context.registry.clone(),
         context.health.clone(),
-        ops::protect(
-            api::routes(engine.clone(), store.clone(), tal.clone(), book.clone(), metrics.leaderboard_examined.clone()),
-            &config.http,
-        ),
+        ops::protect(api::routes(api).merge(console::routes(console.clone())), &config.http)
+            .merge(console::open_routes(console)),
         &config.http,
     );
     let server = tokio::spawn(ops::serve(
@@ -217,8 +277,10 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             }
         }
     });
-    let processor =
-        Arc::new(ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone(), book.clone()));
+    let processor = Arc::new(
+        ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone(), book.clone())
+            .with_ownership(ownership, i32::try_from(partitions).unwrap_or(0)),
+    );
     context.health.set_ready();
     let loop_result = abm::eos::run_on_thread(
         config.kafka.clone(),
@@ -231,7 +293,19 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     context.health.set_stopping();
     refresher.abort();
     server.await.context("HTTP server task")?.context("HTTP server")?;
+    // Its tombstone written (the publisher stops on shutdown).
+    let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
     loop_result
+}
+
+/// `scorer.advertised_url`, or `http://<host>:<bound port>`.
+fn advertised_url(config: &Config, bound: std::net::SocketAddr) -> String {
+    if !config.scorer.advertised_url.trim().is_empty() {
+        return config.scorer.advertised_url.trim().trim_end_matches('/').to_owned();
+    }
+    let host = if bound.ip().is_unspecified() { abm::service::hostname() } else { bound.ip().to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    format!("http://{host}:{}", bound.port())
 }
 
 /// Follows `abm.account-program` and `abm.sales-alerts` into `book`, each on a task of its own;

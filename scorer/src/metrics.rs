@@ -29,6 +29,12 @@ pub struct Metrics {
     /// Records of abm.account-program and abm.sales-alerts that did not decode, by topic role.
     pub program_decode_errors: IntCounterVec,
     pub leaderboard_examined: Histogram,
+    /// Queries sent to other instances, by outcome (answered, unavailable, unanswered).
+    pub queries_forwarded: IntCounterVec,
+    /// Events whose key is not in the partition `directory::partition_of` gives it.
+    pub misplaced_events: IntCounter,
+    /// Partitions held here, by state (ready, restoring).
+    pub partitions_held: IntGaugeVec,
 }
 
 impl Metrics {
@@ -148,7 +154,28 @@ impl Metrics {
                 )
                 .buckets(vec![1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 100000.0, 1000000.0]),
             )?,
+            queries_forwarded: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_queries_forwarded_total",
+                    "Queries this instance sent to another (an account held there, a leaderboard's part), by outcome: answered (200, 400, 404), unavailable (the other said 503), unanswered (no answer in scorer.forward_timeout_ms, or not one)."
+                ),
+                &["outcome"],
+            )?,
+            misplaced_events: IntCounter::new(
+                "abm_scorer_misplaced_events_total",
+                "Engagement events found in another partition than CRC-32(account_id) mod partitions (librdkafka's default partitioner): a producer with another partitioner writes to abm.engagement, and queries for those accounts are routed to the wrong instance. Should stay 0.",
+            )?,
+            partitions_held: IntGaugeVec::new(
+                Opts::new("abm_scorer_partitions_held", "abm.engagement partitions held by this instance, by state: ready (restored, answered here) or restoring."),
+                &["state"],
+            )?,
         };
+        for outcome in ["answered", "unavailable", "unanswered"] {
+            metrics.queries_forwarded.with_label_values(&[outcome]);
+        }
+        for state in ["ready", "restoring"] {
+            metrics.partitions_held.with_label_values(&[state]);
+        }
         // Every bounded label value starts at 0, so rates and alert rules see the series at once.
         for reason in ["undecodable", "missing_field"] {
             metrics.rejected.with_label_values(&[reason]);
@@ -190,6 +217,9 @@ impl Metrics {
         registry.register(Box::new(metrics.tal_decode_errors.clone()))?;
         registry.register(Box::new(metrics.program_decode_errors.clone()))?;
         registry.register(Box::new(metrics.leaderboard_examined.clone()))?;
+        registry.register(Box::new(metrics.queries_forwarded.clone()))?;
+        registry.register(Box::new(metrics.misplaced_events.clone()))?;
+        registry.register(Box::new(metrics.partitions_held.clone()))?;
         Ok(metrics)
     }
 }

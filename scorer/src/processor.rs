@@ -48,6 +48,9 @@ type Dirty = HashMap<i32, HashSet<String>>;
 pub struct TalEntry {
     pub tier: Tier,
     pub committee: Option<Box<[String]>>,
+    /// The account's name and owner, for the query API and the console.
+    pub name: Box<str>,
+    pub owner: Box<str>,
 }
 
 impl TalEntry {
@@ -55,7 +58,7 @@ impl TalEntry {
     /// the tier's default, as an empty CSV cell does.
     pub fn of(account: abm_schemas::Account) -> TalEntry {
         let committee = account.committee.filter(|personas| !personas.is_empty()).map(Vec::into_boxed_slice);
-        TalEntry { tier: account.tier, committee }
+        TalEntry { tier: account.tier, committee, name: account.name.into(), owner: account.owner.into() }
     }
 
     pub fn membership(&self) -> Membership<'_> {
@@ -87,6 +90,10 @@ pub struct ScorerProcessor {
     /// [`BACKFILL_PER_COMMIT`] each, once the book is loaded.
     book: Arc<crate::program::Book>,
     backfill: Mutex<BTreeMap<i32, Vec<String>>>,
+    /// The partitions held here, restoring or restored, for the query API's routing.
+    pub ownership: Arc<crate::directory::Ownership>,
+    /// `abm.engagement`'s partition count (0: unknown, not checked).
+    engagement_partitions: i32,
 }
 
 /// Restored accounts checked for a missing `AccountProgram` per transaction.
@@ -119,7 +126,22 @@ impl ScorerProcessor {
             split: Mutex::new(SplitStates::default()),
             book,
             backfill: Mutex::new(BTreeMap::new()),
+            ownership: Arc::default(),
+            engagement_partitions: 0,
         }
+    }
+
+    /// The same, reporting the partitions it holds to `ownership`.
+    /// `engagement_partitions`: the input's partition count, to check that each event is where
+    /// the directory will look for its account.
+    pub fn with_ownership(
+        mut self,
+        ownership: Arc<crate::directory::Ownership>,
+        engagement_partitions: i32,
+    ) -> ScorerProcessor {
+        self.ownership = ownership;
+        self.engagement_partitions = engagement_partitions;
+        self
     }
 
     fn backfill(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Vec<String>>> {
@@ -293,6 +315,11 @@ impl Processor for ScorerProcessor {
             let text = format!("account_id {:?} contains control characters", account_id.escape_debug().to_string());
             return out.reject(&self.topics.rejected, message, RejectReason::InvalidField, text, id);
         }
+        if self.engagement_partitions > 0
+            && crate::directory::partition_of(&account_id, self.engagement_partitions) != partition
+        {
+            self.staged.add(&self.metrics.misplaced_events, 1);
+        }
         let entry = self.tal.get(&account_id);
         let membership = entry.as_ref().map(|entry| entry.membership()).unwrap_or_default();
         let accounts = self.store.partition(partition);
@@ -383,6 +410,7 @@ impl Processor for ScorerProcessor {
 
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<()> {
         let started = Instant::now();
+        self.ownership.restoring(partitions);
         let mut restored: BTreeMap<i32, Restorer> = partitions.iter().map(|p| (*p, Restorer::default())).collect();
         abm::kafka::read_to_end(
             &self.kafka,
@@ -414,10 +442,13 @@ impl Processor for ScorerProcessor {
         self.metrics.restored_accounts.inc_by(count as u64);
         self.metrics.accounts.set(self.store.account_count() as i64);
         tracing::info!(?partitions, accounts = count, seconds = started.elapsed().as_secs_f64(), "state restored");
+        self.ownership.ready(partitions);
         Ok(())
     }
 
     fn revoke(&self, partitions: &[i32]) {
+        // Not answered here from now on: before the accounts go.
+        self.ownership.released(partitions);
         let mut split = self.split();
         for partition in partitions {
             split.forget(*partition);

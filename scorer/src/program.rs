@@ -147,6 +147,9 @@ struct Entry {
     alerts: Vec<AlertFact>,
 }
 
+/// An account's journey (stage, first entered at) and alerts (kind, as-of), oldest first.
+pub type Story = (Vec<(JourneyStage, i64)>, Vec<(CrossingKind, i64)>);
+
 /// Every account's facts and alerts, as read from Kafka: one map, so that a query looks each
 /// account up once.
 #[derive(Debug, Default)]
@@ -157,6 +160,8 @@ pub struct Book {
     /// Both topics read to their end once (until then the figures would be partial).
     facts_loaded: AtomicBool,
     alerts_loaded: AtomicBool,
+    /// The latest alerts whole, and the console's live feed of new ones.
+    pub feed: crate::console::AlertFeed,
 }
 
 impl Book {
@@ -187,9 +192,25 @@ impl Book {
     /// One record of `abm.sales-alerts` as read (a tombstone means nothing there).
     pub fn read_alert(&self, _key: &[u8], value: Option<&[u8]>) -> Result<(), abm_schemas::DecodeError> {
         if let Some(bytes) = value {
-            self.alert(&abm_schemas::decode_patiently(bytes, abm_schemas::REGISTRY_PATIENCE)?);
+            let alert: SalesAlert = abm_schemas::decode_patiently(bytes, abm_schemas::REGISTRY_PATIENCE)?;
+            self.alert(&alert);
+            self.feed.push(alert);
         }
         Ok(())
+    }
+
+    /// The account's journey (stage, first entered at) and its alerts (kind, as-of), oldest
+    /// first, as the program's topics tell them.
+    pub fn story(&self, account_id: &str) -> Story {
+        let Some(entry) = self.accounts.get(account_id) else { return (Vec::new(), Vec::new()) };
+        let stages = entry
+            .facts
+            .as_ref()
+            .map(|facts| facts.stage_entries.iter().map(|e| (e.stage, e.first_entered_at)).collect())
+            .unwrap_or_default();
+        let mut alerts: Vec<(CrossingKind, i64)> = entry.alerts.iter().map(|a| (a.kind, a.at)).collect();
+        alerts.sort_by_key(|(_, at)| *at);
+        (stages, alerts)
     }
 
     /// The account's latest record (the topic is compacted by account: the last one wins).

@@ -426,6 +426,35 @@ impl Store {
         Top { entries: best.into_entries(), examined, scanned: true }
     }
 
+    /// [`top`](Self::top) over the accounts `matches` admits (a filter the ranking cannot
+    /// follow: journey stage, a search): a scan of every account.
+    pub fn top_matching<T>(
+        &self,
+        at: i64,
+        n: usize,
+        mut matches: impl FnMut(&str, &AccountScoreState) -> bool,
+        mut entry: impl FnMut(&str, &AccountScoreState, f64) -> T,
+    ) -> Top<T> {
+        let mut best = Best { n, entries: Vec::with_capacity(n + 1) };
+        let mut examined = 0;
+        let shards: Vec<(i32, Arc<PartitionAccounts>)> =
+            self.partitions.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
+        for (partition, accounts) in shards {
+            for account in accounts.iter() {
+                examined += 1;
+                if n == 0 || !matches(account.key(), account.value()) {
+                    continue;
+                }
+                let score = self.engine.score_at(account.value(), at);
+                if best.admits(score, account.key(), partition) {
+                    let made = entry(account.key(), account.value(), score);
+                    best.insert(score, account.key(), partition, made);
+                }
+            }
+        }
+        Top { entries: best.into_entries(), examined, scanned: true }
+    }
+
     pub fn partitions(&self) -> Vec<i32> {
         let mut ids: Vec<i32> = self.partitions.iter().map(|entry| *entry.key()).collect();
         ids.sort_unstable();

@@ -54,9 +54,9 @@ fn alert(id: &str, account: &str, kind: CrossingKind, at: i64) -> SalesAlert {
 fn world() -> (Engine, Tal, Book) {
     let engine = Engine::new(ScoringConfig::default()).expect("default config");
     let tal = Tal::default();
-    tal.insert("a".into(), TalEntry { tier: Tier::Tier1, committee: None });
-    tal.insert("b".into(), TalEntry { tier: Tier::Tier2, committee: None });
-    tal.insert("c".into(), TalEntry { tier: Tier::Tier2, committee: None });
+    tal.insert("a".into(), TalEntry { tier: Tier::Tier1, committee: None, name: "".into(), owner: "".into() });
+    tal.insert("b".into(), TalEntry { tier: Tier::Tier2, committee: None, name: "".into(), owner: "".into() });
+    tal.insert("c".into(), TalEntry { tier: Tier::Tier2, committee: None, name: "".into(), owner: "".into() });
     let book = Book::default();
     let apply = |account: &str, tier: Tier, log: &[EngagementEvent]| {
         let mut state = AccountScoreState::default();
@@ -216,7 +216,7 @@ fn at_moves_the_windows_and_tier_narrows_every_segment() {
 fn a_stage_counts_as_converted_when_a_later_one_is_entered_after_it_even_if_entered_before_too() {
     let engine = Engine::new(ScoringConfig::default()).expect("default config");
     let (tal, book) = (Tal::default(), Book::default());
-    tal.insert("d".into(), TalEntry { tier: Tier::Tier3, committee: None });
+    tal.insert("d".into(), TalEntry { tier: Tier::Tier3, committee: None, name: "".into(), owner: "".into() });
     let mut state = AccountScoreState::default();
     // Tier 3 (threshold 100). A demo request: mqa by its hand-raise (1). 31 days later the
     // hand-raise has expired and E = 50 * 2^(-31/14) + 5 = 15.7 < 50, B = 1: aware (2). A second
@@ -252,7 +252,7 @@ fn a_stage_counts_as_converted_when_a_later_one_is_entered_after_it_even_if_ente
 fn an_alert_counts_before_its_account_s_facts_are_read() {
     let engine = Engine::new(ScoringConfig::default()).expect("default config");
     let (tal, book) = (Tal::default(), Book::default());
-    tal.insert("e".into(), TalEntry { tier: Tier::Tier1, committee: None });
+    tal.insert("e".into(), TalEntry { tier: Tier::Tier1, committee: None, name: "".into(), owner: "".into() });
     // abm.sales-alerts read before abm.account-program has e's record; x is not on the TAL
     // and has no record: not an account of the program, its alert is not counted.
     book.alert(&alert("e:threshold:1", "e", CrossingKind::Threshold, ago(40)));

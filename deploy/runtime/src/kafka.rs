@@ -127,13 +127,14 @@ impl KafkaConfig {
 
     /// Fails unless `changelog` has at least as many partitions as `input`: a loop keeps the
     /// state of input partition p in changelog partition p (the scorer's accounts, the
-    /// stitcher's visitors), so a changelog with fewer partitions could not hold it.
+    /// stitcher's visitors), so a changelog with fewer partitions could not hold it. Returns
+    /// `input`'s partition count.
     pub async fn check_changelog_partitions(
         &self,
         client_id: &str,
         input: &str,
         changelog: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         use rdkafka::consumer::Consumer as _;
         let client: BaseConsumer = self.client_config(client_id).create()?;
         let timeout = self.timeout();
@@ -152,7 +153,7 @@ impl KafkaConfig {
             inputs > 0 && changelogs >= inputs,
             "{changelog} has {changelogs} partitions but {input} has {inputs}: the changelog needs at least as many"
         );
-        Ok(())
+        Ok(inputs)
     }
 
     /// librdkafka (2.12) aborts the process on a failed assertion when creating a client fails

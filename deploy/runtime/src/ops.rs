@@ -206,9 +206,62 @@ pub fn protect(routes: Router, config: &HttpConfig) -> Router {
 }
 
 fn require_token(routes: Router, config: &HttpConfig) -> Router {
-    let tokens: Arc<Vec<String>> =
-        Arc::new(config.api_tokens.values().filter(|token| !token.is_empty()).cloned().collect());
+    let tokens: Arc<Vec<String>> = Arc::new(api_tokens(config));
     routes.route_layer(axum::middleware::from_fn_with_state(tokens, check_token))
+}
+
+/// The cookie a browser console carries its token in (hex of the token's bytes), set by
+/// [`login_cookie`]: `HttpOnly`, `SameSite=Strict`.
+pub const TOKEN_COOKIE: &str = "abm_api_token";
+
+/// The token a request presents: `Authorization: Bearer <token>`, else the console's cookie.
+pub fn presented_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == TOKEN_COOKIE)
+            .and_then(|(_, hex)| from_hex(hex))
+    })
+}
+
+fn from_hex(text: &str) -> Option<String> {
+    if !text.len().is_multiple_of(2) || text.len() > 2048 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The `Set-Cookie` value that carries `token` for a browser (`secure`: only over https).
+pub fn login_cookie(token: &str, secure: bool) -> String {
+    let hex: String = token.bytes().map(|byte| format!("{byte:02x}")).collect();
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{TOKEN_COOKIE}={hex}; Path=/; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// Whether `presented` is one of `tokens` (every token compared, each in constant time).
+pub fn token_allowed(tokens: &[String], presented: &str) -> bool {
+    let mut allowed = false;
+    for token in tokens {
+        allowed |= bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), presented.as_bytes()));
+    }
+    allowed
+}
+
+/// The tokens a service accepts on its data API (empty ones left out).
+pub fn api_tokens(config: &HttpConfig) -> Vec<String> {
+    config.api_tokens.values().filter(|token| !token.is_empty()).cloned().collect()
 }
 
 async fn check_token(
@@ -216,22 +269,14 @@ async fn check_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    // Every token is compared, each in constant time.
-    let mut allowed = false;
-    if let Some(presented) = presented {
-        for token in tokens.iter() {
-            allowed |= bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), presented.as_bytes()));
-        }
-    }
-    if allowed {
+    let presented = presented_token(request.headers());
+    if presented.is_some_and(|presented| token_allowed(&tokens, &presented)) {
         return next.run(request).await;
+    }
+    // A person at a browser is sent to the console's sign-in page.
+    let path = request.uri().path();
+    if path.starts_with("/console/") && !path.starts_with("/console/static/") && !path.ends_with("/stream") {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/console/login")]).into_response();
     }
     let error = if tokens.is_empty() {
         "this API needs a token and none is configured: set http.api_tokens.<name> (or http.api_open = true on a closed network)"

@@ -31,6 +31,7 @@ pub enum TopicRole {
     AccountProgram,
     Identity,
     IdentityGraph,
+    ScorerMembers,
 }
 
 /// The raw topics and the event kind each one's records default to: the one map between event
@@ -45,7 +46,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 19] = [
+    pub const ALL: [TopicRole; 20] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -65,6 +66,7 @@ impl TopicRole {
         TopicRole::AccountProgram,
         TopicRole::Identity,
         TopicRole::IdentityGraph,
+        TopicRole::ScorerMembers,
     ];
 
     /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
@@ -91,13 +93,14 @@ impl TopicRole {
             TopicRole::AccountProgram => "account_program",
             TopicRole::Identity => "identity",
             TopicRole::IdentityGraph => "identity_graph",
+            TopicRole::ScorerMembers => "scorer_members",
         }
     }
 
     /// The Avro schema of the one record type this role's topics carry, for the schema
     /// registry (`<topic>-value`); `None` for topics that are not one Avro record: raw JSON,
-    /// the JSON alerts, the scorer's changelog (states and their chunks) and the parked alerts
-    /// (copies of alert messages as they were read).
+    /// the JSON alerts, the scorer's changelog (states and their chunks), the parked alerts
+    /// (copies of alert messages as they were read) and the scorer's directory (JSON).
     pub fn value_schema(self) -> Option<&'static str> {
         use abm_schemas::AvroRecord;
         match self {
@@ -108,7 +111,8 @@ impl TopicRole {
             | TopicRole::RawCrmOpportunities
             | TopicRole::SalesAlertsJson
             | TopicRole::ScorerState
-            | TopicRole::ParkedAlerts => None,
+            | TopicRole::ParkedAlerts
+            | TopicRole::ScorerMembers => None,
             TopicRole::Accounts => Some(abm_schemas::Account::SCHEMA_JSON),
             TopicRole::Engagement | TopicRole::Unresolved => Some(abm_schemas::EngagementEvent::SCHEMA_JSON),
             TopicRole::Rejected => Some(abm_schemas::RejectedEvent::SCHEMA_JSON),
