@@ -181,7 +181,8 @@ async fn ask(
     auth: Option<&HeaderValue>,
     local_scope: bool,
 ) -> Result<serde_json::Value, Failure> {
-    let mut request = api.client.get(format!("{}{path_and_query}", url.trim_end_matches('/'))).header(FORWARDED, api.directory.me());
+    let mut request =
+        api.client.get(format!("{}{path_and_query}", url.trim_end_matches('/'))).header(FORWARDED, api.directory.me());
     if local_scope {
         request = request.header(SCOPE, "local");
     }
@@ -198,7 +199,8 @@ async fn ask(
     if bytes.len() > MAX_FORWARDED_BODY {
         return Err(unavailable(format!("an answer of {} bytes", bytes.len())));
     }
-    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| unavailable(format!("not JSON: {error}")))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|error| unavailable(format!("not JSON: {error}")))?;
     match status.as_u16() {
         200 => {
             api.forwarded.with_label_values(&["answered"]).inc();
@@ -218,7 +220,6 @@ async fn ask(
 }
 
 use abm::clock::now_ms;
-
 
 // Response bodies: the API's own types, filled field by field from the engine's view, so the
 // engine's types never reach the wire (renaming an engine field is a compile error here, not a
@@ -516,9 +517,10 @@ impl Wanted {
         }
         let tier = match query.tier.as_deref().filter(|t| !t.is_empty()) {
             None => None,
-            Some(text) => Some(parse_tier(text).ok_or_else(|| {
-                Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered"))
-            })?),
+            Some(text) => Some(
+                parse_tier(text)
+                    .ok_or_else(|| Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered")))?,
+            ),
         };
         let stage = match query.stage.as_deref().filter(|s| !s.is_empty()) {
             None => None,

@@ -111,11 +111,13 @@ pub fn open_routes(console: Console) -> Router {
         .route("/console/logout", axum::routing::post(logout))
         .route("/console/static/console.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/console/static/console.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/console/static/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
         .with_state(console)
 }
 
 const STYLE: &str = include_str!("console/console.css");
 const SCRIPT: &str = include_str!("console/console.js");
+const ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#2f5bd3\"/><rect x=\"3\" y=\"9\" width=\"2\" height=\"4\" fill=\"#fff\"/><rect x=\"7\" y=\"6\" width=\"2\" height=\"7\" fill=\"#fff\"/><rect x=\"11\" y=\"3\" width=\"2\" height=\"10\" fill=\"#fff\"/></svg>";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -140,7 +142,8 @@ fn html(status: StatusCode, body: String) -> Response {
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            // Not `no-referrer`: a form posted under it says `Origin: null`.
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,
@@ -168,7 +171,11 @@ pub fn esc(text: &str) -> String {
 fn url_part(text: &str) -> String {
     text.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }
@@ -216,7 +223,9 @@ fn percent(ratio: Option<f64>) -> String {
 /// A page: the navigation, `title`, `body`.
 fn page(active: &str, title: &str, body: &str, signed_in: bool) -> String {
     let mut nav = String::new();
-    for (href, name) in [("/console/accounts", "Accounts"), ("/console/alerts", "Alerts"), ("/console/program", "Program")] {
+    for (href, name) in
+        [("/console/accounts", "Accounts"), ("/console/alerts", "Alerts"), ("/console/program", "Program")]
+    {
         let current = if name == active { " aria-current=\"page\"" } else { "" };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{name}</a>");
     }
@@ -227,7 +236,7 @@ fn page(active: &str, title: &str, body: &str, signed_in: bool) -> String {
     };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{title} · ABM engagement</title><link rel=\"stylesheet\" href=\"/console/static/console.css\">\
+<title>{title} · ABM engagement</title><link rel=\"icon\" href=\"/console/static/icon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/console/static/console.css\">\
 <script src=\"/console/static/console.js\" defer></script></head>\
 <body><header><span class=\"brand\">ABM engagement</span><nav>{nav}</nav>{logout}</header><main><h1>{title}</h1>{body}</main></body></html>",
         title = esc(title)
@@ -242,7 +251,8 @@ fn failure_page(console: &Console, active: &str, failure: Failure) -> Response {
                 "<p class=\"notice\" id=\"unavailable\" data-retry=\"1\">Not available this second: {}. The page reloads by itself.</p>",
                 esc(&reason)
             );
-            let mut response = html(StatusCode::SERVICE_UNAVAILABLE, page(active, active, &body, console.tokens.is_some()));
+            let mut response =
+                html(StatusCode::SERVICE_UNAVAILABLE, page(active, active, &body, console.tokens.is_some()));
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
@@ -310,7 +320,11 @@ struct AccountsQuery {
     top: Option<usize>,
 }
 
-async fn accounts_page(State(console): State<Console>, headers: HeaderMap, Query(query): Query<AccountsQuery>) -> Response {
+async fn accounts_page(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(query): Query<AccountsQuery>,
+) -> Response {
     let wanted = LeaderboardQuery {
         top: Some(query.top.unwrap_or(100).clamp(1, api::MAX_TOP)),
         tier: query.tier.clone(),
@@ -331,7 +345,10 @@ async fn accounts_page(State(console): State<Console>, headers: HeaderMap, Query
     for (value, name) in [("1", "Tier 1"), ("2", "Tier 2"), ("3", "Tier 3"), ("untiered", "Untiered")] {
         let _ = write!(body, "<option value=\"{value}\"{}>{name}</option>", selected(value, &query.tier));
     }
-    let _ = write!(body, "</select></label><label>Stage <select name=\"stage\" id=\"stage\"><option value=\"\">All</option>");
+    let _ = write!(
+        body,
+        "</select></label><label>Stage <select name=\"stage\" id=\"stage\"><option value=\"\">All</option>"
+    );
     for stage in JourneyStage::ALL {
         let _ = write!(
             body,
@@ -402,7 +419,8 @@ async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(a
         stage_key = stage.as_str(),
         stage = stage_name(stage),
         owner = esc(&owner),
-        armed = if account["armed"].as_bool().unwrap_or(false) { "yes" } else { "no (fired; re-arms below the threshold)" },
+        armed =
+            if account["armed"].as_bool().unwrap_or(false) { "yes" } else { "no (fired; re-arms below the threshold)" },
         tal = if account["on_tal"].as_bool().unwrap_or(false) { "yes" } else { "no" },
         applied = account["events_applied"].as_u64().unwrap_or(0),
     );
@@ -431,7 +449,8 @@ async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(a
     body.push_str("<section id=\"committee\"><h2>Buying committee</h2>");
     let coverage = &account["coverage"];
     let list = |value: &serde_json::Value| -> String {
-        let items: Vec<String> = value.as_array().map(|v| v.iter().map(|p| esc(&text(p))).collect()).unwrap_or_default();
+        let items: Vec<String> =
+            value.as_array().map(|v| v.iter().map(|p| esc(&text(p))).collect()).unwrap_or_default();
         if items.is_empty() { "none".to_owned() } else { items.join(", ") }
     };
     let _ = write!(
@@ -473,7 +492,13 @@ async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(a
     let (stages, alerts) = console.api.book.story(&account_id);
     body.push_str("<section><h2>Journey</h2><ol class=\"journey\" id=\"journey\">");
     for (stage, at) in &stages {
-        let _ = write!(body, "<li><span class=\"stage {}\">{}</span> since {}</li>", stage.as_str(), stage_name(*stage), when(*at));
+        let _ = write!(
+            body,
+            "<li><span class=\"stage {}\">{}</span> since {}</li>",
+            stage.as_str(),
+            stage_name(*stage),
+            when(*at)
+        );
     }
     if stages.is_empty() {
         body.push_str("<li>Unaware: no stage entered yet.</li>");
@@ -588,12 +613,21 @@ async fn program_page(State(console): State<Console>, Query(query): Query<Progra
                 (stage_name(*stage).to_owned(), n as f64, n.to_string())
             })
             .collect();
-        let _ = write!(body, "<figure><figcaption>{}</figcaption>{}</figure>", tier_name(*tier), bars(&format!("funnel-{}", tier.as_str()), &rows));
+        let _ = write!(
+            body,
+            "<figure><figcaption>{}</figcaption>{}</figure>",
+            tier_name(*tier),
+            bars(&format!("funnel-{}", tier.as_str()), &rows)
+        );
     }
     body.push_str("</div></section>");
     // Engagement and coverage per tier.
     let per_tier = |value: &dyn Fn(&crate::program::Figures) -> Option<f64>| -> Vec<(String, f64, String)> {
-        report.tiers.iter().map(|(tier, f)| (tier_name(*tier).to_owned(), value(f).unwrap_or(0.0), percent(value(f)))).collect()
+        report
+            .tiers
+            .iter()
+            .map(|(tier, f)| (tier_name(*tier).to_owned(), value(f).unwrap_or(0.0), percent(value(f))))
+            .collect()
     };
     let _ = write!(
         body,
@@ -630,14 +664,20 @@ async fn program_page(State(console): State<Console>, Query(query): Query<Progra
     let segments = [("TAL", &report.tal), ("Non-TAL", &report.non_tal)];
     let win: Vec<(String, f64, String)> = segments
         .iter()
-        .map(|(name, f)| ((*name).to_owned(), f.opportunities.win_rate.unwrap_or(0.0), percent(f.opportunities.win_rate)))
+        .map(|(name, f)| {
+            ((*name).to_owned(), f.opportunities.win_rate.unwrap_or(0.0), percent(f.opportunities.win_rate))
+        })
         .collect();
     body.push_str("<h3>Win rate</h3>");
     body.push_str(&bars("win-rate", &win));
     let mut pipeline = Vec::new();
     for (name, figures) in segments {
         for (currency, money) in &figures.opportunities.by_currency {
-            pipeline.push((format!("{name} open {currency}"), money.open_pipeline, format!("{:.0}", money.open_pipeline)));
+            pipeline.push((
+                format!("{name} open {currency}"),
+                money.open_pipeline,
+                format!("{:.0}", money.open_pipeline),
+            ));
             pipeline.push((format!("{name} won {currency}"), money.won_revenue, format!("{:.0}", money.won_revenue)));
         }
     }
@@ -659,7 +699,11 @@ async fn program_page(State(console): State<Console>, Query(query): Query<Progra
 }
 
 fn login_form(message: &str) -> String {
-    let notice = if message.is_empty() { String::new() } else { format!("<p class=\"notice\" id=\"login-error\">{}</p>", esc(message)) };
+    let notice = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"notice\" id=\"login-error\">{}</p>", esc(message))
+    };
     format!(
         "{notice}<form method=\"post\" action=\"/console/login\" class=\"login\"><label>API token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\" required maxlength=\"1000\"></label><button type=\"submit\" id=\"sign-in\">Sign in</button></form><p><small>One of the scorer's <code>http.api_tokens</code>. It is kept in this browser in an HttpOnly cookie until you sign out.</small></p>"
     )
@@ -680,6 +724,10 @@ struct Login {
 /// Whether the request came from a page of this origin (a form posted from elsewhere is not
 /// taken: no sign-in forged by another site).
 fn same_origin(headers: &HeaderMap) -> bool {
+    // Browsers say it themselves (Fetch Metadata); older ones send the Origin.
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok()) {
+        return site == "same-origin" || site == "none";
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
@@ -692,7 +740,10 @@ async fn login(State(console): State<Console>, headers: HeaderMap, Form(login): 
         return Redirect::to("/console/accounts").into_response();
     };
     if !same_origin(&headers) {
-        return html(StatusCode::FORBIDDEN, page("", "Sign in", &login_form("A sign-in from another site is refused."), false));
+        return html(
+            StatusCode::FORBIDDEN,
+            page("", "Sign in", &login_form("A sign-in from another site is refused."), false),
+        );
     }
     if !abm::ops::token_allowed(tokens, login.token.trim()) {
         return html(StatusCode::UNAUTHORIZED, page("", "Sign in", &login_form("Unknown token."), false));

@@ -241,8 +241,7 @@ impl Directory {
         }
         // Two claims happen while a partition moves: the latest record is the likelier holder
         // (the other answers 503 if asked).
-        match peers.iter().filter(|member| member.ready.contains(&partition)).max_by_key(|member| member.published_at)
-        {
+        match peers.iter().filter(|member| member.ready.contains(&partition)).max_by_key(|member| member.published_at) {
             Some(owner) => Route::There { instance_id: owner.instance_id.clone(), url: owner.url.clone() },
             None => Route::Unavailable(format!("no live instance holds partition {partition} (it is being moved)")),
         }
@@ -348,8 +347,13 @@ mod tests {
         directory.apply(b"c", Some(&member("c", &[5], &[], 1_000))).expect("applies");
         let now = 5_000;
         assert_eq!(directory.route(0, now, false), Route::Here);
-        assert!(matches!(directory.route(1, now, false), Route::Unavailable(reason) if reason.contains("restored on this")));
-        assert_eq!(directory.route(2, now, false), Route::There { instance_id: "b".into(), url: "http://b:8081".into() });
+        assert!(
+            matches!(directory.route(1, now, false), Route::Unavailable(reason) if reason.contains("restored on this"))
+        );
+        assert_eq!(
+            directory.route(2, now, false),
+            Route::There { instance_id: "b".into(), url: "http://b:8081".into() }
+        );
         assert!(matches!(directory.route(4, now, false), Route::Unavailable(reason) if reason.contains("instance b")));
         // A forwarded query is answered here or not at all.
         assert!(matches!(directory.route(2, now, true), Route::Unavailable(_)));
@@ -358,9 +362,15 @@ mod tests {
         assert!(matches!(directory.route(5, 11_001, false), Route::Unavailable(reason) if reason.contains("no live")));
         // Two claims while a partition moves: the latest record wins; an older replay is ignored.
         directory.apply(b"c", Some(&member("c", &[5, 2], &[], 2_000))).expect("applies");
-        assert_eq!(directory.route(2, now, false), Route::There { instance_id: "c".into(), url: "http://c:8081".into() });
+        assert_eq!(
+            directory.route(2, now, false),
+            Route::There { instance_id: "c".into(), url: "http://c:8081".into() }
+        );
         directory.apply(b"c", Some(&member("c", &[5], &[], 1_500))).expect("an old record is ignored");
-        assert_eq!(directory.route(2, now, false), Route::There { instance_id: "c".into(), url: "http://c:8081".into() });
+        assert_eq!(
+            directory.route(2, now, false),
+            Route::There { instance_id: "c".into(), url: "http://c:8081".into() }
+        );
         // A tombstone removes the member.
         directory.apply(b"b", None).expect("applies");
         assert!(matches!(directory.route(3, now, false), Route::Unavailable(_)));

@@ -183,15 +183,26 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     let members_topic = topics.name(TopicRole::ScorerMembers).to_owned();
     {
         let (members, topic) = (members.clone(), members_topic.clone());
-        abm::kafka::follow_table(&config.kafka, "abm-scorer-directory", &members_topic, context.shutdown.clone(), move |key, value| {
-            if let Err(error) = members.apply(key, value) {
-                tracing::warn!(%error, topic, key = %String::from_utf8_lossy(key), "directory record left out");
-            }
-        })
+        abm::kafka::follow_table(
+            &config.kafka,
+            "abm-scorer-directory",
+            &members_topic,
+            context.shutdown.clone(),
+            move |key, value| {
+                if let Err(error) = members.apply(key, value) {
+                    tracing::warn!(%error, topic, key = %String::from_utf8_lossy(key), "directory record left out");
+                }
+            },
+        )
         .await?;
     }
     let url = advertised_url(&config, bound);
-    tracing::info!(url, instance = config.scorer.instance_id, partitions, "advertising this instance in {members_topic}");
+    tracing::info!(
+        url,
+        instance = config.scorer.instance_id,
+        partitions,
+        "advertising this instance in {members_topic}"
+    );
     let publisher = directory::publish(
         &config.kafka,
         &members_topic,

@@ -48,7 +48,8 @@ impl Balancer {
                     }
                 }
                 let Some(upstream) = upstream else { continue };
-                let (mut c_read, mut u_write) = (client.try_clone().expect("clone"), upstream.try_clone().expect("clone"));
+                let (mut c_read, mut u_write) =
+                    (client.try_clone().expect("clone"), upstream.try_clone().expect("clone"));
                 let (mut u_read, mut c_write) = (upstream, client);
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut c_read, &mut u_write);
@@ -220,7 +221,8 @@ fn any_instance_answers_for_every_account_or_says_503() {
     assert_eq!(zero["on_tal"], true, "a TAL account without events: {zero}");
     assert_eq!(zero["score"], 0.0);
     let searched = reference[&format!("/v1/accounts?top=10&q=company%20acc-01&at={AT}")].1["accounts"].clone();
-    let found: Vec<&str> = searched.as_array().expect("array").iter().filter_map(|e| e["account_id"].as_str()).collect();
+    let found: Vec<&str> =
+        searched.as_array().expect("array").iter().filter_map(|e| e["account_id"].as_str()).collect();
     assert_eq!(found.len(), 10, "the search matches acc-010..acc-019 by name: {searched}");
     assert!(found.iter().all(|id| id.starts_with("acc-01")), "{found:?}");
 

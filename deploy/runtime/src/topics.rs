@@ -159,6 +159,18 @@ struct TopicFile {
 /// `[topics]` section: topic name per role, for the roles whose default name is not wanted.
 pub type TopicOverrides = BTreeMap<TopicRole, String>;
 
+/// Overrides from the environment, as the services read them: `ABM_TOPICS__<KEY>=name` (for
+/// tools that have no config file, such as the simulator).
+pub fn overrides_from_env() -> TopicOverrides {
+    TopicRole::ALL
+        .into_iter()
+        .filter_map(|role| {
+            let name = std::env::var(format!("ABM_TOPICS__{}", role.key().to_uppercase())).ok()?;
+            (!name.trim().is_empty()).then(|| (role, name.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// The topics in effect: the declared list with config overrides applied.
 #[derive(Debug, Clone)]
 pub struct Topics {

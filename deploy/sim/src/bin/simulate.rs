@@ -47,7 +47,8 @@ enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Send events to ingest: over HTTP (`POST /v1/events`) and to the raw topics.
+    /// Send events to ingest: over HTTP (`POST /v1/events`) and to the raw topics (names as
+    /// the services take them: `ABM_TOPICS__<KEY>` overrides a default).
     Run(RunArgs),
     /// Send again the events recorded with `run --out FILE`, in order, on their channels.
     Replay(ReplayArgs),
@@ -164,7 +165,7 @@ async fn send_events(
     let Target { rate, ingest_url, write_key, bootstrap_servers: bootstrap } = target;
     let (events_total, rate) = (total, *rate);
     let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..KafkaConfig::default() };
-    let topics = Topics::resolve(&TopicOverrides::new());
+    let topics = Topics::resolve(&abm::topics::overrides_from_env());
     let producer: FutureProducer = kafka.producer_config("abm-simulate").create().context("creating the producer")?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let url = format!("{}/v1/events", ingest_url.trim_end_matches('/'));

@@ -1,0 +1,227 @@
+//! The console in a real browser: headless Chromium (Debian's, through playwright-core) against
+//! ingest, the scorer and the alerter on the real broker, fed by the simulator. The browser
+//! signs in, watches the alerts page while the simulator runs (a new alert appears without a
+//! reload), filters and searches the accounts, clicks through to an account, opens the program;
+//! each page is checked against the scorer's API and written as a screenshot under
+//! `target/console-screenshots/`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use abm_testkit::{
+    ServiceProcess, TEST_API_TOKEN, TestTopics, free_port, http_get, repository_root, run_to_exit, unique,
+    wait_for_status, with_env, workspace_binary,
+};
+
+const KEY: &str = "console-write-key";
+
+fn api(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(port, path).expect("the scorer answers");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+#[test]
+fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
+    let topics = TestTopics::new("console");
+    topics.create();
+    let accounts = "60";
+    // The simulator's TAL, through the import command.
+    let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
+    let (status, stderr) = run_to_exit(
+        &workspace_binary("simulate"),
+        &["tal", "--accounts", accounts, "--out", &csv.display().to_string()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = run_to_exit(
+        &workspace_binary("ingest"),
+        &["import-tal", &csv.display().to_string()],
+        &topics.env(),
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+
+    let prefix = topics.prefix.clone();
+    let (ingest_port, scorer_port, alerter_port) = (free_port(), free_port(), free_port());
+    let start = |binary: &str, port: u16, extra: &[(&'static str, String)]| {
+        let mut env = with_env(topics.env(), extra);
+        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+        let process = ServiceProcess::start(&workspace_binary(binary), &[], &env);
+        wait_for_status(port, "/readyz", 200, Duration::from_secs(60), binary);
+        process
+    };
+    let _ingest = start(
+        "ingest",
+        ingest_port,
+        &[("ABM_INGEST__WRITE_KEYS__CONSOLE", KEY.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
+    );
+    let scorer = start(
+        "scorer",
+        scorer_port,
+        &[
+            ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
+            ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
+            ("ABM_SCORER__ADVERTISED_URL", format!("http://127.0.0.1:{scorer_port}")),
+        ],
+    );
+    let _alerter = start(
+        "alerter",
+        alerter_port,
+        &[
+            ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
+            ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
+        ],
+    );
+    // The program's topics are read (the program page answers).
+    wait_for_status(scorer_port, "/v1/program", 200, Duration::from_secs(60), "the program's topics read");
+
+    // The browser signs in and opens the alerts page.
+    let shots = repository_root().join("target/console-screenshots");
+    assert!(
+        repository_root().join("tests/node/node_modules").is_dir(),
+        "tests/node/node_modules is missing: run deploy/local/test.sh (or npm ci --prefix tests/node)"
+    );
+    let mut browser = Command::new("node")
+        .arg(repository_root().join("tests/node/console-browser.mjs"))
+        .args([&format!("http://127.0.0.1:{scorer_port}"), TEST_API_TOKEN, &shots.display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (Node 20: see the README)");
+    let mut lines = BufReader::new(browser.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(ready.contains("\"ready\":true"), "the alerts page did not get live: {ready}\n{}", scorer.stderr());
+
+    // The simulator feeds the pipeline while the page is open.
+    let (status, stderr) = run_to_exit(
+        &workspace_binary("simulate"),
+        &[
+            "run",
+            "--accounts",
+            accounts,
+            "--events",
+            "4000",
+            "--rate",
+            "0",
+            "--ingest-url",
+            &format!("http://127.0.0.1:{ingest_port}"),
+            "--write-key",
+            KEY,
+            "--bootstrap-servers",
+            &abm_testkit::bootstrap_servers(),
+            "--id-prefix",
+            &unique("console"),
+        ],
+        &topics.env(),
+        Duration::from_secs(180),
+    );
+    assert!(status.success(), "the simulator failed: {stderr}");
+    let seen = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(seen.contains("\"alert\""), "no alert appeared in the feed: {seen}\n{}", scorer.stderr());
+    // The pipeline settles (everything applied and committed, the program read) before the
+    // browser looks at the other pages, which are then compared with the API.
+    let handled = || {
+        abm_testkit::metric(scorer_port, "abm_scorer_events_applied_total", &[])
+            + abm_testkit::metric(scorer_port, "abm_scorer_duplicates_total", &[])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = handled();
+        if now > 0.0 && now == last && abm_testkit::metric(scorer_port, "abm_scorer_snapshot_age_seconds", &[]) == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the scorer did not settle");
+        last = now;
+    }
+    {
+        use std::io::Write as _;
+        let mut input = browser.stdin.take().expect("stdin");
+        input.write_all(b"go\n").expect("the browser reads");
+    }
+
+    let summary_line = lines.map_while(Result::ok).last().unwrap_or_default();
+    let output = browser.wait_with_output().expect("node ends");
+    let summary: serde_json::Value = serde_json::from_str(&summary_line).unwrap_or_else(|_| {
+        panic!("no summary from the browser: {summary_line}\n{}", String::from_utf8_lossy(&output.stderr))
+    });
+    eprintln!("console screenshots: {}\nthe browser saw: {summary:#}", shots.display());
+    assert!(summary.get("error").is_none(), "the browser failed: {summary:#}");
+    assert_eq!(summary["problems"], serde_json::json!([]), "errors, or requests to other origins: {summary:#}");
+
+    // Sign-in: the console sent the browser to it, and refused a wrong token.
+    assert!(summary["login_url"].as_str().unwrap_or("").ends_with("/console/login"), "{summary:#}");
+    assert_eq!(summary["wrong_token"], "Unknown token.");
+
+    // The feed: a new alert, on the same page, one the alerter sent.
+    assert_eq!(summary["same_page"], true, "the alert came without a reload");
+    let fresh = &summary["fresh_alert"];
+    let alert_id = fresh["id"].as_str().expect("an alert id");
+    let alerts: Vec<(String, abm_schemas::SalesAlert)> =
+        abm_testkit::read_all(&topics.name(abm::topics::TopicRole::SalesAlerts));
+    let sent = alerts.iter().find(|(_, alert)| alert.alert_id == alert_id).map(|(_, alert)| alert);
+    let sent = sent.unwrap_or_else(|| panic!("the feed's alert {alert_id} is not in abm.sales-alerts"));
+    let text = fresh["text"].as_str().unwrap_or("");
+    assert!(text.contains("Why:") && text.contains(&sent.next_step), "the why and the next step: {text}");
+
+    // Accounts: the scorer's leaderboard, in its order.
+    let board = api(scorer_port, "/v1/accounts?top=100");
+    let page_ids: Vec<&str> =
+        summary["accounts"].as_array().expect("rows").iter().filter_map(|r| r["id"].as_str()).collect();
+    let api_ids: Vec<&str> =
+        board["accounts"].as_array().expect("accounts").iter().filter_map(|a| a["account_id"].as_str()).collect();
+    assert!(!page_ids.is_empty(), "the accounts page shows accounts");
+    assert_eq!(page_ids.len(), api_ids.len());
+    assert_eq!(page_ids[..5], api_ids[..5], "the top of the page is the API's leaderboard");
+    for row in summary["accounts"].as_array().expect("rows") {
+        assert!(row["coverage"].as_str().unwrap_or("").ends_with('%'), "{row}");
+        assert!(
+            ["rising", "steady", "cooling"].iter().any(|t| row["trend"].as_str().unwrap_or("").contains(t)),
+            "{row}"
+        );
+    }
+    let tier_1 = summary["tier_1"].as_array().expect("rows");
+    assert!(!tier_1.is_empty() && tier_1.iter().all(|r| r["tier"] == "Tier 1"), "the tier filter: {tier_1:?}");
+    let api_tier_1 = api(scorer_port, "/v1/accounts?top=100&tier=1");
+    assert_eq!(tier_1.len(), api_tier_1["accounts"].as_array().map_or(0, Vec::len));
+    let search = summary["search"].as_str().unwrap_or("").to_lowercase();
+    let searched = summary["searched"].as_array().expect("rows");
+    assert!(!searched.is_empty(), "the search {search:?} finds the account it was taken from");
+    for row in searched {
+        let (name, id) =
+            (row["name"].as_str().unwrap_or("").to_lowercase(), row["id"].as_str().unwrap_or("").to_lowercase());
+        assert!(name.contains(&search) || id.contains(&search), "{row} does not match {search:?}");
+        assert_eq!(row["tier"], "Tier 1", "the search keeps the tier filter");
+    }
+
+    // The account clicked: its score now and its explanation, as the API gives them.
+    let account = &summary["account"];
+    let clicked = account["clicked"].as_str().expect("an account clicked");
+    assert!(account["url"].as_str().unwrap_or("").ends_with(&format!("/console/accounts/{clicked}")), "{account}");
+    let json = api(scorer_port, &format!("/v1/accounts/{clicked}"));
+    let (shown, now) = (account["score"].as_f64().unwrap_or(-1.0), json["now"]["score"].as_f64().unwrap_or(0.0));
+    assert!((shown - now).abs() <= 0.05 + now * 0.01, "the page shows {shown}, the API {now}");
+    assert_eq!(account["rule_bars"].as_u64(), json["rule_points"].as_array().map(|r| r.len() as u64), "{account}");
+    assert_eq!(account["contacts"].as_u64(), json["contacts"].as_array().map(|c| c.len() as u64));
+    assert_eq!(account["activity"].as_u64(), json["recent_events"].as_array().map(|e| e.len() as u64));
+    assert!(account["activity"].as_u64().unwrap_or(0) > 0 && account["journey"].as_u64().unwrap_or(0) > 0, "{account}");
+
+    // The program: a funnel per tier and the charts.
+    let program = &summary["program"];
+    assert_eq!(program["funnels"], 4, "{program}");
+    assert!(program["charts"].as_u64().unwrap_or(0) >= 8 && program["bars"].as_u64().unwrap_or(0) > 20, "{program}");
+    let report = api(scorer_port, "/v1/program");
+    assert_eq!(program["conversion_rows"].as_u64(), report["all"]["conversion"].as_array().map(|c| c.len() as u64));
+
+    let screenshots = summary["screenshots"].as_array().expect("screenshots");
+    assert_eq!(screenshots.len(), 5);
+    for file in screenshots {
+        let size = std::fs::metadata(file.as_str().unwrap_or("")).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "{file}: {size} bytes");
+    }
+}
