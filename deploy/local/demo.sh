@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The main job: the pipeline on a simulated ABM event stream, on this machine.
 #
-#   deploy/local/demo.sh [--accounts N] [--events N] [--rate EVENTS_PER_S] [--duration SECONDS] [--mock]
+#   deploy/local/demo.sh [--accounts N] [--events N] [--rate EVENTS_PER_S] [--duration SECONDS] [--mock] [--keep]
+#
+# --keep: the services keep running after the summary (for the console) until Ctrl-C.
 #
 # What it does:
 #   1. builds the workspace (release),
 #   2. starts the local Apache Kafka 4.x broker (deploy/local/kafka.sh; fetched from Maven
 #      Central on first use), or, where Java or Maven is absent (or with --mock), librdkafka's
 #      in-process mock cluster, saying which; KAFKA_BOOTSTRAP_SERVERS uses an existing broker,
-#   then starts ingest (:8080), scorer (:8081) and alerter (:8082), which create the topics of
+#   then starts ingest (:8080), scorer (:8081, with the console at /console) and alerter
+#   (:8082), which create the topics of
 #   deploy/topics.toml and report ready,
 #   3. imports a generated TAL (ingest import-tal) and prints each sales alert as it fires
 #      (account, tier, owner, why, next step),
@@ -24,7 +27,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-accounts=200 events=20000 rate=1000 duration=120 mock=no
+accounts=200 events=20000 rate=1000 duration=120 mock=no keep=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --accounts) accounts=$2; shift 2 ;;
@@ -32,7 +35,8 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --mock) mock=yes; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --keep) keep=yes; shift ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -102,6 +106,7 @@ for service in ingest scorer alerter; do
   curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { tail "$logs/$service.log"; echo "$service did not become ready" >&2; exit 1; }
   echo "$service ready at http://127.0.0.1:$port (/metrics, /healthz, /readyz)"
 done
+echo "console: http://127.0.0.1:8081/console (sign in with the API token demo-api-token): accounts, alerts as they fire, the program"
 
 metric_sum() { # port metric [label filter]
   { curl -fs "http://127.0.0.1:$1/metrics" || true; } | { grep "^$2" || true; } | { grep -- "${3:-}" || true; } |
@@ -184,3 +189,8 @@ print("  alerts followed by an opportunity: {} of {} alerts (median {} days late
     a["followed"], a["alerts"], "-" if a["median_days_to_opportunity"] is None else "{:.1f}".format(a["median_days_to_opportunity"]),
     a["windows"][0]["followed"], a["windows"][0]["matured"]))
 ' || true
+say "8. the console: http://127.0.0.1:8081/console (token demo-api-token)"
+if [ "${keep:-}" = yes ]; then
+  echo "  the services keep running for the console: Ctrl-C stops everything"
+  while :; do sleep 3600; done
+fi
