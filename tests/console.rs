@@ -218,6 +218,9 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
     let report = api(scorer_port, "/v1/program");
     assert_eq!(program["conversion_rows"].as_u64(), report["all"]["conversion"].as_array().map(|c| c.len() as u64));
 
+    // Ingest's producers put each account where the scorer's directory looks for it.
+    assert_eq!(abm_testkit::metric(scorer_port, "abm_scorer_misplaced_events_total", &[]), 0.0);
+
     let screenshots = summary["screenshots"].as_array().expect("screenshots");
     assert_eq!(screenshots.len(), 5);
     for file in screenshots {

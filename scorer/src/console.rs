@@ -88,6 +88,8 @@ impl AlertFeed {
 #[derive(Debug, Clone)]
 pub struct Console {
     pub api: Api,
+    /// Ends the live feeds when the scorer stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// `None`: the API is open (`http.api_open`), no sign-in.
     pub tokens: Option<Arc<Vec<String>>>,
 }
@@ -559,9 +561,13 @@ async fn alerts_page(State(console): State<Console>) -> Response {
 /// New alerts as server-sent events (`event: alert`, data: the alert's fields the page shows).
 async fn alert_stream(State(console): State<Console>) -> Response {
     let receiver = console.api.book.feed.subscribe();
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+    let stream = futures::stream::unfold((receiver, console.shutdown.clone()), |(mut receiver, shutdown)| async move {
         loop {
-            match receiver.recv().await {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                received = receiver.recv() => received,
+            };
+            match received {
                 Ok(alert) => {
                     let why: Vec<String> =
                         alert.top_rules.iter().take(3).map(|r| format!("{} {:.1}", r.rule, r.points)).collect();
@@ -579,7 +585,7 @@ async fn alert_stream(State(console): State<Console>) -> Response {
                         "owner": alert.owner,
                     });
                     let event = Event::default().event("alert").data(data.to_string());
-                    return Some((Ok::<Event, Infallible>(event), receiver));
+                    return Some((Ok::<Event, Infallible>(event), (receiver, shutdown)));
                 }
                 // A slow page missed some: it goes on with the next.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -223,6 +223,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     )?;
     let console = console::Console {
         api: api.clone(),
+        shutdown: context.shutdown.clone(),
         tokens: (!config.http.api_open).then(|| Arc::new(ops::api_tokens(&config.http))),
     };
     let app = ops::router(
