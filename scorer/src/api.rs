@@ -1,19 +1,5 @@
 //! The query API on the scorer's HTTP port.
 //!
-//! - `GET /v1/accounts/{id}` — the account's score at its as-of time (E, B, m, tier, armed,
-//!   breakdown per rule, counts, contacts, recent events) and decayed to now (`now`).
-//!   `?at=<ms>` decays to that time instead of the wall clock.
-//! - `GET /v1/accounts?top=N&tier=T` — leaderboard by score decayed to now (or `?at=<ms>`),
-//!   from the store's ranking: its cost follows N, not the number of accounts.
-//!
-//! - `GET /v1/program?tier=T&at=<ms>` — the ABM program's figures over every account of every
-//!   instance (README, "Program metrics"); `503` with `Retry-After` until this instance has read
-//!   the program's topics once. The body is [`program::Report`]: its types are the contract.
-//!
-//! Errors are JSON: `{"error": "...", ...}` with 400 or 404.
-
-//! The query API on the scorer's HTTP port.
-//!
 //! Every instance answers for every account (see [`crate::directory`]): a query for an account
 //! of a partition held elsewhere is forwarded to its holder, the leaderboard is gathered from
 //! every instance, and while the partition is being restored or moved the answer is `503` with
@@ -58,8 +44,11 @@ pub const FORWARDED: &str = "x-abm-forwarded";
 /// On a leaderboard request from one instance to another: `local`, this instance's partitions
 /// only, with the list of them.
 pub const SCOPE: &str = "x-abm-scope";
-/// On every answer: the instance that made it.
+/// On every answer: the instance that was asked.
 pub const INSTANCE: &str = "x-abm-instance";
+/// On an account's answer: the instance that holds the account and read it (the asked one, or
+/// the one it forwarded to).
+pub const ANSWERED_BY: &str = "x-abm-answered-by";
 
 /// What the query API reads.
 #[derive(Debug, Clone)]
@@ -93,6 +82,8 @@ impl Api {
             .timeout(forward_timeout)
             .connect_timeout(forward_timeout.min(Duration::from_secs(2)))
             .redirect(reqwest::redirect::Policy::none())
+            // Straight to the other instance: the caller's token never goes through a proxy.
+            .no_proxy()
             .build()?;
         Ok(Api {
             engine,
@@ -164,9 +155,10 @@ fn answer(api: &Api, result: Result<serde_json::Value, Failure>) -> Response {
     }
 }
 
-/// The credentials a forwarded query carries: the caller's, checked again by the holder.
+/// The credentials a forwarded query carries: the caller's (its bearer token, or the console's
+/// cookie), checked again by the holder.
 pub fn credentials(headers: &HeaderMap) -> Option<HeaderValue> {
-    headers.get(header::AUTHORIZATION).cloned()
+    abm::ops::presented_token(headers).and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok())
 }
 
 /// Largest body taken from another instance.
@@ -180,7 +172,7 @@ async fn ask(
     path_and_query: &str,
     auth: Option<&HeaderValue>,
     local_scope: bool,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<(serde_json::Value, String), Failure> {
     let mut request =
         api.client.get(format!("{}{path_and_query}", url.trim_end_matches('/'))).header(FORWARDED, api.directory.me());
     if local_scope {
@@ -193,25 +185,32 @@ async fn ask(
         api.forwarded.with_label_values(&["unanswered"]).inc();
         Failure::Unavailable(format!("instance {instance_id} ({url}) did not answer: {detail}"))
     };
-    let response = request.send().await.map_err(|error| unavailable(error.without_url().to_string()))?;
+    let mut response = request.send().await.map_err(|error| unavailable(error.without_url().to_string()))?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|error| unavailable(error.without_url().to_string()))?;
-    if bytes.len() > MAX_FORWARDED_BODY {
-        return Err(unavailable(format!("an answer of {} bytes", bytes.len())));
+    let answered_by = response.headers().get(ANSWERED_BY).and_then(|v| v.to_str().ok()).unwrap_or(instance_id).to_owned();
+    if response.content_length().is_some_and(|length| length > MAX_FORWARDED_BODY as u64) {
+        return Err(unavailable(format!("an answer of {} bytes", response.content_length().unwrap_or(0))));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| unavailable(error.without_url().to_string()))? {
+        if bytes.len() + chunk.len() > MAX_FORWARDED_BODY {
+            return Err(unavailable(format!("an answer over {MAX_FORWARDED_BODY} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
     }
     let body: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|error| unavailable(format!("not JSON: {error}")))?;
     match status.as_u16() {
         200 => {
             api.forwarded.with_label_values(&["answered"]).inc();
-            Ok(body)
+            Ok((body, answered_by))
         }
         503 => {
             api.forwarded.with_label_values(&["unavailable"]).inc();
             let reason = body.get("error").and_then(serde_json::Value::as_str).unwrap_or("unavailable");
             Err(Failure::Unavailable(format!("instance {instance_id}: {reason}")))
         }
-        400 | 401 | 403 | 404 => {
+        400 | 401 | 404 => {
             api.forwarded.with_label_values(&["answered"]).inc();
             Err(Failure::Status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), body))
         }
@@ -353,21 +352,30 @@ async fn account(
     Query(query): Query<AccountQuery>,
 ) -> Response {
     let forwarded = headers.contains_key(FORWARDED);
-    let result = account_answer(&api, &account_id, query.at, credentials(&headers).as_ref(), forwarded).await;
-    answer(&api, result)
+    match account_answer(&api, &account_id, query.at, credentials(&headers).as_ref(), forwarded).await {
+        Ok((body, by)) => {
+            let mut response = answer(&api, Ok(body));
+            if let Ok(value) = HeaderValue::from_str(&by) {
+                response.headers_mut().insert(ANSWERED_BY, value);
+            }
+            response
+        }
+        Err(failure) => failure.into_response(api.directory.me()),
+    }
 }
 
-/// `GET /v1/accounts/{id}`'s body, from this instance or the account's holder.
+/// `GET /v1/accounts/{id}`'s body, from this instance or the account's holder, and the holder.
 pub async fn account_answer(
     api: &Api,
     account_id: &str,
     at: Option<i64>,
     auth: Option<&HeaderValue>,
     forwarded: bool,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<(serde_json::Value, String), Failure> {
     let partition = partition_of(account_id, api.directory.partitions());
+    let version = api.directory.ownership().version();
     match api.directory.route(partition, now_ms(), forwarded) {
-        Route::Here => local_account(api, account_id, partition, at),
+        Route::Here => local_account(api, account_id, partition, at, version).map(|body| (body, api.directory.me().to_owned())),
         Route::There { instance_id, url } => {
             let mut path = format!("/v1/accounts/{}", encode_segment(account_id));
             if let Some(at) = at {
@@ -392,15 +400,22 @@ fn encode_segment(text: &str) -> String {
     out
 }
 
-fn local_account(api: &Api, account_id: &str, partition: i32, at: Option<i64>) -> Result<serde_json::Value, Failure> {
+fn local_account(
+    api: &Api,
+    account_id: &str,
+    partition: i32,
+    at: Option<i64>,
+    version: u64,
+) -> Result<serde_json::Value, Failure> {
     let entry = api.tal.get(account_id).map(|entry| entry.clone());
     let tier = entry.as_ref().map(|entry| entry.tier);
     let committee = entry.as_ref().and_then(|entry| entry.committee.as_deref());
-    let found = api.store.get(account_id);
-    // The partition may have been revoked while its state was read: then what was read (or
-    // not found) is no answer.
-    if api.directory.ownership().holding(partition) != Holding::Ready {
-        return Err(Failure::Unavailable(format!("partition {partition} left this instance during the query")));
+    let found = api.store.get_in(partition, account_id);
+    // The partitions held here changed since the query was routed (one revoked, perhaps
+    // restored again): what was read (or not found) is no answer.
+    let ownership = api.directory.ownership();
+    if ownership.version() != version || ownership.holding(partition) != Holding::Ready {
+        return Err(Failure::Unavailable(format!("partition {partition} moved on this instance during the query")));
     }
     let state = match (found, tier) {
         (Some(state), _) => state,
@@ -490,6 +505,8 @@ pub fn parse_stage(text: &str) -> Option<JourneyStage> {
 
 /// Largest number of accounts one leaderboard request returns.
 pub const MAX_TOP: usize = 1000;
+/// How long a filtered or searched leaderboard waits for the one scan at a time.
+const SCAN_WAIT: Duration = Duration::from_secs(5);
 /// Longest search text.
 const MAX_SEARCH: usize = 200;
 
@@ -579,10 +596,12 @@ pub async fn leaderboard_answer(
     }
     let mut entries = mine.entries;
     let mut covered: Vec<u32> = vec![0; usize::try_from(total).unwrap_or(0)];
+    let mut beyond = false;
     let mut cover = |partitions: &[i32]| {
         for partition in partitions {
-            if let Some(count) = usize::try_from(*partition).ok().and_then(|p| covered.get_mut(p)) {
-                *count += 1;
+            match usize::try_from(*partition).ok().and_then(|p| covered.get_mut(p)) {
+                Some(count) => *count += 1,
+                None => beyond = true,
             }
         }
     };
@@ -590,7 +609,7 @@ pub async fn leaderboard_answer(
     let mut failure = None;
     while let Some(joined) = asks.join_next().await {
         let body = match joined {
-            Ok(Ok(body)) => body,
+            Ok(Ok((body, _))) => body,
             Ok(Err(error)) => {
                 failure.get_or_insert(error);
                 continue;
@@ -600,14 +619,26 @@ pub async fn leaderboard_answer(
                 continue;
             }
         };
-        let partitions: Vec<i32> = serde_json::from_value(body["partitions"].clone()).unwrap_or_default();
-        let theirs: Vec<Entry> = serde_json::from_value(body["accounts"].clone()).unwrap_or_default();
-        cover(&partitions);
-        entries.extend(theirs);
+        let parsed = serde_json::from_value::<Vec<i32>>(body["partitions"].clone())
+            .and_then(|partitions| Ok((partitions, serde_json::from_value::<Vec<Entry>>(body["accounts"].clone())?)));
+        match parsed {
+            Ok((partitions, theirs)) => {
+                cover(&partitions);
+                entries.extend(theirs);
+            }
+            Err(error) => {
+                failure.get_or_insert(Failure::Unavailable(format!("an instance's part did not parse: {error}")));
+            }
+        }
     }
     // Every partition answered for exactly once, or no answer.
     let missing: Vec<usize> = covered.iter().enumerate().filter(|(_, n)| **n == 0).map(|(p, _)| p).collect();
     let twice: Vec<usize> = covered.iter().enumerate().filter(|(_, n)| **n > 1).map(|(p, _)| p).collect();
+    if beyond {
+        return Err(Failure::Unavailable(format!(
+            "an instance answered for a partition beyond abm.engagement's {total}: the instances disagree on the partition count"
+        )));
+    }
     if !missing.is_empty() || !twice.is_empty() {
         if let Some(Failure::Status(status, body)) = failure {
             return Err(Failure::Status(status, body));
@@ -639,13 +670,12 @@ async fn local_top(api: &Api, wanted: &Wanted) -> Result<LocalTop, Failure> {
     let scanning = wanted.stage.is_some() || wanted.q.is_some();
     // A scan walks every account: one at a time.
     let _turn = if scanning {
-        Some(
-            api.scans
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Failure::Unavailable("the scorer is stopping".to_owned()))?,
-        )
+        let turn = tokio::time::timeout(SCAN_WAIT, api.scans.clone().acquire_owned()).await;
+        match turn {
+            Ok(Ok(turn)) => Some(turn),
+            Ok(Err(_)) => return Err(Failure::Unavailable("the scorer is stopping".to_owned())),
+            Err(_) => return Err(Failure::Unavailable("other searches are running on this instance".to_owned())),
+        }
     } else {
         None
     };

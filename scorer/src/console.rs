@@ -32,6 +32,9 @@ use serde::Deserialize;
 
 use crate::api::{self, Api, Failure, LeaderboardQuery, ProgramQuery};
 
+/// Live alert feeds (open alerts pages) per scorer instance; one more is answered 503.
+pub const MAX_FEEDS: usize = 64;
+
 /// Alerts kept whole for the alerts page.
 pub const RECENT_ALERTS: usize = 100;
 
@@ -88,6 +91,8 @@ impl AlertFeed {
 #[derive(Debug, Clone)]
 pub struct Console {
     pub api: Api,
+    /// Live alert feeds open at once (each holds a connection): at most [`MAX_FEEDS`].
+    pub feeds: Arc<tokio::sync::Semaphore>,
     /// Ends the live feeds when the scorer stops.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// `None`: the API is open (`http.api_open`), no sign-in.
@@ -338,7 +343,12 @@ async fn accounts_page(
         Ok(board) => board,
         Err(failure) => return failure_page(&console, "Accounts", failure),
     };
-    let entries: Vec<api::Entry> = serde_json::from_value(board["accounts"].clone()).unwrap_or_default();
+    let entries: Vec<api::Entry> = match serde_json::from_value(board["accounts"].clone()) {
+        Ok(entries) => entries,
+        Err(error) => {
+            return failure_page(&console, "Accounts", Failure::Unavailable(format!("the leaderboard did not parse: {error}")));
+        }
+    };
     let selected = |value: &str, current: &Option<String>| {
         if current.as_deref() == Some(value) { " selected" } else { "" }
     };
@@ -397,7 +407,7 @@ async fn accounts_page(
 async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(account_id): Path<String>) -> Response {
     let account =
         match api::account_answer(&console.api, &account_id, None, credentials(&headers).as_ref(), false).await {
-            Ok(account) => account,
+            Ok((account, _)) => account,
             Err(failure) => return failure_page(&console, "Accounts", failure),
         };
     let text = |value: &serde_json::Value| value.as_str().unwrap_or("").to_owned();
@@ -560,8 +570,13 @@ async fn alerts_page(State(console): State<Console>) -> Response {
 
 /// New alerts as server-sent events (`event: alert`, data: the alert's fields the page shows).
 async fn alert_stream(State(console): State<Console>) -> Response {
+    let Ok(permit) = console.feeds.clone().try_acquire_owned() else {
+        return Failure::Unavailable(format!("{MAX_FEEDS} live alert feeds are open on this instance"))
+            .into_response(console.api.directory.me());
+    };
     let receiver = console.api.book.feed.subscribe();
-    let stream = futures::stream::unfold((receiver, console.shutdown.clone()), |(mut receiver, shutdown)| async move {
+    let start = (receiver, console.shutdown.clone(), permit);
+    let stream = futures::stream::unfold(start, |(mut receiver, shutdown, permit)| async move {
         loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -585,7 +600,7 @@ async fn alert_stream(State(console): State<Console>) -> Response {
                         "owner": alert.owner,
                     });
                     let event = Event::default().event("alert").data(data.to_string());
-                    return Some((Ok::<Event, Infallible>(event), (receiver, shutdown)));
+                    return Some((Ok::<Event, Infallible>(event), (receiver, shutdown, permit)));
                 }
                 // A slow page missed some: it goes on with the next.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -763,7 +778,10 @@ async fn login(State(console): State<Console>, headers: HeaderMap, Form(login): 
     response
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "a sign-out from another site is refused").into_response();
+    }
     let mut response = Redirect::to("/console/login").into_response();
     let expired = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", abm::ops::TOKEN_COOKIE);
     if let Ok(value) = HeaderValue::from_str(&expired) {

@@ -77,12 +77,14 @@ impl Ownership {
         self.version.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// `partitions` are restored: this instance answers for their accounts.
+    /// `partitions` are restored: this instance answers for their accounts. Only those still
+    /// being restored: one revoked while its restore ran stays released.
     pub fn ready(&self, partitions: &[i32]) {
         let mut held = self.write();
         for partition in partitions {
-            held.restoring.remove(partition);
-            held.ready.insert(*partition);
+            if held.restoring.remove(partition) {
+                held.ready.insert(*partition);
+            }
         }
         self.version.fetch_add(1, Ordering::SeqCst);
     }
@@ -154,8 +156,12 @@ pub struct Directory {
     partitions: i32,
     ttl_ms: i64,
     ownership: Arc<Ownership>,
-    members: RwLock<HashMap<String, Member>>,
+    /// Each member's latest record and when it was read here.
+    members: RwLock<HashMap<String, (Member, std::time::Instant)>>,
 }
+
+/// How far a writer's clock may be behind the reader's before its records look too old.
+pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 impl Directory {
     pub fn new(me: &str, partitions: i32, ttl: Duration, ownership: Arc<Ownership>) -> Directory {
@@ -196,22 +202,28 @@ impl Directory {
                 if member.instance_id != key {
                     return Err(format!("the record's instance_id {:?} is not its key", member.instance_id));
                 }
-                // Records of one instance arrive in order; an older one (a replay) never wins.
-                if members.get(&key).is_none_or(|known| known.published_at <= member.published_at) {
-                    members.insert(key, member);
-                }
+                // One partition: an instance's records arrive in the order it wrote them.
+                members.insert(key, (member, std::time::Instant::now()));
                 Ok(())
             }
         }
     }
 
-    /// The other instances whose record is younger than the TTL at `now`.
+    /// The other instances that wrote within the TTL: their latest record was read here within
+    /// the TTL (this machine's clock), and was written not longer ago than the TTL plus
+    /// [`MAX_CLOCK_SKEW_MS`] by `now` (so that the records of long-gone instances, read again
+    /// at start-up, do not count; a writer's clock may be somewhat behind).
     pub fn live_peers(&self, now: i64) -> Vec<Member> {
         let members = self.members.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ttl = Duration::from_millis(u64::try_from(self.ttl_ms).unwrap_or(u64::MAX));
         let mut live: Vec<Member> = members
             .values()
-            .filter(|member| member.instance_id != self.me && now - member.published_at <= self.ttl_ms)
-            .cloned()
+            .filter(|(member, read_at)| {
+                member.instance_id != self.me
+                    && read_at.elapsed() <= ttl
+                    && now - member.published_at <= self.ttl_ms.saturating_add(MAX_CLOCK_SKEW_MS)
+            })
+            .map(|(member, _)| member.clone())
             .collect();
         live.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         live
@@ -233,6 +245,12 @@ impl Directory {
             Holding::No => {}
         }
         let peers = self.live_peers(now);
+        if let Some(other) = peers.iter().find(|member| member.partitions != self.partitions) {
+            return Route::Unavailable(format!(
+                "instance {} counts {} partitions of abm.engagement, this one {}: restart the instances that started before the topic changed",
+                other.instance_id, other.partitions, self.partitions
+            ));
+        }
         if let Some(restoring) = peers.iter().find(|member| member.restoring.contains(&partition)) {
             return Route::Unavailable(format!(
                 "partition {partition} is being restored on instance {}",
@@ -374,9 +392,13 @@ mod tests {
         // A tombstone removes the member.
         directory.apply(b"b", None).expect("applies");
         assert!(matches!(directory.route(3, now, false), Route::Unavailable(_)));
-        // Released partitions are no longer answered here.
+        // Released partitions are no longer answered here; one released while it was being
+        // restored is not made ready by its restore's end.
         ownership.released(&[0]);
         assert!(matches!(directory.route(0, now, true), Route::Unavailable(_)));
+        ownership.released(&[1]);
+        ownership.ready(&[1]);
+        assert_eq!(ownership.holding(1), Holding::No);
         // A record whose key is not its instance is refused.
         assert!(directory.apply(b"x", Some(&member("y", &[], &[], 1))).is_err());
         assert!(directory.apply(b"x", Some(b"not json")).is_err());

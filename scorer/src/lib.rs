@@ -80,8 +80,8 @@ pub struct Settings {
     pub stall_after_ms: u64,
     /// The base URL other instances reach this one's HTTP API at, written to the directory
     /// (`abm.scorer-members`). Default: `http://<host>:<port>`, host the `http.listen` address
-    /// or, when that is 0.0.0.0, the hostname (in Kubernetes, a StatefulSet's pod name under a
-    /// headless Service resolves).
+    /// or, when that is 0.0.0.0, the hostname (which other machines may not resolve: in
+    /// Kubernetes set it to the pod's IP, as `deploy/k8s/scorer.yaml` does).
     pub advertised_url: String,
     /// A directory record older than this is an instance gone without a word: its partitions
     /// answer 503 until their new holder has restored them (default 10000 ms, at least 3000).
@@ -223,6 +223,7 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     )?;
     let console = console::Console {
         api: api.clone(),
+        feeds: Arc::new(tokio::sync::Semaphore::new(console::MAX_FEEDS)),
         shutdown: context.shutdown.clone(),
         tokens: (!config.http.api_open).then(|| Arc::new(ops::api_tokens(&config.http))),
     };
@@ -304,9 +305,10 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
     .await;
     context.health.set_stopping();
     refresher.abort();
-    server.await.context("HTTP server task")?.context("HTTP server")?;
-    // Its tombstone written (the publisher stops on shutdown).
+    let served = server.await;
+    // Its tombstone written (the publisher stops on shutdown), whatever the server's end.
     let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+    served.context("HTTP server task")?.context("HTTP server")?;
     loop_result
 }
 

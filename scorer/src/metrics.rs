@@ -157,7 +157,7 @@ impl Metrics {
             queries_forwarded: IntCounterVec::new(
                 Opts::new(
                     "abm_scorer_queries_forwarded_total",
-                    "Queries this instance sent to another (an account held there, a leaderboard's part), by outcome: answered (200, 400, 404), unavailable (the other said 503), unanswered (no answer in scorer.forward_timeout_ms, or not one)."
+                    "Queries this instance sent to another (an account held there, a leaderboard's part), by outcome: answered (200, 400, 401, 404), unavailable (the other said 503), unanswered (no answer in scorer.forward_timeout_ms, or not one)."
                 ),
                 &["outcome"],
             )?,

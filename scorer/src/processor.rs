@@ -426,6 +426,10 @@ impl Processor for ScorerProcessor {
         )?;
         let mut count = 0;
         for (partition, restorer) in std::mem::take(&mut restored) {
+            // Revoked while it was being read: its state is not installed (the loop drops it).
+            if self.ownership.holding(partition) == crate::directory::Holding::No {
+                continue;
+            }
             let crate::changelog::Restored { accounts, split, skipped } = restorer.finish(&self.engine);
             // Counted and skipped: one bad record must not crash-loop the scorer.
             self.metrics.restore_skipped.inc_by(skipped);

@@ -461,6 +461,12 @@ impl Store {
         ids
     }
 
+    /// A copy of one account's state in `partition`'s accounts.
+    pub fn get_in(&self, partition: i32, account_id: &str) -> Option<AccountScoreState> {
+        let accounts = self.partitions.get(&partition).map(|entry| entry.value().clone())?;
+        accounts.get(account_id).map(|state| state.as_ref().clone())
+    }
+
     /// A copy of one account's state, wherever it lives.
     pub fn get(&self, account_id: &str) -> Option<AccountScoreState> {
         let shards: Vec<Arc<PartitionAccounts>> = self.partitions.iter().map(|entry| entry.value().clone()).collect();

@@ -126,7 +126,10 @@ fn instance(env: &Env, name: &str, port: u16) -> Vec<(&'static str, String)> {
 struct Tally {
     reference: BTreeMap<String, (u16, serde_json::Value)>,
     paths: Vec<String>,
+    /// Account answers by the instance that held the account (`x-abm-answered-by`).
     answered: BTreeMap<String, usize>,
+    /// Account answers the asked instance got from another one.
+    forwarded: usize,
     unavailable: usize,
 }
 
@@ -135,6 +138,7 @@ impl Tally {
     /// instance did), false on a 503 (with `Retry-After`); anything else fails the test.
     fn check(&mut self, port: u16, path: &str) -> bool {
         let (status, headers, body) = get(port, path);
+        assert_ne!(status, 0, "{path} through {port}: no answer at all");
         let (expected_status, expected) = &self.reference[path];
         if status == 503 {
             assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"), "{path}: a 503 says when to retry");
@@ -145,7 +149,11 @@ impl Tally {
             serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path} through {port}: {status} {body}"));
         assert_eq!(status, *expected_status, "{path} through {port}: {body}");
         assert!(same(&json, expected), "{path} through {port}:\n{json}\nnot the single instance's\n{expected}");
-        *self.answered.entry(headers.get("x-abm-instance").cloned().unwrap_or_default()).or_default() += 1;
+        if let Some(by) = headers.get("x-abm-answered-by") {
+            let asked = headers.get("x-abm-instance").expect("the asked instance says its name");
+            *self.answered.entry(by.clone()).or_default() += 1;
+            self.forwarded += usize::from(by != asked);
+        }
         true
     }
 
@@ -233,7 +241,7 @@ fn any_instance_answers_for_every_account_or_says_503() {
     wait_for_status(ports[2], "/readyz", 200, Duration::from_secs(60), "C ready");
     let balancer = Balancer::start(ports[..3].to_vec());
 
-    let mut tally = Tally { reference, paths: paths.clone(), answered: BTreeMap::new(), unavailable: 0 };
+    let mut tally = Tally { reference, paths: paths.clone(), answered: BTreeMap::new(), forwarded: 0, unavailable: 0 };
     tally.settle(&ports[..3], "three instances");
     for instance in ["a", "b", "c"] {
         let id = format!("{}-{instance}", env.prefix());
@@ -241,6 +249,7 @@ fn any_instance_answers_for_every_account_or_says_503() {
     }
     let forwarded = |port: u16| metric(port, "abm_scorer_queries_forwarded_total", &["outcome=\"answered\""]);
     assert!(forwarded(ports[0]) + forwarded(ports[1]) + forwarded(ports[2]) > 0.0, "queries were forwarded");
+    assert!(tally.forwarded > 0, "accounts were answered by their holder through another instance");
 
     // C is killed; queries through the balancer go on while its partitions move.
     c.signal("KILL");
@@ -279,8 +288,8 @@ fn any_instance_answers_for_every_account_or_says_503() {
         assert_eq!(metric(port, "abm_scorer_misplaced_events_total", &[]), 0.0);
     }
     eprintln!(
-        "queries while instances came and went: {during}; 503s: {}; answers by instance: {:?}",
-        tally.unavailable, tally.answered
+        "queries while instances came and went: {during}; 503s: {}; account answers by holder: {:?}, {} of them forwarded",
+        tally.unavailable, tally.answered, tally.forwarded
     );
     drop((b, d));
     a.signal("TERM");
