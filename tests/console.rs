@@ -229,9 +229,11 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
     // The program: a funnel per tier and the charts.
     let program = &summary["program"];
     assert_eq!(program["funnels"], 4, "{program}");
-    assert!(program["charts"].as_u64().unwrap_or(0) >= 8 && program["bars"].as_u64().unwrap_or(0) > 20, "{program}");
+    assert!(program["charts"].as_u64().unwrap_or(0) >= 10 && program["bars"].as_u64().unwrap_or(0) > 20, "{program}");
     let report = api(scorer_port, "/v1/program");
-    assert_eq!(program["conversion_rows"].as_u64(), report["all"]["conversion"].as_array().map(|c| c.len() as u64));
+    let steps = report["all"]["conversion"].as_array().map(|c| c.len() as u64);
+    assert_eq!(program["conversion_rows"].as_u64(), steps);
+    assert_eq!(program["velocity_bars"].as_u64(), steps, "a velocity bar per step");
 
     // Ingest's producers put each account where the scorer's directory looks for it.
     assert_eq!(abm_testkit::metric(scorer_port, "abm_scorer_misplaced_events_total", &[]), 0.0);

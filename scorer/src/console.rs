@@ -678,7 +678,20 @@ async fn program_page(State(console): State<Console>, Query(query): Query<Progra
         .iter()
         .map(|s| (format!("{} → {}", stage_name(s.stage), stage_name(s.next)), s.rate.unwrap_or(0.0), percent(s.rate)))
         .collect();
+    body.push_str("<h3>Conversion rate</h3>");
     body.push_str(&bars("conversion-rate", &rates));
+    let velocity: Vec<(String, f64, String)> = report
+        .all
+        .conversion
+        .iter()
+        .map(|s| {
+            let days = s.median_days_to_next;
+            let shown = days.map_or_else(|| "–".to_owned(), |d| format!("{d:.1} days"));
+            (format!("{} → {}", stage_name(s.stage), stage_name(s.next)), days.unwrap_or(0.0), shown)
+        })
+        .collect();
+    body.push_str("<h3>Velocity: median days to the next stage</h3>");
+    body.push_str(&bars("velocity", &velocity));
     body.push_str("</section>");
     // Pipeline and win rate, TAL against the rest.
     body.push_str("<section id=\"pipeline\"><h2>Pipeline and win rate: TAL against non-TAL</h2>");

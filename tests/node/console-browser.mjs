@@ -123,6 +123,7 @@ try {
     charts: await tab.locator("svg.chart").count(),
     bars: await tab.locator("svg.chart rect").count(),
     conversion_rows: await tab.locator("#conversion tbody tr").count(),
+    velocity_bars: await tab.locator("#velocity rect").count(),
   };
   summary.screenshots.push(await shot("program"));
 } catch (error) {
