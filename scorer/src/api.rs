@@ -187,7 +187,8 @@ async fn ask(
     };
     let mut response = request.send().await.map_err(|error| unavailable(error.without_url().to_string()))?;
     let status = response.status();
-    let answered_by = response.headers().get(ANSWERED_BY).and_then(|v| v.to_str().ok()).unwrap_or(instance_id).to_owned();
+    let answered_by =
+        response.headers().get(ANSWERED_BY).and_then(|v| v.to_str().ok()).unwrap_or(instance_id).to_owned();
     if response.content_length().is_some_and(|length| length > MAX_FORWARDED_BODY as u64) {
         return Err(unavailable(format!("an answer of {} bytes", response.content_length().unwrap_or(0))));
     }
@@ -375,7 +376,9 @@ pub async fn account_answer(
     let partition = partition_of(account_id, api.directory.partitions());
     let version = api.directory.ownership().version();
     match api.directory.route(partition, now_ms(), forwarded) {
-        Route::Here => local_account(api, account_id, partition, at, version).map(|body| (body, api.directory.me().to_owned())),
+        Route::Here => {
+            local_account(api, account_id, partition, at, version).map(|body| (body, api.directory.me().to_owned()))
+        }
         Route::There { instance_id, url } => {
             let mut path = format!("/v1/accounts/{}", encode_segment(account_id));
             if let Some(at) = at {

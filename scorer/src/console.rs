@@ -346,7 +346,11 @@ async fn accounts_page(
     let entries: Vec<api::Entry> = match serde_json::from_value(board["accounts"].clone()) {
         Ok(entries) => entries,
         Err(error) => {
-            return failure_page(&console, "Accounts", Failure::Unavailable(format!("the leaderboard did not parse: {error}")));
+            return failure_page(
+                &console,
+                "Accounts",
+                Failure::Unavailable(format!("the leaderboard did not parse: {error}")),
+            );
         }
     };
     let selected = |value: &str, current: &Option<String>| {

@@ -376,19 +376,22 @@ mod tests {
         // A forwarded query is answered here or not at all.
         assert!(matches!(directory.route(2, now, true), Route::Unavailable(_)));
         assert_eq!(directory.route(0, now, true), Route::Here);
-        // c's record goes stale: its partition has no holder.
-        assert!(matches!(directory.route(5, 11_001, false), Route::Unavailable(reason) if reason.contains("no live")));
-        // Two claims while a partition moves: the latest record wins; an older replay is ignored.
+        // c's record was written long before: its partition has no live holder (the record was
+        // read just now, as at start-up, but its writer's time is older than TTL + skew).
+        let late = 1_000 + 10_000 + MAX_CLOCK_SKEW_MS + 1;
+        assert!(matches!(directory.route(5, late, false), Route::Unavailable(reason) if reason.contains("no live")));
+        // Two claims while a partition moves: the latest record wins.
         directory.apply(b"c", Some(&member("c", &[5, 2], &[], 2_000))).expect("applies");
-        assert_eq!(
-            directory.route(2, now, false),
-            Route::There { instance_id: "c".into(), url: "http://c:8081".into() }
+        let c = Route::There { instance_id: "c".into(), url: "http://c:8081".into() };
+        assert_eq!(directory.route(2, now, false), c);
+        // A member counting another number of partitions makes every remote route a 503.
+        let mut odd: Member = serde_json::from_slice(&member("e", &[], &[], 2_000)).expect("json");
+        odd.partitions = 12;
+        directory.apply(b"e", Some(&serde_json::to_vec(&odd).expect("json"))).expect("applies");
+        assert!(
+            matches!(directory.route(2, now, false), Route::Unavailable(reason) if reason.contains("12 partitions"))
         );
-        directory.apply(b"c", Some(&member("c", &[5], &[], 1_500))).expect("an old record is ignored");
-        assert_eq!(
-            directory.route(2, now, false),
-            Route::There { instance_id: "c".into(), url: "http://c:8081".into() }
-        );
+        directory.apply(b"e", None).expect("applies");
         // A tombstone removes the member.
         directory.apply(b"b", None).expect("applies");
         assert!(matches!(directory.route(3, now, false), Route::Unavailable(_)));
