@@ -81,6 +81,8 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
 
     // The browser signs in and opens the alerts page.
     let shots = repository_root().join("target/console-screenshots");
+    // This run's screenshots only.
+    let _ = std::fs::remove_dir_all(&shots);
     assert!(
         repository_root().join("tests/node/node_modules").is_dir(),
         "tests/node/node_modules is missing: run deploy/local/test.sh (or npm ci --prefix tests/node)"
