@@ -202,6 +202,10 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
             "{row}"
         );
     }
+    let mqa = summary["mqa"].as_array().expect("rows");
+    assert!(!mqa.is_empty() && mqa.iter().all(|r| r["stage"] == "MQA"), "the stage filter: {mqa:?}");
+    let api_mqa = api(scorer_port, "/v1/accounts?top=100&stage=mqa");
+    assert_eq!(mqa.len(), api_mqa["accounts"].as_array().map_or(0, Vec::len));
     let tier_1 = summary["tier_1"].as_array().expect("rows");
     assert!(!tier_1.is_empty() && tier_1.iter().all(|r| r["tier"] == "Tier 1"), "the tier filter: {tier_1:?}");
     let api_tier_1 = api(scorer_port, "/v1/accounts?top=100&tier=1");

@@ -379,7 +379,8 @@ async fn accounts_page(
         "</select></label><label>Search <input type=\"search\" name=\"q\" id=\"q\" maxlength=\"200\" value=\"{}\" placeholder=\"Account or name\"></label><button type=\"submit\" id=\"apply\">Filter</button></form>",
         esc(query.q.as_deref().unwrap_or(""))
     );
-    let _ = write!(body, "<p class=\"count\" id=\"count\">{} accounts, by score now.</p>", entries.len());
+    let noun = if entries.len() == 1 { "account" } else { "accounts" };
+    let _ = write!(body, "<p class=\"count\" id=\"count\">{} {noun}, by score now.</p>", entries.len());
     body.push_str("<table id=\"accounts\"><thead><tr><th>#</th><th>Account</th><th>Tier</th><th class=\"num\">Score</th><th>Trend</th><th>Stage</th><th>Coverage</th><th class=\"num\">Events 7d / 30d</th></tr></thead><tbody>");
     for (rank, entry) in entries.iter().enumerate() {
         let name = if entry.name.is_empty() { entry.account_id.clone() } else { entry.name.clone() };

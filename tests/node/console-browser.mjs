@@ -90,6 +90,10 @@ try {
       })));
   summary.accounts = await rows();
   summary.screenshots.push(await shot("accounts"));
+  await tab.selectOption("#stage", "mqa");
+  await Promise.all([tab.waitForURL(/stage=mqa/, wait), tab.click("#apply")]);
+  summary.mqa = await rows();
+  await tab.goto(`${base}/console/accounts`);
   await tab.selectOption("#tier", "1");
   await Promise.all([tab.waitForURL(/tier=1/, wait), tab.click("#apply")]);
   summary.tier_1 = await rows();
