@@ -90,4 +90,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   export KAFKA_BOOTSTRAP_SERVERS KAFKA_SASL_BOOTSTRAP_SERVERS KAFKA_SSL_BOOTSTRAP_SERVERS KAFKA_TLS_DIR
 fi
 echo "test.sh: testing against Kafka at $KAFKA_BOOTSTRAP_SERVERS and the schema registry at $SCHEMA_REGISTRY_URL" >&2
+# Every binary first: the cross-service tests run the services and the simulator as processes
+# (cargo builds a package's binaries only for its own tests).
+cargo build --workspace --bins
 exec cargo test --workspace "$@"
