@@ -194,3 +194,4 @@ if [ "${keep:-}" = yes ]; then
   echo "  the services keep running for the console: Ctrl-C stops everything"
   while :; do sleep 3600; done
 fi
+echo "  (the services stop now: run with --keep to browse the console after the summary)"
