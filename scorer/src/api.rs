@@ -380,7 +380,7 @@ pub async fn account_answer(
             local_account(api, account_id, partition, at, version).map(|body| (body, api.directory.me().to_owned()))
         }
         Route::There { instance_id, url } => {
-            let mut path = format!("/v1/accounts/{}", encode_segment(account_id));
+            let mut path = format!("/v1/accounts/{}", abm::ops::percent_encode(account_id));
             if let Some(at) = at {
                 path.push_str(&format!("?at={at}"));
             }
@@ -388,19 +388,6 @@ pub async fn account_answer(
         }
         Route::Unavailable(reason) => Err(Failure::Unavailable(reason)),
     }
-}
-
-/// Percent-encodes a path segment (every byte but unreserved ones).
-fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn local_account(
@@ -492,7 +479,27 @@ impl Trend {
     }
 }
 
-pub fn parse_tier(text: &str) -> Option<Tier> {
+/// `tier=`: none (or empty) for every tier.
+fn tier_param(text: Option<&str>) -> Result<Option<Tier>, Failure> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => parse_tier(text)
+            .map(Some)
+            .ok_or_else(|| Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered"))),
+    }
+}
+
+/// `at=`: the wall clock when absent.
+fn at_param(at: Option<i64>) -> Result<i64, Failure> {
+    let at = at.unwrap_or_else(now_ms);
+    if (-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
+        Ok(at)
+    } else {
+        Err(Failure::bad_request(format!("at must be epoch milliseconds within ±{MAX_AT_MS}")))
+    }
+}
+
+fn parse_tier(text: &str) -> Option<Tier> {
     match text {
         "1" | "tier_1" => Some(Tier::Tier1),
         "2" | "tier_2" => Some(Tier::Tier2),
@@ -502,7 +509,7 @@ pub fn parse_tier(text: &str) -> Option<Tier> {
     }
 }
 
-pub fn parse_stage(text: &str) -> Option<JourneyStage> {
+fn parse_stage(text: &str) -> Option<JourneyStage> {
     JourneyStage::ALL.into_iter().find(|stage| stage.as_str() == text)
 }
 
@@ -535,13 +542,7 @@ impl Wanted {
         if top == 0 || top > MAX_TOP {
             return Err(Failure::bad_request(format!("top must be between 1 and {MAX_TOP}")));
         }
-        let tier = match query.tier.as_deref().filter(|t| !t.is_empty()) {
-            None => None,
-            Some(text) => Some(
-                parse_tier(text)
-                    .ok_or_else(|| Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered")))?,
-            ),
-        };
+        let tier = tier_param(query.tier.as_deref())?;
         let stage = match query.stage.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(text) => Some(parse_stage(text).ok_or_else(|| {
@@ -554,10 +555,7 @@ impl Wanted {
         if q.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
             return Err(Failure::bad_request(format!("q is longer than {MAX_SEARCH} bytes")));
         }
-        let at = query.at.unwrap_or_else(now_ms);
-        if !(-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
-            return Err(Failure::bad_request(format!("at must be epoch milliseconds within ±{MAX_AT_MS}")));
-        }
+        let at = at_param(query.at)?;
         Ok(Wanted { top, tier, stage, q, at })
     }
 
@@ -571,7 +569,7 @@ impl Wanted {
             path.push_str(&format!("&stage={}", stage.as_str()));
         }
         if let Some(q) = &self.q {
-            path.push_str(&format!("&q={}", encode_segment(q)));
+            path.push_str(&format!("&q={}", abm::ops::percent_encode(q)));
         }
         path
     }
@@ -769,22 +767,13 @@ async fn program_report(State(api): State<Api>, Query(query): Query<ProgramQuery
 /// The program's figures. Every instance reads the program's topics whole, so each answers for
 /// every account without asking the others.
 pub async fn program_answer(api: &Api, query: &ProgramQuery) -> Result<program::Report, Failure> {
-    let tier = match query.tier.as_deref().filter(|t| !t.is_empty()) {
-        None => None,
-        Some(text) => Some(
-            parse_tier(text)
-                .ok_or_else(|| Failure::bad_request(format!("unknown tier {text:?}: use 1, 2, 3 or untiered")))?,
-        ),
-    };
+    let tier = tier_param(query.tier.as_deref())?;
     if !api.book.is_loaded() {
         return Err(Failure::Unavailable(
             "the program's topics (abm.account-program, abm.sales-alerts) are still being read".to_owned(),
         ));
     }
-    let at = query.at.unwrap_or_else(now_ms);
-    if !(-MAX_AT_MS..=MAX_AT_MS).contains(&at) {
-        return Err(Failure::bad_request(format!("at must be epoch milliseconds within ±{MAX_AT_MS}")));
-    }
+    let at = at_param(query.at)?;
     let Ok(_turn) = api.program_passes.clone().acquire_owned().await else {
         return Err(Failure::Unavailable("the scorer is stopping".to_owned()));
     };

@@ -174,19 +174,6 @@ pub fn esc(text: &str) -> String {
     out
 }
 
-/// Percent-encodes text for a URL path segment or query value.
-fn url_part(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `YYYY-MM-DD HH:MM` UTC of epoch milliseconds.
 pub fn when(ms: i64) -> String {
     let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
@@ -271,11 +258,6 @@ fn failure_page(console: &Console, active: &str, failure: Failure) -> Response {
     }
 }
 
-/// The caller's token as credentials for the queries the page makes of other instances.
-fn credentials(headers: &HeaderMap) -> Option<HeaderValue> {
-    abm::ops::presented_token(headers).and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok())
-}
-
 /// A horizontal bar chart: one row per (label, value, shown text), bars scaled to the largest
 /// magnitude; negative values drawn in their own colour.
 fn bars(id: &str, rows: &[(String, f64, String)]) -> String {
@@ -339,7 +321,7 @@ async fn accounts_page(
         q: query.q.clone(),
         at: None,
     };
-    let board = match api::leaderboard_answer(&console.api, &wanted, credentials(&headers).as_ref(), false).await {
+    let board = match api::leaderboard_answer(&console.api, &wanted, api::credentials(&headers).as_ref(), false).await {
         Ok(board) => board,
         Err(failure) => return failure_page(&console, "Accounts", failure),
     };
@@ -394,7 +376,7 @@ async fn accounts_page(
             "<tr data-account=\"{id}\"><td>{rank}</td><td><a href=\"/console/accounts/{href}\">{name}</a><br><small>{id}</small></td><td>{tier}</td><td class=\"num\">{score:.1}</td><td class=\"trend {trend}\">{arrow} {trend}</td><td><span class=\"stage {stage_key}\">{stage}</span></td><td>{coverage}</td><td class=\"num\">{e7} / {e30}</td></tr>",
             id = esc(&entry.account_id),
             rank = rank + 1,
-            href = url_part(&entry.account_id),
+            href = abm::ops::percent_encode(&entry.account_id),
             name = esc(&name),
             tier = tier_name(entry.tier),
             score = entry.score_now,
@@ -411,7 +393,7 @@ async fn accounts_page(
 
 async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(account_id): Path<String>) -> Response {
     let account =
-        match api::account_answer(&console.api, &account_id, None, credentials(&headers).as_ref(), false).await {
+        match api::account_answer(&console.api, &account_id, None, api::credentials(&headers).as_ref(), false).await {
             Ok((account, _)) => account,
             Err(failure) => return failure_page(&console, "Accounts", failure),
         };
@@ -543,20 +525,25 @@ async fn account_page(State(console): State<Console>, headers: HeaderMap, Path(a
     html(StatusCode::OK, page("Accounts", &name, &body, console.tokens.is_some()))
 }
 
+/// An alert's why: its three largest rules and their points.
+fn why(alert: &SalesAlert) -> String {
+    let rules: Vec<String> = alert.top_rules.iter().take(3).map(|r| format!("{} {:.1}", r.rule, r.points)).collect();
+    rules.join(", ")
+}
+
 /// One alert as a list item (the same markup the script builds for a live one).
 fn alert_item(alert: &SalesAlert) -> String {
-    let why: Vec<String> = alert.top_rules.iter().take(3).map(|r| format!("{} {:.1}", r.rule, r.points)).collect();
     format!(
         "<li class=\"alert\" data-alert=\"{id}\"><time>{at}</time> <a href=\"/console/accounts/{href}\">{name}</a> <span class=\"kind\">{kind}</span> <span>{tier}</span> score {score:.1} / {threshold:.1}<br><span class=\"why\">Why: {why}</span><br><span class=\"next\">Next: {next}</span> <small>{owner}</small></li>",
         id = esc(&alert.alert_id),
         at = when(alert.as_of),
-        href = url_part(&alert.account_id),
+        href = abm::ops::percent_encode(&alert.account_id),
         name = esc(if alert.account_name.is_empty() { &alert.account_id } else { &alert.account_name }),
         kind = esc(alert.kind.as_str()),
         tier = tier_name(alert.tier),
         score = alert.score,
         threshold = alert.threshold,
-        why = esc(&why.join(", ")),
+        why = esc(&why(alert)),
         next = esc(&alert.next_step),
         owner = esc(&alert.owner),
     )
@@ -589,8 +576,6 @@ async fn alert_stream(State(console): State<Console>) -> Response {
             };
             match received {
                 Ok(alert) => {
-                    let why: Vec<String> =
-                        alert.top_rules.iter().take(3).map(|r| format!("{} {:.1}", r.rule, r.points)).collect();
                     let data = serde_json::json!({
                         "alert_id": alert.alert_id,
                         "account_id": alert.account_id,
@@ -600,7 +585,7 @@ async fn alert_stream(State(console): State<Console>) -> Response {
                         "score": format!("{:.1}", alert.score),
                         "threshold": format!("{:.1}", alert.threshold),
                         "at": when(alert.as_of),
-                        "why": why.join(", "),
+                        "why": why(&alert),
                         "next_step": alert.next_step,
                         "owner": alert.owner,
                     });
@@ -827,7 +812,7 @@ mod tests {
         assert!(!escaped.contains('<') && !escaped.contains('"') && !escaped.contains('\''), "{escaped}");
         let chart = bars("x\"", &[(hostile.to_owned(), 1.0, hostile.to_owned())]);
         assert!(!chart.contains("<script>") && !chart.contains("x\""), "{chart}");
-        assert_eq!(url_part("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(abm::ops::percent_encode("a/b c?"), "a%2Fb%20c%3F");
     }
 
     fn alert(id: &str) -> SalesAlert {

@@ -426,10 +426,6 @@ impl Processor for ScorerProcessor {
         )?;
         let mut count = 0;
         for (partition, restorer) in std::mem::take(&mut restored) {
-            // Revoked while it was being read: its state is not installed (the loop drops it).
-            if self.ownership.holding(partition) == crate::directory::Holding::No {
-                continue;
-            }
             let crate::changelog::Restored { accounts, split, skipped } = restorer.finish(&self.engine);
             // Counted and skipped: one bad record must not crash-loop the scorer.
             self.metrics.restore_skipped.inc_by(skipped);
@@ -446,6 +442,7 @@ impl Processor for ScorerProcessor {
         self.metrics.restored_accounts.inc_by(count as u64);
         self.metrics.accounts.set(self.store.account_count() as i64);
         tracing::info!(?partitions, accounts = count, seconds = started.elapsed().as_secs_f64(), "state restored");
+        // A partition revoked while it was read stays released (the loop then drops its state).
         self.ownership.ready(partitions);
         Ok(())
     }

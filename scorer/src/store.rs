@@ -407,27 +407,13 @@ impl Store {
             }
         }
         // Over budget: every account, without the ranking's lock.
-        let mut best = Best { n, entries: Vec::with_capacity(n + 1) };
-        let shards: Vec<(i32, Arc<PartitionAccounts>)> =
-            self.partitions.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
-        for (partition, accounts) in shards {
-            for account in accounts.iter() {
-                if tier.is_some_and(|tier| tier != account.value().tier) {
-                    continue;
-                }
-                examined += 1;
-                let score = self.engine.score_at(account.value(), at);
-                if best.admits(score, account.key(), partition) {
-                    let made = entry(account.key(), account.value(), score);
-                    best.insert(score, account.key(), partition, made);
-                }
-            }
-        }
-        Top { entries: best.into_entries(), examined, scanned: true }
+        let scan = self.top_matching(at, n, |_, state| tier.is_none_or(|tier| tier == state.tier), entry);
+        Top { examined: examined + scan.examined, ..scan }
     }
 
-    /// [`top`](Self::top) over the accounts `matches` admits (a filter the ranking cannot
-    /// follow: journey stage, a search): a scan of every account.
+    /// [`top`](Self::top) over the accounts `matches` admits, by a scan of every account (a
+    /// filter the ranking cannot follow: journey stage, a search; or a walk over budget).
+    /// `examined` counts the accounts admitted.
     pub fn top_matching<T>(
         &self,
         at: i64,
@@ -441,10 +427,10 @@ impl Store {
             self.partitions.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
         for (partition, accounts) in shards {
             for account in accounts.iter() {
-                examined += 1;
                 if n == 0 || !matches(account.key(), account.value()) {
                     continue;
                 }
+                examined += 1;
                 let score = self.engine.score_at(account.value(), at);
                 if best.admits(score, account.key(), partition) {
                     let made = entry(account.key(), account.value(), score);

@@ -210,6 +210,20 @@ fn require_token(routes: Router, config: &HttpConfig) -> Router {
     routes.route_layer(axum::middleware::from_fn_with_state(tokens, check_token))
 }
 
+/// `text` as one URL path segment or query value: every byte but RFC 3986's unreserved ones
+/// (`A-Z a-z 0-9 - . _ ~`) percent-encoded.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The cookie a browser console carries its token in (hex of the token's bytes), set by
 /// [`login_cookie`]: `HttpOnly`, `SameSite=Strict`.
 pub const TOKEN_COOKIE: &str = "abm_api_token";

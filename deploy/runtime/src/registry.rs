@@ -330,13 +330,7 @@ fn id_of(answer: &serde_json::Value) -> Option<u32> {
 
 /// A subject in a URL path (topic names are `[a-zA-Z0-9._-]`; anything else is escaped).
 fn encode_path(subject: &str) -> String {
-    subject
-        .bytes()
-        .map(|byte| match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (byte as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+    crate::ops::percent_encode(subject)
 }
 
 /// reqwest's error with its causes (the bare text is often just "error sending request").
