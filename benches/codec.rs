@@ -66,6 +66,7 @@ mod fixed {
             journey_transitions: 2,
             last_hand_raiser_at: None,
             stage_entries: vec![],
+            model_version: Some("0123456789abcdef".into()),
         }
     }
 }

@@ -118,6 +118,7 @@ fn main() {
             recent_events: vec![],
             next_step: String::new(),
             coverage: None,
+            model_version: None,
         });
     }
     let grown = (abm_testkit::rss_bytes(std::process::id()) as usize).saturating_sub(before);

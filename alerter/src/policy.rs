@@ -106,6 +106,7 @@ pub fn decide(
         recent_events: crossing.recent_events.clone(),
         next_step: next_step(crossing.kind, tier, name, crossing.contacts.len(), crossing.coverage.as_ref()),
         coverage: crossing.coverage.clone(),
+        model_version: crossing.model_version.clone(),
     }))
 }
 
@@ -210,6 +211,7 @@ mod tests {
             contacts: vec![],
             recent_events: vec![],
             coverage: None,
+            model_version: None,
         }
     }
 

@@ -462,6 +462,7 @@ mod tests {
                 missing: vec!["economic_buyer".into()],
                 ratio: 0.5,
             }),
+            model_version: Some("0123456789abcdef".into()),
         }
     }
 

@@ -40,6 +40,7 @@ fn crossing(account: &str, kind: CrossingKind, sequence: i64, as_of: i64) -> Sco
         contacts: vec![],
         recent_events: vec![],
         coverage: None,
+        model_version: Some("0123456789abcdef".into()),
     }
 }
 

@@ -496,6 +496,10 @@ pub struct AccountScore {
     pub stage: JourneyStage,
     #[serde(default)]
     pub stage_entered_at: Option<i64>,
+    /// The scoring model (a stable hash of the scorer's `[scoring]`); `None` in records
+    /// written before models had versions.
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 /// The buying committee's coverage at a time: the required personas (the account's TAL
@@ -546,6 +550,10 @@ pub struct ScoreCrossing {
     pub recent_events: Vec<RecentEvent>,
     /// `None` only in records written before coverage existed.
     pub coverage: Option<CommitteeCoverage>,
+    /// The scoring model (a stable hash of the scorer's `[scoring]`); `None` in records
+    /// written before models had versions.
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 /// What SDR tooling subscribes to (`abm.sales-alerts`).
@@ -567,6 +575,10 @@ pub struct SalesAlert {
     pub next_step: String,
     /// `None` only in records written before coverage existed.
     pub coverage: Option<CommitteeCoverage>,
+    /// The scoring model (a stable hash of the scorer's `[scoring]`); `None` in records
+    /// written before models had versions.
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 /// Kind and time of one applied event inside the 90-day count window.
@@ -633,6 +645,10 @@ pub struct AccountState {
     /// One entry per journey stage ever entered, in stage order (unaware has none).
     #[serde(default)]
     pub stage_entries: Vec<StageEntry>,
+    /// The scoring model (a stable hash of the scorer's `[scoring]`); `None` in records
+    /// written before models had versions.
+    #[serde(default)]
+    pub model_version: Option<String>,
 }
 
 /// When an account first entered a journey stage, and the sequences of its first and latest

@@ -125,6 +125,7 @@ fn sample_state() -> AccountState {
         journey_transitions: 4,
         last_hand_raiser_at: Some(1_699_400_000_000),
         stage_entries: sample_stage_entries(),
+        model_version: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn every_record_round_trips() {
         coverage: Some(sample_coverage()),
         stage: JourneyStage::Mqa,
         stage_entered_at: Some(1_699_000_000_000),
+        model_version: Some("3f2a9c4e5b6d7081".into()),
     });
     check_round_trip(AccountProgram {
         account_id: "acc-42".into(),
@@ -243,6 +245,7 @@ fn every_record_round_trips() {
         contacts: sample_contacts(),
         recent_events: sample_recent(),
         coverage: Some(sample_coverage()),
+        model_version: Some("3f2a9c4e5b6d7081".into()),
     };
     check_round_trip(crossing.clone());
     check_round_trip(SalesAlert {
@@ -261,8 +264,10 @@ fn every_record_round_trips() {
         recent_events: sample_recent(),
         next_step: "Call within the hour".into(),
         coverage: None,
+        model_version: None,
     });
     check_round_trip(sample_state());
+    check_round_trip(AccountState { model_version: Some("3f2a9c4e5b6d7081".into()), ..sample_state() });
     check_round_trip(AccountState { as_of: None, contacts: vec![], ..sample_state() });
     let split = vec![
         StateChunkRef { structure: StateStructure::SeenEvents, id: -7 },
@@ -286,7 +291,8 @@ fn written_with_old_schema<T: serde::Serialize>(old_schema: &str, value: &T, dro
     let old = apache_avro::Schema::parse_str(old_schema).expect("old schema parses");
     let mut value = apache_avro::to_value(value).expect("to value");
     if let apache_avro::types::Value::Record(fields) = &mut value {
-        fields.retain(|(name, _)| !dropped.contains(&name.as_str()));
+        // No schema in history/ has `model_version` (the values written here leave it `None`).
+        fields.retain(|(name, _)| !dropped.contains(&name.as_str()) && name != "model_version");
     }
     let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&old)
         .build()
@@ -315,6 +321,75 @@ fn sample_state_before_v3() -> AccountState {
         stage_entries: vec![],
         ..sample_state()
     }
+}
+
+/// Records written before scoring models had versions (AccountState v4, AccountScore,
+/// ScoreCrossing and SalesAlert v2) read with no version.
+#[test]
+fn records_written_before_model_versions_still_decode() {
+    let state = sample_state();
+    let bytes = written_with_old_schema(include_str!("../avro/history/account_state.v4.avsc"), &state, &[]);
+    assert_eq!(decode::<AccountState>(&bytes).expect("v4 state decodes"), state);
+    let score = AccountScore {
+        account_id: "acc-42".into(),
+        tier: Tier::Tier2,
+        score: 80.0,
+        engagement: 64.0,
+        breadth: 2,
+        multiplier: 1.25,
+        threshold: 75.0,
+        armed: false,
+        as_of: 5,
+        events_applied: 3,
+        top_rules: sample_rules(),
+        coverage: Some(sample_coverage()),
+        stage: JourneyStage::Mqa,
+        stage_entered_at: Some(5),
+        model_version: None,
+    };
+    let bytes = written_with_old_schema(include_str!("../avro/history/account_score.v2.avsc"), &score, &[]);
+    assert_eq!(decode::<AccountScore>(&bytes).expect("v2 score decodes"), score);
+    let crossing = ScoreCrossing {
+        crossing_id: "acc-42:threshold:1".into(),
+        account_id: "acc-42".into(),
+        kind: CrossingKind::Threshold,
+        sequence: 1,
+        tier: Tier::Tier2,
+        score: 80.0,
+        threshold: 75.0,
+        engagement: 64.0,
+        breadth: 2,
+        multiplier: 1.25,
+        as_of: 5,
+        trigger_event_id: "e-1".into(),
+        top_rules: sample_rules(),
+        contacts: sample_contacts(),
+        recent_events: sample_recent(),
+        coverage: None,
+        model_version: None,
+    };
+    let bytes = written_with_old_schema(include_str!("../avro/history/score_crossing.v2.avsc"), &crossing, &[]);
+    assert_eq!(decode::<ScoreCrossing>(&bytes).expect("v2 crossing decodes"), crossing);
+    let alert = SalesAlert {
+        alert_id: crossing.crossing_id.clone(),
+        crossing_id: crossing.crossing_id.clone(),
+        account_id: "acc-42".into(),
+        account_name: "Acme Corp".into(),
+        tier: Tier::Tier2,
+        owner: "sdr@vendor.example".into(),
+        kind: CrossingKind::Threshold,
+        score: 80.0,
+        threshold: 75.0,
+        as_of: 5,
+        top_rules: sample_rules(),
+        contacts: sample_contacts(),
+        recent_events: sample_recent(),
+        next_step: "Start the 1:few sequence".into(),
+        coverage: Some(sample_coverage()),
+        model_version: None,
+    };
+    let bytes = written_with_old_schema(include_str!("../avro/history/sales_alert.v2.avsc"), &alert, &[]);
+    assert_eq!(decode::<SalesAlert>(&bytes).expect("v2 alert decodes"), alert);
 }
 
 /// A state written before stage entries (AccountState v3) reads with none.
@@ -378,6 +453,7 @@ fn records_written_before_committee_coverage_still_decode() {
         coverage: None,
         stage: JourneyStage::Unaware,
         stage_entered_at: None,
+        model_version: None,
     };
     let bytes = written_with_old_schema(
         include_str!("../avro/history/account_score.v1.avsc"),
@@ -766,16 +842,19 @@ fn fingerprints_equal_the_avro_reference_implementation() {
         // Account v2, AccountScore v2, ScoreCrossing v2, SalesAlert v2, AccountState v3,
         // AccountStateChunk v2, JourneyTransition v1), from fastavro.
         (Account::codec().fingerprint(), 0x1f81_876c_e261_47d8_u64),
-        (AccountScore::codec().fingerprint(), 0x6af5_e74b_04ee_5c9a),
         (EngagementEvent::codec().fingerprint(), 0x5241_f051_ef57_7ea9),
-        (ScoreCrossing::codec().fingerprint(), 0x9028_6b35_53b5_cd20),
-        (SalesAlert::codec().fingerprint(), 0x6461_0eb3_c727_1019),
         (JourneyTransition::codec().fingerprint(), 0x2399_726b_ef98_2419),
         (AccountStateChunk::codec().fingerprint(), 0x09a4_063a_0217_873f),
-        // Since stage entries and the program record (AccountState v4, AccountProgram v1),
-        // from fastavro; AccountState v3 had 0x6eaa_2427_1817_1f55.
-        (AccountState::codec().fingerprint(), 0xbf4d_bb85_f17a_2f8e),
+        // Since stage entries and the program record (AccountProgram v1), from fastavro;
+        // AccountState v3 had 0x6eaa_2427_1817_1f55, v4 0xbf4d_bb85_f17a_2f8e.
         (AccountProgram::codec().fingerprint(), 0xfdb5_61a2_000d_3b0b),
+        // Since scoring models have versions (AccountScore v3, ScoreCrossing v3, SalesAlert
+        // v3, AccountState v5), from fastavro. The v2s had 0x6af5_e74b_04ee_5c9a,
+        // 0x9028_6b35_53b5_cd20 and 0x6461_0eb3_c727_1019.
+        (AccountScore::codec().fingerprint(), 0xb953_69a9_46e4_ede7),
+        (ScoreCrossing::codec().fingerprint(), 0x7a19_268b_5d40_3d2f),
+        (SalesAlert::codec().fingerprint(), 0xf67d_dc93_a87f_c8dd),
+        (AccountState::codec().fingerprint(), 0xa145_0dca_80ec_bab9),
         // Since RejectedEvent v2 (reason `not_allowed`), from fastavro.
         (RejectedEvent::codec().fingerprint(), 0x2bb6_5620_4044_4ef6),
     ];

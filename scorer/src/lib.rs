@@ -3,11 +3,13 @@
 //! - [`engine`] — the pure scoring engine (rules, decay, breadth, thresholds, state).
 //! - [`store`] — sharded in-memory state, grouped by input partition.
 //! - [`processor`] — the transactional consume-apply-produce loop, restores and rebalances.
+//! - [`backtest`] — `scorer backtest`: a candidate model against the current one, from history.
 //! - [`api`] — the query API (`/v1/accounts/...`), answered for every account by any instance.
 //! - [`console`] — the console's pages (`/console/...`).
 //! - [`directory`] — which instance holds which partition (`abm.scorer-members`).
 //! - [`metrics`] — `abm_scorer_*`.
 pub mod api;
+pub mod backtest;
 pub mod changelog;
 pub mod console;
 pub mod directory;

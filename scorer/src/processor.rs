@@ -207,6 +207,7 @@ impl ScorerProcessor {
             coverage: Some(self.engine.coverage(state, state.as_of.unwrap_or(0), committee)),
             stage: state.stage,
             stage_entered_at: state.stage_entered_at(),
+            model_version: Some(self.engine.model_version().to_owned()),
         }
     }
 }

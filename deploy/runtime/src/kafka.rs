@@ -443,11 +443,14 @@ pub struct ReadToEnd<'a> {
     pub partitions: Option<&'a [i32]>,
     /// Give up (an error) after this long.
     pub deadline: Duration,
+    /// Start each partition at its first record with a timestamp at or after this (ms since
+    /// the epoch) instead of its beginning; a partition without one is at its end already.
+    pub since: Option<i64>,
 }
 
 impl Default for ReadToEnd<'_> {
     fn default() -> Self {
-        ReadToEnd { partitions: None, deadline: Duration::from_secs(600) }
+        ReadToEnd { partitions: None, deadline: Duration::from_secs(600), since: None }
     }
 }
 
@@ -475,7 +478,10 @@ where
     // starts fetching earlier can see a partition's end at a last stable offset that an
     // undecided transaction still holds back.
     await_decided_transactions(kafka, client_id, &reader, topic, &partitions, deadline)?;
-    assign_from_beginning(&reader, topic, &partitions)?;
+    match settings.since {
+        None => assign_from_beginning(&reader, topic, &partitions)?,
+        Some(since) => assign_from_time(&reader, topic, &partitions, since, kafka.timeout())?,
+    }
     let mut unfinished: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
     while !unfinished.is_empty() {
         anyhow::ensure!(
@@ -528,6 +534,45 @@ fn assign_from_beginning(
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
     }
     reader.assign(&list).map_err(|e| KafkaSetupError::Client(e.to_string()))
+}
+
+/// Assigns `partitions` of `topic` to `reader` from their first record with a timestamp at or
+/// after `since` (the broker's `ListOffsets` by time; its end when there is none).
+fn assign_from_time(
+    reader: &BaseConsumer<EndOfPartitionContext>,
+    topic: &str,
+    partitions: &[i32],
+    since: i64,
+    timeout: Duration,
+) -> Result<(), KafkaSetupError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition_offset(topic, *partition, Offset::Offset(since))
+            .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    }
+    let mut found = reader
+        .offsets_for_times(list, timeout)
+        .map_err(|e| KafkaSetupError::Client(format!("offsets of {topic} by time: {e}")))?;
+    for element in found.elements() {
+        if let Some(error) = element.error().err() {
+            return Err(KafkaSetupError::Client(format!(
+                "offset of {topic} [{}] by time: {error}",
+                element.partition()
+            )));
+        }
+    }
+    // A partition with no record that recent answers "no offset" (-1): read from its end.
+    for partition in partitions {
+        let none =
+            found.find_partition(topic, *partition).is_none_or(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0));
+        if none {
+            found
+                .set_partition_offset(topic, *partition, Offset::End)
+                .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        }
+    }
+    reader.assign(&found).map_err(|e| KafkaSetupError::Client(e.to_string()))
 }
 
 /// One poll of a reader going to the partitions' ends: a message, or `None` (nothing yet, an

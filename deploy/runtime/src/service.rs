@@ -122,11 +122,14 @@ pub const REDACTED: &str = "<redacted>";
 /// Whether a config key names a secret: passwords, passphrases, secrets, tokens, credentials,
 /// JAAS configs, webhook URLs and headers (a word of the key, between dots or underscores), a
 /// field named `key` (a browser key), private keys in PEM, OAUTHBEARER configs, basic-auth user
-/// info and write keys.
+/// info and write keys. A scoring rule's `url_patterns` (paths to match, not addresses) is not.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('_', ".");
     if key == "key" {
         return true;
+    }
+    if key == "url.patterns" {
+        return false;
     }
     let words = ["password", "passphrase", "secret", "token", "tokens", "credentials", "jaas", "url", "headers"];
     let phrases = ["key.pem", "oauthbearer.config", "write.keys", "user.info"];
@@ -232,7 +235,15 @@ mod tests {
         ] {
             assert!(is_secret_key(key), "{key} is a secret");
         }
-        for key in ["bootstrap_servers", "security.protocol", "sasl.mechanism", "ssl.ca.location", "keys", "listen"] {
+        for key in [
+            "bootstrap_servers",
+            "security.protocol",
+            "sasl.mechanism",
+            "ssl.ca.location",
+            "keys",
+            "listen",
+            "url_patterns",
+        ] {
             assert!(!is_secret_key(key), "{key} is not a secret");
         }
     }

@@ -69,6 +69,7 @@ impl AccountScoreState {
             journey_transitions: i64::from(self.journey_transitions),
             last_hand_raiser_at: self.last_hand_raiser_at(),
             stage_entries: self.stage_entries.to_vec(),
+            model_version: Some(engine.model_version().to_owned()),
         }
     }
 
@@ -150,6 +151,7 @@ impl AccountScoreState {
             w.long(e.first_sequence);
             w.long(e.last_sequence);
         });
+        w.optional_string(Some(engine.model_version()));
     }
 
     /// Entries of the structures a split state keeps in chunks (window, caps, seen ids).

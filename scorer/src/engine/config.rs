@@ -264,6 +264,17 @@ pub const MIN_STATE_BYTES: usize = 16_384;
 pub const MAX_STATE_BYTES: usize = 1_000_000;
 
 impl ScoringConfig {
+    /// The model's version: FNV-1a 64 of the configuration's canonical JSON (every field, in
+    /// declaration order, defaults filled in, maps sorted by key), as 16 hex digits. Two configs
+    /// that score alike by construction (one spelling a default out, one leaving it) have the
+    /// same version; any change of a field, even one that happens to score alike, gives
+    /// another. Recorded in the state and on every score, crossing and alert.
+    pub fn model_version(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a ScoringConfig serialises to JSON");
+        let hash = abm_schemas::hash::fnv1a_64_from(abm_schemas::hash::FNV64_OFFSET_BASIS, &canonical);
+        format!("{hash:016x}")
+    }
+
     /// The breadth at which the multiplier reaches `breadth_max` (at most `max_contacts`):
     /// shedding contacts never goes below it, so the score is unchanged.
     pub fn saturating_breadth(&self) -> usize {

@@ -107,6 +107,8 @@ pub struct Engine {
     rules: Rules,
     half_life_ms: f64,
     dedup_window_ms: i64,
+    /// [`ScoringConfig::model_version`], computed once.
+    version: String,
 }
 
 impl Engine {
@@ -116,12 +118,18 @@ impl Engine {
             rules: Rules::new(&config),
             half_life_ms: config.half_life_days * DAY_MS as f64,
             dedup_window_ms: (config.dedup_window_days * DAY_MS as f64) as i64,
+            version: config.model_version(),
             config,
         })
     }
 
     pub fn config(&self) -> &ScoringConfig {
         &self.config
+    }
+
+    /// The model's version ([`ScoringConfig::model_version`]).
+    pub fn model_version(&self) -> &str {
+        &self.version
     }
 
     pub fn rules(&self) -> &Rules {
@@ -375,6 +383,7 @@ impl Engine {
             contacts: state.engaged_contacts(as_of),
             recent_events: state.recent_records(self),
             coverage: Some(self.coverage(state, as_of, committee)),
+            model_version: Some(self.version.clone()),
         }
     }
 

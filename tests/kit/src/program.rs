@@ -46,6 +46,7 @@ pub fn sales_alert(alert_id: &str, account_id: &str, kind: CrossingKind, as_of: 
         recent_events: vec![],
         next_step: String::new(),
         coverage: None,
+        model_version: None,
     }
 }
 
