@@ -429,4 +429,24 @@ mod tests {
         assert_eq!(big.field, "rules[0].cap_per_contact_per_day");
         assert!(big.problem.contains("65534"), "{}", big.problem);
     }
+
+    #[test]
+    fn the_model_version_follows_the_settings_not_their_spelling() {
+        let default = ScoringConfig::default().model_version();
+        assert_eq!(default.len(), 16);
+        assert!(default.chars().all(|c| c.is_ascii_hexdigit()));
+        // A default spelled out, and maps written in another order: the same model.
+        let spelled: ScoringConfig = toml::from_str(
+            "half_life_days = 14.0\n[persona_weights]\nunknown = 1.0\nchampion = 1.2\neconomic_buyer = 1.5\n",
+        )
+        .expect("TOML");
+        assert_eq!(spelled.model_version(), default);
+        // Any change of a setting: another model.
+        let mut lower = ScoringConfig::default();
+        lower.thresholds.tier_2 = 74.0;
+        assert_ne!(lower.model_version(), default);
+        let mut reordered = ScoringConfig::default();
+        reordered.rules.swap(0, 1);
+        assert_ne!(reordered.model_version(), default, "rule order decides the first match");
+    }
 }
