@@ -43,7 +43,7 @@ impl Metrics {
             suppressed: IntCounterVec::new(
                 Opts::new(
                     "abm_alerter_suppressed_total",
-                    "Crossings that gave no alert, by reason (cooldown, duplicate, undecodable).",
+                    "Crossings that gave no alert, by reason (cooldown, duplicate, replayed: found by a re-score and older than the cooldown, undecodable).",
                 ),
                 &["reason"],
             )?,
@@ -102,7 +102,7 @@ impl Metrics {
                 metrics.alerts.with_label_values(&[kind, tier]);
             }
         }
-        for reason in ["cooldown", "duplicate", "undecodable"] {
+        for reason in ["cooldown", "duplicate", "replayed", "undecodable"] {
             metrics.suppressed.with_label_values(&[reason]);
         }
         registry.register(Box::new(metrics.crossings.clone()))?;

@@ -6,6 +6,9 @@
 //!   same kind for the account was published less than the cooldown (of the account's tier)
 //!   before it. Kinds have separate histories, so a threshold alert's cooldown never holds back
 //!   a hand-raiser.
+//! - A crossing a re-score found in the history under a new model (`replayed`) is recorded (its
+//!   sequence) but alerted only when it is within the cooldown (of its tier) of now: a model
+//!   change does not flood SDRs with stale alerts.
 //! - Otherwise: one `SalesAlert`, id = crossing id, with the TAL's name and owner, the why
 //!   (top rules, contacts, recent events) and a suggested next step by kind and tier.
 
@@ -69,20 +72,27 @@ pub enum Decision {
     Duplicate,
     /// Within the cooldown of the previous alert of this kind.
     Cooldown,
+    /// Found by a re-score, and older than the cooldown: recorded, not alerted.
+    Replayed,
 }
 
-/// Decides, and updates `history` accordingly.
+/// Decides, and updates `history` accordingly. `now`: the wall-clock time a replayed crossing
+/// is measured against.
 pub fn decide(
     config: &PolicyConfig,
     crossing: &ScoreCrossing,
     account: Option<&Account>,
     history: &mut History,
+    now: i64,
 ) -> Decision {
     if crossing.sequence <= history.last_sequence {
         return Decision::Duplicate;
     }
     history.last_sequence = crossing.sequence;
     let tier = account.map_or(crossing.tier, |a| a.tier);
+    if crossing.replayed && now.saturating_sub(crossing.as_of) >= config.cooldown_ms(tier) {
+        return Decision::Replayed;
+    }
     if let Some(last) = history.last_alert_as_of
         && crossing.as_of - last < config.cooldown_ms(tier)
     {
@@ -212,6 +222,7 @@ mod tests {
             recent_events: vec![],
             coverage: None,
             model_version: None,
+            replayed: false,
         }
     }
 
@@ -222,19 +233,19 @@ mod tests {
         let mut threshold = History::default();
         let mut hand = History::default();
         let is_alert = |d: &Decision| matches!(d, Decision::Alert(_));
-        assert!(is_alert(&decide(&config, &crossing(CrossingKind::Threshold, 1, 0), None, &mut threshold)));
+        assert!(is_alert(&decide(&config, &crossing(CrossingKind::Threshold, 1, 0), None, &mut threshold, 0)));
         assert_eq!(
-            decide(&config, &crossing(CrossingKind::Threshold, 1, 0), None, &mut threshold),
+            decide(&config, &crossing(CrossingKind::Threshold, 1, 0), None, &mut threshold, 0),
             Decision::Duplicate
         );
         assert_eq!(
-            decide(&config, &crossing(CrossingKind::Threshold, 2, 23 * H), None, &mut threshold),
+            decide(&config, &crossing(CrossingKind::Threshold, 2, 23 * H), None, &mut threshold, 0),
             Decision::Cooldown
         );
         // The hand-raiser has its own history: not held back by the threshold alert.
-        assert!(is_alert(&decide(&config, &crossing(CrossingKind::HandRaiser, 1, 23 * H), None, &mut hand)));
+        assert!(is_alert(&decide(&config, &crossing(CrossingKind::HandRaiser, 1, 23 * H), None, &mut hand, 0)));
         // 24 h after the last *alert* (not the suppressed crossing): alert again.
-        assert!(is_alert(&decide(&config, &crossing(CrossingKind::Threshold, 3, 24 * H), None, &mut threshold)));
+        assert!(is_alert(&decide(&config, &crossing(CrossingKind::Threshold, 3, 24 * H), None, &mut threshold, 0)));
         // Tier 1 accounts use their tier's 2 h cooldown.
         let account = Account {
             account_id: "acc".into(),
@@ -247,7 +258,7 @@ mod tests {
             committee: None,
             updated_at: 0,
         };
-        match decide(&config, &crossing(CrossingKind::Threshold, 4, 26 * H), Some(&account), &mut threshold) {
+        match decide(&config, &crossing(CrossingKind::Threshold, 4, 26 * H), Some(&account), &mut threshold, 0) {
             Decision::Alert(alert) => {
                 assert_eq!(alert.alert_id, "acc:threshold:4");
                 assert_eq!(alert.owner, "jo@v.example");
@@ -258,6 +269,34 @@ mod tests {
             other => panic!("expected an alert, got {other:?}"),
         }
         assert_eq!(sequence_of("a:b:c:threshold:17"), Some(17));
+    }
+
+    #[test]
+    fn a_replayed_crossing_is_alerted_only_within_the_cooldown_of_now() {
+        let config = PolicyConfig::default();
+        let now = 1_000 * H;
+        let replayed = |sequence: i64, as_of: i64| ScoreCrossing {
+            replayed: true,
+            ..crossing(CrossingKind::Threshold, sequence, as_of)
+        };
+        let mut history = History::default();
+        // 25 h before now: recorded (its sequence), not alerted.
+        assert_eq!(decide(&config, &replayed(1, now - 25 * H), None, &mut history, now), Decision::Replayed);
+        assert_eq!(history, History { last_sequence: 1, last_alert_as_of: None });
+        // 23 h before now: alerted, as a live crossing would be.
+        assert!(matches!(decide(&config, &replayed(2, now - 23 * H), None, &mut history, now), Decision::Alert(_)));
+        // The cooldown holds for what follows, replayed or live.
+        assert_eq!(decide(&config, &replayed(3, now - 22 * H), None, &mut history, now), Decision::Cooldown);
+        assert_eq!(
+            decide(&config, &crossing(CrossingKind::Threshold, 4, now), None, &mut history, now),
+            Decision::Cooldown
+        );
+        // A live crossing is never held back for its age.
+        let mut fresh = History::default();
+        assert!(matches!(
+            decide(&config, &crossing(CrossingKind::Threshold, 1, 0), None, &mut fresh, now),
+            Decision::Alert(_)
+        ));
     }
 
     #[test]

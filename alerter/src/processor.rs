@@ -89,11 +89,12 @@ impl Processor for AlertProcessor {
         let decision = {
             let mut histories = self.histories.entry(message.partition()).or_default();
             let history = histories.entry((crossing.account_id.clone(), crossing.kind)).or_default();
-            decide(&self.policy, &crossing, account.as_ref(), history)
+            decide(&self.policy, &crossing, account.as_ref(), history, abm::clock::now_ms())
         };
         match decision {
             Decision::Duplicate => self.staged.add(&self.metrics.suppressed.with_label_values(&["duplicate"]), 1),
             Decision::Cooldown => self.staged.add(&self.metrics.suppressed.with_label_values(&["cooldown"]), 1),
+            Decision::Replayed => self.staged.add(&self.metrics.suppressed.with_label_values(&["replayed"]), 1),
             Decision::Alert(alert) => {
                 let payload = abm_schemas::encode(alert.as_ref())?;
                 out.send(&self.topics.alerts, &alert.account_id, &payload, Some(message.partition()))?;

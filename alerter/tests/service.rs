@@ -41,6 +41,7 @@ fn crossing(account: &str, kind: CrossingKind, sequence: i64, as_of: i64) -> Sco
         recent_events: vec![],
         coverage: None,
         model_version: Some("0123456789abcdef".into()),
+        replayed: false,
     }
 }
 
@@ -190,9 +191,11 @@ fn kill_minus_nine_mid_stream_publishes_no_alert_twice_and_loses_none() {
     let mut histories: BTreeMap<(String, CrossingKind), History> = BTreeMap::new();
     let expected: BTreeSet<String> = crossings
         .iter()
-        .filter_map(|c| match decide(&config, c, None, histories.entry((c.account_id.clone(), c.kind)).or_default()) {
-            Decision::Alert(alert) => Some(alert.alert_id),
-            _ => None,
+        .filter_map(|c| {
+            match decide(&config, c, None, histories.entry((c.account_id.clone(), c.kind)).or_default(), i64::MAX) {
+                Decision::Alert(alert) => Some(alert.alert_id),
+                _ => None,
+            }
         })
         .collect();
     assert!(

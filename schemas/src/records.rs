@@ -554,6 +554,10 @@ pub struct ScoreCrossing {
     /// written before models had versions.
     #[serde(default)]
     pub model_version: Option<String>,
+    /// Found by a re-score of the history under a new model, written at the switch: the
+    /// alerter alerts it only within the cooldown of now.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// What SDR tooling subscribes to (`abm.sales-alerts`).

@@ -162,7 +162,9 @@ impl Replay {
             for crossing in crossings {
                 run.crossings += 1;
                 let history = run.histories.entry((account_id.into(), crossing.kind)).or_default();
-                match alerter::policy::decide(&self.policy, &crossing, account, history) {
+                // A replay's crossings are never `replayed` (that is the live re-score's): `now`
+                // does not matter.
+                match alerter::policy::decide(&self.policy, &crossing, account, history, i64::MAX) {
                     Decision::Alert(alert) => run.alerts.push(ReplayAlert {
                         model: run.label.clone(),
                         alert_id: alert.alert_id,
@@ -173,8 +175,8 @@ impl Replay {
                         score: alert.score,
                     }),
                     Decision::Cooldown => run.cooldown += 1,
-                    // Sequences only grow within a run: not reached.
-                    Decision::Duplicate => {}
+                    // Sequences only grow within a run, and no crossing is replayed: not reached.
+                    Decision::Duplicate | Decision::Replayed => {}
                 }
             }
         }
@@ -228,6 +230,7 @@ impl Replay {
             models,
             most_changed,
             stage_changed,
+            replay_seconds: 0.0,
         }
     }
 
@@ -433,6 +436,8 @@ pub struct Report {
     pub most_changed: Vec<Change>,
     /// Accounts whose journey stage at `to` differs between the two models.
     pub stage_changed: u64,
+    /// Seconds spent reading and replaying `abm.engagement` (0 when not read from Kafka).
+    pub replay_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1022,6 +1027,7 @@ pub async fn run(config: crate::Config, options: Options) -> anyhow::Result<()> 
             ..Default::default()
         };
         let mut last_log = std::time::Instant::now();
+        let replaying = std::time::Instant::now();
         abm::kafka::read_messages_to_end(&kafka, "abm-scorer-backtest", &engagement, &settings, |message| {
             use rdkafka::Message as _;
             let payload = message.payload().unwrap_or_default();
@@ -1043,7 +1049,8 @@ pub async fn run(config: crate::Config, options: Options) -> anyhow::Result<()> 
             }
             Ok(())
         })?;
-        let report = replay.report(options.since, options.top);
+        let mut report = replay.report(options.since, options.top);
+        report.replay_seconds = replaying.elapsed().as_secs_f64();
         Ok((replay, report))
     })
     .await

@@ -384,6 +384,7 @@ impl Engine {
             recent_events: state.recent_records(self),
             coverage: Some(self.coverage(state, as_of, committee)),
             model_version: Some(self.version.clone()),
+            replayed: false,
         }
     }
 
