@@ -252,6 +252,8 @@ struct AccountResponse {
     duplicates: u64,
     on_tal: bool,
     now: Now,
+    /// The scoring model that explains the account (the version of its `[scoring]`).
+    model_version: String,
 }
 
 /// Events of one kind in the last 7, 30 and 90 days.
@@ -337,6 +339,7 @@ impl AccountResponse {
                 breadth: later.breadth,
                 multiplier: later.multiplier,
             },
+            model_version: String::new(),
         }
     }
 }
@@ -421,9 +424,14 @@ fn local_account(
             ));
         }
     };
-    let view = api.engine.view_with(account_id, &state, None, committee);
-    let later = api.engine.view_with(account_id, &state, Some(at.unwrap_or_else(now_ms)), committee);
-    serde_json::to_value(AccountResponse::new(view, &later, tier.is_some()))
+    // The model the partition is served with (another than the configured one while it is
+    // re-scored).
+    let engine = api.store.engine_of(partition);
+    let view = engine.view_with(account_id, &state, None, committee);
+    let later = engine.view_with(account_id, &state, Some(at.unwrap_or_else(now_ms)), committee);
+    let mut response = AccountResponse::new(view, &later, tier.is_some());
+    response.model_version = engine.model_version().to_owned();
+    serde_json::to_value(response)
         .map_err(|error| Failure::Unavailable(format!("the answer did not serialize: {error}")))
 }
 
@@ -686,8 +694,9 @@ async fn local_top(api: &Api, wanted: &Wanted) -> Result<LocalTop, Failure> {
         let ownership = api.directory.ownership();
         let before = ownership.version();
         let (ready, _) = ownership.snapshot();
-        let (engine, tal, at) = (&api.engine, &api.tal, wanted.at);
+        let (tal, at) = (&api.tal, wanted.at);
         let entry = |account_id: &str, state: &AccountScoreState, score_now: f64| {
+            let engine = api.store.engine_of_account(account_id);
             let tal_entry = tal.get(account_id);
             let committee = tal_entry.as_ref().and_then(|entry| entry.committee.clone());
             let (events_7d, events_30d) = state

@@ -121,16 +121,11 @@ impl Replay {
                 return Ok(());
             }
         };
-        let key = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty());
-        let Some(account_id) = event.account_id.take().or_else(|| key.map(str::to_owned)) else {
-            self.skipped.missing_account += 1;
-            return Ok(());
-        };
-        if account_id.chars().any(char::is_control) {
-            self.skipped.invalid_account += 1;
-            return Ok(());
+        match crate::processor::account_of(&mut event, key) {
+            Ok(account_id) => self.apply(&account_id, &event),
+            Err(crate::processor::Unusable::MissingAccount) => self.skipped.missing_account += 1,
+            Err(crate::processor::Unusable::InvalidAccount(_)) => self.skipped.invalid_account += 1,
         }
-        self.apply(&account_id, &event);
         Ok(())
     }
 

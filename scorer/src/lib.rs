@@ -7,6 +7,8 @@
 //! - [`api`] — the query API (`/v1/accounts/...`), answered for every account by any instance.
 //! - [`console`] — the console's pages (`/console/...`).
 //! - [`directory`] — which instance holds which partition (`abm.scorer-members`).
+//! - [`models`] — the scoring models the cluster has run (`abm.scoring-models`).
+//! - [`rescore`] — re-scoring a partition under a new model while the old one serves it.
 //! - [`metrics`] — `abm_scorer_*`.
 pub mod api;
 pub mod backtest;
@@ -15,8 +17,10 @@ pub mod console;
 pub mod directory;
 pub mod engine;
 pub mod metrics;
+pub mod models;
 pub mod processor;
 pub mod program;
+pub mod rescore;
 pub mod store;
 
 /// The scorer holds many small per-account blocks: mimalloc keeps them without a per-block
@@ -91,6 +95,14 @@ pub struct Settings {
     /// How long a query forwarded to another instance may take before it is answered 503
     /// (default 5000 ms).
     pub forward_timeout_ms: u64,
+    /// When the instance restores a partition whose state another model built, it re-scores
+    /// it from abm.engagement under `[scoring]`; the crossings that re-score finds within this
+    /// many hours of now are sent (marked replayed: the alerter alerts those within its
+    /// cooldown of now), older ones only counted (default 168, a week: more than any cooldown).
+    pub replay_window_hours: f64,
+    /// Events per second a re-score applies at most, per partition (default 0: no limit; set
+    /// it when a re-score must leave CPU to the live loop).
+    pub rescore_max_events_per_second: u64,
 }
 
 impl Default for Settings {
@@ -104,6 +116,8 @@ impl Default for Settings {
             advertised_url: String::new(),
             member_ttl_ms: 10_000,
             forward_timeout_ms: 5_000,
+            replay_window_hours: 168.0,
+            rescore_max_events_per_second: 0,
         }
     }
 }
@@ -133,6 +147,39 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
         .map(|role| Output::of(&topics, role));
     abm::registry::prepare(&config.registry, &outputs, &inputs).await?;
     let metrics = Metrics::register(&context.registry).context("registering metrics")?;
+    metrics.model.with_label_values(&[engine.model_version()]).set(1);
+    anyhow::ensure!(
+        config.scorer.replay_window_hours.is_finite() && config.scorer.replay_window_hours >= 0.0,
+        "scorer.replay_window_hours: must be a number of hours >= 0"
+    );
+
+    // The models: this one registered, every one the cluster ran known (to serve a partition
+    // another model built while it is re-scored).
+    let models = Arc::new(models::Models::default());
+    models.insert(engine.clone());
+    {
+        let topic = topics.name(TopicRole::ScoringModels).to_owned();
+        let (kafka, registered, instance) = (config.kafka.clone(), engine.clone(), config.scorer.instance_id.clone());
+        let topic_name = topic.clone();
+        tokio::task::spawn_blocking(move || models::register(&kafka, &topic_name, &registered, &instance))
+            .await
+            .context("registering the model")??;
+        let known = models.clone();
+        let shown = topic.clone();
+        abm::kafka::follow_table(
+            &config.kafka,
+            "abm-scorer-models",
+            &topic,
+            context.shutdown.clone(),
+            move |key, value| {
+                if let Err(error) = known.apply(key, value) {
+                    tracing::warn!(%error, topic = shown, "model record left out");
+                }
+            },
+        )
+        .await?;
+        tracing::info!(model = engine.model_version(), known = models.len(), "scoring model registered in {topic}");
+    }
 
     // The TAL first: events must be scored with their account's tier.
     let tal: Arc<Tal> = Arc::new(Tal::default());
@@ -292,9 +339,16 @@ pub async fn run(config: Config, context: Context) -> anyhow::Result<()> {
             }
         }
     });
+    let rescore = rescore::RescoreSettings {
+        group_id: config.scorer.group_id.clone(),
+        topic: loop_topics.engagement.clone(),
+        window_ms: (config.scorer.replay_window_hours * 3_600_000.0) as i64,
+        max_events_per_second: config.scorer.rescore_max_events_per_second,
+    };
     let processor = Arc::new(
         ScorerProcessor::new(engine, store, tal, loop_topics, metrics, config.kafka.clone(), book.clone())
-            .with_ownership(ownership, i32::try_from(partitions).unwrap_or(0)),
+            .with_ownership(ownership, i32::try_from(partitions).unwrap_or(0))
+            .with_rescore(models, rescore),
     );
     context.health.set_ready();
     let loop_result = abm::eos::run_on_thread(

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub misplaced_events: IntCounter,
     /// Partitions held here, by state (ready, restoring).
     pub partitions_held: IntGaugeVec,
+    /// Partitions held here that are being re-scored under the configured model.
+    pub rescore_partitions: IntGauge,
+    /// Events the re-scores applied, and offsets they are still behind the live loop.
+    pub rescore_events: IntCounter,
+    pub rescore_behind: IntGauge,
+    /// Partitions switched to the configured model, and the re-scores' crossings by outcome.
+    pub rescore_switches: IntCounter,
+    pub rescore_crossings: IntCounterVec,
+    /// 1 for the configured model's version.
+    pub model: IntGaugeVec,
 }
 
 impl Metrics {
@@ -169,7 +179,37 @@ impl Metrics {
                 Opts::new("abm_scorer_partitions_held", "abm.engagement partitions held by this instance, by state: ready (restored, answered here) or restoring."),
                 &["state"],
             )?,
+            rescore_partitions: IntGauge::new(
+                "abm_scorer_rescore_partitions",
+                "Partitions held here whose state was built by another model than the configured one: served by that model while they are re-scored from abm.engagement under the configured one (README, \"Changing the model\").",
+            )?,
+            rescore_events: IntCounter::new(
+                "abm_scorer_rescore_events_total",
+                "Events of abm.engagement applied by the re-scores (each once per re-score).",
+            )?,
+            rescore_behind: IntGauge::new(
+                "abm_scorer_rescore_behind_offsets",
+                "Offsets of abm.engagement the re-scores still have to apply before they catch up with the live loop, over the partitions re-scored here.",
+            )?,
+            rescore_switches: IntCounter::new(
+                "abm_scorer_rescore_switches_total",
+                "Partitions switched to the configured model (their re-scored states written in one transaction).",
+            )?,
+            rescore_crossings: IntCounterVec::new(
+                Opts::new(
+                    "abm_scorer_rescore_crossings_total",
+                    "Crossings the re-scores found, by outcome: sent (to abm.score-crossings, marked replayed, at the switch: within scorer.replay_window_hours of now) or recorded (older: counted in the state's sequences only).",
+                ),
+                &["outcome"],
+            )?,
+            model: IntGaugeVec::new(
+                Opts::new("abm_scorer_model_info", "The configured scoring model's version (the value is 1)."),
+                &["version"],
+            )?,
         };
+        for outcome in ["sent", "recorded"] {
+            metrics.rescore_crossings.with_label_values(&[outcome]);
+        }
         for outcome in ["answered", "unavailable", "unanswered"] {
             metrics.queries_forwarded.with_label_values(&[outcome]);
         }
@@ -220,6 +260,12 @@ impl Metrics {
         registry.register(Box::new(metrics.queries_forwarded.clone()))?;
         registry.register(Box::new(metrics.misplaced_events.clone()))?;
         registry.register(Box::new(metrics.partitions_held.clone()))?;
+        registry.register(Box::new(metrics.rescore_partitions.clone()))?;
+        registry.register(Box::new(metrics.rescore_events.clone()))?;
+        registry.register(Box::new(metrics.rescore_behind.clone()))?;
+        registry.register(Box::new(metrics.rescore_switches.clone()))?;
+        registry.register(Box::new(metrics.rescore_crossings.clone()))?;
+        registry.register(Box::new(metrics.model.clone()))?;
         Ok(metrics)
     }
 }

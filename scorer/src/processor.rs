@@ -69,6 +69,27 @@ impl TalEntry {
 /// The TAL, by account id, kept current by the table reader.
 pub type Tal = DashMap<String, TalEntry>;
 
+/// Why an engagement event cannot be applied to an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// No `account_id`, and no record key to take it from.
+    MissingAccount,
+    /// An account id with control characters (the id).
+    InvalidAccount(String),
+}
+
+/// The account an event of `abm.engagement` is applied to: its `account_id` (moved out of the
+/// event: the engine takes the id as an argument), else the record's key. The one rule of the
+/// live loop, a re-score and a backtest.
+pub fn account_of(event: &mut EngagementEvent, key: Option<&[u8]>) -> Result<String, Unusable> {
+    let key = key.and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty());
+    let account_id = event.account_id.take().or_else(|| key.map(str::to_owned)).ok_or(Unusable::MissingAccount)?;
+    if account_id.chars().any(char::is_control) {
+        return Err(Unusable::InvalidAccount(account_id));
+    }
+    Ok(account_id)
+}
+
 #[derive(Debug)]
 pub struct ScorerProcessor {
     pub engine: Arc<Engine>,
@@ -94,6 +115,27 @@ pub struct ScorerProcessor {
     pub ownership: Arc<crate::directory::Ownership>,
     /// `abm.engagement`'s partition count (0: unknown, not checked).
     engagement_partitions: i32,
+    /// The models the cluster has run, and how a re-score runs (`None`: no re-scores, as in
+    /// tests that run the processor alone).
+    models: Arc<crate::models::Models>,
+    rescore: Option<crate::rescore::RescoreSettings>,
+    /// The partitions being re-scored here, whether there are any (read per event), and the
+    /// switches made in the open transaction.
+    shadows: Mutex<BTreeMap<i32, Arc<crate::rescore::Shadow>>>,
+    rescoring: std::sync::atomic::AtomicBool,
+    switches: Mutex<Vec<Switch>>,
+}
+
+/// A partition switched to the configured model in the open transaction: its accounts and the
+/// re-score's crossings to send (written again by the next transaction if this one aborts
+/// without rewinding the partition).
+#[derive(Debug)]
+struct Switch {
+    partition: i32,
+    accounts: Vec<String>,
+    /// (account id, encoded `ScoreCrossing`).
+    crossings: Vec<(String, Vec<u8>)>,
+    recorded: u64,
 }
 
 /// Restored accounts checked for a missing `AccountProgram` per transaction.
@@ -128,7 +170,186 @@ impl ScorerProcessor {
             backfill: Mutex::new(BTreeMap::new()),
             ownership: Arc::default(),
             engagement_partitions: 0,
+            models: Arc::default(),
+            rescore: None,
+            shadows: Mutex::new(BTreeMap::new()),
+            rescoring: std::sync::atomic::AtomicBool::new(false),
+            switches: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same, re-scoring under the configured model every partition whose state another
+    /// model of `models` built (README, "Changing the model").
+    pub fn with_rescore(
+        mut self,
+        models: Arc<crate::models::Models>,
+        settings: crate::rescore::RescoreSettings,
+    ) -> ScorerProcessor {
+        self.models = models;
+        self.rescore = Some(settings);
+        self
+    }
+
+    fn shadows(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Arc<crate::rescore::Shadow>>> {
+        self.shadows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn switches(&self) -> std::sync::MutexGuard<'_, Vec<Switch>> {
+        self.switches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads `partitions` of the changelog to its end, each with the model `engine_of` gives.
+    fn read_changelog(
+        &self,
+        partitions: &[i32],
+        engine_of: impl Fn(i32) -> Arc<Engine>,
+    ) -> anyhow::Result<BTreeMap<i32, crate::changelog::Restored>> {
+        let engines: BTreeMap<i32, Arc<Engine>> = partitions.iter().map(|p| (*p, engine_of(*p))).collect();
+        let mut restorers: BTreeMap<i32, Restorer> = partitions.iter().map(|p| (*p, Restorer::default())).collect();
+        abm::kafka::read_to_end(
+            &self.kafka,
+            "abm-scorer-restore",
+            &self.topics.state,
+            partitions,
+            |partition, key, value| {
+                if let (Some(restorer), Some(engine)) = (restorers.get_mut(&partition), engines.get(&partition)) {
+                    restorer.record(key, value, engine);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(restorers
+            .into_iter()
+            .map(|(partition, restorer)| (partition, restorer.finish(&engines[&partition])))
+            .collect())
+    }
+
+    /// Starts re-scoring `partition` under the configured model.
+    fn start_rescore(&self, partition: i32, serving: &str) {
+        let Some(settings) = self.rescore.clone() else { return };
+        tracing::info!(
+            partition,
+            serving,
+            configured = self.engine.model_version(),
+            "the partition's state was built by another model: it serves with that model while abm.engagement is re-scored under the configured one"
+        );
+        let shadow = crate::rescore::Shadow::start(
+            partition,
+            self.engine.clone(),
+            self.kafka.clone(),
+            settings,
+            self.tal.clone(),
+            self.metrics.clone(),
+        );
+        let mut shadows = self.shadows();
+        if let Some(previous) = shadows.insert(partition, shadow) {
+            previous.stop();
+        }
+        self.rescoring.store(true, std::sync::atomic::Ordering::Release);
+        self.metrics.rescore_partitions.set(shadows.len() as i64);
+    }
+
+    /// Switches every re-scored partition that has caught up with the live loop (and writes
+    /// again what a switch of an aborted transaction wrote): its accounts are marked dirty, so
+    /// the commit writes them whole, and the re-score's recent crossings are sent.
+    fn switch_caught_up(&self, out: &Outbox<'_>, dirty: &mut Dirty) -> anyhow::Result<()> {
+        if self.rescoring.load(std::sync::atomic::Ordering::Acquire) {
+            let mut shadows = self.shadows();
+            let mut behind = 0;
+            let mut caught_up = Vec::new();
+            for (partition, shadow) in shadows.iter() {
+                let (through, live) = (shadow.lock().applied_through, shadow.live_last());
+                behind += (live - through).max(0);
+                if through >= live {
+                    caught_up.push(*partition);
+                }
+            }
+            self.metrics.rescore_behind.set(behind);
+            for partition in caught_up {
+                if let Some(shadow) = shadows.remove(&partition) {
+                    shadow.stop();
+                    let switch = self.switch(&shadow)?;
+                    self.switches().push(switch);
+                }
+            }
+            self.rescoring.store(!shadows.is_empty(), std::sync::atomic::Ordering::Release);
+            self.metrics.rescore_partitions.set(shadows.len() as i64);
+        }
+        for switch in self.switches().iter() {
+            let accounts = dirty.entry(switch.partition).or_default();
+            accounts.extend(switch.accounts.iter().cloned());
+            for (account_id, crossing) in &switch.crossings {
+                out.send(&self.topics.crossings, account_id, crossing, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the shadow's states in place of the partition's (numbering on from them), under
+    /// the configured model.
+    fn switch(&self, shadow: &crate::rescore::Shadow) -> anyhow::Result<Switch> {
+        let partition = shadow.partition;
+        let serving = self.store.engine_of(partition);
+        let live = self.store.partition(partition);
+        let crate::rescore::ShadowState { accounts, crossings, mut recorded, events, .. } =
+            std::mem::take(&mut *shadow.lock());
+        let window = self.rescore.as_ref().map_or(0, |settings| settings.window_ms);
+        let now = now_ms();
+        let switched = PartitionAccounts::default();
+        let mut bases: std::collections::HashMap<Box<str>, (u32, u32)> = std::collections::HashMap::new();
+        for (account_id, mut fresh) in accounts {
+            if let Some(before) = live.get(&*account_id) {
+                bases.insert(account_id.clone(), (before.threshold_crossings, before.hand_raiser_crossings));
+                fresh.continue_numbering_from(&before);
+            }
+            switched.insert((&*account_id).into(), Box::new(fresh));
+        }
+        // An account with no event left in the retained history keeps its state, read into the
+        // configured model (its rules matched by name).
+        let mut carried = 0;
+        for entry in live.iter() {
+            let account_id = entry.key().to_string();
+            if !switched.contains_key(account_id.as_str()) {
+                let record = entry.value().to_record(&account_id, &serving);
+                switched.insert(
+                    account_id.as_str().into(),
+                    Box::new(AccountScoreState::from_record(&record, &self.engine)),
+                );
+                carried += 1;
+            }
+        }
+        let mut sent = Vec::new();
+        for mut crossing in crossings {
+            if crossing.as_of < now - window {
+                recorded += 1;
+                continue;
+            }
+            let (threshold, hand_raiser) = bases.get(crossing.account_id.as_str()).copied().unwrap_or_default();
+            crossing.sequence += i64::from(match crossing.kind {
+                abm_schemas::CrossingKind::Threshold => threshold,
+                abm_schemas::CrossingKind::HandRaiser => hand_raiser,
+            });
+            crossing.crossing_id =
+                crate::engine::crossing_id(&crossing.account_id, crossing.kind, crossing.sequence as u64);
+            crossing.replayed = true;
+            sent.push((crossing.account_id.clone(), abm_schemas::encode(&crossing)?));
+        }
+        self.metrics.rescore_crossings.with_label_values(&["sent"]).inc_by(sent.len() as u64);
+        self.metrics.rescore_crossings.with_label_values(&["recorded"]).inc_by(recorded);
+        let ids: Vec<String> = switched.iter().map(|entry| entry.key().to_string()).collect();
+        self.store.serve_with(partition, None);
+        self.store.install(partition, switched);
+        tracing::info!(
+            partition,
+            from = serving.model_version(),
+            to = self.engine.model_version(),
+            events,
+            accounts = ids.len(),
+            carried,
+            seconds = shadow.elapsed().as_secs_f64(),
+            "re-score caught up: switching the partition to the configured model"
+        );
+        Ok(Switch { partition, accounts: ids, crossings: sent, recorded })
     }
 
     /// The same, reporting the partitions it holds to `ownership`.
@@ -188,8 +409,8 @@ impl ScorerProcessor {
 
     /// The published score at the state's own as-of time: what [`Engine::view`] gives for it,
     /// without building the explanation's contacts, counts and recent events.
-    fn account_score(&self, account_id: &str, state: &AccountScoreState) -> AccountScore {
-        let ScoreAt { score, engagement, breadth, multiplier, .. } = self.engine.score_parts(state, None);
+    fn account_score(&self, engine: &Engine, account_id: &str, state: &AccountScoreState) -> AccountScore {
+        let ScoreAt { score, engagement, breadth, multiplier, .. } = engine.score_parts(state, None);
         let entry = self.tal.get(account_id);
         let committee = entry.as_ref().and_then(|entry| entry.committee.as_deref());
         AccountScore {
@@ -199,15 +420,15 @@ impl ScorerProcessor {
             engagement,
             breadth: breadth as i32,
             multiplier,
-            threshold: self.engine.threshold(state.tier),
+            threshold: engine.threshold(state.tier),
             armed: state.armed,
             as_of: state.as_of.unwrap_or(0),
             events_applied: state.events_applied as i64,
-            top_rules: self.engine.top_rules(state, 1.0, self.engine.config().top_rules),
-            coverage: Some(self.engine.coverage(state, state.as_of.unwrap_or(0), committee)),
+            top_rules: engine.top_rules(state, 1.0, engine.config().top_rules),
+            coverage: Some(engine.coverage(state, state.as_of.unwrap_or(0), committee)),
             stage: state.stage,
             stage_entered_at: state.stage_entered_at(),
-            model_version: Some(self.engine.model_version().to_owned()),
+            model_version: Some(engine.model_version().to_owned()),
         }
     }
 }
@@ -223,8 +444,14 @@ impl ScorerProcessor {
 
     /// Sheds detail from an account's state until its encoding (in `payload`) fits
     /// `max_state_bytes`; false when it cannot (the score-bearing part alone is too large).
-    fn shed_to_fit(&self, accounts: &PartitionAccounts, account_id: &str, payload: &mut Vec<u8>) -> bool {
-        let config = self.engine.config();
+    fn shed_to_fit(
+        &self,
+        engine: &Engine,
+        accounts: &PartitionAccounts,
+        account_id: &str,
+        payload: &mut Vec<u8>,
+    ) -> bool {
+        let config = engine.config();
         let Some(mut state) = accounts.get_mut(account_id) else { return false };
         let mut trimmed = crate::engine::Trimmed::default();
         let fits = loop {
@@ -233,7 +460,7 @@ impl ScorerProcessor {
                 Some(shed) => trimmed.add(shed),
             }
             payload.clear();
-            state.encode_record_into(account_id, &self.engine, payload);
+            state.encode_record_into(account_id, engine, payload);
             if payload.len() <= config.max_state_bytes {
                 break true;
             }
@@ -291,6 +518,13 @@ const KEPT_OVERSIZED_BYTES: usize = 65_536;
 impl Processor for ScorerProcessor {
     fn process(&self, message: &BorrowedMessage<'_>, out: &Outbox<'_>) -> anyhow::Result<()> {
         let partition = message.partition();
+        if self.rescoring.load(std::sync::atomic::Ordering::Acquire)
+            && let Some(shadow) = self.shadows().get(&partition)
+        {
+            // Whatever becomes of the event (applied, a duplicate, rejected), the live state
+            // has seen it: the partition's re-score may apply it.
+            shadow.live_applied(message.offset());
+        }
         let payload = message.payload().unwrap_or_default();
         let mut event = match abm_schemas::decode::<EngagementEvent>(payload) {
             Ok(event) => event,
@@ -302,20 +536,22 @@ impl Processor for ScorerProcessor {
                 return out.reject(&self.topics.rejected, message, RejectReason::Other, text, None);
             }
         };
-        let key = message.key().and_then(|key| std::str::from_utf8(key).ok()).filter(|key| !key.is_empty());
-        // Moved out of the event (the engine takes the id as an argument): no copy per event.
-        let Some(account_id) = event.account_id.take().or_else(|| key.map(str::to_owned)) else {
-            let id = Some(event.event_id.clone());
-            self.staged.add(&self.metrics.rejected.with_label_values(&["missing_field"]), 1);
-            let text = "engagement event without account_id".to_owned();
-            return out.reject(&self.topics.rejected, message, RejectReason::MissingField, text, id);
+        let account_id = match account_of(&mut event, message.key()) {
+            Ok(account_id) => account_id,
+            Err(Unusable::MissingAccount) => {
+                let id = Some(event.event_id.clone());
+                self.staged.add(&self.metrics.rejected.with_label_values(&["missing_field"]), 1);
+                let text = "engagement event without account_id".to_owned();
+                return out.reject(&self.topics.rejected, message, RejectReason::MissingField, text, id);
+            }
+            Err(Unusable::InvalidAccount(account_id)) => {
+                let id = Some(event.event_id.clone());
+                self.staged.add(&self.metrics.rejected.with_label_values(&["invalid_field"]), 1);
+                let text =
+                    format!("account_id {:?} contains control characters", account_id.escape_debug().to_string());
+                return out.reject(&self.topics.rejected, message, RejectReason::InvalidField, text, id);
+            }
         };
-        if account_id.chars().any(char::is_control) {
-            let id = Some(event.event_id.clone());
-            self.staged.add(&self.metrics.rejected.with_label_values(&["invalid_field"]), 1);
-            let text = format!("account_id {:?} contains control characters", account_id.escape_debug().to_string());
-            return out.reject(&self.topics.rejected, message, RejectReason::InvalidField, text, id);
-        }
         if self.engagement_partitions > 0
             && crate::directory::partition_of(&account_id, self.engagement_partitions) != partition
         {
@@ -324,12 +560,16 @@ impl Processor for ScorerProcessor {
         let entry = self.tal.get(&account_id);
         let membership = entry.as_ref().map(|entry| entry.membership()).unwrap_or_default();
         let accounts = self.store.partition(partition);
+        // The partition's model: the configured one, or while it is re-scored the one its
+        // state was built by.
+        let serving = self.store.mixed().then(|| self.store.engine_of(partition));
+        let engine = serving.as_deref().unwrap_or(&self.engine);
         // Look up by &str first: the owned key is built only for a new account.
         let applied = match accounts.get_mut(account_id.as_str()) {
-            Some(mut state) => self.engine.apply(&account_id, &mut state, &event, membership),
+            Some(mut state) => engine.apply(&account_id, &mut state, &event, membership),
             None => {
                 let mut state = accounts.entry(account_id.as_str().into()).or_default();
-                self.engine.apply(&account_id, &mut state, &event, membership)
+                engine.apply(&account_id, &mut state, &event, membership)
             }
         };
         drop(entry);
@@ -369,31 +609,34 @@ impl Processor for ScorerProcessor {
     }
 
     fn before_commit(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
-        let dirty = std::mem::take(&mut *self.dirty());
+        let mut dirty = std::mem::take(&mut *self.dirty());
+        self.switch_caught_up(out, &mut dirty)?;
         self.write_backfill(out, &dirty)?;
         let mut state_payload = Vec::with_capacity(4096);
         let mut written = crate::changelog::Written::default();
-        let max_bytes = self.engine.config().max_state_bytes;
         let mut split = self.split();
         for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
             let accounts = self.store.partition(*partition);
+            let engine = self.store.engine_of(*partition);
+            let max_bytes = engine.config().max_state_bytes;
             // Encode under the shard's read guard (no await; the TAL is read, never written,
             // meanwhile): no deep copy.
             let (score_payload, program_payload, rank) = {
                 let Some(state) = accounts.get(account_id.as_str()) else { continue };
                 state_payload.clear();
-                state.encode_record_into(account_id, &self.engine, &mut state_payload);
-                let record = self.account_score(account_id, &state);
+                state.encode_record_into(account_id, &engine, &mut state_payload);
+                let record = self.account_score(&engine, account_id, &state);
                 let program = abm_schemas::encode(&crate::program::record_of(account_id, &state))?;
-                (abm_schemas::encode(&record)?, program, crate::store::rank_of(&self.engine, &state, record.score))
+                (abm_schemas::encode(&record)?, program, crate::store::rank_of(&engine, &state, record.score))
             };
             // The leaderboard's ranking follows each written batch (once per changed account).
             self.store.place(*partition, account_id, rank);
-            if state_payload.len() > max_bytes && !self.shed_to_fit(&accounts, account_id, &mut state_payload) {
+            if state_payload.len() > max_bytes && !self.shed_to_fit(&engine, &accounts, account_id, &mut state_payload)
+            {
                 self.reject_oversized(out, *partition, account_id, &state_payload)?;
             } else if let Some(state) = accounts.get(account_id.as_str()) {
                 let topic = &self.topics.state;
-                let one = split.write(*partition, account_id, &state, &self.engine, &state_payload, |key, value| {
+                let one = split.write(*partition, account_id, &state, &engine, &state_payload, |key, value| {
                     out.write(topic, key, value, Some(*partition))
                 })?;
                 written.records += one.records;
@@ -412,22 +655,36 @@ impl Processor for ScorerProcessor {
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<()> {
         let started = Instant::now();
         self.ownership.restoring(partitions);
-        let mut restored: BTreeMap<i32, Restorer> = partitions.iter().map(|p| (*p, Restorer::default())).collect();
-        abm::kafka::read_to_end(
-            &self.kafka,
-            "abm-scorer-restore",
-            &self.topics.state,
-            partitions,
-            |partition, key, value| {
-                if let Some(restorer) = restored.get_mut(&partition) {
-                    restorer.record(key, value, &self.engine);
-                }
-                Ok(())
-            },
-        )?;
+        let mut restored = self.read_changelog(partitions, |_| self.engine.clone())?;
+        // Partitions whose state another model built: read again with that model (its rule
+        // indexes), served by it, and re-scored under the configured one.
+        let mut stale: BTreeMap<i32, Arc<Engine>> = BTreeMap::new();
+        for (partition, found) in &restored {
+            let Some(Some(version)) = &found.model_version else { continue };
+            if version == self.engine.model_version() || self.rescore.is_none() {
+                continue;
+            }
+            let serving = self.models.engine(version).unwrap_or_else(|| {
+                tracing::error!(
+                    partition,
+                    model = version,
+                    configured = self.engine.model_version(),
+                    "the partition's state was built by a model not in abm.scoring-models: read with the configured model (rules matched by name) and re-scored"
+                );
+                self.engine.clone()
+            });
+            stale.insert(*partition, serving);
+        }
+        let again: Vec<i32> =
+            stale.iter().filter(|(_, engine)| !Arc::ptr_eq(engine, &self.engine)).map(|(p, _)| *p).collect();
+        if !again.is_empty() {
+            let read = self.read_changelog(&again, |partition| stale[&partition].clone())?;
+            restored.extend(read);
+        }
         let mut count = 0;
-        for (partition, restorer) in std::mem::take(&mut restored) {
-            let crate::changelog::Restored { accounts, split, skipped } = restorer.finish(&self.engine);
+        for (partition, found) in restored {
+            let crate::changelog::Restored { accounts, split, skipped, .. } = found;
+            self.store.serve_with(partition, stale.get(&partition).filter(|e| !Arc::ptr_eq(e, &self.engine)).cloned());
             // Counted and skipped: one bad record must not crash-loop the scorer.
             self.metrics.restore_skipped.inc_by(skipped);
             // Until librdkafka's statistics report it, the partition's lag is known to be 0+.
@@ -443,6 +700,9 @@ impl Processor for ScorerProcessor {
         self.metrics.restored_accounts.inc_by(count as u64);
         self.metrics.accounts.set(self.store.account_count() as i64);
         tracing::info!(?partitions, accounts = count, seconds = started.elapsed().as_secs_f64(), "state restored");
+        for (partition, serving) in stale {
+            self.start_rescore(partition, serving.model_version());
+        }
         // A partition revoked while it was read stays released (the loop then drops its state).
         self.ownership.ready(partitions);
         Ok(())
@@ -451,6 +711,21 @@ impl Processor for ScorerProcessor {
     fn revoke(&self, partitions: &[i32]) {
         // Not answered here from now on: before the accounts go.
         self.ownership.released(partitions);
+        {
+            // A re-score goes with its partition (its restore starts another); so does a switch
+            // not committed yet (the restore finds the old model's state again).
+            let mut shadows = self.shadows();
+            for partition in partitions {
+                if let Some(shadow) = shadows.remove(partition) {
+                    shadow.stop();
+                    tracing::info!(partition, "re-score stopped: the partition is revoked or rewound");
+                }
+                self.store.serve_with(*partition, None);
+            }
+            self.rescoring.store(!shadows.is_empty(), std::sync::atomic::Ordering::Release);
+            self.metrics.rescore_partitions.set(shadows.len() as i64);
+            self.switches().retain(|switch| !partitions.contains(&switch.partition));
+        }
         let mut split = self.split();
         for partition in partitions {
             split.forget(*partition);
@@ -464,6 +739,17 @@ impl Processor for ScorerProcessor {
 
     fn committed(&self, duration: Duration) {
         self.staged.commit();
+        for switch in std::mem::take(&mut *self.switches()) {
+            self.metrics.rescore_switches.inc();
+            tracing::info!(
+                partition = switch.partition,
+                model = self.engine.model_version(),
+                accounts = switch.accounts.len(),
+                crossings_sent = switch.crossings.len(),
+                crossings_recorded = switch.recorded,
+                "switched to the configured model: the re-scored state is committed"
+            );
+        }
         self.metrics.commit_duration.observe(duration.as_secs_f64());
         self.metrics.transactions.inc();
         self.metrics.accounts.set(self.store.account_count() as i64);

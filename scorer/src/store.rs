@@ -110,7 +110,12 @@ impl std::fmt::Debug for AccountKey {
 pub struct Store {
     partitions: Arc<DashMap<i32, Arc<PartitionAccounts>>>,
     ranking: Arc<Mutex<Ranking>>,
+    /// The configured model.
     engine: Arc<Engine>,
+    /// The partitions served by another model (their state built by it) while they are
+    /// re-scored under the configured one, and how many there are (read per event).
+    serving: Arc<DashMap<i32, Arc<Engine>>>,
+    served_otherwise: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where an account ranks: `log2(S) + T / H`, S its score at its as-of time T (see
@@ -269,7 +274,55 @@ fn beats<T>(score: f64, id: &str, partition: i32, other: &(f64, String, i32, T))
 
 impl Store {
     pub fn new(engine: Arc<Engine>) -> Store {
-        Store { partitions: Arc::default(), ranking: Arc::default(), engine }
+        Store {
+            partitions: Arc::default(),
+            ranking: Arc::default(),
+            engine,
+            serving: Arc::default(),
+            served_otherwise: Arc::default(),
+        }
+    }
+
+    /// The configured model.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves `partition` with `engine` (`None`: the configured model again).
+    pub fn serve_with(&self, partition: i32, engine: Option<Arc<Engine>>) {
+        match engine {
+            Some(engine) => {
+                self.serving.insert(partition, engine);
+            }
+            None => {
+                self.serving.remove(&partition);
+            }
+        }
+        self.served_otherwise.store(self.serving.len(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether some partition is served by another model than the configured one.
+    pub fn mixed(&self) -> bool {
+        self.served_otherwise.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// The model `partition` is served with.
+    pub fn engine_of(&self, partition: i32) -> Arc<Engine> {
+        if !self.mixed() {
+            return self.engine.clone();
+        }
+        self.serving.get(&partition).map_or_else(|| self.engine.clone(), |entry| entry.value().clone())
+    }
+
+    /// The model the partition holding `account_id` is served with (the configured one when
+    /// no partition here holds it).
+    pub fn engine_of_account(&self, account_id: &str) -> Arc<Engine> {
+        if !self.mixed() {
+            return self.engine.clone();
+        }
+        let holder =
+            self.partitions.iter().find(|entry| entry.value().contains_key(account_id)).map(|entry| *entry.key());
+        holder.map_or_else(|| self.engine.clone(), |partition| self.engine_of(partition))
     }
 
     fn ranking(&self) -> std::sync::MutexGuard<'_, Ranking> {
@@ -291,7 +344,8 @@ impl Store {
     /// the scorer's loop: tests, benchmarks).
     pub fn rank(&self, partition: i32, account_id: &str) {
         let Some(accounts) = self.partitions.get(&partition).map(|entry| entry.value().clone()) else { return };
-        let placed = accounts.get(account_id).map(|state| (state.tier, rank_key(&self.engine, &state)));
+        let engine = self.engine_of(partition);
+        let placed = accounts.get(account_id).map(|state| (state.tier, rank_key(&engine, &state)));
         let mut ranking = self.ranking();
         match placed {
             Some((tier, key)) => ranking.place(partition, account_id, tier, key),
@@ -302,9 +356,10 @@ impl Store {
     /// Installs restored accounts for `partition`, replacing whatever was there, and ranks them
     /// (the lock taken per chunk of accounts: requests and batches go on meanwhile).
     pub fn install(&self, partition: i32, accounts: PartitionAccounts) {
+        let engine = self.engine_of(partition);
         let ranked: Vec<(String, Tier, f64)> = accounts
             .iter()
-            .map(|entry| (entry.key().to_string(), entry.value().tier, rank_key(&self.engine, entry.value())))
+            .map(|entry| (entry.key().to_string(), entry.value().tier, rank_key(&engine, entry.value())))
             .collect();
         let old = self.partitions.insert(partition, Arc::new(accounts));
         if let Some(old) = old {
@@ -356,6 +411,10 @@ impl Store {
     ) -> Top<T> {
         if n == 0 {
             return Top { entries: Vec::new(), examined: 0, scanned: false };
+        }
+        // Partitions under two models (a re-score): their keys are not on one scale.
+        if self.mixed() {
+            return self.top_matching(at, n, |_, state| tier.is_none_or(|tier| tier == state.tier), entry);
         }
         let shift = at as f64 / self.engine.half_life_ms();
         let mut best = Best { n, entries: Vec::with_capacity(n + 1) };
@@ -426,12 +485,13 @@ impl Store {
         let shards: Vec<(i32, Arc<PartitionAccounts>)> =
             self.partitions.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
         for (partition, accounts) in shards {
+            let engine = self.engine_of(partition);
             for account in accounts.iter() {
                 if n == 0 || !matches(account.key(), account.value()) {
                     continue;
                 }
                 examined += 1;
-                let score = self.engine.score_at(account.value(), at);
+                let score = engine.score_at(account.value(), at);
                 if best.admits(score, account.key(), partition) {
                     let made = entry(account.key(), account.value(), score);
                     best.insert(score, account.key(), partition, made);

@@ -77,8 +77,15 @@ fn check_restore<'a>(
     for (key, value) in records {
         restorer.record(key, value, engine);
     }
-    let scorer::changelog::Restored { accounts: restored, split, skipped } = restorer.finish(engine);
+    let scorer::changelog::Restored { accounts: restored, split, skipped, model_version } = restorer.finish(engine);
     assert_eq!(skipped, 0);
+    if !accounts.is_empty() {
+        assert_eq!(
+            model_version,
+            Some(Some(engine.model_version().to_owned())),
+            "the model the states were written with"
+        );
+    }
     assert_eq!(restored.len(), accounts.len());
     for (account, state) in accounts {
         let back = restored.get(account.as_str()).expect("restored");

@@ -32,6 +32,7 @@ pub enum TopicRole {
     Identity,
     IdentityGraph,
     ScorerMembers,
+    ScoringModels,
 }
 
 /// The raw topics and the event kind each one's records default to: the one map between event
@@ -46,7 +47,7 @@ pub const RAW_TOPICS: [(TopicRole, EventKind); 5] = [
 
 impl TopicRole {
     /// Every role, in declaration order (`deploy/topics.toml` declares each one once: tested).
-    pub const ALL: [TopicRole; 20] = [
+    pub const ALL: [TopicRole; 21] = [
         TopicRole::RawWebVisits,
         TopicRole::RawAdClicks,
         TopicRole::RawEmailEvents,
@@ -67,6 +68,7 @@ impl TopicRole {
         TopicRole::Identity,
         TopicRole::IdentityGraph,
         TopicRole::ScorerMembers,
+        TopicRole::ScoringModels,
     ];
 
     /// The role's config key (`[topics] <key> = "name"`, `ABM_TOPICS__<KEY>`).
@@ -94,13 +96,15 @@ impl TopicRole {
             TopicRole::Identity => "identity",
             TopicRole::IdentityGraph => "identity_graph",
             TopicRole::ScorerMembers => "scorer_members",
+            TopicRole::ScoringModels => "scoring_models",
         }
     }
 
     /// The Avro schema of the one record type this role's topics carry, for the schema
     /// registry (`<topic>-value`); `None` for topics that are not one Avro record: raw JSON,
     /// the JSON alerts, the scorer's changelog (states and their chunks), the parked alerts
-    /// (copies of alert messages as they were read) and the scorer's directory (JSON).
+    /// (copies of alert messages as they were read), the scorer's directory and its models
+    /// (JSON).
     pub fn value_schema(self) -> Option<&'static str> {
         use abm_schemas::AvroRecord;
         match self {
@@ -112,7 +116,8 @@ impl TopicRole {
             | TopicRole::SalesAlertsJson
             | TopicRole::ScorerState
             | TopicRole::ParkedAlerts
-            | TopicRole::ScorerMembers => None,
+            | TopicRole::ScorerMembers
+            | TopicRole::ScoringModels => None,
             TopicRole::Accounts => Some(abm_schemas::Account::SCHEMA_JSON),
             TopicRole::Engagement | TopicRole::Unresolved => Some(abm_schemas::EngagementEvent::SCHEMA_JSON),
             TopicRole::Rejected => Some(abm_schemas::RejectedEvent::SCHEMA_JSON),

@@ -76,6 +76,10 @@ pub struct Restored {
     pub split: SplitChunks,
     /// Records that did not decode, and chunks missing from the changelog.
     pub skipped: u64,
+    /// The model of the last state record read (`None`: no record; `Some(None)`: one written
+    /// before models had versions). A switch of models rewrites every state of the partition
+    /// in one transaction, so the last record's model is the partition's.
+    pub model_version: Option<Option<String>>,
 }
 
 impl SplitStates {
@@ -168,6 +172,8 @@ pub struct Restorer {
     chunks: HashMap<Vec<u8>, AccountStateChunk>,
     /// Records that did not decode, or heads missing a chunk.
     pub skipped: u64,
+    /// The model of the last state record read.
+    model_version: Option<Option<String>>,
 }
 
 impl Restorer {
@@ -199,10 +205,12 @@ impl Restorer {
                 self.heads.remove(account_id);
             }
             Some(Ok(record)) if record.chunks.is_empty() => {
+                self.model_version = Some(record.model_version.clone());
                 self.heads.remove(account_id);
                 self.accounts.insert(account_id.into(), Box::new(AccountScoreState::from_record(&record, engine)));
             }
             Some(Ok(record)) => {
+                self.model_version = Some(record.model_version.clone());
                 self.accounts.remove(account_id);
                 self.heads.insert(account_id.to_owned(), record);
             }
@@ -232,6 +240,6 @@ impl Restorer {
             self.accounts.insert(account_id.as_str().into(), Box::new(AccountScoreState::from_record(&head, engine)));
             split.insert(account_id, refs.iter().map(|c| (c.structure, c.id as u64)).collect());
         }
-        Restored { accounts: self.accounts, split, skipped: self.skipped }
+        Restored { accounts: self.accounts, split, skipped: self.skipped, model_version: self.model_version }
     }
 }

@@ -122,6 +122,22 @@ impl Default for AccountScoreState {
 }
 
 impl AccountScoreState {
+    /// Goes on numbering from `before` (the account's state under the model it is switched
+    /// from): its crossing and journey sequences continue `before`'s, so no crossing, alert or
+    /// transition id is given twice. Scores are untouched.
+    pub fn continue_numbering_from(&mut self, before: &AccountScoreState) {
+        self.threshold_crossings = self.threshold_crossings.saturating_add(before.threshold_crossings);
+        self.hand_raiser_crossings = self.hand_raiser_crossings.saturating_add(before.hand_raiser_crossings);
+        let base = before.journey_transitions;
+        self.journey_transitions = self.journey_transitions.saturating_add(base);
+        if let Some(entries) = self.stage_entries.0.as_mut() {
+            for entry in entries.iter_mut() {
+                entry.first_sequence += i64::from(base);
+                entry.last_sequence += i64::from(base);
+            }
+        }
+    }
+
     /// Notes the account's `sequence`-th transition, into `stage` at event time `at`.
     pub(crate) fn enter_stage(&mut self, stage: JourneyStage, at: i64, sequence: u32) {
         let sequence = i64::from(sequence);
