@@ -182,6 +182,13 @@ impl Replay {
         self.events
     }
 
+    /// The state of `account_id` under the `model`-th model (as listed to [`Replay::new`]),
+    /// with that model's engine.
+    pub fn state(&self, model: usize, account_id: &str) -> Option<(&Engine, &AccountScoreState)> {
+        let run = self.runs.get(model)?;
+        run.states.get(account_id).map(|state| (&run.engine, state))
+    }
+
     /// Every model's alerts, model by model, each in the order published.
     pub fn alerts(&self) -> impl Iterator<Item = &ReplayAlert> {
         self.runs.iter().flat_map(|run| run.alerts.iter())
