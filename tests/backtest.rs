@@ -97,7 +97,15 @@ fn a_backtest_of_the_live_model_gives_the_live_alerts_and_the_candidate_its_own(
 
     // The live run settles: every event of abm.engagement applied and committed, every
     // crossing handled by the alerter.
-    let engagement = abm_testkit::read_all_bytes(&topics.name(TopicRole::Engagement)).len() as f64;
+    let records = abm_testkit::read_all_bytes(&topics.name(TopicRole::Engagement));
+    let engagement = records.len() as f64;
+    // What a simulated event takes in abm.engagement (README, "Changing the model": the
+    // retention's storage cost).
+    let bytes: usize = records.iter().map(|(key, value)| key.len() + value.len()).sum();
+    eprintln!(
+        "abm.engagement: {engagement} records, {:.0} bytes of key and value each",
+        bytes as f64 / engagement.max(1.0)
+    );
     assert!(engagement > 3000.0, "the simulator's events reached abm.engagement: {engagement}");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
