@@ -155,6 +155,8 @@ fn a_model_change_re_scores_the_history_survives_sigkill_and_floods_no_one() {
     let first = ServiceProcess::start(&workspace_binary("scorer"), &[], &scorer_env(&slow));
     wait_for_status(scorer_port, "/readyz", 200, Duration::from_secs(60), "scorer, new model");
     produce(&live[..150]);
+    // The old model serves meanwhile: the new events applied and committed by it.
+    settle("the old model serving during the re-score", 150, &first);
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric(scorer_port, "abm_scorer_rescore_events_total", &[]) < 200.0 {
         assert!(Instant::now() < deadline, "the re-score does not progress\n{}", first.stderr());
@@ -167,10 +169,10 @@ fn a_model_change_re_scores_the_history_survives_sigkill_and_floods_no_one() {
     first.signal("KILL");
     drop(first);
 
-    // Restarted with the new model, at full speed: it re-scores again and switches.
+    // Restarted with the new model, at full speed: it re-scores again and switches, with no
+    // event arriving meanwhile (the killed instance committed all it had).
     let second = ServiceProcess::start(&workspace_binary("scorer"), &[], &scorer_env(&new_model()));
     wait_for_status(scorer_port, "/readyz", 200, Duration::from_secs(60), "scorer, restarted");
-    produce(&live[150..]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done = metric(scorer_port, "abm_scorer_rescore_partitions", &[]) == 0.0
@@ -181,6 +183,8 @@ fn a_model_change_re_scores_the_history_survives_sigkill_and_floods_no_one() {
         assert!(Instant::now() < deadline, "the re-score did not switch\n{}", second.stderr());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // And the new model serves what comes next.
+    produce(&live[150..]);
     // Everything the restarted scorer had to apply (what the killed one did not commit).
     let total = history.len() + live.len();
     let deadline = Instant::now() + Duration::from_secs(120);

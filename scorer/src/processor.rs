@@ -762,6 +762,22 @@ impl Processor for ScorerProcessor {
     fn aborted(&self, _reason: &str) {
         self.staged.discard();
         self.metrics.transactions_aborted.inc();
+        // A switch whose transaction aborted without rewinding its partition is written whole
+        // again by the next one: its split accounts' chunks too (what was written is unknown).
+        let switches = self.switches();
+        let mut split = self.split();
+        for switch in switches.iter() {
+            split.forget(switch.partition);
+        }
+    }
+
+    /// A caught-up re-score switches even when no event comes: the loop opens a transaction.
+    fn wants_commit(&self) -> bool {
+        if !self.switches().is_empty() {
+            return true;
+        }
+        self.rescoring.load(std::sync::atomic::Ordering::Acquire)
+            && self.shadows().values().any(|shadow| shadow.lock().applied_through >= shadow.live_last())
     }
 
     fn lag(&self, partition: i32, lag: i64) {

@@ -156,6 +156,8 @@ impl Shadow {
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             .set("queued.max.messages.kbytes", "16384")
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("fetch.queue.backoff.ms", "20")
             .create()
             .map_err(|e| anyhow::anyhow!("creating a reader for {topic}: {e}"))?;
         let from = match self.lock().applied_through {

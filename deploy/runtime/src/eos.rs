@@ -62,6 +62,11 @@ pub trait Processor: Send + Sync + 'static {
     fn lag(&self, _partition: i32, _lag: i64) {}
     /// After a transaction was aborted and its partitions rewound (`reason` says why).
     fn aborted(&self, _reason: &str) {}
+    /// Whether the processor has outputs to commit with no input (asked while no transaction is
+    /// open): the loop then opens one, and `before_commit` writes them after the commit interval.
+    fn wants_commit(&self) -> bool {
+        false
+    }
 }
 
 /// The loop's own metrics, the same in every service that runs one (`abm_<service>_...`).
@@ -547,11 +552,34 @@ impl<P: Processor> Shared<P> {
         }
     }
 
+    /// Opens a transaction with no input, for a processor that [wants](Processor::wants_commit)
+    /// to commit anyway.
+    fn open_without_input(&self) -> Result<(), Failure> {
+        let producer = self.producer();
+        let mut batch = lock(&self.batch);
+        if batch.open {
+            return Ok(());
+        }
+        producer.begin_transaction().map_err(|error| match classify(&error) {
+            Reaction::ReplaceProducer => Failure::Producer(format!("beginning a transaction: {error}")),
+            _ => Failure::Abort(format!("beginning a transaction: {error}")),
+        })?;
+        batch.open = true;
+        batch.started = Some(Instant::now());
+        Ok(())
+    }
+
     fn try_commit<C: ConsumerContext>(&self, batch: &Batch, consumer: &BaseConsumer<C>) -> Result<(), Failure> {
         let producer = self.producer();
         self.processor
             .before_commit(&Outbox { producer: &producer })
             .map_err(|error| Failure::Abort(format!("writing the batch's outputs: {error:#}")))?;
+        if batch.offsets.is_empty() {
+            // A transaction without input (`wants_commit`): no offsets to add.
+            self.await_deliveries(&producer);
+            let timeout = self.timeout;
+            return self.retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout));
+        }
         let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &batch.offsets {
             offsets
@@ -1339,6 +1367,23 @@ fn poll_loop<P: Processor>(
             None => {
                 if let Some((_, text)) = consumer.client().fatal_error() {
                     return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {text}")));
+                }
+            }
+        }
+        if !lock(&shared.batch).open && shared.processor.wants_commit() {
+            match shared.open_without_input() {
+                Ok(()) => {}
+                Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
+                Err(Failure::Abort(reason)) => {
+                    let aborted = std::mem::take(&mut *lock(&shared.batch));
+                    shared.abort_and_rewind(consumer, aborted, &reason)?;
+                    continue;
+                }
+                Err(Failure::Producer(reason)) => {
+                    let aborted = std::mem::take(&mut *lock(&shared.batch));
+                    shared.replace_producer(&reason)?;
+                    shared.abort_and_rewind(consumer, aborted, &reason)?;
+                    continue;
                 }
             }
         }
