@@ -271,7 +271,43 @@ fn a_model_change_re_scores_the_history_survives_sigkill_and_floods_no_one() {
             );
         }
     }
-    drop(second);
+
+    // Rolled back: the old configuration again re-scores back to the old model.
+    let mut second = second;
+    second.signal("TERM");
+    assert!(second.wait(Duration::from_secs(60)).success(), "{}", second.stderr());
+    let back = ServiceProcess::start(&workspace_binary("scorer"), &[], &scorer_env(&[]));
+    wait_for_status(scorer_port, "/readyz", 200, Duration::from_secs(60), "scorer, rolled back");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rolled_back = loop {
+        let scores = latest::<AccountScore>(&topics.name(TopicRole::AccountScores));
+        if metric(scorer_port, "abm_scorer_rescore_partitions", &[]) == 0.0
+            && scores.values().all(|s| s.model_version.as_deref() == Some(old_version.as_str()))
+        {
+            break scores;
+        }
+        assert!(Instant::now() < deadline, "the rollback did not switch\n{}", back.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let engine = scorer::engine::Engine::new(scorer::engine::ScoringConfig::default()).expect("the old model");
+    let mut fresh = scorer::backtest::Replay::new(vec![("old".into(), engine)], Default::default(), tal());
+    for event in history.iter().chain(&live) {
+        fresh.apply(event.account_id.as_deref().unwrap_or_default(), event);
+    }
+    for (account, score) in &rolled_back {
+        let (engine, state) = fresh.state(0, account).expect("the account in the fresh run");
+        let expected = engine.score(state);
+        assert!(
+            (score.score - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+            "{account}: {} after the rollback, {expected} in a fresh run of the old model",
+            score.score
+        );
+    }
+    let crossings = read_all::<ScoreCrossing>(&topics.name(TopicRole::ScoreCrossings));
+    let ids: BTreeSet<&str> = crossings.iter().map(|(_, c)| c.crossing_id.as_str()).collect();
+    assert_eq!(ids.len(), crossings.len(), "no crossing id twice after the rollback either");
+    drop(back);
+    drop(alerter);
 }
 
 /// The latest record of each key of `topic`.

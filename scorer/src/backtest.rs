@@ -1123,6 +1123,31 @@ mod tests {
     }
 
     #[test]
+    fn since_takes_dates_times_days_and_milliseconds() {
+        let now = T0 + 10 * DAY_MS;
+        assert_eq!(parse_since("2026-01-01", now), Ok(T0));
+        assert_eq!(parse_since("2026-01-01T06:00:00Z", now), Ok(T0 + 6 * 3_600_000));
+        assert_eq!(parse_since("2026-01-01T07:00:00+01:00", now), Ok(T0 + 6 * 3_600_000));
+        assert_eq!(parse_since("10d", now), Ok(T0));
+        assert_eq!(parse_since(&T0.to_string(), now), Ok(T0));
+        assert!(parse_since("last week", now).expect_err("refused").contains("YYYY-MM-DD"));
+    }
+
+    #[test]
+    fn a_candidate_file_needs_its_scoring_table() {
+        let dir = std::env::temp_dir().join(format!("abm-candidate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("candidate.toml");
+        std::fs::write(&path, "[scoring.thresholds]\ntier_1 = 40.0\n").expect("writes");
+        assert_eq!(load_candidate(&path).expect("loads").thresholds.tier_1, 40.0);
+        std::fs::write(&path, "[thresholds]\ntier_1 = 40.0\n").expect("writes");
+        assert!(load_candidate(&path).expect_err("no [scoring]").to_string().contains("no [scoring] table"));
+        std::fs::write(&path, "[scoring]\nhalf_life_dayz = 3.0\n").expect("writes");
+        assert!(load_candidate(&path).is_err(), "a misspelt key is refused");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn weeks_start_on_monday() {
         assert_eq!(week_start(T0), T0 - 3 * DAY_MS);
         assert_eq!(week_start(T0 - 3 * DAY_MS), T0 - 3 * DAY_MS);

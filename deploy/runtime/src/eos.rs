@@ -578,7 +578,8 @@ impl<P: Processor> Shared<P> {
             // A transaction without input (`wants_commit`): no offsets to add.
             self.await_deliveries(&producer);
             let timeout = self.timeout;
-            return self.retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout));
+            return self
+                .retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout));
         }
         let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &batch.offsets {
