@@ -1033,13 +1033,15 @@ pub async fn run(config: crate::Config, options: Options) -> anyhow::Result<()> 
         abm::kafka::read_messages_to_end(&kafka, "abm-scorer-backtest", &engagement, &settings, |message| {
             use rdkafka::Message as _;
             let payload = message.payload().unwrap_or_default();
-            let mut outcome = replay.record(message.key(), payload);
-            // The registry did not answer: wait for it as the restores do, then count it.
-            if outcome.is_err() {
+            // The registry did not answer: asked again every second for as long as the restores
+            // wait for it (`abm_schemas::REGISTRY_PATIENCE`), then the backtest fails.
+            let waiting = std::time::Instant::now();
+            while let Err(error) = replay.record(message.key(), payload) {
+                if waiting.elapsed() >= abm_schemas::REGISTRY_PATIENCE {
+                    return Err(error);
+                }
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                outcome = replay.record(message.key(), payload);
             }
-            outcome?;
             if last_log.elapsed() >= std::time::Duration::from_secs(10) {
                 last_log = std::time::Instant::now();
                 tracing::info!(

@@ -5,7 +5,9 @@
 //! partition's state records the model it was built with; an instance started with another
 //! model serves that partition with the recorded model (found here) while it re-scores the
 //! partition under its own (README, "Changing the model"). A record whose version is not the
-//! hash of its `scoring` is refused: a model is only ever what its version says.
+//! hash of its `scoring` as written is refused: a model is only ever what its version says. A
+//! record written by a release with other `[scoring]` fields is still read (its version is the
+//! hash of its own JSON; the fields it lacks take this release's defaults).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,14 @@ pub struct ModelRecord {
     pub instance: String,
 }
 
+/// A record as read: `scoring` kept as written, to check its hash.
+#[derive(Debug, Deserialize)]
+struct ReadRecord<'a> {
+    version: String,
+    #[serde(borrow)]
+    scoring: &'a serde_json::value::RawValue,
+}
+
 /// The models known, by version.
 #[derive(Debug, Default)]
 pub struct Models {
@@ -40,15 +50,18 @@ impl Models {
             self.known.remove(key);
             return Ok(());
         };
-        let record: ModelRecord = serde_json::from_slice(value).map_err(|e| format!("not a model record: {e}"))?;
-        let version = record.scoring.model_version();
+        let record: ReadRecord<'_> = serde_json::from_slice(value).map_err(|e| format!("not a model record: {e}"))?;
+        let raw = record.scoring.get().as_bytes();
+        let version = format!("{:016x}", abm_schemas::hash::fnv1a_64_from(abm_schemas::hash::FNV64_OFFSET_BASIS, raw));
         if version != record.version || version != key {
             return Err(format!(
                 "model {key}: its [scoring] hashes to {version}, its record says {}: refused",
                 record.version
             ));
         }
-        let engine = Engine::new(record.scoring).map_err(|e| format!("model {key}: {e}"))?;
+        let scoring: ScoringConfig = serde_json::from_slice(raw)
+            .map_err(|e| format!("model {key}: its [scoring] is not one this release reads: {e}"))?;
+        let engine = Engine::with_version(scoring, version.clone()).map_err(|e| format!("model {key}: {e}"))?;
         self.known.insert(version, Arc::new(engine));
         Ok(())
     }
@@ -123,5 +136,24 @@ mod tests {
         assert_eq!(models.engine(&version).map(|e| e.config().thresholds.tier_1), Some(50.0));
         models.apply(version.as_bytes(), None).expect("tombstone");
         assert!(models.engine(&version).is_none());
+    }
+
+    #[test]
+    fn a_model_an_older_release_wrote_is_read_under_its_own_version() {
+        // An older release's [scoring] without `top_rules` (as if this release had added it).
+        let mut json = serde_json::to_value(ScoringConfig::default()).expect("JSON");
+        json.as_object_mut().expect("object").remove("top_rules");
+        let scoring = serde_json::to_string(&json).expect("JSON");
+        let version = format!(
+            "{:016x}",
+            abm_schemas::hash::fnv1a_64_from(abm_schemas::hash::FNV64_OFFSET_BASIS, scoring.as_bytes())
+        );
+        assert_ne!(version, ScoringConfig::default().model_version());
+        let record = format!(r#"{{"version":"{version}","scoring":{scoring},"registered_at":1,"instance":"old"}}"#);
+        let models = Models::default();
+        models.apply(version.as_bytes(), Some(record.as_bytes())).expect("read");
+        let engine = models.engine(&version).expect("known");
+        assert_eq!(engine.model_version(), version, "it stamps the version it was recorded as");
+        assert_eq!(engine.config().top_rules, ScoringConfig::default().top_rules, "the missing field defaulted");
     }
 }

@@ -124,6 +124,8 @@ pub struct ScorerProcessor {
     shadows: Mutex<BTreeMap<i32, Arc<crate::rescore::Shadow>>>,
     rescoring: std::sync::atomic::AtomicBool,
     switches: Mutex<Vec<Switch>>,
+    /// A transaction with switches aborted: their crossings go out first in the next one.
+    resend: std::sync::atomic::AtomicBool,
 }
 
 /// A partition switched to the configured model in the open transaction: its accounts and the
@@ -136,6 +138,8 @@ struct Switch {
     /// (account id, encoded `ScoreCrossing`).
     crossings: Vec<(String, Vec<u8>)>,
     recorded: u64,
+    /// Sent in the open transaction.
+    sent: bool,
 }
 
 /// Restored accounts checked for a missing `AccountProgram` per transaction.
@@ -175,6 +179,7 @@ impl ScorerProcessor {
             shadows: Mutex::new(BTreeMap::new()),
             rescoring: std::sync::atomic::AtomicBool::new(false),
             switches: Mutex::new(Vec::new()),
+            resend: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -258,36 +263,47 @@ impl ScorerProcessor {
             let mut behind = 0;
             let mut caught_up = Vec::new();
             for (partition, shadow) in shadows.iter() {
-                let (through, live) = (shadow.lock().applied_through, shadow.live_last());
-                behind += (live - through).max(0);
-                if through >= live {
+                behind += shadow.behind();
+                if shadow.caught_up() {
                     caught_up.push(*partition);
                 }
             }
-            self.metrics.rescore_behind.set(behind);
             for partition in caught_up {
                 if let Some(shadow) = shadows.remove(&partition) {
                     shadow.stop();
-                    let switch = self.switch(&shadow)?;
+                    behind -= shadow.behind();
+                    let switch = self.switch(&shadow);
                     self.switches().push(switch);
                 }
             }
+            self.metrics.rescore_behind.set(behind);
             self.rescoring.store(!shadows.is_empty(), std::sync::atomic::Ordering::Release);
             self.metrics.rescore_partitions.set(shadows.len() as i64);
         }
         for switch in self.switches().iter() {
             let accounts = dirty.entry(switch.partition).or_default();
             accounts.extend(switch.accounts.iter().cloned());
+        }
+        self.send_switch_crossings(out)
+    }
+
+    /// Sends the crossings of the switches not sent in this transaction yet: at the switch, or
+    /// after an abort that kept the partition switched, first thing in the next transaction
+    /// (before any live crossing of the new model, whose sequences come after theirs).
+    fn send_switch_crossings(&self, out: &Outbox<'_>) -> anyhow::Result<()> {
+        for switch in self.switches().iter_mut().filter(|switch| !switch.sent) {
             for (account_id, crossing) in &switch.crossings {
                 out.send(&self.topics.crossings, account_id, crossing, None)?;
             }
+            switch.sent = true;
         }
+        self.resend.store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
     /// Puts the shadow's states in place of the partition's (numbering on from them), under
     /// the configured model.
-    fn switch(&self, shadow: &crate::rescore::Shadow) -> anyhow::Result<Switch> {
+    fn switch(&self, shadow: &crate::rescore::Shadow) -> Switch {
         let partition = shadow.partition;
         let serving = self.store.engine_of(partition);
         let live = self.store.partition(partition);
@@ -332,7 +348,13 @@ impl ScorerProcessor {
             crossing.crossing_id =
                 crate::engine::crossing_id(&crossing.account_id, crossing.kind, crossing.sequence as u64);
             crossing.replayed = true;
-            sent.push((crossing.account_id.clone(), abm_schemas::encode(&crossing)?));
+            match abm_schemas::encode(&crossing) {
+                Ok(encoded) => sent.push((crossing.account_id.clone(), encoded)),
+                Err(error) => {
+                    recorded += 1;
+                    tracing::error!(%error, crossing = crossing.crossing_id, "a re-score's crossing does not encode: recorded only");
+                }
+            }
         }
         self.metrics.rescore_crossings.with_label_values(&["sent"]).inc_by(sent.len() as u64);
         self.metrics.rescore_crossings.with_label_values(&["recorded"]).inc_by(recorded);
@@ -349,7 +371,7 @@ impl ScorerProcessor {
             seconds = shadow.elapsed().as_secs_f64(),
             "re-score caught up: switching the partition to the configured model"
         );
-        Ok(Switch { partition, accounts: ids, crossings: sent, recorded })
+        Switch { partition, accounts: ids, crossings: sent, recorded, sent: false }
     }
 
     /// The same, reporting the partitions it holds to `ownership`.
@@ -524,6 +546,9 @@ impl Processor for ScorerProcessor {
             // Whatever becomes of the event (applied, a duplicate, rejected), the live state
             // has seen it: the partition's re-score may apply it.
             shadow.live_applied(message.offset());
+        }
+        if self.resend.load(std::sync::atomic::Ordering::Acquire) {
+            self.send_switch_crossings(out)?;
         }
         let payload = message.payload().unwrap_or_default();
         let mut event = match abm_schemas::decode::<EngagementEvent>(payload) {
@@ -724,6 +749,9 @@ impl Processor for ScorerProcessor {
             }
             self.rescoring.store(!shadows.is_empty(), std::sync::atomic::Ordering::Release);
             self.metrics.rescore_partitions.set(shadows.len() as i64);
+            if shadows.is_empty() {
+                self.metrics.rescore_behind.set(0);
+            }
             self.switches().retain(|switch| !partitions.contains(&switch.partition));
         }
         let mut split = self.split();
@@ -764,11 +792,13 @@ impl Processor for ScorerProcessor {
         self.metrics.transactions_aborted.inc();
         // A switch whose transaction aborted without rewinding its partition is written whole
         // again by the next one: its split accounts' chunks too (what was written is unknown).
-        let switches = self.switches();
+        let mut switches = self.switches();
         let mut split = self.split();
-        for switch in switches.iter() {
+        for switch in switches.iter_mut() {
             split.forget(switch.partition);
+            switch.sent = false;
         }
+        self.resend.store(!switches.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     /// A caught-up re-score switches even when no event comes: the loop opens a transaction.
@@ -777,7 +807,7 @@ impl Processor for ScorerProcessor {
             return true;
         }
         self.rescoring.load(std::sync::atomic::Ordering::Acquire)
-            && self.shadows().values().any(|shadow| shadow.lock().applied_through >= shadow.live_last())
+            && self.shadows().values().any(|shadow| shadow.caught_up())
     }
 
     fn lag(&self, partition: i32, lag: i64) {

@@ -63,6 +63,8 @@ pub struct Shadow {
     /// The offset of the last event the live loop applied (or, at first, the last before its
     /// committed offset): the shadow applies nothing beyond it.
     live_last: AtomicI64,
+    /// Set once `live_last` holds the live loop's committed position: never caught up before.
+    ready: AtomicBool,
     stop: AtomicBool,
     started: Instant,
 }
@@ -79,6 +81,16 @@ impl Shadow {
 
     pub fn live_last(&self) -> i64 {
         self.live_last.load(Ordering::Acquire)
+    }
+
+    /// Whether it holds every event the live state holds (and knows what that is).
+    pub fn caught_up(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.lock().applied_through >= self.live_last()
+    }
+
+    /// Offsets it still has to apply before it catches up.
+    pub fn behind(&self) -> i64 {
+        (self.live_last() - self.lock().applied_through).max(0)
     }
 
     /// Stops its thread (it checks between events).
@@ -108,6 +120,7 @@ impl Shadow {
             engine,
             state: Mutex::new(ShadowState { applied_through: -1, ..ShadowState::default() }),
             live_last: AtomicI64::new(-1),
+            ready: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             started: Instant::now(),
         });
@@ -149,6 +162,7 @@ impl Shadow {
             self.live_applied(offset - 1);
         }
         drop(probe);
+        self.ready.store(true, Ordering::Release);
         let reader: BaseConsumer = kafka
             .client_config("abm-scorer-rescore")
             .set("group.id", format!("{}-rescore", settings.group_id))
@@ -208,13 +222,21 @@ impl Shadow {
                     }
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
-                    // At the end: every committed event before the reader's position is applied.
-                    let position = reader.position().ok().and_then(|list| {
-                        list.find_partition(topic, partition).and_then(|e| match e.offset() {
-                            Offset::Offset(offset) => Some(offset),
-                            _ => None,
+                    // At the end: every committed event before the reader's position is applied
+                    // (before the last stable offset when nothing was read: a history all
+                    // aged out; the read_committed reader's high watermark is that offset).
+                    let position = reader
+                        .position()
+                        .ok()
+                        .and_then(|list| {
+                            list.find_partition(topic, partition).and_then(|e| match e.offset() {
+                                Offset::Offset(offset) => Some(offset),
+                                _ => None,
+                            })
                         })
-                    });
+                        .or_else(|| {
+                            reader.fetch_watermarks(topic, partition, kafka.timeout()).ok().map(|(_, high)| high)
+                        });
                     if let Some(position) = position {
                         let mut state = self.lock();
                         state.applied_through = state.applied_through.max(position - 1);

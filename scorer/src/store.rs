@@ -116,6 +116,9 @@ pub struct Store {
     /// re-scored under the configured one, and how many there are (read per event).
     serving: Arc<DashMap<i32, Arc<Engine>>>,
     served_otherwise: Arc<std::sync::atomic::AtomicUsize>,
+    /// Held while `serving` and its count change (the restore's thread and the loop's both
+    /// change them).
+    serving_change: Arc<Mutex<()>>,
 }
 
 /// Where an account ranks: `log2(S) + T / H`, S its score at its as-of time T (see
@@ -280,6 +283,7 @@ impl Store {
             engine,
             serving: Arc::default(),
             served_otherwise: Arc::default(),
+            serving_change: Arc::default(),
         }
     }
 
@@ -290,6 +294,7 @@ impl Store {
 
     /// Serves `partition` with `engine` (`None`: the configured model again).
     pub fn serve_with(&self, partition: i32, engine: Option<Arc<Engine>>) {
+        let _changing = self.serving_change.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match engine {
             Some(engine) => {
                 self.serving.insert(partition, engine);

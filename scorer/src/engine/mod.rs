@@ -113,12 +113,20 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: ScoringConfig) -> Result<Engine, ScoringConfigError> {
+        let version = config.model_version();
+        Engine::with_version(config, version)
+    }
+
+    /// An engine for a model recorded as `version` by a release whose `[scoring]` had other
+    /// fields (this release's defaults fill the new ones): it stamps what it writes with the
+    /// version the model was recorded as.
+    pub fn with_version(config: ScoringConfig, version: String) -> Result<Engine, ScoringConfigError> {
         config.validate()?;
         Ok(Engine {
             rules: Rules::new(&config),
             half_life_ms: config.half_life_days * DAY_MS as f64,
             dedup_window_ms: (config.dedup_window_days * DAY_MS as f64) as i64,
-            version: config.model_version(),
+            version,
             config,
         })
     }
