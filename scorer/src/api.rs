@@ -831,6 +831,7 @@ mod tests {
             "duplicates",
             "on_tal",
             "now",
+            "model_version",
         ];
         expected.sort_unstable();
         let mut keys = keys;
