@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use abm::topics::TopicRole;
 use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
 use abm_testkit::{TestTopics, flush, producer, send_bytes, unique};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn events(count: u64) -> impl Iterator<Item = EngagementEvent> {
     let start = abm::clock::now_ms() - 30 * 86_400_000;
@@ -62,18 +61,7 @@ fn main() {
     println!("backtest bench: pre-loaded {count} events in {:.1}s", started.elapsed().as_secs_f64());
 
     // (1) A bare consumer: the same client library, the same topic, no work per message.
-    let consumer: BaseConsumer =
-        abm_testkit::kafka().consumer_config("bench-bare", &unique("bench-bare")).create().expect("consumer");
-    consumer.subscribe(&[&input]).expect("subscribe");
-    let (mut seen, mut first) = (0, None);
-    while seen < count {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    let bare = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    drop(consumer);
+    let bare = abm_testkit::bare_read_seconds(&input, count);
     println!("backtest bench: bare consumer read {count} in {bare:.2}s = {:.0} events/s", count as f64 / bare);
 
     // (2) `scorer backtest`, start to report.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use abm::topics::TopicRole;
 use abm_schemas::{Contact, EngagementEvent, EventKind, WebVisit};
-use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, unique, wait_for_status};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use abm_testkit::{ServiceProcess, TestTopics, flush, free_port, metric, producer, send, wait_for_status};
 
 fn events(count: u64) -> impl Iterator<Item = EngagementEvent> {
     let start = abm::clock::now_ms() - 30 * 86_400_000;
@@ -42,19 +41,7 @@ fn main() {
     println!("scorer bench: pre-loaded {count} events in {:.1}s", started.elapsed().as_secs_f64());
 
     // (1) A bare consumer: the same client library, the same topic, no work per message.
-    let consumer: BaseConsumer =
-        abm_testkit::kafka().consumer_config("bench-bare", &unique("bench-bare")).create().expect("consumer");
-    consumer.subscribe(&[&input]).expect("subscribe");
-    let mut seen = 0;
-    let mut first = None;
-    while seen < count {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    let bare = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    drop(consumer);
+    let bare = abm_testkit::bare_read_seconds(&input, count);
     let bare_rate = count as f64 / bare;
     println!("scorer bench: bare consumer read {count} in {bare:.2}s = {bare_rate:.0} events/s");
 

@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use abm::topics::TopicRole;
 use abm_schemas::{CrossingKind, SalesAlert, ScoreCrossing};
-use abm_testkit::{
-    ServiceProcess, TestTopics, free_port, metric, read_all, run_to_exit, unique, wait_for_status, with_env,
-    workspace_binary,
-};
+use abm_testkit::{Pipeline, TestTopics, metric, read_all, run_to_exit, unique, workspace_binary};
 
 const KEY: &str = "backtest-write-key";
 
@@ -23,52 +20,9 @@ fn a_backtest_of_the_live_model_gives_the_live_alerts_and_the_candidate_its_own(
     let topics = TestTopics::new("backtest");
     topics.create();
     let accounts = "80";
-    let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("simulate"),
-        &["tal", "--accounts", accounts, "--out", &csv.display().to_string()],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(status.success(), "{stderr}");
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("ingest"),
-        &["import-tal", &csv.display().to_string()],
-        &topics.env(),
-        Duration::from_secs(60),
-    );
-    assert!(status.success(), "{stderr}");
-
-    let prefix = topics.prefix.clone();
-    let (ingest_port, scorer_port, alerter_port) = (free_port(), free_port(), free_port());
-    let start = |binary: &str, port: u16, extra: &[(&'static str, String)]| {
-        let mut env = with_env(topics.env(), extra);
-        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
-        let process = ServiceProcess::start(&workspace_binary(binary), &[], &env);
-        wait_for_status(port, "/readyz", 200, Duration::from_secs(60), binary);
-        process
-    };
-    let _ingest = start(
-        "ingest",
-        ingest_port,
-        &[("ABM_INGEST__WRITE_KEYS__BACKTEST", KEY.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
-    );
-    let scorer = start(
-        "scorer",
-        scorer_port,
-        &[
-            ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
-            ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
-        ],
-    );
-    let alerter = start(
-        "alerter",
-        alerter_port,
-        &[
-            ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
-            ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
-        ],
-    );
+    let pipeline = Pipeline::start(&topics, accounts, KEY);
+    let (ingest_port, scorer_port, alerter_port) = (pipeline.ingest_port, pipeline.scorer_port, pipeline.alerter_port);
+    let (scorer, alerter) = (&pipeline.scorer, &pipeline.alerter);
     let (status, stderr) = run_to_exit(
         &workspace_binary("simulate"),
         &[

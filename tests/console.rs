@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use abm_testkit::{
-    ServiceProcess, TEST_API_TOKEN, TestTopics, free_port, http_get, repository_root, run_to_exit, unique,
-    wait_for_status, with_env, workspace_binary,
+    Pipeline, TEST_API_TOKEN, TestTopics, http_get, repository_root, run_to_exit, unique, wait_for_status,
+    workspace_binary,
 };
 
 const KEY: &str = "console-write-key";
@@ -28,54 +28,9 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
     let topics = TestTopics::new("console");
     topics.create();
     let accounts = "60";
-    // The simulator's TAL, through the import command.
-    let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("simulate"),
-        &["tal", "--accounts", accounts, "--out", &csv.display().to_string()],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(status.success(), "{stderr}");
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("ingest"),
-        &["import-tal", &csv.display().to_string()],
-        &topics.env(),
-        Duration::from_secs(60),
-    );
-    assert!(status.success(), "{stderr}");
-
-    let prefix = topics.prefix.clone();
-    let (ingest_port, scorer_port, alerter_port) = (free_port(), free_port(), free_port());
-    let start = |binary: &str, port: u16, extra: &[(&'static str, String)]| {
-        let mut env = with_env(topics.env(), extra);
-        env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
-        let process = ServiceProcess::start(&workspace_binary(binary), &[], &env);
-        wait_for_status(port, "/readyz", 200, Duration::from_secs(60), binary);
-        process
-    };
-    let _ingest = start(
-        "ingest",
-        ingest_port,
-        &[("ABM_INGEST__WRITE_KEYS__CONSOLE", KEY.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
-    );
-    let scorer = start(
-        "scorer",
-        scorer_port,
-        &[
-            ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
-            ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
-            ("ABM_SCORER__ADVERTISED_URL", format!("http://127.0.0.1:{scorer_port}")),
-        ],
-    );
-    let _alerter = start(
-        "alerter",
-        alerter_port,
-        &[
-            ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
-            ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
-        ],
-    );
+    // The simulator's TAL, through the import command, and the services on it.
+    let pipeline = Pipeline::start(&topics, accounts, KEY);
+    let (ingest_port, scorer_port, scorer) = (pipeline.ingest_port, pipeline.scorer_port, &pipeline.scorer);
     // The program's topics are read (the program page answers).
     wait_for_status(scorer_port, "/v1/program", 200, Duration::from_secs(60), "the program's topics read");
 

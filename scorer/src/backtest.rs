@@ -654,22 +654,8 @@ fn clip(text: &str, max: usize) -> String {
     if text.chars().count() <= max { text } else { text.chars().take(max - 1).chain(['…']).collect() }
 }
 
-/// Escapes text for HTML (an account's name or id is anyone's input).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for HTML (an account's name or id is anyone's input): the console's.
+use crate::console::esc as escape;
 
 /// The series colours, one per model.
 const COLOURS: [&str; 4] = ["#4063d8", "#d8613f", "#389826", "#9558b2"];

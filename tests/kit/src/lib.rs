@@ -880,3 +880,86 @@ pub fn run_python(script: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Seconds a bare consumer (the same client library, no work per message) takes to read
+/// `count` messages of `topic`, from the first it gets: what the benchmarks compare with.
+pub fn bare_read_seconds(topic: &str, count: u64) -> f64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        kafka().consumer_config("bench-bare", &unique("bench-bare")).create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let (mut seen, mut first) = (0, None);
+    while seen < count {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    first.map_or(0.0, |f| f.elapsed().as_secs_f64())
+}
+
+/// The whole pipeline on `topics`: the simulator's TAL of `accounts` accounts imported, then
+/// ingest (accepting `write_key`), the scorer and the alerter started and ready, each on a
+/// port of its own, with groups and instance ids of the topics' prefix.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub ingest: ServiceProcess,
+    pub scorer: ServiceProcess,
+    pub alerter: ServiceProcess,
+    pub ingest_port: u16,
+    pub scorer_port: u16,
+    pub alerter_port: u16,
+}
+
+impl Pipeline {
+    pub fn start(topics: &TestTopics, accounts: &str, write_key: &str) -> Pipeline {
+        let csv = std::env::temp_dir().join(format!("{}.csv", topics.prefix));
+        let (status, stderr) = run_to_exit(
+            &workspace_binary("simulate"),
+            &["tal", "--accounts", accounts, "--out", &csv.display().to_string()],
+            &[],
+            Duration::from_secs(30),
+        );
+        assert!(status.success(), "{stderr}");
+        let (status, stderr) = run_to_exit(
+            &workspace_binary("ingest"),
+            &["import-tal", &csv.display().to_string()],
+            &topics.env(),
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "{stderr}");
+        let _ = std::fs::remove_file(&csv);
+        let prefix = topics.prefix.clone();
+        let (ingest_port, scorer_port, alerter_port) = (free_port(), free_port(), free_port());
+        let start = |binary: &str, port: u16, extra: &[(&'static str, String)]| {
+            let mut env = with_env(topics.env(), extra);
+            env.push(("ABM_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+            let process = ServiceProcess::start(&workspace_binary(binary), &[], &env);
+            wait_for_status(port, "/readyz", 200, Duration::from_secs(60), binary);
+            process
+        };
+        let ingest = start(
+            "ingest",
+            ingest_port,
+            &[("ABM_INGEST__WRITE_KEYS__TEST", write_key.into()), ("ABM_INGEST__GROUP_ID", format!("{prefix}-ingest"))],
+        );
+        let scorer = start(
+            "scorer",
+            scorer_port,
+            &[
+                ("ABM_SCORER__GROUP_ID", format!("{prefix}-scorer")),
+                ("ABM_SCORER__INSTANCE_ID", format!("{prefix}-scorer")),
+                ("ABM_SCORER__ADVERTISED_URL", format!("http://127.0.0.1:{scorer_port}")),
+            ],
+        );
+        let alerter = start(
+            "alerter",
+            alerter_port,
+            &[
+                ("ABM_ALERTER__GROUP_ID", format!("{prefix}-alerter")),
+                ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
+            ],
+        );
+        Pipeline { ingest, scorer, alerter, ingest_port, scorer_port, alerter_port }
+    }
+}
