@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use abm::topics::TopicRole;
 use abm_schemas::{CrossingKind, SalesAlert, ScoreCrossing};
-use abm_testkit::{Pipeline, TestTopics, metric, read_all, run_to_exit, unique, workspace_binary};
+use abm_testkit::{Pipeline, TestTopics, metric, read_all, unique, workspace_binary};
 
 const KEY: &str = "backtest-write-key";
 
@@ -21,33 +21,9 @@ fn a_backtest_of_the_live_model_gives_the_live_alerts_and_the_candidate_its_own(
     topics.create();
     let accounts = "80";
     let pipeline = Pipeline::start(&topics, accounts, KEY);
-    let (ingest_port, scorer_port, alerter_port) = (pipeline.ingest_port, pipeline.scorer_port, pipeline.alerter_port);
+    let (scorer_port, alerter_port) = (pipeline.scorer_port, pipeline.alerter_port);
     let (scorer, alerter) = (&pipeline.scorer, &pipeline.alerter);
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("simulate"),
-        &[
-            "run",
-            "--accounts",
-            accounts,
-            "--events",
-            "6000",
-            "--rate",
-            "0",
-            "--span-days",
-            "120",
-            "--ingest-url",
-            &format!("http://127.0.0.1:{ingest_port}"),
-            "--write-key",
-            KEY,
-            "--bootstrap-servers",
-            &abm_testkit::bootstrap_servers(),
-            "--id-prefix",
-            &unique("backtest"),
-        ],
-        &topics.env(),
-        Duration::from_secs(180),
-    );
-    assert!(status.success(), "the simulator failed: {stderr}");
+    pipeline.simulate("6000", &["--span-days", "120"]);
 
     // The live run settles: every event of abm.engagement applied and committed, every
     // crossing handled by the alerter.

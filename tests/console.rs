@@ -10,10 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use abm_testkit::{
-    Pipeline, TEST_API_TOKEN, TestTopics, http_get, repository_root, run_to_exit, unique, wait_for_status,
-    workspace_binary,
-};
+use abm_testkit::{Pipeline, TEST_API_TOKEN, TestTopics, http_get, repository_root, wait_for_status};
 
 const KEY: &str = "console-write-key";
 
@@ -30,7 +27,7 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
     let accounts = "60";
     // The simulator's TAL, through the import command, and the services on it.
     let pipeline = Pipeline::start(&topics, accounts, KEY);
-    let (ingest_port, scorer_port, scorer) = (pipeline.ingest_port, pipeline.scorer_port, &pipeline.scorer);
+    let (scorer_port, scorer) = (pipeline.scorer_port, &pipeline.scorer);
     // The program's topics are read (the program page answers).
     wait_for_status(scorer_port, "/v1/program", 200, Duration::from_secs(60), "the program's topics read");
 
@@ -65,29 +62,7 @@ fn the_console_shows_real_data_and_new_alerts_live_in_chromium() {
     assert!(ready.contains("\"ready\":true"), "the alerts page did not get live: {ready}\n{}", scorer.stderr());
 
     // The simulator feeds the pipeline while the page is open.
-    let (status, stderr) = run_to_exit(
-        &workspace_binary("simulate"),
-        &[
-            "run",
-            "--accounts",
-            accounts,
-            "--events",
-            "4000",
-            "--rate",
-            "0",
-            "--ingest-url",
-            &format!("http://127.0.0.1:{ingest_port}"),
-            "--write-key",
-            KEY,
-            "--bootstrap-servers",
-            &abm_testkit::bootstrap_servers(),
-            "--id-prefix",
-            &unique("console"),
-        ],
-        &topics.env(),
-        Duration::from_secs(180),
-    );
-    assert!(status.success(), "the simulator failed: {stderr}");
+    pipeline.simulate("4000", &[]);
     let seen = next_line(Duration::from_secs(240));
     assert!(seen.contains("\"alert\""), "no alert appeared in the feed: {seen}\n{}", scorer.stderr());
     // The pipeline settles (everything applied and committed, the program read) before the

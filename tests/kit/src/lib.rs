@@ -909,6 +909,9 @@ pub struct Pipeline {
     pub ingest_port: u16,
     pub scorer_port: u16,
     pub alerter_port: u16,
+    accounts: String,
+    write_key: String,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Pipeline {
@@ -960,6 +963,44 @@ impl Pipeline {
                 ("ABM_ALERTER__INSTANCE_ID", format!("{prefix}-alerter")),
             ],
         );
-        Pipeline { ingest, scorer, alerter, ingest_port, scorer_port, alerter_port }
+        Pipeline {
+            ingest,
+            scorer,
+            alerter,
+            ingest_port,
+            scorer_port,
+            alerter_port,
+            accounts: accounts.to_owned(),
+            write_key: write_key.to_owned(),
+            env: topics.env(),
+        }
+    }
+
+    /// Runs the simulator's world of the pipeline's accounts into it (`events` events, as
+    /// fast as it takes them, over ingest's HTTP collector and the raw topics), with `extra`
+    /// arguments; panics with its stderr if it fails.
+    pub fn simulate(&self, events: &str, extra: &[&str]) {
+        let (ingest_url, bootstrap, prefix) =
+            (format!("http://127.0.0.1:{}", self.ingest_port), bootstrap_servers(), unique("sim"));
+        let mut args = vec![
+            "run",
+            "--accounts",
+            &self.accounts,
+            "--events",
+            events,
+            "--rate",
+            "0",
+            "--ingest-url",
+            &ingest_url,
+            "--write-key",
+            &self.write_key,
+            "--bootstrap-servers",
+            &bootstrap,
+            "--id-prefix",
+            &prefix,
+        ];
+        args.extend_from_slice(extra);
+        let (status, stderr) = run_to_exit(&workspace_binary("simulate"), &args, &self.env, Duration::from_secs(180));
+        assert!(status.success(), "the simulator failed: {stderr}");
     }
 }
