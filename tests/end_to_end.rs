@@ -867,9 +867,17 @@ fn run_world(name: &str, total: usize, kafka_env: &[(&'static str, String)], cha
             m("scorer", "abm_scorer_loop_heals_total", &[]),
             m("alerter", "abm_alerter_loop_heals_total", &[]),
         );
-        // No loop is left stalled (one that stalls past its bound heals, and is counted).
-        assert_eq!(m("scorer", "abm_scorer_loop_stalled_seconds", &[]), 0.0, "{}", scorer.stderr());
-        assert_eq!(m("alerter", "abm_alerter_loop_stalled_seconds", &[]), 0.0, "{}", alerter.stderr());
+        // No loop is left stalled (one that stalls past its bound heals, and is counted). Read
+        // the moment a loop comes back from a commit it retried through the last outage, the
+        // gauge can still show that outage's wait (seen once in CI: 10.1 s); it must fall back
+        // to 0 within the bound, or the loop is stalled.
+        let bound = Duration::from_secs(20);
+        wait_until("the scorer's loop to be unstalled", bound, &scorer, || {
+            m("scorer", "abm_scorer_loop_stalled_seconds", &[]) == 0.0
+        });
+        wait_until("the alerter's loop to be unstalled", bound, &alerter, || {
+            m("alerter", "abm_alerter_loop_stalled_seconds", &[]) == 0.0
+        });
     }
     let Stalls { longest, which, heals } = longest_stall.stop();
     eprintln!(
