@@ -640,36 +640,40 @@ impl Processor for ScorerProcessor {
         let mut state_payload = Vec::with_capacity(4096);
         let mut written = crate::changelog::Written::default();
         let mut split = self.split();
-        for (partition, account_id) in dirty.iter().flat_map(|(p, accounts)| accounts.iter().map(move |a| (p, a))) {
+        for (partition, ids) in &dirty {
+            // Once per partition: its accounts and the model it is served with.
             let accounts = self.store.partition(*partition);
             let engine = self.store.engine_of(*partition);
             let max_bytes = engine.config().max_state_bytes;
-            // Encode under the shard's read guard (no await; the TAL is read, never written,
-            // meanwhile): no deep copy.
-            let (score_payload, program_payload, rank) = {
-                let Some(state) = accounts.get(account_id.as_str()) else { continue };
-                state_payload.clear();
-                state.encode_record_into(account_id, &engine, &mut state_payload);
-                let record = self.account_score(&engine, account_id, &state);
-                let program = abm_schemas::encode(&crate::program::record_of(account_id, &state))?;
-                (abm_schemas::encode(&record)?, program, crate::store::rank_of(&engine, &state, record.score))
-            };
-            // The leaderboard's ranking follows each written batch (once per changed account).
-            self.store.place(*partition, account_id, rank);
-            if state_payload.len() > max_bytes && !self.shed_to_fit(&engine, &accounts, account_id, &mut state_payload)
-            {
-                self.reject_oversized(out, *partition, account_id, &state_payload)?;
-            } else if let Some(state) = accounts.get(account_id.as_str()) {
-                let topic = &self.topics.state;
-                let one = split.write(*partition, account_id, &state, &engine, &state_payload, |key, value| {
-                    out.write(topic, key, value, Some(*partition))
-                })?;
-                written.records += one.records;
-                written.bytes += one.bytes;
-                written.tombstones += one.tombstones;
+            for account_id in ids {
+                // Encode under the shard's read guard (no await; the TAL is read, never written,
+                // meanwhile): no deep copy.
+                let (score_payload, program_payload, rank) = {
+                    let Some(state) = accounts.get(account_id.as_str()) else { continue };
+                    state_payload.clear();
+                    state.encode_record_into(account_id, &engine, &mut state_payload);
+                    let record = self.account_score(&engine, account_id, &state);
+                    let program = abm_schemas::encode(&crate::program::record_of(account_id, &state))?;
+                    (abm_schemas::encode(&record)?, program, crate::store::rank_of(&engine, &state, record.score))
+                };
+                // The leaderboard's ranking follows each written batch (once per changed account).
+                self.store.place(*partition, account_id, rank);
+                if state_payload.len() > max_bytes
+                    && !self.shed_to_fit(&engine, &accounts, account_id, &mut state_payload)
+                {
+                    self.reject_oversized(out, *partition, account_id, &state_payload)?;
+                } else if let Some(state) = accounts.get(account_id.as_str()) {
+                    let topic = &self.topics.state;
+                    let one = split.write(*partition, account_id, &state, &engine, &state_payload, |key, value| {
+                        out.write(topic, key, value, Some(*partition))
+                    })?;
+                    written.records += one.records;
+                    written.bytes += one.bytes;
+                    written.tombstones += one.tombstones;
+                }
+                out.send(&self.topics.scores, account_id, &score_payload, None)?;
+                out.send(&self.topics.program, account_id, &program_payload, None)?;
             }
-            out.send(&self.topics.scores, account_id, &score_payload, None)?;
-            out.send(&self.topics.program, account_id, &program_payload, None)?;
         }
         self.staged.add(&self.metrics.state_records, written.records + written.tombstones);
         self.staged.add(&self.metrics.state_bytes, written.bytes);

@@ -499,18 +499,11 @@ impl<P: Processor> Shared<P> {
         }
         let producer = self.producer();
         let mut batch = lock(&self.batch);
-        if !batch.open {
-            if let Err(error) = producer.begin_transaction() {
-                // This message is not processed: its partition is rewound to it with the
-                // (empty) batch, or the consumer's position would already be past it.
-                batch.first_offsets.entry(partition).or_insert(message.offset());
-                return Err(match classify(&error) {
-                    Reaction::ReplaceProducer => Failure::Producer(format!("beginning a transaction: {error}")),
-                    _ => Failure::Abort(format!("beginning a transaction: {error}")),
-                });
-            }
-            batch.open = true;
-            batch.started = Some(Instant::now());
+        if let Err(failure) = Self::begin(&producer, &mut batch) {
+            // This message is not processed: its partition is rewound to it with the (empty)
+            // batch, or the consumer's position would already be past it.
+            batch.first_offsets.entry(partition).or_insert(message.offset());
+            return Err(failure);
         }
         batch.first_offsets.entry(partition).or_insert(message.offset());
         batch.offsets.insert(partition, message.offset() + 1);
@@ -552,11 +545,8 @@ impl<P: Processor> Shared<P> {
         }
     }
 
-    /// Opens a transaction with no input, for a processor that [wants](Processor::wants_commit)
-    /// to commit anyway.
-    fn open_without_input(&self) -> Result<(), Failure> {
-        let producer = self.producer();
-        let mut batch = lock(&self.batch);
+    /// Opens the batch's transaction unless it is open.
+    fn begin(producer: &TxProducer, batch: &mut Batch) -> Result<(), Failure> {
         if batch.open {
             return Ok(());
         }
@@ -569,35 +559,53 @@ impl<P: Processor> Shared<P> {
         Ok(())
     }
 
+    /// Opens a transaction with no input, for a processor that [wants](Processor::wants_commit)
+    /// to commit anyway.
+    fn open_without_input(&self) -> Result<(), Failure> {
+        let producer = self.producer();
+        Self::begin(&producer, &mut lock(&self.batch))
+    }
+
+    /// Goes on after a failed batch: aborted and rewound (the producer replaced first when it
+    /// failed); a fatal failure ends the loop.
+    fn recover<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, failure: Failure) -> anyhow::Result<()> {
+        let reason = match failure {
+            Failure::Fatal(error) => return Err(anyhow!(error)),
+            Failure::Abort(reason) => reason,
+            Failure::Producer(reason) => {
+                self.replace_producer(&reason)?;
+                reason
+            }
+        };
+        let aborted = std::mem::take(&mut *lock(&self.batch));
+        self.abort_and_rewind(consumer, aborted, &reason)
+    }
+
     fn try_commit<C: ConsumerContext>(&self, batch: &Batch, consumer: &BaseConsumer<C>) -> Result<(), Failure> {
         let producer = self.producer();
         self.processor
             .before_commit(&Outbox { producer: &producer })
             .map_err(|error| Failure::Abort(format!("writing the batch's outputs: {error:#}")))?;
-        if batch.offsets.is_empty() {
-            // A transaction without input (`wants_commit`): no offsets to add.
-            self.await_deliveries(&producer);
-            let timeout = self.timeout;
-            return self
-                .retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout));
-        }
-        let mut offsets = TopicPartitionList::new();
-        for (partition, offset) in &batch.offsets {
-            offsets
-                .add_partition_offset(&self.input_topic, *partition, Offset::Offset(*offset))
-                .map_err(|error| Failure::Abort(format!("input offsets: {error}")))?;
-        }
-        let group = Arc::new(Mutex::new(
-            consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?,
-        ));
         let (timeout, wedge) = (self.timeout, self.wedge_fault());
-        self.retry(&producer, "adding input offsets to the transaction", move |producer| {
-            if wedge {
-                tracing::warn!("{FAULT_WEDGE_ENV}: this send_offsets_to_transaction does not come back");
-                std::thread::sleep(Duration::from_secs(3600));
+        // A transaction without input (`wants_commit`) has no offsets to add.
+        if !batch.offsets.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for (partition, offset) in &batch.offsets {
+                offsets
+                    .add_partition_offset(&self.input_topic, *partition, Offset::Offset(*offset))
+                    .map_err(|error| Failure::Abort(format!("input offsets: {error}")))?;
             }
-            producer.send_offsets_to_transaction(&offsets, &lock(&group), timeout)
-        })?;
+            let group = Arc::new(Mutex::new(
+                consumer.group_metadata().ok_or_else(|| Failure::Abort("the consumer has no group metadata".into()))?,
+            ));
+            self.retry(&producer, "adding input offsets to the transaction", move |producer| {
+                if wedge {
+                    tracing::warn!("{FAULT_WEDGE_ENV}: this send_offsets_to_transaction does not come back");
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+                producer.send_offsets_to_transaction(&offsets, &lock(&group), timeout)
+            })?;
+        }
         self.await_deliveries(&producer);
         self.retry(&producer, "committing the transaction", move |producer| producer.commit_transaction(timeout))
     }
@@ -1335,18 +1343,9 @@ fn poll_loop<P: Processor>(
                         }
                     }
                 }
-                Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
-                Err(Failure::Abort(reason)) => {
+                Err(failure) => {
                     drop(message);
-                    let aborted = std::mem::take(&mut *lock(&shared.batch));
-                    shared.abort_and_rewind(consumer, aborted, &reason)?;
-                    continue;
-                }
-                Err(Failure::Producer(reason)) => {
-                    drop(message);
-                    let aborted = std::mem::take(&mut *lock(&shared.batch));
-                    shared.replace_producer(&reason)?;
-                    shared.abort_and_rewind(consumer, aborted, &reason)?;
+                    shared.recover(consumer, failure)?;
                     continue;
                 }
             },
@@ -1371,22 +1370,12 @@ fn poll_loop<P: Processor>(
                 }
             }
         }
-        if !lock(&shared.batch).open && shared.processor.wants_commit() {
-            match shared.open_without_input() {
-                Ok(()) => {}
-                Err(Failure::Fatal(error)) => return Err(anyhow!(error)),
-                Err(Failure::Abort(reason)) => {
-                    let aborted = std::mem::take(&mut *lock(&shared.batch));
-                    shared.abort_and_rewind(consumer, aborted, &reason)?;
-                    continue;
-                }
-                Err(Failure::Producer(reason)) => {
-                    let aborted = std::mem::take(&mut *lock(&shared.batch));
-                    shared.replace_producer(&reason)?;
-                    shared.abort_and_rewind(consumer, aborted, &reason)?;
-                    continue;
-                }
-            }
+        if !lock(&shared.batch).open
+            && shared.processor.wants_commit()
+            && let Err(failure) = shared.open_without_input()
+        {
+            shared.recover(consumer, failure)?;
+            continue;
         }
         // One clock read per message for both the commit decision and the age gauge.
         let (due, age) = {

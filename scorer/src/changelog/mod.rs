@@ -204,13 +204,13 @@ impl Restorer {
                 self.accounts.remove(account_id);
                 self.heads.remove(account_id);
             }
-            Some(Ok(record)) if record.chunks.is_empty() => {
-                self.model_version = Some(record.model_version.clone());
+            Some(Ok(mut record)) if record.chunks.is_empty() => {
+                self.model_version = Some(record.model_version.take());
                 self.heads.remove(account_id);
                 self.accounts.insert(account_id.into(), Box::new(AccountScoreState::from_record(&record, engine)));
             }
-            Some(Ok(record)) => {
-                self.model_version = Some(record.model_version.clone());
+            Some(Ok(mut record)) => {
+                self.model_version = Some(record.model_version.take());
                 self.accounts.remove(account_id);
                 self.heads.insert(account_id.to_owned(), record);
             }
