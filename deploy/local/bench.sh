@@ -2,7 +2,7 @@
 # Runs the benchmarks against the local Apache Kafka (or KAFKA_BOOTSTRAP_SERVERS) and prints
 # their figures. Record them in benches/README.md with the machine they ran on.
 #
-#   deploy/local/bench.sh            codec, ingest, scorer, scorer_state, changelog_bytes, leaderboard, program, latency, one_api, backtest
+#   deploy/local/bench.sh            codec, engine, ingest, scorer, scorer_state, changelog_bytes, leaderboard, program, latency, one_api, backtest
 #   deploy/local/bench.sh ingest     one of those, ingest_flood (RSS under 50 connections of 1 MiB
 #                                    junk bodies), or peer (side by side with the Kafka Streams
 #                                    peer: needs a JDK and Maven, ~6 minutes)
@@ -20,7 +20,7 @@ fi
 cargo build --release --workspace --bins --quiet
 echo "bench.sh: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(codec ingest scorer scorer_state changelog_bytes leaderboard program latency one_api backtest)
+[ ${#benches[@]} -gt 0 ] || benches=(codec engine ingest scorer scorer_state changelog_bytes leaderboard program latency one_api backtest)
 for bench in "${benches[@]}"; do
   case "$bench" in
     # The services' debug binaries next to the bench's own (see benches/outages.rs).

@@ -155,6 +155,49 @@ impl<'a> Reader<'a> {
     pub fn optional_string(&mut self) -> Option<Option<String>> {
         self.optional(Self::string)
     }
+
+    pub fn optional_long(&mut self) -> Option<Option<i64>> {
+        self.optional(Self::long)
+    }
+
+    /// An Avro `int`: a varint within 32 bits.
+    pub fn int(&mut self) -> Option<i32> {
+        i32::try_from(self.long()?).ok()
+    }
+
+    /// One byte, 0 or 1.
+    pub fn boolean(&mut self) -> Option<bool> {
+        let (byte, rest) = self.bytes.split_first()?;
+        let value = match byte {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        self.bytes = rest;
+        Some(value)
+    }
+
+    /// An array: blocks of `count` items (a negative count is followed by the block's size in
+    /// bytes), ended by an empty block. Every item reads at least one byte, so a count larger
+    /// than what is left fails on the bytes, not on memory.
+    pub fn array<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let mut items = Vec::new();
+        loop {
+            let count = match self.long()? {
+                0 => return Some(items),
+                count if count < 0 => {
+                    self.long()?;
+                    count.checked_neg()?
+                }
+                count => count,
+            };
+            let count = usize::try_from(count).ok()?;
+            items.reserve(count.min(self.bytes.len()));
+            for _ in 0..count {
+                items.push(item(self)?);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,3 +55,75 @@ pub(crate) fn engagement_event(datum: &[u8]) -> Option<EngagementEvent> {
     };
     r.is_empty().then_some(event)
 }
+
+/// `abm.AccountState`, fields in schema order: what a restore reads for every account.
+pub(crate) fn account_state(datum: &[u8]) -> Option<AccountState> {
+    let r = &mut Reader::new(datum);
+    let kind = |r: &mut Reader<'_>| Some(EventKind::ALL[r.symbol(EventKind::ALL.len())?]);
+    let stage = |r: &mut Reader<'_>| Some(JourneyStage::ALL[r.symbol(JourneyStage::ALL.len())?]);
+    let state = AccountState {
+        account_id: r.string()?,
+        tier: Tier::ALL[r.symbol(Tier::ALL.len())?],
+        as_of: r.optional_long()?,
+        engagement: r.double()?,
+        rule_points: r.array(|r| Some(RuleContribution { rule: r.string()?, points: r.double()? }))?,
+        armed: r.boolean()?,
+        threshold_crossings: r.long()?,
+        hand_raiser_crossings: r.long()?,
+        contacts: r.array(|r| {
+            Some(EngagedContact {
+                contact_id: r.string()?,
+                persona: r.string()?,
+                title: r.optional_string()?,
+                last_engaged_at: r.long()?,
+            })
+        })?,
+        window_events: r.array(|r| Some(WindowEvent { kind: kind(r)?, occurred_at: r.long()? }))?,
+        cap_counts: r.array(|r| {
+            Some(CapCount { contact_key: r.string()?, rule: r.string()?, day: r.int()?, count: r.int()? })
+        })?,
+        seen_events: r.array(|r| Some(SeenEvent { id_hash: r.long()?, applied_at: r.long()? }))?,
+        recent_events: r.array(|r| {
+            Some(RecentEvent {
+                event_id: r.string()?,
+                kind: kind(r)?,
+                occurred_at: r.long()?,
+                rule: r.optional_string()?,
+                points: r.double()?,
+                contact_id: r.optional_string()?,
+                detail: r.string()?,
+            })
+        })?,
+        events_applied: r.long()?,
+        duplicates: r.long()?,
+        chunks: r.array(|r| {
+            Some(StateChunkRef { structure: StateStructure::ALL[r.symbol(StateStructure::ALL.len())?], id: r.long()? })
+        })?,
+        opportunities: r.array(|r| {
+            Some(OpportunityState {
+                opportunity_id: r.string()?,
+                stage: OpportunityStage::ALL[r.symbol(OpportunityStage::ALL.len())?],
+                stage_name: r.optional_string()?,
+                amount: r.double()?,
+                currency: r.string()?,
+                created_at: r.long()?,
+                updated_at: r.long()?,
+            })
+        })?,
+        first_applied_at: r.optional_long()?,
+        stage: stage(r)?,
+        stage_entered_at: r.optional_long()?,
+        journey_transitions: r.long()?,
+        last_hand_raiser_at: r.optional_long()?,
+        stage_entries: r.array(|r| {
+            Some(StageEntry {
+                stage: stage(r)?,
+                first_entered_at: r.long()?,
+                first_sequence: r.long()?,
+                last_sequence: r.long()?,
+            })
+        })?,
+        model_version: r.optional_string()?,
+    };
+    r.is_empty().then_some(state)
+}

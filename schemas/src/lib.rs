@@ -114,7 +114,7 @@ avro_record!(RejectedEvent, "rejected_event.avsc", history: ["rejected_event.v1.
 avro_record!(AccountScore, "account_score.avsc", history: ["account_score.v1.avsc", "account_score.v2.avsc"]);
 avro_record!(ScoreCrossing, "score_crossing.avsc", history: ["score_crossing.v1.avsc", "score_crossing.v2.avsc"]);
 avro_record!(SalesAlert, "sales_alert.avsc", history: ["sales_alert.v1.avsc", "sales_alert.v2.avsc"]);
-avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc", "account_state.v2.avsc", "account_state.v3.avsc", "account_state.v4.avsc"]);
+avro_record!(AccountState, "account_state.avsc", history: ["account_state.v1.avsc", "account_state.v2.avsc", "account_state.v3.avsc", "account_state.v4.avsc"], direct: direct::account_state);
 avro_record!(AccountProgram, "account_program.avsc");
 avro_record!(JourneyTransition, "journey_transition.avsc");
 avro_record!(Visitor, "visitor.avsc");

@@ -717,6 +717,12 @@ pub enum StateStructure {
     SeenEvents,
 }
 
+impl StateStructure {
+    /// Every symbol, in schema order.
+    pub const ALL: [StateStructure; 4] =
+        [StateStructure::Unknown, StateStructure::WindowEvents, StateStructure::CapCounts, StateStructure::SeenEvents];
+}
+
 /// One chunk of a split [`AccountState`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StateChunkRef {

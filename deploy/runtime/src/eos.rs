@@ -1,10 +1,14 @@
 //! An exactly-once consume → process → produce loop over Kafka transactions.
 //!
 //! Mechanism only; what a message means is the [`Processor`]'s business. One thread polls the
-//! input topic in a consumer group. Every `commit_interval` (and before partitions are revoked,
-//! and at shutdown) one transaction commits, atomically, everything the processor wrote since
-//! the last one plus the input offsets it covers (`send_offsets_to_transaction`, as Kafka
-//! Streams' `exactly_once_v2`). Newly assigned partitions are paused inside the rebalance
+//! input topic in a consumer group. One transaction commits, atomically, everything the
+//! processor wrote since the last one plus the input offsets it covers
+//! (`send_offsets_to_transaction`, as Kafka Streams' `exactly_once_v2`). It commits as soon as
+//! the input is drained (a poll finds nothing more fetched), or once the batch is
+//! `commit_interval` old or `max_batch_events` long while input keeps coming, and before
+//! partitions are revoked and at shutdown. So a quiet pipeline's outputs are readable one commit
+//! round trip after their input, and under load batches grow by themselves: input that arrives
+//! during a commit is the next batch. Newly assigned partitions are paused inside the rebalance
 //! callback and resumed once the processor has restored their state, which happens on a thread
 //! of its own while the loop goes on polling and committing the other partitions (a long
 //! restore neither starves the consumer's poll nor holds a transaction open).
@@ -1084,6 +1088,8 @@ pub fn run<P: Processor>(
 ) -> anyhow::Result<()> {
     let mut producer_config = kafka.producer_config(&settings.client_id);
     producer_config.set("transactional.id", &settings.transactional_id);
+    producer_config.set("retry.backoff.ms", "5");
+    producer_config.set("retry.backoff.max.ms", "20");
     if let Some(codec) = &settings.compression {
         producer_config.set("compression.type", codec);
     }
@@ -1326,7 +1332,14 @@ fn poll_loop<P: Processor>(
             consumer.unsubscribe();
             return Ok(Ended::Shutdown);
         }
-        match consumer.poll(Duration::from_millis(20)) {
+        // With input in the open batch, only what is already fetched is taken: an empty poll
+        // means the input is drained, and the batch commits now rather than on the timer.
+        let holding_input = {
+            let batch = lock(&shared.batch);
+            batch.open && batch.events > 0
+        };
+        let mut drained = false;
+        match consumer.poll(if holding_input { Duration::ZERO } else { Duration::from_millis(20) }) {
             Some(Ok(message)) => match shared.handle(&message) {
                 Ok(()) => {
                     shared.watch.progressed();
@@ -1368,6 +1381,7 @@ fn poll_loop<P: Processor>(
                 if let Some((_, text)) = consumer.client().fatal_error() {
                     return Ok(Ended::ConsumerFailed(format!("fatal consumer error: {text}")));
                 }
+                drained = holding_input;
             }
         }
         if !lock(&shared.batch).open
@@ -1381,8 +1395,11 @@ fn poll_loop<P: Processor>(
         let (due, age) = {
             let batch = lock(&shared.batch);
             let age = batch.started.map(|started| started.elapsed());
+            // A transaction opened without input (`wants_commit`) waits for the interval, so a
+            // processor that keeps wanting one is not served empty transactions back to back.
             let due = batch.open
-                && (batch.events >= settings.max_batch_events
+                && ((drained && batch.events > 0)
+                    || batch.events >= settings.max_batch_events
                     || age.is_some_and(|age| age >= settings.commit_interval));
             (due, age)
         };

@@ -16,7 +16,9 @@ use abm::topics::{TopicOverrides, Topics};
 use abm_sim::{Channel, Expect, SimEvent, World, WorldConfig, raw_role, tal_csv};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 /// Simulates an ABM world: a TAL, buying committees, in-market surges, bots, free-mail and
 /// unknown visitors, duplicates and malformed events.
@@ -105,6 +107,9 @@ struct RunArgs {
 
 use abm::clock::now_ms;
 
+/// Seconds ingest asked the sender to wait (429/503 `Retry-After`), for the closing report.
+static PUSHBACK_SECONDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Posts one batch, retrying 429/503 after `Retry-After` (never drops a batch).
 async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -114,6 +119,7 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> a
             Ok(r) if r.status().is_success() || r.status().as_u16() == 400 => return Ok(()),
             Ok(r) if r.status().as_u16() == 429 || r.status().as_u16() == 503 => {
                 let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                PUSHBACK_SECONDS.fetch_add(wait, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             Ok(r) => anyhow::bail!("ingest answered {} to a batch: {}", r.status(), r.text().await.unwrap_or_default()),
@@ -191,11 +197,27 @@ async fn send_events(
         match role {
             Some(role) => {
                 counts.raw += 1;
-                let record = FutureRecord::to(topics.name(role)).key("simulate").payload(event.json.as_bytes());
-                producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| anyhow::anyhow!("raw topic: {e}"))?;
+                // Queued, not awaited one by one: a delivery takes a linger and a round trip
+                // (~5-10 ms), which would cap the rate at a few hundred per second.
+                let mut record = FutureRecord::to(topics.name(role)).key("simulate").payload(event.json.as_bytes());
+                let delivery = loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => break delivery,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                            record = returned;
+                            futures::future::try_join_all(raw_pending.drain(..)).await?;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((error, _)) => anyhow::bail!("raw topic: {error}"),
+                    }
+                };
+                raw_pending.push(Box::pin(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(anyhow::anyhow!("raw topic: {error}")),
+                        Err(_) => Err(anyhow::anyhow!("raw topic: the producer went away")),
+                    }
+                }));
             }
             None => {
                 counts.http += 1;
@@ -237,13 +259,22 @@ async fn send_events(
     if let Some(mut log) = log {
         log.flush()?;
     }
+    let took = began.elapsed().as_secs_f64();
+    let delivered = events_total as f64 / took.max(1e-9);
     println!(
-        "simulate: sent {events_total} events in {:.1}s ({} over HTTP, {} to raw topics); intended: {:?}",
-        began.elapsed().as_secs_f64(),
-        counts.http,
-        counts.raw,
-        counts.by_expect
+        "simulate: sent {events_total} events in {took:.1}s ({delivered:.0}/s; {} over HTTP, {} to raw topics); intended: {:?}",
+        counts.http, counts.raw, counts.by_expect
     );
+    // Said, not hidden: a rate well below the one asked for, and why as far as it is known.
+    if rate > 0 && delivered < rate as f64 * 0.9 && events_total as f64 / rate as f64 >= 1.0 {
+        let pushback = PUSHBACK_SECONDS.load(std::sync::atomic::Ordering::Relaxed);
+        let why = if pushback > 0 {
+            format!("ingest asked to wait (429/503 with Retry-After) for {pushback} s in all")
+        } else {
+            "the sender, ingest or the broker could not keep up on this machine (no pushback from ingest)".to_owned()
+        };
+        println!("simulate: asked for {rate}/s, delivered {delivered:.0}/s: {why}");
+    }
     Ok(())
 }
 
