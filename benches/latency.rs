@@ -15,12 +15,38 @@ use abm::topics::TopicRole;
 use abm_testkit::{ServiceProcess, TestTopics, free_port, unique, wait_for_status};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// When each record of `topic` became readable (`read_committed`), by the id `id_of` gives it
+/// (the first arrival wins), read on a thread of its own for the rest of the run.
+fn arrivals_of(topic: String, id_of: fn(&BorrowedMessage<'_>) -> Option<String>) -> Arrivals {
+    let arrivals = Arrivals::default();
+    let found = arrivals.clone();
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = abm_testkit::kafka()
+            .consumer_config("bench-latency", &unique(&format!("latency-{topic}")))
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        loop {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(10)) {
+                let arrived = Instant::now();
+                if let Some(id) = id_of(&message) {
+                    found.lock().expect("lock").entry(id).or_insert(arrived);
+                }
+            }
+        }
+    });
+    arrivals
 }
 
 fn main() {
@@ -52,47 +78,14 @@ fn main() {
         wait_for_status(ports[i], "/readyz", 200, Duration::from_secs(60), name);
     }
 
-    // Alert arrival times, by alert id.
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let reader = {
-        let arrivals = arrivals.clone();
-        let alerts = topics.name(TopicRole::SalesAlerts);
-        std::thread::spawn(move || {
-            let consumer: BaseConsumer =
-                abm_testkit::kafka().consumer_config("bench-latency", &unique("latency")).create().expect("consumer");
-            consumer.subscribe(&[&alerts]).expect("subscribe");
-            loop {
-                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(10)) {
-                    let arrived = Instant::now();
-                    if let Ok(alert) =
-                        abm_schemas::decode::<abm_schemas::SalesAlert>(message.payload().unwrap_or_default())
-                    {
-                        arrivals.lock().expect("lock").insert(alert.alert_id, arrived);
-                    }
-                }
-            }
-        })
-    };
-    // Crossing arrival times, by account: the scorer's share of the way.
-    let crossed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let crossings_reader = {
-        let crossed = crossed.clone();
-        let crossings = topics.name(TopicRole::ScoreCrossings);
-        std::thread::spawn(move || {
-            let consumer: BaseConsumer =
-                abm_testkit::kafka().consumer_config("bench-latency", &unique("latency-x")).create().expect("consumer");
-            consumer.subscribe(&[&crossings]).expect("subscribe");
-            loop {
-                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(10)) {
-                    let arrived = Instant::now();
-                    let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                    crossed.lock().expect("lock").entry(key).or_insert(arrived);
-                }
-            }
-        })
-    };
+    // Alert arrival times, by alert id; crossing arrival times, by account (the scorer's share).
+    let arrivals = arrivals_of(topics.name(TopicRole::SalesAlerts), |message| {
+        abm_schemas::decode::<abm_schemas::SalesAlert>(message.payload().unwrap_or_default()).ok().map(|a| a.alert_id)
+    });
+    let crossed = arrivals_of(topics.name(TopicRole::ScoreCrossings), |message| {
+        Some(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned())
+    });
     std::thread::sleep(Duration::from_secs(3));
-    let _ = (reader, crossings_reader);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let client = reqwest::Client::new();

@@ -1088,8 +1088,14 @@ pub fn run<P: Processor>(
 ) -> anyhow::Result<()> {
     let mut producer_config = kafka.producer_config(&settings.client_id);
     producer_config.set("transactional.id", &settings.transactional_id);
-    producer_config.set("retry.backoff.ms", "5");
-    producer_config.set("retry.backoff.max.ms", "20");
+    // A transaction begun right after a commit is refused (`CONCURRENT_TRANSACTIONS`) until the
+    // coordinator has written the last one's markers, a few ms: librdkafka's 100 ms before
+    // asking again was most of the end-to-end latency (benches/README.md). The passthrough wins.
+    for (key, value) in [("retry.backoff.ms", "5"), ("retry.backoff.max.ms", "20")] {
+        if !kafka.passthrough().any(|(set, _)| set == key) {
+            producer_config.set(key, value);
+        }
+    }
     if let Some(codec) = &settings.compression {
         producer_config.set("compression.type", codec);
     }
