@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abm_schemas::{Contact, EmailAction, EmailEvent, EngagementEvent, EventKind, Tier, WebVisit};
-use scorer::changelog::Restorer;
+use scorer::changelog::restore_partitions;
 use scorer::engine::{AccountScoreState, Engine, ScoringConfig};
 use scorer::store::{PartitionAccounts, Store};
 
@@ -121,22 +121,17 @@ fn restore(engine: &Arc<Engine>, store: &Store, accounts: usize) {
 
     let kafka = abm_testkit::kafka();
     let partitions: Vec<i32> = (0..6).collect();
-    // The scorer's own restore path: records through `changelog::Restorer`, joined at the end.
-    let mut restorers: Vec<Restorer> = partitions.iter().map(|_| Restorer::default()).collect();
+    // The scorer's own restore path (`changelog::restore_partitions`).
     let started = Instant::now();
-    abm::kafka::read_to_end(&kafka, "bench-restore", &changelog, &partitions, |partition, key, value| {
-        restorers[partition as usize].record(key, value, engine);
-        Ok(())
-    })
-    .expect("restored");
-    let rebuilt: Vec<PartitionAccounts> = restorers
-        .into_iter()
-        .map(|restorer| {
-            let scorer::changelog::Restored { accounts, skipped, .. } = restorer.finish(engine);
-            assert_eq!(skipped, 0);
-            accounts
-        })
-        .collect();
+    let rebuilt: Vec<PartitionAccounts> =
+        restore_partitions(&kafka, "bench-restore", &changelog, &partitions, |_| engine.clone())
+            .expect("restored")
+            .into_values()
+            .map(|scorer::changelog::Restored { accounts, skipped, .. }| {
+                assert_eq!(skipped, 0);
+                accounts
+            })
+            .collect();
     let took = started.elapsed().as_secs_f64();
     let restored: usize = rebuilt.iter().map(|p| p.len()).sum();
     assert_eq!(restored, accounts);

@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
-use crate::changelog::{Restorer, SplitStates};
+use crate::changelog::SplitStates;
 use crate::engine::Membership;
 use crate::engine::{AccountScoreState, Applied, Engine, ScoreAt};
 use crate::metrics::Metrics;
@@ -209,24 +209,13 @@ impl ScorerProcessor {
         partitions: &[i32],
         engine_of: impl Fn(i32) -> Arc<Engine>,
     ) -> anyhow::Result<BTreeMap<i32, crate::changelog::Restored>> {
-        let engines: BTreeMap<i32, Arc<Engine>> = partitions.iter().map(|p| (*p, engine_of(*p))).collect();
-        let mut restorers: BTreeMap<i32, Restorer> = partitions.iter().map(|p| (*p, Restorer::default())).collect();
-        abm::kafka::read_to_end(
+        crate::changelog::restore_partitions(
             &self.kafka,
             "abm-scorer-restore",
             &self.topics.state,
             partitions,
-            |partition, key, value| {
-                if let (Some(restorer), Some(engine)) = (restorers.get_mut(&partition), engines.get(&partition)) {
-                    restorer.record(key, value, engine);
-                }
-                Ok(())
-            },
-        )?;
-        Ok(restorers
-            .into_iter()
-            .map(|(partition, restorer)| (partition, restorer.finish(&engines[&partition])))
-            .collect())
+            engine_of,
+        )
     }
 
     /// Starts re-scoring `partition` under the configured model.

@@ -162,6 +162,80 @@ impl SplitStates {
     }
 }
 
+/// Records handed to a decoding thread at a time (fewer channel hand-offs than one by one).
+const RESTORE_BATCH: usize = 512;
+
+/// One changelog record, owned: partition, key and value (`None`: a tombstone).
+type OwnedRecord = (i32, Vec<u8>, Option<Vec<u8>>);
+
+/// Reads `partitions` of the changelog `topic` to its end (committed data only) and rebuilds
+/// each with the model `engine_of` gives it. One thread reads; the records are decoded and
+/// rebuilt on up to as many threads as there are cores (decoding is most of a restore's work),
+/// each partition's records in offset order on one of them.
+pub fn restore_partitions(
+    kafka: &abm::kafka::KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partitions: &[i32],
+    engine_of: impl Fn(i32) -> std::sync::Arc<Engine>,
+) -> anyhow::Result<std::collections::BTreeMap<i32, Restored>> {
+    use std::sync::mpsc;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = cores.min(partitions.len()).max(1);
+    let worker_of: HashMap<i32, usize> = partitions.iter().enumerate().map(|(i, p)| (*p, i % workers)).collect();
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            // A few batches in flight per thread: the reader runs ahead, memory stays bounded.
+            let (sender, receiver) = mpsc::sync_channel::<Vec<OwnedRecord>>(4);
+            senders.push(sender);
+            let mine: Vec<(i32, std::sync::Arc<Engine>)> =
+                partitions.iter().filter(|p| worker_of[*p] == worker).map(|p| (*p, engine_of(*p))).collect();
+            threads.push(scope.spawn(move || {
+                let mut restorers: HashMap<i32, (Restorer, std::sync::Arc<Engine>)> =
+                    mine.into_iter().map(|(p, engine)| (p, (Restorer::default(), engine))).collect();
+                for batch in receiver {
+                    for (partition, key, value) in batch {
+                        if let Some((restorer, engine)) = restorers.get_mut(&partition) {
+                            restorer.record(&key, value.as_deref(), engine);
+                        }
+                    }
+                }
+                restorers
+                    .into_iter()
+                    .map(|(partition, (restorer, engine))| (partition, restorer.finish(&engine)))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut batches: Vec<Vec<OwnedRecord>> = (0..workers).map(|_| Vec::with_capacity(RESTORE_BATCH)).collect();
+        let read = abm::kafka::read_to_end(kafka, client_id, topic, partitions, |partition, key, value| {
+            let Some(&worker) = worker_of.get(&partition) else { return Ok(()) };
+            let batch = &mut batches[worker];
+            batch.push((partition, key.to_vec(), value.map(<[u8]>::to_vec)));
+            if batch.len() >= RESTORE_BATCH {
+                let full = std::mem::replace(batch, Vec::with_capacity(RESTORE_BATCH));
+                senders[worker].send(full).map_err(|_| anyhow::anyhow!("a restore thread ended early"))?;
+            }
+            Ok(())
+        });
+        for (sender, batch) in senders.iter().zip(batches) {
+            if !batch.is_empty() {
+                // A thread that ended early is reported by its join below.
+                let _ = sender.send(batch);
+            }
+        }
+        drop(senders);
+        let mut restored = std::collections::BTreeMap::new();
+        for thread in threads {
+            let done = thread.join().map_err(|_| anyhow::anyhow!("a restore thread panicked"))?;
+            restored.extend(done);
+        }
+        read?;
+        Ok(restored)
+    })
+}
+
 /// Rebuilds one partition's accounts from its changelog records, read in offset order.
 #[derive(Debug, Default)]
 pub struct Restorer {
