@@ -56,7 +56,8 @@ pub struct Settings {
     pub group_id: String,
     /// Stable id of this instance: its Kafka `transactional.id` (default `abm-alerter-<hostname>`).
     pub instance_id: String,
-    /// Transaction interval (default 250 ms).
+    /// Longest a transaction stays open while input keeps coming (default 250 ms); it commits
+    /// as soon as the fetched input is drained.
     pub commit_interval_ms: u64,
     /// The loop and each webhook task heal (replace their Kafka consumer) when input waits for
     /// them but they made no progress for this long (default 20000 ms, at least 2000).

@@ -130,7 +130,8 @@ impl<'a> Reader<'a> {
 
     pub fn string(&mut self) -> Option<String> {
         let len = usize::try_from(self.long()?).ok()?;
-        if len > self.bytes.len() {
+        // Longer than the codec allows (`codec::MAX_ALLOCATION_BYTES`): the codec refuses it.
+        if len > self.bytes.len() || len > crate::codec::MAX_ALLOCATION_BYTES {
             return None;
         }
         let (text, rest) = self.bytes.split_at(len);
@@ -192,7 +193,9 @@ impl<'a> Reader<'a> {
                 count => count,
             };
             let count = usize::try_from(count).ok()?;
-            items.reserve(count.min(self.bytes.len()));
+            // Reserved for at most what a small block needs: a damaged count fails on the bytes
+            // before it allocates much.
+            items.reserve(count.min(64));
             for _ in 0..count {
                 items.push(item(self)?);
             }

@@ -38,7 +38,7 @@ pub const CONFLUENT_MAGIC: u8 = 0x00;
 
 /// No single Avro value in this pipeline comes close to this; a length prefix above it is garbage.
 /// (apache-avro's own default is 512 MiB, which garbage input would happily try to allocate.)
-const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 
 /// A schema that could not be used. Raised when a codec is built, never per message.
 #[derive(Debug, thiserror::Error)]

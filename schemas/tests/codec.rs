@@ -1029,3 +1029,56 @@ fn messages_framed_with_apache_avros_legacy_fingerprint_still_decode() {
     bytes[2..10].copy_from_slice(&legacy.to_le_bytes());
     assert_eq!(decode::<EngagementEvent>(&bytes).expect("decodes"), event);
 }
+
+/// Arrays written in several blocks, one of them with a negative count and its size in bytes
+/// (what other Avro writers may produce; ours write one block): the direct `AccountState`
+/// decoder reads them as the codec does.
+#[test]
+fn the_direct_decoder_reads_arrays_in_blocks_as_the_codec_does() {
+    use abm_schemas::binary::Writer;
+    let state = AccountState { rule_points: vec![], ..sample_state() };
+    let bytes = encode(&state).expect("encodes");
+    // The datum up to `rule_points`, then its empty array (one 0 byte), then the rest.
+    let mut prefix = Vec::new();
+    let mut writer = Writer::new(&mut prefix);
+    writer.string(&state.account_id);
+    writer.symbol(Tier::ALL.iter().position(|t| *t == state.tier).expect("a tier"));
+    writer.optional_long(state.as_of);
+    writer.double(state.engagement);
+    let at = SINGLE_OBJECT_HEADER_LEN + prefix.len();
+    assert_eq!(bytes[..at], [&bytes[..SINGLE_OBJECT_HEADER_LEN], prefix.as_slice()].concat()[..]);
+    assert_eq!(bytes[at], 0, "an empty array");
+    let rules = [("a", 1.5), ("bb", -2.0), ("c", 0.25)];
+    let item = |rule: &str, points: f64| {
+        let mut bytes = Vec::new();
+        let mut writer = Writer::new(&mut bytes);
+        writer.string(rule);
+        writer.double(points);
+        bytes
+    };
+    let mut blocks = Vec::new();
+    let mut writer = Writer::new(&mut blocks);
+    // A block of two items, its count negative and followed by its size in bytes.
+    let two = [item(rules[0].0, rules[0].1), item(rules[1].0, rules[1].1)].concat();
+    writer.long(-2);
+    writer.long(two.len() as i64);
+    blocks.extend_from_slice(&two);
+    // A block of one, then the end.
+    let mut writer = Writer::new(&mut blocks);
+    writer.long(1);
+    blocks.extend_from_slice(&item(rules[2].0, rules[2].1));
+    blocks.push(0);
+    let spliced = [&bytes[..at], blocks.as_slice(), &bytes[at + 1..]].concat();
+    let expected = AccountState {
+        rule_points: rules
+            .iter()
+            .map(|(rule, points)| RuleContribution { rule: (*rule).into(), points: *points })
+            .collect(),
+        ..state
+    };
+    assert_eq!(decode_with_codec::<AccountState>(&spliced).expect("the codec reads blocks"), expected);
+    assert_eq!(
+        AccountState::decode_direct(&spliced[SINGLE_OBJECT_HEADER_LEN..]).expect("the direct decoder reads blocks"),
+        expected
+    );
+}

@@ -75,9 +75,10 @@ pub struct Settings {
     /// with the same id fences its predecessor's unfinished transaction at once (default
     /// `abm-scorer-<hostname>`; in Kubernetes use a StatefulSet so pod names are stable).
     pub instance_id: String,
-    /// Interval between transactions: state snapshot, scores, crossings and offsets are made
-    /// durable together this often (default 250 ms). Also the coalescing interval of
-    /// `abm.account-scores` (at most one record per account per interval).
+    /// Longest a transaction stays open while input keeps coming (default 250 ms): state
+    /// snapshot, scores, crossings and offsets are made durable together as soon as the
+    /// fetched input is drained, and at least this often under load. `abm.account-scores` is
+    /// coalesced per transaction (at most one record per account per transaction).
     pub commit_interval_ms: u64,
     /// A transaction is also committed after this many events (default 100000).
     pub max_batch_events: usize,

@@ -1091,15 +1091,18 @@ pub fn run<P: Processor>(
     // A transaction begun right after a commit is refused (`CONCURRENT_TRANSACTIONS`) until the
     // coordinator has written the last one's markers, a few ms: librdkafka's 100 ms before
     // asking again was most of the end-to-end latency (benches/README.md). The passthrough wins.
-    for (key, value) in [("retry.backoff.ms", "5"), ("retry.backoff.max.ms", "20")] {
-        if !kafka.passthrough().any(|(set, _)| set == key) {
-            producer_config.set(key, value);
-        }
+    if !kafka.passthrough().any(|(key, _)| key == "retry.backoff.ms") {
+        producer_config.set("retry.backoff.ms", "5");
     }
     if let Some(codec) = &settings.compression {
         producer_config.set("compression.type", codec);
     }
     let mut consumer_config = kafka.consumer_config(&settings.client_id, &settings.group_id);
+    // A fetch the broker holds for want of committed data returns within 10 ms (librdkafka
+    // waits up to 500): input of a transactional stage is readable when its producer commits.
+    if !kafka.passthrough().any(|(key, _)| key == "fetch.wait.max.ms") {
+        consumer_config.set("fetch.wait.max.ms", "10");
+    }
     if producer_config.get("transaction.timeout.ms").is_none() {
         // 10 s, or less when the session timeout is set shorter: always below it.
         let session = consumer_config.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(45_000);

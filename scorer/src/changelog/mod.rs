@@ -226,10 +226,18 @@ pub fn restore_partitions(
             }
         }
         drop(senders);
+        // Every thread joined; a panic goes on as the panic it was (as it would have without
+        // the threads), after the others are done.
         let mut restored = std::collections::BTreeMap::new();
+        let mut panicked = None;
         for thread in threads {
-            let done = thread.join().map_err(|_| anyhow::anyhow!("a restore thread panicked"))?;
-            restored.extend(done);
+            match thread.join() {
+                Ok(done) => restored.extend(done),
+                Err(payload) => panicked = panicked.or(Some(payload)),
+            }
+        }
+        if let Some(payload) = panicked {
+            std::panic::resume_unwind(payload);
         }
         read?;
         Ok(restored)
