@@ -61,12 +61,13 @@ try {
   // A new alert arrives without a reload.
   await tab.waitForSelector("#alerts li.fresh", { timeout: 240_000 });
   summary.same_page = await tab.evaluate(() => window.stillThisPage === true);
-  const fresh = tab.locator("#alerts li.fresh").first();
-  summary.fresh_alert = {
-    id: await fresh.getAttribute("data-alert"),
-    text: (await fresh.textContent()).trim(),
-    account_href: await fresh.locator("a").getAttribute("href"),
-  };
+  // Read in one step: alerts keep arriving at the top, and separate reads of "the first fresh
+  // one" could take the id of one alert and the text of the next.
+  summary.fresh_alert = await tab.locator("#alerts li.fresh").first().evaluate((li) => ({
+    id: li.getAttribute("data-alert"),
+    text: li.textContent.trim(),
+    account_href: li.querySelector("a")?.getAttribute("href") ?? null,
+  }));
   summary.screenshots = [await shot("alerts")];
   // The test says when the pipeline has settled: the other pages are then compared with the API.
   console.log(JSON.stringify({ alert: summary.fresh_alert.id }));
